@@ -1,0 +1,1 @@
+"""fedmtl: federated multi-task recommendation on Flower."""

@@ -1,0 +1,13 @@
+"""The project's own error: one line that names what is wrong and where."""
+
+
+class FedMTLError(Exception):
+    """A user-facing error. `simulate` prints its message as one line and exits 2."""
+
+
+class ConfigError(FedMTLError):
+    """A config key has a value outside what it allows."""
+
+
+class DataError(FedMTLError):
+    """An input file is malformed: the message names the file, line or column."""

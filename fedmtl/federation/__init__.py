@@ -1,0 +1,1 @@
+"""All Flower code: the ClientApp, the ServerApp and the strategy factory."""

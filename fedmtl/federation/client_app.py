@@ -1,0 +1,67 @@
+"""The Flower ClientApp: moves records in and out of the core's train/evaluate."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..config import resolve_device
+from ..data import federation_for
+from ..train import TrainConfig, evaluate, local_train
+from ..weighting import build_weighting
+from ..model import shared_names
+from .client_state import client_model, config_from_context, load_shared, save_personal, shared_record
+
+
+def _client_data(cfg, context: Context):
+    pid = int(context.node_config["partition-id"])
+    return pid, federation_for(cfg).partition_data(pid).to(resolve_device(cfg))
+
+
+def train_config(cfg: dict) -> TrainConfig:
+    t = cfg["train"]
+    prox = cfg["strategy"].get("proximal_mu", 0.0) if cfg["strategy"]["name"] == "fedprox" else 0.0
+    return TrainConfig(epochs=cfg["local_epochs"], batch_size=t["batch_size"], lr=t["lr"], l2=t["l2"],
+                       weight_decay=t["weight_decay"], click_loss=t["click_loss"],
+                       num_negatives=t["num_negatives"], prox_mu=prox)
+
+
+def make_client_app(cfg: dict | None = None) -> ClientApp:
+    """A ClientApp bound to `cfg` (simulation), or reading it from the run config (deployment)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        run_cfg = config_from_context(context, cfg)
+        torch.set_num_threads(1)
+        pid, data = _client_data(run_cfg, context)
+        model = client_model(run_cfg, data, context.state, pid)
+        load_shared(model, msg.content["arrays"])
+        server_round = int(msg.content["config"]["server-round"])
+        weighting = build_weighting(run_cfg["weighting"], run_cfg["tasks"])
+        result = local_train(model, data, run_cfg["tasks"], weighting, train_config(run_cfg),
+                             seed=run_cfg["seed"] * 7_919 + server_round * 100_003 + pid,
+                             shared=shared_names(model, run_cfg["aggregate"]))
+        save_personal(model, run_cfg, context.state)
+        metrics = {"num-examples": result.num_examples}
+        metrics.update({f"loss.{t}": v for t, v in result.losses.items()})
+        metrics.update({f"weight.{t}": v for t, v in result.weights.items()})
+        return Message(RecordDict({"arrays": shared_record(model, run_cfg), "metrics": MetricRecord(metrics)}),
+                       reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_(msg: Message, context: Context) -> Message:
+        run_cfg = config_from_context(context, cfg)
+        torch.set_num_threads(1)
+        pid, data = _client_data(run_cfg, context)
+        model = client_model(run_cfg, data, context.state, pid)
+        load_shared(model, msg.content["arrays"])
+        part = evaluate(model, data, run_cfg["tasks"])
+        part["num-examples"] = int(len(data.test_u))
+        return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,82 @@
+"""A client's model between Flower records and the core.
+
+Personal parameters (user embeddings and biases, and the heads unless
+`aggregate=all`) live in the client's persisted `Context.state`; shared ones
+arrive in each message. One template model per process and per client size is
+reused so 943 clients do not build 943 models.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, RecordDict
+
+from ..config import resolve_device
+from ..data import ClientData, federation_for
+from ..model import build_model, get_arrays, personal_names, set_arrays, shared_names
+
+PERSONAL_KEY = "personal"
+
+
+def config_from_context(context: Context, bound: dict | None) -> dict:
+    """The run's config: bound into the app by `simulate`, or read from the run config
+    of a deployed run (`flwr run ... --run-config 'fedmtl-config="..."'`)."""
+    if bound is not None:
+        return bound
+    from ..config import compose
+
+    rc = context.run_config
+    if rc.get("fedmtl-config"):
+        return json.loads(str(rc["fedmtl-config"]))
+    return compose(str(rc.get("overrides", "")).split())
+
+
+@lru_cache(maxsize=8)
+def _template(cfg_key: str, n_users: int, device: str):
+    cfg = json.loads(cfg_key)
+    fed = federation_for(cfg)
+    model = build_model(cfg["model"], cfg["tasks"], n_users, np.zeros((n_users, len(fed.dataset.user_cards)), np.int64),
+                        fed.meta, cfg["seed"]).to(device)
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return model, init
+
+
+def model_key(cfg: dict) -> str:
+    keys = ("dataset", "split", "num_clients", "seed", "model", "tasks")
+    return json.dumps({k: cfg[k] for k in keys}, sort_keys=True)
+
+
+def client_model(cfg: dict, data: ClientData, state: RecordDict, pid: int):
+    """The template model loaded with this client's personal parameters (or their
+    seeded initial values on the client's first round)."""
+    device = resolve_device(cfg)
+    model, init = _template(model_key(cfg), len(data.users), device)
+    with torch.no_grad():
+        model.personal.user_cat = torch.as_tensor(data.user_cat, device=device)
+        if PERSONAL_KEY in state:
+            set_arrays(model, {k: v.numpy() for k, v in state[PERSONAL_KEY].items()})
+        else:
+            for n, p in model.named_parameters():
+                p.copy_(init[n])
+            gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + pid)
+            std = cfg["model"].get("init_std", 0.1)
+            model.personal.user_emb.weight.copy_(torch.randn(model.personal.user_emb.weight.shape, generator=gen) * std)
+    return model
+
+
+def save_personal(model, cfg: dict, state: RecordDict) -> None:
+    arrays = get_arrays(model, personal_names(model, cfg["aggregate"]))
+    state[PERSONAL_KEY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def shared_record(model, cfg: dict) -> ArrayRecord:
+    arrays = get_arrays(model, shared_names(model, cfg["aggregate"]))
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+def load_shared(model, record: ArrayRecord) -> None:
+    set_arrays(model, {k: v.numpy() for k, v in record.items()})

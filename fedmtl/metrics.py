@@ -1,0 +1,120 @@
+"""Metrics of PROTOCOL.md, computed per client as additive parts and combined.
+
+A client's evaluation returns a flat dict of sums, counts and histograms
+("parts"); `combine` adds the parts of any set of clients (one client for the
+centralised baseline, all of them in federated and local-only runs) into the
+final figures, so every mode is scored by the same code.
+
+- rating: RMSE (predictions clipped to 1..5) and MAE over all test pairs.
+- like: AUC over all test pairs pooled, from per-client score histograms
+  (`AUC_BINS` bins on the predicted probability; exact up to ties within a
+  bin), and mean logloss.
+- click: full-ranking HR@10 and NDCG@10 over every item the user has not
+  interacted with in train, averaged over users.
+Spread: the 10th and 90th percentile over clients of RMSE, logloss and NDCG@10.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+AUC_BINS = 2000
+
+
+def auc_exact(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC with ties counted as one half."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks for ties
+    uniq, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = start + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def histograms(prob: np.ndarray, labels: np.ndarray, bins: int = AUC_BINS) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.clip((np.asarray(prob) * bins).astype(np.int64), 0, bins - 1)
+    labels = np.asarray(labels).astype(bool)
+    return (np.bincount(idx[labels], minlength=bins), np.bincount(idx[~labels], minlength=bins))
+
+
+def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUC of pooled scores given counts per bin (ties within a bin count one half)."""
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
+    return float(((neg_below + 0.5 * neg) * pos).sum() / (n_pos * n_neg))
+
+
+def logloss_sum(prob: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(prob, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
+
+
+def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor, test_lists: list[np.ndarray], k: int = 10):
+    """Per-user hit@k and NDCG@k (binary relevance) with train items excluded.
+
+    scores: [U, n_items]; train_mask: [U, n_items] bool; test_lists[u]: the user's test items.
+    """
+    masked = scores.masked_fill(train_mask, float("-inf"))
+    top = torch.topk(masked, k=min(k, masked.shape[1]), dim=1).indices.cpu().numpy()
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    hr, ndcg = np.zeros(len(test_lists)), np.zeros(len(test_lists))
+    for u, items in enumerate(test_lists):
+        if len(items) == 0:
+            continue
+        rel = np.isin(top[u], items)
+        hr[u] = float(rel.any())
+        idcg = discounts[: min(len(items), k)].sum()
+        ndcg[u] = float((rel * discounts[: len(rel)]).sum() / idcg)
+    return hr, ndcg
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    return float(np.percentile(vals, 10)), float(np.percentile(vals, 90))
+
+
+def combine(parts: list[dict]) -> dict[str, float]:
+    """Final metrics from the evaluation parts of any number of clients."""
+    out: dict[str, float] = {}
+    get = lambda key: [p[key] for p in parts if key in p]  # noqa: E731
+    n = sum(get("rating.n"))
+    if n:
+        out["rating.rmse"] = math.sqrt(sum(get("rating.se")) / n)
+        out["rating.mae"] = sum(get("rating.ae")) / n
+        rmses = [math.sqrt(p["rating.se"] / p["rating.n"]) for p in parts if p.get("rating.n")]
+        out["rating.rmse_p10"], out["rating.rmse_p90"] = _percentiles(rmses)
+    n = sum(get("like.n"))
+    if n:
+        pos = np.sum([np.asarray(h) for h in get("like.hist_pos")], axis=0)
+        neg = np.sum([np.asarray(h) for h in get("like.hist_neg")], axis=0)
+        out["like.auc"] = auc_from_histograms(pos, neg)
+        out["like.logloss"] = sum(get("like.ll")) / n
+        lls = [p["like.ll"] / p["like.n"] for p in parts if p.get("like.n")]
+        out["like.logloss_p10"], out["like.logloss_p90"] = _percentiles(lls)
+    n = sum(get("click.n"))
+    if n:
+        out["click.hr@10"] = sum(get("click.hr")) / n
+        out["click.ndcg@10"] = sum(get("click.ndcg")) / n
+        nd = [p["click.ndcg"] / p["click.n"] for p in parts if p.get("click.n")]
+        out["click.ndcg@10_p10"], out["click.ndcg@10_p90"] = _percentiles(nd)
+    return out
+
+
+# The headline metric of each task and whether larger is better (tables, selection).
+HEADLINE = {"rating": ("rating.rmse", False), "like": ("like.auc", True), "click": ("click.ndcg@10", True)}

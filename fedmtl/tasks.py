@@ -1,0 +1,65 @@
+"""Tasks: how each label comes from the interaction log, and its loss.
+
+| task   | label                          | loss                                             |
+| rating | the rating (1..5)              | squared error                                    |
+| like   | rating >= 4                    | logistic                                         |
+| click  | the user interacted at all     | softmax over all items (the unseen ones are the  |
+|        |                                | negatives), or logistic on sampled unseen items  |
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+TASKS = ("rating", "click", "like")
+LIKE_THRESHOLD = 4.0
+
+
+def check_tasks(names) -> list[str]:
+    names = list(names)
+    if not names:
+        raise ConfigError("tasks: must name at least one of rating, click, like")
+    for n in names:
+        if n not in TASKS:
+            raise ConfigError(f"tasks: unknown task {n!r}; expected a subset of {list(TASKS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tasks: {names} names a task twice")
+    return names
+
+
+def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negatives=20,
+           train_mask=None, generator=None) -> dict[str, torch.Tensor]:
+    """Mean loss of each task on a batch of (user, item, rating) training pairs."""
+    ir = model.item_reps()  # all items once: the click softmax needs them anyway
+    ur = model.user_reps(users)
+    out = {}
+    for t, task in enumerate(tasks):
+        head = model.personal.heads[task]
+        u = ur[t] @ head.proj
+        ubias = model.personal.user_bias(users)[:, t] + head.offset
+        ibias = model.encoder.item_bias.weight[:, t]
+        if task in ("rating", "like"):
+            s = (u * ir[t][items]).sum(-1) + ubias + ibias[items]
+            if task == "rating":
+                out[task] = F.mse_loss(s, ratings)
+            else:
+                out[task] = F.binary_cross_entropy_with_logits(s, (ratings >= LIKE_THRESHOLD).float())
+        elif click_loss == "softmax":
+            logits = u @ ir[t].T + ibias
+            out[task] = F.cross_entropy(logits, items)
+        else:
+            neg = torch.randint(0, ir[t].shape[0], (len(users), num_negatives), generator=generator,
+                                device=users.device)
+            if train_mask is not None:  # resample (once) the negatives the user has seen
+                seen = train_mask[users.unsqueeze(1), neg]
+                neg = torch.where(seen, torch.randint(0, ir[t].shape[0], neg.shape, generator=generator,
+                                                      device=users.device), neg)
+            pos = (u * ir[t][items]).sum(-1) + ibias[items]
+            negs = (u.unsqueeze(1) * ir[t][neg]).sum(-1) + ibias[neg]
+            out[task] = F.binary_cross_entropy_with_logits(
+                torch.cat([pos, negs.flatten()]),
+                torch.cat([torch.ones_like(pos), torch.zeros(negs.numel(), device=pos.device)]))
+    return out

@@ -1,0 +1,130 @@
+"""Local training and evaluation of one client's data: plain PyTorch, no Flower.
+
+The federated client, the local-only baseline and the centralised baseline all
+call these two functions; they differ only in which users' data they pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .data import ClientData
+from .tasks import LIKE_THRESHOLD, losses as task_losses
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 0.01
+    l2: float = 1e-4  # on the embedding rows a batch touches
+    weight_decay: float = 0.0  # on dense weights
+    click_loss: str = "softmax"
+    num_negatives: int = 20
+    prox_mu: float = 0.0  # FedProx: mu/2 * ||w_shared - w_global||^2
+
+
+@dataclass
+class TrainResult:
+    num_examples: int
+    losses: dict[str, float]
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, seed: int,
+                shared: list[str] | None = None, trainable: list[str] | None = None) -> TrainResult:
+    """Train `model` in place on `data` for `cfg.epochs` epochs.
+
+    shared: names of the shared parameters (FedProx anchors them; gradient-based
+    weightings work on them). trainable: restrict updates to these names (FedRep's
+    phases, frozen encoders); None trains everything.
+    """
+    device = data.train_u.device
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    params = dict(model.named_parameters())
+    names = trainable if trainable is not None else list(params)
+    for n, p in params.items():
+        p.requires_grad_(n in names)
+    shared = shared if shared is not None else [n for n in params if n.startswith("encoder.")]
+    shared_params = [params[n] for n in shared if n in names]
+    anchor = {n: params[n].detach().clone() for n in shared} if cfg.prox_mu > 0 else None
+    opt_params = [params[n] for n in names] + list(weighting.parameters())
+    opt = torch.optim.Adam(opt_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    mask = data.train_mask() if (cfg.click_loss != "softmax" and "click" in tasks) else None
+    n = data.n_train
+    model.train()
+    sums = {t: 0.0 for t in tasks}
+    weights_sum = {t: 0.0 for t in tasks}
+    steps = 0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        epoch_sums = {t: 0.0 for t in tasks}
+        epoch_steps = 0
+        for start in range(0, n, cfg.batch_size):
+            b = perm[start:start + cfg.batch_size]
+            u, i, r = data.train_u[b], data.train_i[b], data.train_r[b]
+            opt.zero_grad(set_to_none=True)
+            ls = task_losses(model, u, i, r, tasks, cfg.click_loss, cfg.num_negatives, mask,
+                             gen if device.type == "cpu" else None)
+            w = weighting.backward(ls, shared_params)
+            reg = cfg.l2 * (model.personal.user_emb(u).pow(2).sum(-1).mean()
+                            + model.encoder.item_emb(i).pow(2).sum(-1).mean())
+            if anchor is not None:
+                reg = reg + 0.5 * cfg.prox_mu * sum((params[k] - a).pow(2).sum() for k, a in anchor.items())
+            if reg.requires_grad:
+                reg.backward()
+            opt.step()
+            for t in tasks:
+                epoch_sums[t] += float(ls[t].detach())
+                weights_sum[t] += w[t]
+            epoch_steps += 1
+        weighting.end_epoch({t: epoch_sums[t] / max(epoch_steps, 1) for t in tasks})
+        for t in tasks:
+            sums[t] += epoch_sums[t]
+        steps += epoch_steps
+    for p in params.values():
+        p.requires_grad_(True)
+    steps = max(steps, 1)
+    return TrainResult(n, {t: sums[t] / steps for t in tasks}, {t: weights_sum[t] / steps for t in tasks})
+
+
+@torch.no_grad()
+def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test") -> dict:
+    """Additive metric parts (see `metrics.combine`) of this data's test interactions."""
+    model.eval()
+    u, i, r = (data.test_u, data.test_i, data.test_r) if on == "test" else (data.train_u, data.train_i, data.train_r)
+    part: dict = {}
+    if len(u) == 0:
+        return part
+    if "rating" in tasks or "like" in tasks:
+        s = model.pair_scores(u, i)
+        if "rating" in tasks:
+            err = (s["rating"].clamp(1.0, 5.0) - r).cpu().numpy().astype(np.float64)
+            part.update({"rating.n": int(len(err)), "rating.se": float((err ** 2).sum()),
+                         "rating.ae": float(np.abs(err).sum())})
+        if "like" in tasks:
+            prob = torch.sigmoid(s["like"]).cpu().numpy()
+            y = (r >= LIKE_THRESHOLD).cpu().numpy()
+            pos, neg = M.histograms(prob, y)
+            part.update({"like.n": int(len(y)), "like.ll": M.logloss_sum(prob, y),
+                         "like.hist_pos": pos.tolist(), "like.hist_neg": neg.tolist()})
+    if "click" in tasks:
+        users = torch.arange(len(data.users), device=u.device)
+        ir = model.item_reps()
+        hr_all, nd_all = [], []
+        mask = data.train_mask()
+        lists = data.test_lists()
+        for s0 in range(0, len(users), 512):
+            sl = slice(s0, s0 + 512)
+            scores = model.all_item_scores(users[sl], "click", ir)
+            hr, nd = M.rank_metrics(scores, mask[sl], lists[sl], k)
+            hr_all.append(hr)
+            nd_all.append(nd)
+        has_test = np.array([len(x) > 0 for x in lists])
+        hr, nd = np.concatenate(hr_all)[has_test], np.concatenate(nd_all)[has_test]
+        part.update({"click.n": int(has_test.sum()), "click.hr": float(hr.sum()), "click.ndcg": float(nd.sum())})
+    return part

@@ -1,0 +1,20 @@
+"""Fixed task weights from config."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Weighting
+
+
+class Fixed(Weighting):
+    def __init__(self, tasks, weights=None, **kw):
+        super().__init__(tasks, **kw)
+        weights = dict(weights or {})
+        unknown = set(weights) - set(tasks) - {"rating", "click", "like"}
+        if unknown:
+            raise ConfigError(f"weighting.weights: unknown task {sorted(unknown)[0]!r}")
+        self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+
+    def backward(self, losses, shared_params):
+        sum(self.weights[t] * losses[t] for t in self.tasks).backward()
+        return dict(self.weights)
