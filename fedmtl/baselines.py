@@ -18,6 +18,7 @@ from .data import Federation
 from .metrics import combine
 from .model import build_model
 from .results import append_jsonl
+from .schedule import client_round
 from .train import TrainConfig, evaluate, local_train
 from .weighting import build_weighting
 
@@ -69,7 +70,7 @@ def run_local(cfg: dict, fed: Federation, out_dir: Path) -> dict:
         torch.manual_seed(cfg["seed"] * 1_000_003 + pid)
         model = build_model(cfg["model"], tasks, len(data.users), data.user_cat, fed.meta, cfg["seed"]).to(device)
         weighting = build_weighting(cfg["weighting"], tasks)
-        local_train(model, data, tasks, weighting, _train_cfg(cfg, epochs), seed=cfg["seed"] * 7_919 + pid)
+        client_round(model, data, tasks, weighting, _train_cfg(cfg, epochs), cfg, seed=cfg["seed"] * 7_919 + pid)
         parts.append(evaluate(model, data, tasks))
         if (pid + 1) % max(1, n // 10) == 0 or pid + 1 == n:
             log.info("local-only: %d/%d clients trained (%.1fs)", pid + 1, n, time.time() - t0)

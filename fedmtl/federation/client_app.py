@@ -8,10 +8,10 @@ from flwr.clientapp import ClientApp
 
 from ..config import resolve_device
 from ..data import federation_for
-from ..train import TrainConfig, evaluate, local_train
-from ..weighting import build_weighting
-from ..model import shared_names
-from .client_state import client_model, config_from_context, load_shared, save_personal, shared_record
+from ..schedule import client_round
+from ..train import TrainConfig, evaluate
+from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
+                           save_weighting, shared_record)
 
 
 def _client_data(cfg, context: Context):
@@ -39,11 +39,11 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
         server_round = int(msg.content["config"]["server-round"])
-        weighting = build_weighting(run_cfg["weighting"], run_cfg["tasks"])
-        result = local_train(model, data, run_cfg["tasks"], weighting, train_config(run_cfg),
-                             seed=run_cfg["seed"] * 7_919 + server_round * 100_003 + pid,
-                             shared=shared_names(model, run_cfg["aggregate"]))
+        weighting = client_weighting(run_cfg, context.state)
+        result = client_round(model, data, run_cfg["tasks"], weighting, train_config(run_cfg), run_cfg,
+                              seed=run_cfg["seed"] * 7_919 + server_round * 100_003 + pid)
         save_personal(model, run_cfg, context.state)
+        save_weighting(weighting, context.state)
         metrics = {"num-examples": result.num_examples}
         metrics.update({f"loss.{t}": v for t, v in result.losses.items()})
         metrics.update({f"weight.{t}": v for t, v in result.weights.items()})

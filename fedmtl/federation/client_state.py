@@ -17,9 +17,11 @@ from flwr.app import Array, ArrayRecord, Context, RecordDict
 
 from ..config import resolve_device
 from ..data import ClientData, federation_for
+from ..weighting import build_weighting
 from ..model import build_model, get_arrays, personal_names, set_arrays, shared_names
 
 PERSONAL_KEY = "personal"
+WEIGHTING_KEY = "weighting"
 
 
 def config_from_context(context: Context, bound: dict | None) -> dict:
@@ -80,3 +82,17 @@ def shared_record(model, cfg: dict) -> ArrayRecord:
 
 def load_shared(model, record: ArrayRecord) -> None:
     set_arrays(model, {k: v.numpy() for k, v in record.items()})
+
+
+def client_weighting(cfg: dict, state: RecordDict):
+    """The task weighting with its learned state (personal to the client) restored."""
+    weighting = build_weighting(cfg["weighting"], cfg["tasks"])
+    if WEIGHTING_KEY in state:
+        weighting.load_state_dict({k: torch.as_tensor(v.numpy()) for k, v in state[WEIGHTING_KEY].items()})
+    return weighting
+
+
+def save_weighting(weighting, state: RecordDict) -> None:
+    sd = weighting.state_dict()
+    if sd:
+        state[WEIGHTING_KEY] = ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in sd.items()})

@@ -1,0 +1,26 @@
+"""What one client does in one round, by `aggregate` mode (no Flower).
+
+- encoder / all: train every parameter for `local_epochs` (what is then sent
+  differs, see `model.parts`).
+- fedrep: FedRep-style (Collins et al. 2021): first the personal parameters with
+  the encoder frozen for `fedrep.head_epochs`, then the encoder with the personal
+  parameters frozen for `local_epochs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .model import personal_names, shared_names
+from .train import TrainConfig, TrainResult, local_train
+
+
+def client_round(model, data, tasks, weighting, tcfg: TrainConfig, cfg: dict, seed: int) -> TrainResult:
+    aggregate = cfg["aggregate"]
+    shared = shared_names(model, aggregate)
+    if aggregate != "fedrep":
+        return local_train(model, data, tasks, weighting, tcfg, seed, shared=shared)
+    head_epochs = int(cfg.get("fedrep", {}).get("head_epochs", 1))
+    local_train(model, data, tasks, weighting, replace(tcfg, epochs=head_epochs), seed,
+                shared=shared, trainable=personal_names(model, aggregate))
+    return local_train(model, data, tasks, weighting, tcfg, seed + 1, shared=shared, trainable=shared)
