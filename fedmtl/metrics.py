@@ -6,7 +6,7 @@ centralised baseline, all of them in federated and local-only runs) into the
 final figures, so every mode is scored by the same code.
 
 - rating: RMSE (predictions clipped to 1..5) and MAE over all test pairs.
-- like: AUC over all test pairs pooled, from per-client score histograms
+- like: AUC over all test pairs pooled, from the clients' binned scores
   (`AUC_BINS` bins on the predicted probability; exact up to ties within a
   bin), and mean logloss.
 - click: full-ranking HR@10 and NDCG@10 over every item the user has not
@@ -41,8 +41,13 @@ def auc_exact(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def score_bins(prob: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
+    """The bin of each predicted probability (a client sends these, not its scores)."""
+    return np.clip((np.asarray(prob) * bins).astype(np.int64), 0, bins - 1)
+
+
 def histograms(prob: np.ndarray, labels: np.ndarray, bins: int = AUC_BINS) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.clip((np.asarray(prob) * bins).astype(np.int64), 0, bins - 1)
+    idx = score_bins(prob, bins)
     labels = np.asarray(labels).astype(bool)
     return (np.bincount(idx[labels], minlength=bins), np.bincount(idx[~labels], minlength=bins))
 
@@ -101,8 +106,11 @@ def combine(parts: list[dict]) -> dict[str, float]:
         out["rating.rmse_p10"], out["rating.rmse_p90"] = _percentiles(rmses)
     n = sum(get("like.n"))
     if n:
-        pos = np.sum([np.asarray(h) for h in get("like.hist_pos")], axis=0)
-        neg = np.sum([np.asarray(h) for h in get("like.hist_neg")], axis=0)
+        # Parts carry the binned scores of positives and negatives (a sparse histogram).
+        pos = np.bincount(np.concatenate([np.asarray(b, dtype=np.int64) for b in get("like.pos_bins")]),
+                          minlength=AUC_BINS)
+        neg = np.bincount(np.concatenate([np.asarray(b, dtype=np.int64) for b in get("like.neg_bins")]),
+                          minlength=AUC_BINS)
         out["like.auc"] = auc_from_histograms(pos, neg)
         out["like.logloss"] = sum(get("like.ll")) / n
         lls = [p["like.ll"] / p["like.n"] for p in parts if p.get("like.n")]

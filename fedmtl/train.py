@@ -53,7 +53,7 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
     shared_params = [params[n] for n in shared if n in names]
     anchor = {n: params[n].detach().clone() for n in shared} if cfg.prox_mu > 0 else None
     opt_params = [params[n] for n in names] + list(weighting.parameters())
-    opt = torch.optim.Adam(opt_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(opt_params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     mask = data.train_mask() if (cfg.click_loss != "softmax" and "click" in tasks) else None
     n = data.n_train
     model.train()
@@ -109,9 +109,9 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test") -> d
         if "like" in tasks:
             prob = torch.sigmoid(s["like"]).cpu().numpy()
             y = (r >= LIKE_THRESHOLD).cpu().numpy()
-            pos, neg = M.histograms(prob, y)
+            b = M.score_bins(prob)
             part.update({"like.n": int(len(y)), "like.ll": M.logloss_sum(prob, y),
-                         "like.hist_pos": pos.tolist(), "like.hist_neg": neg.tolist()})
+                         "like.pos_bins": b[y].tolist(), "like.neg_bins": b[~y].tolist()})
     if "click" in tasks:
         users = torch.arange(len(data.users), device=u.device)
         ir = model.item_reps()

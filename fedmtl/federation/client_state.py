@@ -80,8 +80,15 @@ def shared_record(model, cfg: dict) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
+_last_decoded: list = [None, None]  # (record, arrays): the record every client of a round shares
+
+
 def load_shared(model, record: ArrayRecord) -> None:
-    set_arrays(model, {k: v.numpy() for k, v in record.items()})
+    """Load the server's arrays. In one process every sampled client receives the same
+    record object, so it is decoded once per round instead of once per client."""
+    if _last_decoded[0] is not record:
+        _last_decoded[0], _last_decoded[1] = record, {k: v.numpy() for k, v in record.items()}
+    set_arrays(model, _last_decoded[1])
 
 
 def client_weighting(cfg: dict, state: RecordDict):

@@ -15,7 +15,7 @@ AGGREGATE_MODES = ("encoder", "all", "fedrep")
 
 
 def shared_names(model: nn.Module, aggregate: str = "encoder") -> list[str]:
-    names = [n for n, _ in model.named_parameters()]
+    names = list(params_of(model))
     if aggregate in ("encoder", "fedrep"):
         return [n for n in names if n.startswith("encoder.")]
     if aggregate == "all":
@@ -25,17 +25,26 @@ def shared_names(model: nn.Module, aggregate: str = "encoder") -> list[str]:
 
 def personal_names(model: nn.Module, aggregate: str = "encoder") -> list[str]:
     shared = set(shared_names(model, aggregate))
-    return [n for n, _ in model.named_parameters() if n not in shared]
+    return [n for n in params_of(model) if n not in shared]
+
+
+def params_of(model: nn.Module) -> dict[str, nn.Parameter]:
+    """name -> parameter, cached on the model (clients reuse one model per process)."""
+    cached = model.__dict__.get("_fedmtl_params")
+    if cached is None:
+        cached = dict(model.named_parameters())
+        model.__dict__["_fedmtl_params"] = cached
+    return cached
 
 
 def get_arrays(model: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
-    params = dict(model.named_parameters())
+    params = params_of(model)
     return {n: params[n].detach().cpu().numpy().copy() for n in names}
 
 
 @torch.no_grad()
 def set_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    params = dict(model.named_parameters())
+    params = params_of(model)
     for n, a in arrays.items():
         if n not in params:
             raise KeyError(f"unknown parameter {n!r}")
