@@ -1,0 +1,148 @@
+"""Data: loaders, the per-user split, the partition into clients, and each client's slice."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+import json
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from . import movielens, split as split_mod, synthetic
+from .dataset import Dataset
+from .partition import partition
+from .split import Split
+
+log = logging.getLogger(__name__)
+DATASETS = ("synthetic", "movielens100k", "movielens1m")
+
+
+def load_dataset(dcfg: dict) -> Dataset:
+    name = dcfg.get("name")
+    if name == "synthetic":
+        keys = ("n_users", "n_items", "dim", "mean_interactions", "n_genres", "popularity_skew",
+                "affinity_strength", "rating_noise")
+        return synthetic.generate(seed=dcfg.get("seed", 0), **{k: dcfg[k] for k in keys if k in dcfg})
+    if name in ("movielens100k", "movielens1m"):
+        path = dcfg.get("path")
+        if not path:
+            raise ConfigError(f"dataset.path: dataset={name} needs the folder of the GroupLens files "
+                              f"(e.g. dataset.path=data/ml-100k; get it with fedmtl.data.movielens.download)")
+        return movielens.load(path)
+    raise ConfigError(f"dataset={name}: expected one of {list(DATASETS)}")
+
+
+@dataclass
+class ClientData:
+    """One client's users and their train/test interactions (local user index 0..n-1)."""
+
+    users: np.ndarray
+    user_cat: np.ndarray
+    n_items: int
+    train_u: torch.Tensor
+    train_i: torch.Tensor
+    train_r: torch.Tensor
+    test_u: torch.Tensor
+    test_i: torch.Tensor
+    test_r: torch.Tensor
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_u)
+
+    def to(self, device) -> "ClientData":
+        for f in ("train_u", "train_i", "train_r", "test_u", "test_i", "test_r"):
+            setattr(self, f, getattr(self, f).to(device))
+        return self
+
+    def train_mask(self) -> torch.Tensor:
+        mask = torch.zeros(len(self.users), self.n_items, dtype=torch.bool, device=self.train_u.device)
+        mask[self.train_u, self.train_i] = True
+        return mask
+
+    def test_lists(self) -> list[np.ndarray]:
+        u, i = self.test_u.cpu().numpy(), self.test_i.cpu().numpy()
+        return [i[u == k] for k in range(len(self.users))]
+
+
+class _ByUser:
+    """Rows of a split part grouped by user, for cheap per-client slicing."""
+
+    def __init__(self, df, n_users):
+        order = np.argsort(df["user"].to_numpy(), kind="stable")
+        self.u = df["user"].to_numpy()[order]
+        self.i = df["item"].to_numpy()[order]
+        self.r = df["rating"].to_numpy()[order].astype(np.float32)
+        self.ptr = np.searchsorted(self.u, np.arange(n_users + 1))
+
+    def rows(self, users):
+        idx = np.concatenate([np.arange(self.ptr[u], self.ptr[u + 1]) for u in users]) if len(users) else np.empty(0, int)
+        return self.u[idx], self.i[idx], self.r[idx]
+
+
+class Federation:
+    """The data of a run: data set, split, and which users each client holds."""
+
+    def __init__(self, dataset: Dataset, split: Split, num_clients: int, seed: int):
+        self.dataset, self.split = dataset, split
+        users = np.unique(split.train["user"].to_numpy())
+        self.clients = partition(users, num_clients, seed)
+        self._train = _ByUser(split.train, dataset.n_users)
+        self._test = _ByUser(split.test, dataset.n_users)
+
+    @property
+    def meta(self) -> dict:
+        d = self.dataset
+        return {"n_items": d.n_items, "user_cards": d.user_cards, "item_cards": d.item_cards,
+                "item_cat": d.item_cat, "item_multi": d.item_multi}
+
+    def client_data(self, users: np.ndarray) -> ClientData:
+        users = np.asarray(users)
+        local = {int(u): k for k, u in enumerate(users)}
+        tu, ti, tr = self._train.rows(users)
+        su, si, sr = self._test.rows(users)
+        loc = np.vectorize(local.__getitem__, otypes=[np.int64])
+        return ClientData(
+            users=users, user_cat=self.dataset.user_cat[users], n_items=self.dataset.n_items,
+            train_u=torch.as_tensor(loc(tu) if len(tu) else tu.astype(np.int64)),
+            train_i=torch.as_tensor(ti, dtype=torch.long), train_r=torch.as_tensor(tr),
+            test_u=torch.as_tensor(loc(su) if len(su) else su.astype(np.int64)),
+            test_i=torch.as_tensor(si, dtype=torch.long), test_r=torch.as_tensor(sr),
+        )
+
+    def partition_data(self, pid: int) -> ClientData:
+        if not 0 <= pid < len(self.clients):
+            raise ConfigError(f"partition-id {pid}: this federation has {len(self.clients)} clients")
+        return self.client_data(self.clients[pid])
+
+    def all_data(self) -> ClientData:
+        return self.client_data(np.concatenate(self.clients))
+
+
+def build_federation(cfg: dict) -> Federation:
+    dataset = load_dataset(cfg["dataset"])
+    scfg = cfg.get("split", {}) or {}
+    if scfg.get("path"):
+        split = split_mod.read(scfg["path"], dataset)
+    else:
+        split = split_mod.per_user_split(dataset.interactions, seed=scfg.get("seed", cfg["seed"]),
+                                         train_frac=scfg.get("train_frac", 0.8))
+    if scfg.get("validation", False):
+        # Tuning mode: the train part is carved again; test is never touched.
+        split = split_mod.carve_validation(split, seed=scfg.get("validation_seed", 1))
+    return Federation(dataset, split, cfg["num_clients"], cfg["seed"])
+
+
+@lru_cache(maxsize=2)
+def _cached(key: str) -> Federation:
+    return build_federation(json.loads(key))
+
+
+def federation_for(cfg: dict) -> Federation:
+    """The federation of `cfg`, built once per process (clients of a simulation share it;
+    each client only ever reads its own partition from it)."""
+    keys = ("dataset", "split", "num_clients", "seed")
+    return _cached(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str))

@@ -1,0 +1,123 @@
+"""The per-user train/test split of PROTOCOL.md, its export and its re-import.
+
+For each user (in id order) a seeded permutation of that user's interactions
+(taken in log order) puts the first floor(frac * n_u) in train and the rest in
+test. Users with fewer than two interactions cannot have both and are dropped
+with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from .dataset import COLUMNS, Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    test: pd.DataFrame
+
+
+def per_user_split(inter: pd.DataFrame, seed: int, train_frac: float = 0.8) -> Split:
+    """Split each user's interactions; `inter` rows keep their order within a user."""
+    rng = np.random.default_rng(seed)
+    inter = inter.sort_values(["user"], kind="stable").reset_index(drop=True)
+    users, starts, counts = np.unique(inter["user"].to_numpy(), return_index=True, return_counts=True)
+    is_train = np.zeros(len(inter), dtype=bool)
+    keep = np.ones(len(inter), dtype=bool)
+    dropped = 0
+    for start, n in zip(starts, counts):
+        if n < 2:
+            keep[start:start + n] = False
+            dropped += 1
+            continue
+        perm = rng.permutation(n)
+        is_train[start + perm[: int(np.floor(train_frac * n))]] = True
+    if dropped:
+        log.warning("split: %d users with fewer than 2 interactions dropped", dropped)
+    return Split(
+        train=inter[keep & is_train].reset_index(drop=True),
+        test=inter[keep & ~is_train].reset_index(drop=True),
+    )
+
+
+def carve_validation(split: Split, seed: int, train_frac: float = 0.8) -> Split:
+    """A validation carve of the train part, split per user the same way (for tuning)."""
+    return per_user_split(split.train, seed=seed, train_frac=train_frac)
+
+
+def write(split: Split, dataset: Dataset, folder: str | Path) -> None:
+    """Write train.tsv and test.tsv with the data set's raw ids (user item rating ts)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", split.train), ("test", split.test)):
+        out = pd.DataFrame({
+            "user": dataset.raw_user_ids[part["user"].to_numpy()],
+            "item": dataset.raw_item_ids[part["item"].to_numpy()],
+            "rating": part["rating"].to_numpy(),
+            "ts": part["ts"].to_numpy(),
+        })
+        tmp = folder / f".{name}.tsv.tmp"
+        out.to_csv(tmp, sep="\t", header=False, index=False, float_format="%g")
+        tmp.replace(folder / f"{name}.tsv")
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    rows = []
+    for no, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+        if not line.strip():
+            continue
+        f = line.split("\t")
+        if len(f) != 4:
+            raise DataError(f"{path}:{no}: expected 4 tab-separated fields (user item rating ts), found {len(f)}")
+        try:
+            rows.append((int(f[0]), int(f[1]), float(f[2]), int(f[3])))
+        except ValueError:
+            raise DataError(f"{path}:{no}: user, item and ts must be integers and rating a number: {line!r}") from None
+        if not 1.0 <= rows[-1][2] <= 5.0:
+            raise DataError(f"{path}:{no}: rating {rows[-1][2]} is outside 1..5")
+    if not rows:
+        raise DataError(f"{path}: file is empty")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def read(folder: str | Path, dataset: Dataset) -> Split:
+    """Load a given train.tsv/test.tsv pair (raw ids of `dataset`).
+
+    Policy: test rows whose user or item never occurs in train are dropped with a
+    warning (the model has nothing to score them with); an id unknown to the data
+    set is an error.
+    """
+    folder = Path(folder)
+    parts = {}
+    umap = {int(u): k for k, u in enumerate(dataset.raw_user_ids)}
+    imap = {int(i): k for k, i in enumerate(dataset.raw_item_ids)}
+    for name in ("train", "test"):
+        path = folder / f"{name}.tsv"
+        raw = _read_part(path)
+        for col, mapping in (("user", umap), ("item", imap)):
+            mapped = raw[col].map(mapping)
+            if mapped.isna().any():
+                bad = raw.loc[mapped.isna(), col].iloc[0]
+                raise DataError(f"{path}: {col} id {bad} is not in the data set {dataset.name}")
+            raw[col] = mapped.astype(np.int64)
+        raw["rating"] = raw["rating"].astype(np.float32)
+        parts[name] = raw
+    train, test = parts["train"], parts["test"]
+    known = test["user"].isin(set(train["user"])) & test["item"].isin(set(train["item"]))
+    if not known.all():
+        log.warning("split %s: %d test rows with users or items absent from train dropped",
+                    folder, int((~known).sum()))
+        test = test[known].reset_index(drop=True)
+    return Split(train=train, test=test)
