@@ -18,6 +18,7 @@ MODES = ("federated", "centralized", "local")
 AGGREGATE = ("encoder", "all", "fedrep")
 DEVICES = ("auto", "cpu", "cuda")
 CLICK_LOSSES = ("softmax", "sampled")
+EXCHANGES = ("dense", "sparse")
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> dict:
@@ -80,6 +81,12 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "privacy.name", PRIVACY)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
+    _choice(cfg, "exchange.name", EXCHANGES)
+    if cfg["exchange"]["name"] == "sparse":
+        _number(cfg, "exchange.pad_rows", lo=0, integer=True)
+        if str(cfg["privacy"]["name"]).startswith("secagg"):
+            raise ConfigError(f"exchange=sparse with privacy={cfg['privacy']['name']}: SecAgg+ sums dense vectors "
+                              "of one length from every client; use exchange=dense")
     for key in ("num_clients", "num_rounds", "local_epochs", "eval_every", "model.dim", "train.batch_size"):
         _number(cfg, key, lo=1, integer=True)
     for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives"):

@@ -80,7 +80,11 @@ def run_federated(cfg: dict, num_clients: int) -> dict:
     backend = cfg["backend"]["name"]
     if backend == "inprocess":
         from .engine.inprocess import run_inprocess
-        run_inprocess(server_app, client_app, num_clients)
+        bcfg = cfg["backend"]
+        state = bcfg.get("state", "auto")
+        on_disk = state == "disk" or (state == "auto" and num_clients >= bcfg.get("disk_from_clients", 5000))
+        run_inprocess(server_app, client_app, num_clients, workers=bcfg.get("workers", 1),
+                      state_dir=cfg["output_dir"] if on_disk else None)
     else:
         from .engine.ray import run_ray
         run_ray(server_app, client_app, num_clients, cfg["backend"], cfg.get("verbose", False))

@@ -47,7 +47,9 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         metrics = {"num-examples": result.num_examples}
         metrics.update({f"loss.{t}": v for t, v in result.losses.items()})
         metrics.update({f"weight.{t}": v for t, v in result.weights.items()})
-        return Message(RecordDict({"arrays": shared_record(model, run_cfg), "metrics": MetricRecord(metrics)}),
+        seed = run_cfg["seed"] * 7_919 + server_round * 100_003 + pid
+        return Message(RecordDict({"arrays": shared_record(model, run_cfg, data, seed),
+                                   "metrics": MetricRecord(metrics)}),
                        reply_to=msg)
 
     @app.evaluate()

@@ -75,8 +75,14 @@ def save_personal(model, cfg: dict, state: RecordDict) -> None:
     state[PERSONAL_KEY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def shared_record(model, cfg: dict) -> ArrayRecord:
+def shared_record(model, cfg: dict, data: ClientData | None = None, seed: int = 0) -> ArrayRecord:
+    """What a client uploads: the shared parameters, dense or (exchange=sparse) as touched rows."""
     arrays = get_arrays(model, shared_names(model, cfg["aggregate"]))
+    ex = cfg.get("exchange", {}) or {}
+    if ex.get("name", "dense") == "sparse" and data is not None:
+        from .sparse import sparse_payload
+        arrays = sparse_payload(arrays, data.train_i.cpu().numpy(), model.n_items, int(ex.get("pad_rows", 0)),
+                                np.random.default_rng(seed))
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
