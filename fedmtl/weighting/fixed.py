@@ -7,8 +7,8 @@ from .base import Weighting
 
 
 class Fixed(Weighting):
-    def __init__(self, tasks, weights=None, **kw):
-        super().__init__(tasks, **kw)
+    def __init__(self, tasks, weights=None):
+        super().__init__(tasks)
         weights = dict(weights or {})
         unknown = set(weights) - set(tasks) - {"rating", "click", "like"}
         if unknown:
@@ -16,5 +16,4 @@ class Fixed(Weighting):
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
 
     def backward(self, losses, shared_params):
-        sum(self.weights[t] * losses[t] for t in self.tasks).backward()
-        return dict(self.weights)
+        return self.weighted_backward(losses, self.weights)
