@@ -80,5 +80,7 @@ class SparseFedAvg(FedAvg):
             new = current.copy()
             new[sent] = (acc[sent] / wsum[sent][:, None]).astype(current.dtype)
             out[name] = Array(new)
+        if self._current is not None:  # the order sent: FedAvgM pairs old and new arrays by position
+            out = ArrayRecord({k: out[k] for k in self._current.keys() if k in out})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return out, metrics
