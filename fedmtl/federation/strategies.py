@@ -1,14 +1,45 @@
-"""Flower's own strategies, configured from `strategy=` (never re-implemented here)."""
+"""Flower's own strategies, configured from `strategy=` (never re-implemented here).
+
+| strategy=     | Flower class  | server step on the shared arrays                        |
+| fedavg        | FedAvg        | example-weighted mean of the clients' arrays             |
+| fedprox       | FedProx       | as FedAvg; clients add mu/2 ||w - w_global||^2 (train.py) |
+| fedavgm       | FedAvgM       | SGD with momentum on the pseudo-gradient (old - mean)     |
+| fedadagrad    | FedAdagrad    | Adagrad on the pseudo-gradient (Reddi et al. 2021)       |
+| fedadam       | FedAdam       | Adam on the pseudo-gradient                               |
+| fedyogi       | FedYogi       | Yogi on the pseudo-gradient                               |
+| fedmedian     | FedMedian     | coordinate-wise median (robust to outlier clients)        |
+| fedtrimmedavg | FedTrimmedAvg | coordinate-wise mean without the `beta` tails             |
+
+Each conf/strategy/<name>.yaml holds the class's own hyper-parameters; the
+sampling and minimum-client settings come from the top-level config. With
+`exchange=sparse` the clients' row-sparse uploads are first averaged row by row
+(`sparse.SparseFedAvg`), then the strategy's own server step runs on that
+average; FedMedian and FedTrimmedAvg need every client's whole array, so they
+take `exchange=dense` only.
+"""
 
 from __future__ import annotations
 
-from flwr.app import MetricRecord, RecordDict
+from functools import lru_cache
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fs
 
 from ..errors import ConfigError
 from ..metrics import combine
+from .sparse import SparseFedAvg
 
-CLASSES = {"fedavg": fs.FedAvg}
+CLASSES = {
+    "fedavg": fs.FedAvg,
+    "fedprox": fs.FedProx,
+    "fedavgm": fs.FedAvgM,
+    "fedadagrad": fs.FedAdagrad,
+    "fedadam": fs.FedAdam,
+    "fedyogi": fs.FedYogi,
+    "fedmedian": fs.FedMedian,
+    "fedtrimmedavg": fs.FedTrimmedAvg,
+}
 
 
 def evaluate_aggregation(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -20,11 +51,49 @@ def evaluate_aggregation(records: list[RecordDict], weighted_by_key: str) -> Met
     return MetricRecord(out)
 
 
+class KeepDtypes:
+    """Cast the aggregate back to the dtypes the server sent. Flower's FedOpt family
+    multiplies the float32 arrays by NumPy float64 scalars, which would turn the
+    shared model into float64 and double every later download."""
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._sent_dtypes = {k: a.dtype for k, a in arrays.items()}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        dtypes = getattr(self, "_sent_dtypes", {})
+        if arrays is not None and any(a.dtype != dtypes.get(k, a.dtype) for k, a in arrays.items()):
+            arrays = ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=dtypes.get(k, a.dtype)))
+                                  for k, a in arrays.items()})
+        return arrays, metrics
+
+
+DENSE_ONLY = ("fedmedian", "fedtrimmedavg")  # they aggregate whole arrays, not a weighted mean
+
+
+@lru_cache(maxsize=None)
+def strategy_class(name: str, exchange: str = "dense") -> type:
+    """Flower's class for `strategy=name`, keeping dtypes; for exchange=sparse, with
+    SparseFedAvg's row-wise mean under the class's own step (FedOpt and FedAvgM
+    call FedAvg's aggregate_train first, so the MRO puts SparseFedAvg there)."""
+    if name not in CLASSES:
+        raise ConfigError(f"strategy={name}: expected one of {sorted(CLASSES)}")
+    cls = CLASSES[name]
+    if exchange == "dense":
+        bases = (KeepDtypes, cls)
+    elif name in DENSE_ONLY:
+        raise ConfigError(f"strategy={name} with exchange={exchange}: {cls.__name__} aggregates whole arrays; "
+                          "use exchange=dense")
+    else:
+        bases = (KeepDtypes, SparseFedAvg) if cls is fs.FedAvg else (KeepDtypes, cls, SparseFedAvg)
+    return type(cls.__name__, bases, {"__doc__": cls.__doc__})
+
+
 def build_strategy(cfg: dict):
     scfg = dict(cfg["strategy"])
     name = scfg.pop("name")
-    if name not in CLASSES:
-        raise ConfigError(f"strategy={name}: expected one of {sorted(CLASSES)}")
+    cls = strategy_class(name, (cfg.get("exchange") or {}).get("name", "dense"))
     common = dict(
         fraction_train=cfg["fraction_train"],
         fraction_evaluate=cfg["fraction_evaluate"],
@@ -33,7 +102,9 @@ def build_strategy(cfg: dict):
         min_available_nodes=min(cfg["min_train_clients"], cfg["num_clients"]),
         evaluate_metrics_aggr_fn=evaluate_aggregation,
     )
+    if issubclass(cls, fs.fedopt.FedOpt):
+        common["eta_l"] = cfg["train"]["lr"]  # Flower only records it: the clients' rate is train.lr
     try:
-        return CLASSES[name](**common, **scfg)
+        return cls(**common, **scfg)
     except TypeError as e:
         raise ConfigError(f"strategy={name}: {e}") from None

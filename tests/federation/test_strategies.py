@@ -1,0 +1,271 @@
+"""strategy=: each name builds Flower's own class with the YAML's hyper-parameters,
+and each shows its defining server step on hand-made client updates."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmtl.config import compose
+from fedmtl.errors import ConfigError
+from fedmtl.federation.client_app import train_config
+from fedmtl.federation.strategies import CLASSES, build_strategy
+from fedmtl.federation_names import STRATEGIES
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "strategy"
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    """Messages take their run id from the process's task identity, as under Flower."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+class FakeClients:
+    """A grid of clients whose reply is `update(received_w) -> (new_w, num_examples)`."""
+
+    def __init__(self, *updates):
+        self.updates = updates
+
+    def get_node_ids(self):
+        return list(range(1, len(self.updates) + 1))
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            new, n = self.updates[m.metadata.dst_node_id - 1](m.content["arrays"]["w"].numpy())
+            replies.append(Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.asarray(new, np.float32))}),
+                                               "metrics": MetricRecord({"num-examples": n})}), reply_to=m))
+        return replies
+
+
+def sends(value, n=1):
+    return lambda w: (np.asarray(value, np.float32), n)
+
+
+def moves_by(delta, n=1):
+    return lambda w: (w + np.asarray(delta, np.float32), n)
+
+
+def server_round(strategy, grid, rnd, w):
+    msgs = list(strategy.configure_train(rnd, ArrayRecord({"w": Array(np.asarray(w, np.float32))}),
+                                         ConfigRecord(), grid))
+    agg, _ = strategy.aggregate_train(rnd, grid.send_and_receive(msgs))
+    return agg["w"].numpy()
+
+
+def strategy(name, *overrides, clients=4):
+    return build_strategy(compose([f"strategy={name}", f"num_clients={clients}", *overrides]))
+
+
+def yaml_of(name):
+    return yaml.safe_load((CONF / f"{name}.yaml").read_text())
+
+
+# --- every name --------------------------------------------------------------
+
+def test_names_classes_and_config_files_agree():
+    assert tuple(CLASSES) == STRATEGIES
+    assert sorted(p.stem for p in CONF.glob("*.yaml")) == sorted(STRATEGIES)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_builds_flowers_class_with_the_yaml_hyper_parameters(name):
+    s = strategy(name)
+    assert isinstance(s, CLASSES[name])
+    for key, value in yaml_of(name).items():
+        if key != "name":
+            assert getattr(s, key) == value, key
+
+
+def test_hyper_parameters_are_overridable_and_a_wrong_one_is_a_config_error():
+    assert strategy("fedadam", "strategy.eta=0.03").eta == 0.03
+    with pytest.raises(ConfigError, match="strategy=fedadam: .*'etta'"):
+        strategy("fedadam", "+strategy.etta=1")
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_server_step_keeps_the_dtype_sent(name):
+    grid = FakeClients(moves_by([0.1, -0.2]), moves_by([0.3, 0.0]), moves_by([0.2, 0.1]))
+    assert server_round(strategy(name, clients=3), grid, 1, [1.0, 1.0]).dtype == np.float32
+
+
+# --- fedavg / fedprox --------------------------------------------------------
+
+def test_fedavg_is_the_example_weighted_mean():
+    grid = FakeClients(sends([1.0, 0.0], n=1), sends([4.0, 3.0], n=2))
+    np.testing.assert_allclose(server_round(strategy("fedavg", clients=2), grid, 1, [0, 0]), [3.0, 2.0])
+
+
+def test_fedprox_sends_mu_and_the_client_uses_it():
+    cfg = compose(["strategy=fedprox", "strategy.proximal_mu=0.5", "num_clients=2"])
+    s = build_strategy(cfg)
+    msgs = list(s.configure_train(1, ArrayRecord({"w": Array(np.zeros(2, np.float32))}), ConfigRecord(),
+                                  FakeClients(sends(0), sends(0))))
+    assert msgs[0].content["config"]["proximal-mu"] == 0.5
+    assert train_config(cfg).prox_mu == 0.5
+    assert train_config(compose(["strategy=fedavg"])).prox_mu == 0.0
+
+
+def test_fedprox_large_mu_keeps_the_local_model_near_the_global_one():
+    from fedmtl.data import federation_for
+    from fedmtl.model import build_model, shared_names
+    from fedmtl.train import local_train
+    from fedmtl.weighting import build_weighting
+
+    cfg = compose(["dataset.n_users=40", "dataset.n_items=30", "num_clients=4"])
+    fed = federation_for(cfg)
+    data = fed.partition_data(0)
+
+    def drift(mu):
+        model = build_model(cfg["model"], cfg["tasks"], len(data.users), data.user_cat, fed.meta, seed=0)
+        shared = shared_names(model, "encoder")
+        params = dict(model.named_parameters())
+        start = {n: params[n].detach().clone() for n in shared}
+        tcfg = train_config(cfg)
+        tcfg.epochs, tcfg.prox_mu = 12, mu
+        local_train(model, data, cfg["tasks"], build_weighting(cfg["weighting"], cfg["tasks"]), tcfg, seed=0,
+                    shared=shared)
+        return float(sum((params[n].detach() - start[n]).pow(2).sum() for n in shared).sqrt())
+
+    free, proximal = drift(0.0), drift(100.0)
+    assert proximal < 0.1 * free
+
+
+# --- server optimisers ------------------------------------------------------
+
+def test_fedadam_takes_an_adam_step_on_the_mean_update():
+    """Adam on the pseudo-gradient: each coordinate moves by about eta whatever the size
+    of its mean update, where FedAvg would move it by the mean update itself."""
+    cfg = yaml_of("fedadam")
+    eta, b1, b2, tau = cfg["eta"], cfg["beta_1"], cfg["beta_2"], cfg["tau"]
+    s = strategy("fedadam", clients=2)
+    grid = FakeClients(moves_by([0.1, 10.0]), moves_by([0.1, 10.0]))
+    x0 = np.array([1.0, 1.0])
+    x1 = server_round(s, grid, 1, x0)
+    delta = np.array([0.1, 10.0])  # the clients' mean update: FedAvg would land on x0 + delta
+    m, v = (1 - b1) * delta, (1 - b2) * delta ** 2
+    eta_t = eta * np.sqrt(1 - b2 ** 2) / (1 - b1 ** 2)  # Flower's bias correction at round 1
+    np.testing.assert_allclose(x1, x0 + eta_t * m / (np.sqrt(v) + tau), rtol=1e-5)
+    step = x1 - x0
+    assert 0.85 < step[0] / step[1] < 1.0  # deltas 100x apart, steps nearly equal
+    assert step[1] < 0.1 * delta[1]
+    # round 2: the moments carry over
+    x2 = server_round(s, grid, 2, x1)
+    m2, v2 = b1 * m + (1 - b1) * delta, b2 * v + (1 - b2) * delta ** 2
+    eta_t = eta * np.sqrt(1 - b2 ** 3) / (1 - b1 ** 3)
+    np.testing.assert_allclose(x2, x1 + eta_t * m2 / (np.sqrt(v2) + tau), rtol=1e-5)
+
+
+def test_fedyogi_second_moment_moves_additively_by_sign():
+    """Yogi: v changes by at most (1 - beta_2) delta^2 a round, in the direction of
+    delta^2 (Adam would forget a large v geometrically)."""
+    cfg = yaml_of("fedyogi")
+    eta, b1, b2, tau = cfg["eta"], cfg["beta_1"], cfg["beta_2"], cfg["tau"]
+    s = strategy("fedyogi", clients=1)
+    x, m, v = np.array([0.0, 0.0]), np.zeros(2), np.zeros(2)
+    for rnd, d in enumerate([np.array([10.0, 0.1]), np.array([0.1, 10.0])], start=1):
+        x_new = server_round(s, FakeClients(moves_by(d)), rnd, x)
+        m = b1 * m + (1 - b1) * d
+        adam_v = b2 * v + (1 - b2) * d ** 2
+        v = v - (1 - b2) * d ** 2 * np.sign(v - d ** 2)
+        np.testing.assert_allclose(x_new, x + eta * m / (np.sqrt(v) + tau), rtol=1e-5)
+        x = x_new
+    np.testing.assert_allclose(v, [1.0 - 1e-4, 1e-4 + 1.0])  # after round 1's v = [1, 1e-4]
+    assert v[0] - adam_v[0] > 0.009  # Adam would have shed 1% of the large v
+
+
+def test_fedadagrad_accumulates_squared_updates():
+    cfg = yaml_of("fedadagrad")
+    eta, tau = cfg["eta"], cfg["tau"]
+    s = strategy("fedadagrad", clients=1)
+    x, v = np.array([0.0]), np.zeros(1)
+    steps = []
+    for rnd in (1, 2, 3):
+        x_new = server_round(s, FakeClients(moves_by([0.5])), rnd, x)
+        v = v + 0.25  # v_t = v_{t-1} + delta^2, never forgotten
+        m = 0.5  # FedAdagrad has no momentum (beta_1 = 0)
+        np.testing.assert_allclose(x_new, x + eta * m / (np.sqrt(v) + tau), rtol=1e-5)
+        steps.append(float(x_new[0] - x[0]))
+        x = x_new
+    assert steps[0] > steps[1] > steps[2]  # the same update earns ever smaller steps
+
+
+def test_fedavgm_accumulates_server_momentum():
+    """Clients always move by d: FedAvg steps d every round, FedAvgM steps d, then (1 + beta) d."""
+    beta = yaml_of("fedavgm")["server_momentum"]
+    assert beta > 0
+    d = np.array([0.5, -1.0])
+    s, plain = strategy("fedavgm", clients=2), strategy("fedavg", clients=2)
+    grid = FakeClients(moves_by(d), moves_by(d))
+    x1 = server_round(s, grid, 1, [0.0, 0.0])
+    x2 = server_round(s, grid, 2, x1)
+    np.testing.assert_allclose(x1, d, rtol=1e-6)
+    np.testing.assert_allclose(x2 - x1, (1 + beta) * d, rtol=1e-6)
+    np.testing.assert_allclose(server_round(plain, grid, 2, x1) - x1, d, rtol=1e-6)
+
+
+# --- robust aggregation -----------------------------------------------------
+
+def outlier_grid():
+    honest = [[1.0, 2.0], [1.2, 2.2], [0.8, 1.8], [1.6, 1.9]]
+    return FakeClients(*(sends(v) for v in honest), sends([1e6, -1e6]))
+
+
+def test_fedmedian_ignores_one_outlier_client():
+    np.testing.assert_allclose(server_round(strategy("fedmedian", clients=5), outlier_grid(), 1, [0, 0]),
+                               [1.2, 1.9], rtol=1e-6)
+    assert abs(server_round(strategy("fedavg", clients=5), outlier_grid(), 1, [0, 0])[0]) > 1e5
+
+
+def test_fedtrimmedavg_trims_the_tails():
+    """beta 0.2 of 5 clients: the lowest and highest value of each coordinate are dropped."""
+    assert yaml_of("fedtrimmedavg")["beta"] == 0.2
+    np.testing.assert_allclose(server_round(strategy("fedtrimmedavg", clients=5), outlier_grid(), 1, [0, 0]),
+                               [(1.0 + 1.2 + 1.6) / 3, (1.8 + 1.9 + 2.0) / 3], rtol=1e-6)
+
+
+# --- with exchange=sparse -----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["fedmedian", "fedtrimmedavg"])
+def test_whole_array_aggregators_refuse_sparse_uploads(name):
+    with pytest.raises(ConfigError, match=f"strategy={name} with exchange=sparse"):
+        strategy(name, "exchange=sparse")
+
+
+def test_server_step_runs_on_the_row_wise_mean_of_sparse_uploads():
+    """FedAvgM over row-sparse uploads: rows nobody sent keep their value, sent rows are
+    averaged over their senders, then the momentum step applies."""
+    s = strategy("fedavgm", "exchange=sparse", clients=2)
+    name = "encoder.item_emb.weight"
+    current = np.zeros((3, 2), np.float32)
+
+    def upload(rows, value):
+        return lambda rec: RecordDict({
+            "arrays": ArrayRecord({f"{name}::rows": Array(np.array(rows, np.int64)),
+                                   f"{name}::values": Array(np.full((len(rows), 2), value, np.float32)),
+                                   "dense": Array(np.array([value], np.float32))}),
+            "metrics": MetricRecord({"num-examples": 1})})
+
+    sent = ArrayRecord({name: Array(current), "dense": Array(np.zeros(1, np.float32))})
+    msgs = list(s.configure_train(1, sent, ConfigRecord(), FakeClients(sends(0), sends(0))))
+    replies = []
+    for m, make in zip(msgs, [upload([0], 1.0), upload([0, 1], 3.0)]):
+        m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        replies.append(Message(make(None), reply_to=m))
+    agg, _ = s.aggregate_train(1, replies)
+    assert list(agg.keys()) == [name, "dense"]
+    np.testing.assert_allclose(agg[name].numpy(), [[2.0, 2.0], [3.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_allclose(agg["dense"].numpy(), [2.0])
