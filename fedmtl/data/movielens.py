@@ -50,7 +50,9 @@ def _read_lines(path: Path, encoding: str = "latin-1") -> list[str]:
         text = path.read_bytes().decode(encoding)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: cannot decode as {encoding} at byte {e.start}") from None
-    lines = text.splitlines()
+    # Lines end at \n (or \r\n) only: str.splitlines would also break at latin-1's
+    # \x85 and \x1c-\x1e, which can sit inside a title, and shift every line number.
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
     if not any(line.strip() for line in lines):
         raise DataError(f"{path}: file is empty")
     return lines
@@ -72,9 +74,12 @@ def _split_rows(path: Path, sep: str, min_fields: int, what: str, encoding="lati
 
 def _int(path: Path, no: int, value: str, column: str) -> int:
     try:
-        return int(value.strip())
+        number = int(value.strip())
     except ValueError:
         raise DataError(f"{path}:{no}: column {column!r} must be an integer, got {value!r}") from None
+    if not -2**63 <= number < 2**63:  # pandas/numpy hold ids and timestamps as int64
+        raise DataError(f"{path}:{no}: column {column!r} is out of the 64-bit integer range: {value.strip()!r}")
+    return number
 
 
 def _ratings(path: Path, sep: str) -> pd.DataFrame:
@@ -131,7 +136,8 @@ def _assemble(name, ratings, users, items, genres) -> Dataset:
     gender, n_gender = _codes([r[1] for r in u_rows])
     occupation, n_occ = _codes([r[2] for r in u_rows])
     age = np.array([_age_group(r[0]) for r in u_rows], dtype=np.int64)
-    zip1 = np.array([(int(r[3][0]) + 1) if r[3][:1].isdigit() else 0 for r in u_rows], dtype=np.int64)
+    # isdecimal, not isdigit: latin-1 superscripts pass isdigit but int() rejects them.
+    zip1 = np.array([(int(r[3][0]) + 1) if r[3][:1].isdecimal() else 0 for r in u_rows], dtype=np.int64)
     i_rows = [items[i] for i in item_ids]
     year = np.array([_year_bucket(r[0]) for r in i_rows], dtype=np.int64)
     multi = np.array([r[1] for r in i_rows], dtype=np.float32).reshape(len(i_rows), len(genres))
@@ -152,7 +158,7 @@ def _assemble(name, ratings, users, items, genres) -> Dataset:
 
 def _year_from(text: str) -> int | None:
     digits = text.strip()[-4:]
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if digits.isdecimal() else None
 
 
 def load_ml100k(folder: str | Path) -> Dataset:
@@ -193,7 +199,7 @@ def load_ml1m(folder: str | Path) -> Dataset:
         if unknown:
             raise DataError(f"{path}:{no}: unknown genre {unknown[0]!r}; expected one of {ML1M_GENRES}")
         title = f[1].strip()
-        year = int(title[-5:-1]) if title.endswith(")") and title[-5:-1].isdigit() else None
+        year = int(title[-5:-1]) if title.endswith(")") and title[-5:-1].isdecimal() else None
         items[_int(path, no, f[0], "MovieID")] = (year, [float(g in names) for g in ML1M_GENRES])
     return _assemble("movielens1m", ratings, users, items, ML1M_GENRES)
 

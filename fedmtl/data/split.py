@@ -2,8 +2,8 @@
 
 For each user (in id order) a seeded permutation of that user's interactions
 (taken in log order) puts the first floor(frac * n_u) in train and the rest in
-test. Users with fewer than two interactions cannot have both and are dropped
-with a warning.
+test, keeping at least one of each. Users with fewer than two interactions
+cannot have both and are dropped with a warning.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def per_user_split(inter: pd.DataFrame, seed: int, train_frac: float = 0.8) -> S
             dropped += 1
             continue
         perm = rng.permutation(n)
-        is_train[start + perm[: int(np.floor(train_frac * n))]] = True
+        # floor(frac * n), kept within 1..n-1 so every user has train and test at any frac.
+        n_train = min(max(int(np.floor(train_frac * n)), 1), n - 1)
+        is_train[start + perm[:n_train]] = True
     if dropped:
         log.warning("split: %d users with fewer than 2 interactions dropped", dropped)
     return Split(
@@ -74,8 +76,13 @@ def write(split: Split, dataset: Dataset, folder: str | Path) -> None:
 def _read_part(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (undecodable byte at offset {e.start})") from None
     rows = []
-    for no, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
+    for no, line in enumerate(text.split("\n"), 1):  # not splitlines: line numbers as editors count
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         f = line.split("\t")
