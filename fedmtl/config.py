@@ -67,7 +67,7 @@ def validate(cfg: dict) -> dict:
     from .data import DATASETS
     from .federation_names import BACKENDS, PRIVACY, STRATEGIES
     from .model.towers import ARCHITECTURES
-    from .weighting import REGISTRY as WEIGHTINGS
+    from .weighting import REGISTRY as WEIGHTINGS, build_weighting
 
     cfg = json.loads(json.dumps(cfg))  # a plain, JSON-safe copy
     _choice(cfg, "mode", MODES)
@@ -77,6 +77,7 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "model.name", ARCHITECTURES)
     _choice(cfg, "weighting.name", WEIGHTINGS)
+    build_weighting(cfg["weighting"], cfg["tasks"])  # its options, now rather than in every client
     _choice(cfg, "strategy.name", STRATEGIES)
     _choice(cfg, "privacy.name", PRIVACY)
     _choice(cfg, "backend.name", BACKENDS)

@@ -68,3 +68,10 @@ def test_unknown_name_and_unknown_option_are_config_errors():
         build_weighting({"name": "nope"}, TASKS)
     with pytest.raises(ConfigError, match="weighting=dwa: .*'temp'"):
         build_weighting({"name": "dwa", "temp": 1.0}, TASKS)
+
+
+def test_a_wrong_option_stops_the_run_at_start_up():
+    from fedmtl.config import compose
+
+    with pytest.raises(ConfigError, match="weighting=gradnorm: .*'alfa'"):
+        compose(["weighting=gradnorm", "+weighting.alfa=1"])
