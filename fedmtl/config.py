@@ -31,7 +31,8 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             dcfg = hcompose(config_name=config_name, overrides=list(overrides or []))
     except HydraException as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise ConfigError(" ".join(lines[:2])) from None
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     cfg.pop("hydra", None)
     return validate(cfg)
@@ -71,6 +72,12 @@ def validate(cfg: dict) -> dict:
 
     cfg = json.loads(json.dumps(cfg))  # a plain, JSON-safe copy
     _choice(cfg, "mode", MODES)
+    _choice(cfg, "exchange.name", EXCHANGES)
+    if cfg["exchange"]["name"] == "sparse":
+        _number(cfg, "exchange.pad_rows", lo=0, integer=True)
+        if str(cfg["privacy"]["name"]).startswith("secagg"):
+            raise ConfigError(f"exchange=sparse with privacy={cfg['privacy']['name']}: SecAgg+ sums dense vectors "
+                              "of one length from every client; use exchange=dense")
     cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
     _choice(cfg, "aggregate", AGGREGATE)
     _choice(cfg, "device", DEVICES)
@@ -82,12 +89,6 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "privacy.name", PRIVACY)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
-    _choice(cfg, "exchange.name", EXCHANGES)
-    if cfg["exchange"]["name"] == "sparse":
-        _number(cfg, "exchange.pad_rows", lo=0, integer=True)
-        if str(cfg["privacy"]["name"]).startswith("secagg"):
-            raise ConfigError(f"exchange=sparse with privacy={cfg['privacy']['name']}: SecAgg+ sums dense vectors "
-                              "of one length from every client; use exchange=dense")
     for key in ("num_clients", "num_rounds", "local_epochs", "eval_every", "model.dim", "train.batch_size"):
         _number(cfg, key, lo=1, integer=True)
     for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives"):

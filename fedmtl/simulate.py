@@ -113,5 +113,28 @@ def main(dcfg: DictConfig) -> dict | None:
     return summary
 
 
+def precheck(argv: list[str]) -> None:
+    """Hydra's own errors (an unknown group option, an unknown key) as one line and exit 2,
+    like every other config error, before Hydra starts."""
+    from .config import CONF_DIR, compose
+
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra.")]
+    try:
+        for ov in overrides:
+            key, value = ov.lstrip("+~").split("=", 1)
+            group = CONF_DIR / key
+            if group.is_dir():
+                options = sorted(p.stem for p in group.glob("*.yaml"))
+                for v in value.split(","):
+                    if v and v not in options:
+                        raise FedMTLError(f"{key}={v}: expected one of {options}")
+        if not any(a in ("-m", "--multirun") for a in argv) and not any(a.startswith("--") for a in argv):
+            compose(overrides)
+    except FedMTLError as e:
+        print(f"fedmtl: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    precheck(sys.argv[1:])
     main()

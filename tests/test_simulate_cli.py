@@ -41,10 +41,15 @@ def test_a_bad_value_exits_2_with_one_error_line(tmp_path):
     assert "final test metrics" not in proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: Hydra's own override errors (unknown group option or key) "
-                                       "bypass simulate's error handling: exit 1 and a multi-line message")
 def test_an_unknown_config_group_option_exits_2_with_one_error_line(tmp_path):
     proc = simulate(*TINY, "model=unknown", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fedmtl: error: ") and "model" in lines[0]
+
+
+def test_an_unknown_key_exits_2_with_one_error_line(tmp_path):
+    proc = simulate(*TINY, "no_such_key=3", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "no_such_key" in lines[0], proc.stderr

@@ -1,0 +1,233 @@
+"""Speed, memory and communication of fedmtl's engines on one workload.
+
+    python benchmarks/speed.py [--ml-path DIR/ml-100k] [--rounds 3] [--skip-ray] [--scale]
+
+Workload: MovieLens-100k sized (943 clients, one user each, full participation,
+2 local epochs; the real data with --ml-path, else synthetic data of the same
+size). Every engine runs in its own subprocess; the parent samples the RSS of
+that process tree (Ray's workers included) every 0.2 s.
+
+Prints, per engine: ms per client-round (train + evaluate, mean over rounds
+after the first), the time outside rounds (start-up: imports, data, split, Ray
+start; and teardown), and peak RSS; then dense vs sparse upload bytes with the
+test metrics of both; with --scale, peak RSS of a 10,000- and a 100,000-client
+synthetic federation (1% sampled per round, 3 rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+
+
+def workload(args) -> list[str]:
+    base = ["num_clients=943", f"num_rounds={args.rounds}", "local_epochs=2", "fraction_train=1.0",
+            "fraction_evaluate=1.0", "save_model=false", f"seed={args.seed}"]
+    if args.ml_path:
+        return base + ["dataset=movielens100k", f"dataset.path={args.ml_path}"]
+    return base + ["dataset.n_users=943", "dataset.n_items=1682", "dataset.mean_interactions=106"]
+
+
+# ---------------------------------------------------------------- child side
+
+def plain_loop(cfg: dict, out: Path) -> dict:
+    """The same client work as the ClientApp, as a bare PyTorch loop with NumPy FedAvg."""
+    import numpy as np
+    import torch
+
+    from fedmtl.data import federation_for
+    from fedmtl.federation.client_app import train_config
+    from fedmtl.metrics import combine
+    from fedmtl.model import build_model, get_arrays, personal_names, set_arrays, shared_names
+    from fedmtl.schedule import client_round
+    from fedmtl.train import evaluate
+    from fedmtl.weighting import build_weighting
+
+    torch.set_num_threads(1)
+    fed = federation_for(cfg)
+    tasks = cfg["tasks"]
+    templates = {}
+    personal: dict[int, dict] = {}
+    glob = None
+    seconds = []
+    for rnd in range(1, cfg["num_rounds"] + 1):
+        t0 = time.time()
+        updates, weights, parts = [], [], []
+        for pid in range(len(fed.clients)):
+            data = fed.partition_data(pid)
+            n = len(data.users)
+            if n not in templates:
+                m = build_model(cfg["model"], tasks, n, data.user_cat, fed.meta, cfg["seed"])
+                templates[n] = (m, get_arrays(m, personal_names(m, cfg["aggregate"])))
+                if glob is None:
+                    glob = get_arrays(m, shared_names(m, cfg["aggregate"]))
+            model, init_personal = templates[n]
+            model.personal.user_cat = torch.as_tensor(data.user_cat)
+            set_arrays(model, personal.get(pid, init_personal))
+            set_arrays(model, glob)
+            res = client_round(model, data, tasks, build_weighting(cfg["weighting"], tasks), train_config(cfg), cfg,
+                               seed=rnd * 100_003 + pid)
+            personal[pid] = get_arrays(model, personal_names(model, cfg["aggregate"]))
+            updates.append(get_arrays(model, shared_names(model, cfg["aggregate"])))
+            weights.append(res.num_examples)
+        w = np.asarray(weights, dtype=np.float64) / sum(weights)
+        glob = {k: sum(wi * u[k] for wi, u in zip(w, updates)).astype(np.float32) for k in updates[0]}
+        for pid in range(len(fed.clients)):
+            data = fed.partition_data(pid)
+            model, _ = templates[len(data.users)]
+            model.personal.user_cat = torch.as_tensor(data.user_cat)
+            set_arrays(model, {**personal[pid], **glob})
+            parts.append(evaluate(model, data, tasks))
+        seconds.append(time.time() - t0)
+        metrics = combine(parts)
+    return {"round_seconds": seconds, "metrics": metrics}
+
+
+def child(args) -> None:
+    t_start = time.time()
+    from fedmtl.config import compose
+
+    overrides = json.loads(args.child_overrides)
+    out = Path(args.out)
+    cfg = compose(overrides)
+    if args.engine == "plain":
+        cfg = dict(cfg, output_dir=str(out))
+        res = plain_loop(cfg, out)
+        rounds, metrics = res["round_seconds"], res["metrics"]
+    else:
+        from fedmtl.results import read_jsonl
+        from fedmtl.simulate import run
+
+        summary = run(cfg, out)
+        rows = read_jsonl(out / "metrics.jsonl")
+        rounds, metrics = [r["seconds"] for r in rows], summary["metrics"]
+        bytes_up = [r["bytes_up"] for r in rows]
+    total = time.time() - args.launched
+    result = {"round_seconds": rounds, "outside_rounds_s": total - sum(rounds), "metrics": metrics,
+              "import_s": t_start - args.launched}
+    if args.engine != "plain":
+        result["bytes_up_per_round"] = bytes_up
+        result["bytes_up_per_client"] = [r["bytes_up_per_client"] for r in rows]
+    print("RESULT " + json.dumps(result))
+
+
+# ---------------------------------------------------------------- parent side
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_engine(engine: str, overrides: list[str], label: str) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"fedmtl-bench-{label}-"))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--engine", engine, "--out", str(out),
+           "--child-overrides", json.dumps(overrides), "--launched", repr(time.time())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(ps))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(stderr.strip().splitlines()[-5:])
+        raise SystemExit(f"benchmark {label} failed (exit {proc.returncode}):\n{tail}")
+    res = json.loads(lines[-1][len("RESULT "):])
+    res["peak_rss_mb"] = peak / 2**20
+    return res
+
+
+def ms_per_client_round(res: dict, clients: int) -> float:
+    secs = res["round_seconds"][1:] or res["round_seconds"]
+    return 1000 * sum(secs) / len(secs) / clients
+
+
+def headline(m: dict) -> str:
+    keys = [("rating.rmse", "RMSE"), ("like.auc", "AUC"), ("click.hr@10", "HR@10"), ("click.ndcg@10", "NDCG@10")]
+    return "  ".join(f"{label} {m[k]:.4f}" for k, label in keys if m.get(k) is not None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ml-path", help="a MovieLens-100k folder (GroupLens layout); default: synthetic of that size")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--scale", action="store_true", help="also run the 10,000 vs 100,000-client memory check")
+    ap.add_argument("--only-scale", action="store_true")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--child-overrides", help=argparse.SUPPRESS)
+    ap.add_argument("--launched", type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+
+    import torch
+
+    print(f"# fedmtl speed benchmark: {psutil.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
+    if not args.only_scale:
+        base = workload(args)
+        data = "MovieLens-100k" if args.ml_path else "synthetic, MovieLens-100k sized"
+        print(f"# workload: {data}, 943 clients, full participation, 2 local epochs, {args.rounds} rounds\n")
+        runs = [("plain core loop (no Flower)", "plain", base),
+                ("inprocess", "sim", base + ["backend=inprocess"]),
+                ("inprocess, 2 workers", "sim", base + ["backend=inprocess", "backend.workers=2"])]
+        if not args.skip_ray:
+            runs.append(("ray (Flower simulation engine)", "sim", base + ["backend=ray"]))
+        results = {}
+        print("| engine | ms / client-round | vs plain | outside rounds (s) | peak RSS (MB) |")
+        print("| --- | --- | --- | --- | --- |")
+        for label, engine, ov in runs:
+            res = run_engine(engine, ov, label.split()[0])
+            results[label] = res
+            ms = ms_per_client_round(res, 943)
+            ref = ms_per_client_round(results["plain core loop (no Flower)"], 943)
+            print(f"| {label} | {ms:.2f} | {ms / ref:.2f}x | {res['outside_rounds_s']:.1f} | {res['peak_rss_mb']:.0f} |",
+                  flush=True)
+        sparse = run_engine("sim", base + ["backend=inprocess", "exchange=sparse"], "sparse")
+        dense = results["inprocess"]
+        d_up, s_up = dense["bytes_up_per_client"][-1], sparse["bytes_up_per_client"][-1]
+        print("\n| exchange | upload bytes / client-round | test metrics after the last round |")
+        print("| --- | --- | --- |")
+        print(f"| dense | {d_up:,} | {headline(dense['metrics'])} |")
+        print(f"| sparse | {s_up:,} ({d_up / s_up:.1f}x less) | {headline(sparse['metrics'])} |")
+    if args.scale or args.only_scale:
+        print("\n| synthetic federation (1% sampled, 3 rounds, state on disk) | ms / client-round | peak RSS (MB) |")
+        print("| --- | --- | --- |")
+        peaks = {}
+        for n in (10_000, 100_000):
+            ov = [f"dataset.n_users={n}", "dataset.n_items=1000", "dataset.mean_interactions=20",
+                  f"num_clients={n}", "num_rounds=3", "fraction_train=0.01", "fraction_evaluate=0.01",
+                  "backend.state=disk", "save_model=false"]
+            res = run_engine("sim", ov, f"scale{n}")
+            peaks[n] = res["peak_rss_mb"]
+            print(f"| {n:,} clients | {ms_per_client_round(res, n // 100):.2f} | {peaks[n]:.0f} |", flush=True)
+        print(f"\npeak RSS ratio 100,000 / 10,000 clients: {peaks[100_000] / peaks[10_000]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
