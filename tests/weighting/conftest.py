@@ -12,10 +12,11 @@ class Toy(nn.Module):
 
     def __init__(self, tasks, dim=4, seed=0):
         super().__init__()
-        torch.manual_seed(seed)
         self.tasks = list(tasks)
-        self.shared = nn.Linear(dim, dim)
-        self.heads = nn.ModuleDict({t: nn.Linear(dim, 1) for t in self.tasks})
+        with torch.random.fork_rng():  # the same weights every time, the global RNG untouched
+            torch.manual_seed(seed)
+            self.shared = nn.Linear(dim, dim)
+            self.heads = nn.ModuleDict({t: nn.Linear(dim, 1) for t in self.tasks})
 
     def losses(self, x, targets):
         h = torch.relu(self.shared(x))
