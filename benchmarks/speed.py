@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 
 def workload(args) -> list[str]:
     base = ["num_clients=943", f"num_rounds={args.rounds}", "local_epochs=2", "fraction_train=1.0",
-            "fraction_evaluate=1.0", "save_model=false", f"seed={args.seed}"]
+            "fraction_evaluate=1.0", "save_model=false", f"seed={args.seed}", f"device={args.device}"]
     if args.ml_path:
         return base + ["dataset=movielens100k", f"dataset.path={args.ml_path}"]
     return base + ["dataset.n_users=943", "dataset.n_items=1682", "dataset.mean_interactions=106"]
@@ -53,7 +53,10 @@ def plain_loop(cfg: dict, out: Path) -> dict:
     from fedmtl.train import evaluate
     from fedmtl.weighting import build_weighting
 
+    from fedmtl.config import resolve_device
+
     torch.set_num_threads(1)
+    device = resolve_device(cfg)
     fed = federation_for(cfg)
     tasks = cfg["tasks"]
     templates = {}
@@ -64,15 +67,15 @@ def plain_loop(cfg: dict, out: Path) -> dict:
         t0 = time.time()
         updates, weights, parts = [], [], []
         for pid in range(len(fed.clients)):
-            data = fed.partition_data(pid)
+            data = fed.partition_data(pid).to(device)
             n = len(data.users)
             if n not in templates:
-                m = build_model(cfg["model"], tasks, n, data.user_cat, fed.meta, cfg["seed"])
+                m = build_model(cfg["model"], tasks, n, data.user_cat, fed.meta, cfg["seed"]).to(device)
                 templates[n] = (m, get_arrays(m, personal_names(m, cfg["aggregate"])))
                 if glob is None:
                     glob = get_arrays(m, shared_names(m, cfg["aggregate"]))
             model, init_personal = templates[n]
-            model.personal.user_cat = torch.as_tensor(data.user_cat)
+            model.personal.user_cat = torch.as_tensor(data.user_cat, device=device)
             set_arrays(model, personal.get(pid, init_personal))
             set_arrays(model, glob)
             res = client_round(model, data, tasks, build_weighting(cfg["weighting"], tasks), train_config(cfg), cfg,
@@ -83,9 +86,9 @@ def plain_loop(cfg: dict, out: Path) -> dict:
         w = np.asarray(weights, dtype=np.float64) / sum(weights)
         glob = {k: sum(wi * u[k] for wi, u in zip(w, updates)).astype(np.float32) for k in updates[0]}
         for pid in range(len(fed.clients)):
-            data = fed.partition_data(pid)
+            data = fed.partition_data(pid).to(device)
             model, _ = templates[len(data.users)]
-            model.personal.user_cat = torch.as_tensor(data.user_cat)
+            model.personal.user_cat = torch.as_tensor(data.user_cat, device=device)
             set_arrays(model, {**personal[pid], **glob})
             parts.append(evaluate(model, data, tasks))
         seconds.append(time.time() - t0)
@@ -174,6 +177,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (every engine trains its clients there)")
     ap.add_argument("--scale", action="store_true", help="also run the 10,000 vs 100,000-client memory check")
     ap.add_argument("--only-scale", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
