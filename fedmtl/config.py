@@ -91,7 +91,7 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
     for key in ("num_clients", "num_rounds", "local_epochs", "eval_every", "model.dim", "train.batch_size"):
         _number(cfg, key, lo=1, integer=True)
-    for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives"):
+    for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives", "fedrep.head_epochs"):
         _number(cfg, key, lo=0, integer=True)
     for key in ("fraction_train", "fraction_evaluate"):
         _number(cfg, key, lo=0, hi=1, lo_open=True)
