@@ -64,6 +64,22 @@ def _number(cfg: dict, key: str, lo=None, hi=None, integer=False, lo_open=False)
         raise ConfigError(f"{key}={value}: must be <= {hi}")
 
 
+# Ranges of the strategies' hyper-parameters (conf/strategy/*.yaml): checked at start-up,
+# since Flower's classes take any value and fail (or diverge) only when they aggregate.
+STRATEGY_RANGES = {
+    "eta": dict(lo=0, lo_open=True), "tau": dict(lo=0, lo_open=True),
+    "beta_1": dict(lo=0, hi=1), "beta_2": dict(lo=0, hi=1),
+    "server_learning_rate": dict(lo=0, lo_open=True), "server_momentum": dict(lo=0, hi=1),
+    "proximal_mu": dict(lo=0), "beta": dict(lo=0, hi=0.49),
+}
+
+
+def _strategy_options(cfg: dict) -> None:
+    for key in cfg["strategy"]:
+        if key != "name":
+            _number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))
+
+
 def validate(cfg: dict) -> dict:
     from .data import DATASETS
     from .federation_names import BACKENDS, PRIVACY, STRATEGIES
@@ -86,6 +102,7 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "weighting.name", WEIGHTINGS)
     build_weighting(cfg["weighting"], cfg["tasks"])  # its options, now rather than in every client
     _choice(cfg, "strategy.name", STRATEGIES)
+    _strategy_options(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
