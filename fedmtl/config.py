@@ -99,6 +99,7 @@ def validate(cfg: dict) -> dict:
     _number(cfg, "train.l2", lo=0)
     _number(cfg, "train.weight_decay", lo=0)
     _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+    _check_faults_and_resume(cfg)
     if cfg.get("baseline_epochs") is not None:
         _number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
@@ -111,6 +112,22 @@ def validate(cfg: dict) -> dict:
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda: no CUDA device is visible to torch (use device=auto or cpu)")
     return cfg
+
+
+def _check_faults_and_resume(cfg: dict) -> None:
+    from .federation.faults import check_config
+
+    check_config(cfg)
+    if "checkpoint_every" in cfg:
+        _number(cfg, "checkpoint_every", lo=0, integer=True)
+    r = cfg.get("resume", False)
+    if not isinstance(r, (bool, str)):
+        raise ConfigError(f"resume={r!r}: expected true, false or the path of a run folder")
+    if r and cfg["mode"] != "federated":
+        raise ConfigError(f"resume with mode={cfg['mode']}: only federated runs keep round checkpoints")
+    if r and cfg["backend"]["name"] != "inprocess":
+        raise ConfigError(f"resume with backend={cfg['backend']['name']}: Flower's Ray engine keeps client states "
+                          "inside its actors; resume needs backend=inprocess")
 
 
 def resolve_device(cfg: dict) -> str:
