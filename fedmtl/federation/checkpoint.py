@@ -30,6 +30,9 @@ import os
 import pickle
 import random
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +96,27 @@ def _fsync_write(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextmanager
+def round_commit():
+    """Hold Ctrl-C while a finished round is written (its metrics row, then its
+    checkpoint), so an interrupt never separates the two; it is raised right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not allowed here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)
+        if pending:
+            raise KeyboardInterrupt
 
 
 class Checkpointer:

@@ -22,7 +22,7 @@ from ..metrics import HEADLINE
 from ..model import build_model, shared_names
 from ..results import append_jsonl, write_json
 from . import faults
-from .checkpoint import Checkpointer, resume
+from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .strategies import build_strategy
 
@@ -91,9 +91,10 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
                 last_eval = dict(ev)
                 row["test"] = last_eval
         row["seconds"] = round(time.time() - t0, 3)
-        append_jsonl(metrics_path, row)
-        history.append(row)
-        ckpt.save(rnd, arrays, strategy, history)
+        with round_commit():  # Ctrl-C waits until the row and its checkpoint are both written
+            append_jsonl(metrics_path, row)
+            history.append(row)
+            ckpt.save(rnd, arrays, strategy, history)
         log.info("round %d/%d  %.1fs  clients %d/%d  loss %s  %s", rnd, n_rounds, row["seconds"], len(ok),
                  len(msgs), " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
                  format_metrics(row.get("test", {}), cfg["tasks"]))
