@@ -40,7 +40,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
 def _choice(cfg: dict, key: str, allowed) -> None:
     value = _get(cfg, key)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ConfigError(f"{key}={value}: expected one of {list(allowed)}")
 
 
@@ -75,8 +75,8 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "exchange.name", EXCHANGES)
     if cfg["exchange"]["name"] == "sparse":
         _number(cfg, "exchange.pad_rows", lo=0, integer=True)
-        if str(cfg["privacy"]["name"]).startswith("secagg"):
-            raise ConfigError(f"exchange=sparse with privacy={cfg['privacy']['name']}: SecAgg+ sums dense vectors "
+        if str(_get(cfg, "privacy.name")).startswith("secagg"):
+            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: SecAgg+ sums dense vectors "
                               "of one length from every client; use exchange=dense")
     cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
     _choice(cfg, "aggregate", AGGREGATE)
@@ -84,7 +84,10 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "model.name", ARCHITECTURES)
     _choice(cfg, "weighting.name", WEIGHTINGS)
-    build_weighting(cfg["weighting"], cfg["tasks"])  # its options, now rather than in every client
+    try:  # its options, now rather than in every client
+        build_weighting(cfg["weighting"], cfg["tasks"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ConfigError(f"weighting={cfg['weighting']['name']}: bad options {cfg['weighting']} ({e})") from None
     _choice(cfg, "strategy.name", STRATEGIES)
     _choice(cfg, "privacy.name", PRIVACY)
     _choice(cfg, "backend.name", BACKENDS)
