@@ -120,6 +120,8 @@ def validate(cfg: dict) -> dict:
 def _check_faults_and_resume(cfg: dict) -> None:
     from .federation.faults import check_config
 
+    if cfg.get("round_timeout") is not None:
+        _number(cfg, "round_timeout", lo=0, lo_open=True)
     check_config(cfg)
     if "checkpoint_every" in cfg:
         _number(cfg, "checkpoint_every", lo=0, integer=True)

@@ -138,9 +138,12 @@ def _handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
 
 
 def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity) -> None:
+    import signal
+
     import cloudpickle
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the workers
     torch.set_num_threads(1)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
     client_app = cloudpickle.loads(app_blob)
@@ -148,7 +151,7 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
     while True:
         try:
             job = conn.recv()
-        except (EOFError, KeyboardInterrupt):  # the parent went away or Ctrl-C: stop quietly
+        except EOFError:  # the parent went away: stop quietly
             break
         if job is None:
             break

@@ -10,7 +10,9 @@ faults, and a test can recompute exactly which clients failed:
   for that round is lost and its personal state stays at its last good round.
 - `late`: the client sleeps `faults.straggler_delay` seconds (default
   `round_timeout` + 1) before training, so its reply comes after the round's
-  timeout and the server goes on without it.
+  timeout and the server goes on without it. In-process only: on Ray a stalled
+  client holds an actor and delays the clients queued behind it, so the config
+  check refuses that pairing.
 
 A round whose answers are fewer than the strategy's minimum (`min_train_clients`,
 at least 1) is skipped: the global arrays and the strategy's state stay as they
@@ -31,6 +33,7 @@ from ..errors import ConfigError
 log = logging.getLogger("fedmtl")
 
 OK, DROP, LATE = "ok", "drop", "late"
+MARK = "injected drop"  # in the message, so it survives every engine's error reply (Ray keeps only the text)
 
 
 class InjectedDrop(RuntimeError):
@@ -49,7 +52,7 @@ class FaultPlan:
         f = cfg.get("faults") or {}
         delay = f.get("straggler_delay")
         if delay is None:
-            delay = float(cfg.get("round_timeout", 0)) + 1.0
+            delay = float(cfg.get("round_timeout") or 0) + 1.0
         seed = f.get("seed")
         return cls(float(f.get("drop_rate", 0.0)), float(f.get("straggler_rate", 0.0)), float(delay),
                    int(cfg.get("seed", 0) if seed is None else seed))
@@ -91,7 +94,14 @@ def check_config(cfg: dict) -> None:
     if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
         raise ConfigError(f"faults.seed={s!r}: expected an integer >= 0 (or null = seed)")
     if f.get("straggler_rate", 0.0) > 0:
+        backend = (cfg.get("backend") or {}).get("name") if isinstance(cfg.get("backend"), dict) else None
+        if backend == "ray":
+            raise ConfigError("faults.straggler_rate with backend=ray: a stalled client holds its Ray actor and "
+                              "Flower runs a timed-out round's messages to the end, so the clients queued behind "
+                              "it would miss the deadline too; use backend=inprocess")
         timeout = cfg.get("round_timeout")
+        if timeout is None:
+            raise ConfigError("faults.straggler_rate needs a round_timeout for stragglers to miss (round_timeout=null)")
         if isinstance(timeout, (int, float)) and d is not None and d <= timeout:
             raise ConfigError(f"faults.straggler_delay={d}: a straggler must reply after round_timeout={timeout}")
 
@@ -101,9 +111,25 @@ def before_training(cfg: dict, server_round: int, pid: int) -> None:
     plan = FaultPlan.from_config(cfg)
     fate = plan.fate(server_round, pid)
     if fate == DROP:
-        raise InjectedDrop(f"client {pid} dropped in round {server_round} (faults.drop_rate={plan.drop_rate})")
+        raise InjectedDrop(f"{MARK}: client {pid} in round {server_round} (faults.drop_rate={plan.drop_rate})")
     if fate == LATE:
         time.sleep(plan.straggler_delay)
+
+
+class _HideInjected(logging.Filter):
+    """Flower's engines log a client exception with its traceback at ERROR; an
+    injected drop is expected, so its record is left out (the round's counts and
+    the INFO line of the in-process engine still show it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return MARK not in record.getMessage()
+
+
+def quiet_injected_drops() -> None:
+    """Keep Flower's error logs for injected drops out of the console (idempotent)."""
+    flwr_log = logging.getLogger("flwr")
+    if not any(isinstance(f, _HideInjected) for f in flwr_log.filters):
+        flwr_log.addFilter(_HideInjected())
 
 
 def round_counts(sent, replies) -> dict:
@@ -111,7 +137,7 @@ def round_counts(sent, replies) -> dict:
     `dropped` (injected), `error` (any other exception), `late` (no reply by the timeout)."""
     replies = list(replies)
     errors = [r for r in replies if r.has_error()]
-    dropped = sum(InjectedDrop.__name__ in (r.error.reason or "") for r in errors)
+    dropped = sum(MARK in (r.error.reason or "") for r in errors)
     sampled, answered = len(sent), len(replies) - len(errors)
     return {"sampled": sampled, "answered": answered, "failed": sampled - answered,
             "failed_by": {"dropped": dropped, "error": len(errors) - dropped, "late": sampled - len(replies)}}

@@ -57,6 +57,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     history = []
     n_rounds = cfg["num_rounds"]
     ckpt = Checkpointer(out_dir, cfg, grid)
+    faults.quiet_injected_drops()
     first = 1
     if cfg.get("resume"):
         first, saved, history = resume(ckpt, strategy, metrics_path)

@@ -84,6 +84,8 @@ def test_bad_fault_settings_are_one_line_config_errors(override, key):
         compose([override])
     with pytest.raises(ConfigError, match=r"must be <= 1"):
         compose(["faults.drop_rate=0.6", "faults.straggler_rate=0.6"])
+    with pytest.raises(ConfigError, match="needs a round_timeout"):
+        compose(["faults.straggler_rate=0.1", "round_timeout=null"])
     with pytest.raises(ConfigError, match="after round_timeout"):
         compose(["faults.straggler_rate=0.1", "round_timeout=5", "faults.straggler_delay=2"])
 
@@ -160,11 +162,11 @@ def test_when_every_client_drops_the_model_stays_untrained_and_the_run_ends(tmp_
 # --- stragglers --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_stragglers_past_the_round_timeout_are_counted_late(tmp_path, workers):
-    overrides = TINY + ["num_clients=6", "num_rounds=2", "round_timeout=1.0", "faults.straggler_delay=1.6",
-                        "faults.straggler_rate=0.2", "faults.drop_rate=0.2", f"backend.workers={workers}",
-                        "faults.seed=3"]
+def test_stragglers_past_the_round_timeout_are_counted_late(tmp_path):
+    # The deadline applies to each client's own time; 4 s leaves a normal client
+    # (a few hundred ms here) room even on a loaded machine.
+    overrides = TINY + ["num_clients=6", "num_rounds=2", "round_timeout=4", "faults.straggler_delay=4.5",
+                        "faults.straggler_rate=0.2", "faults.drop_rate=0.2", "faults.seed=2"]
     cfg = compose(overrides)
     late = [planned(cfg, r, LATE) for r in (1, 2)]
     drops = [planned(cfg, r, DROP) for r in (1, 2)]
