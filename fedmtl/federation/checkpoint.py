@@ -128,6 +128,7 @@ class Checkpointer:
         self.num_rounds = int(cfg["num_rounds"])
         self.grid = grid
         self.clients = hasattr(grid, "save_client_states")
+        self.extra: dict = {}  # after a resume: what `save(..., extra=)` stored (e.g. a privacy accountant)
 
     def save(self, rnd: int, arrays, strategy, history: list[dict], extra: dict | None = None) -> None:
         if self.every <= 0 or (rnd % self.every and rnd != self.num_rounds):
@@ -191,6 +192,7 @@ def resume(ckpt: Checkpointer, strategy, metrics_path: Path):
         return 1, None, []
     restore_strategy(strategy, server["strategy"])
     restore_rng(server["rng"])
+    ckpt.extra = dict(server.get("extra") or {})
     history = server["history"]
     found = len(read_jsonl(metrics_path))
     tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
@@ -225,7 +227,7 @@ def resumed_config(cfg: dict, out_dir: str | Path) -> tuple[dict, Path]:
     stored_path = folder / "config.json"
     if not stored_path.is_file():
         if r is True:
-            log.info("resume: %s holds no run yet; starting a new one there", folder)
+            log.warning("resume=true: %s holds no run yet; starting a new one there", folder)
             return cfg, folder
         raise ConfigError(f"resume={r}: {stored_path} not found; expected the folder of an earlier run")
     try:
