@@ -40,7 +40,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
 def _choice(cfg: dict, key: str, allowed) -> None:
     value = _get(cfg, key)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ConfigError(f"{key}={value}: expected one of {list(allowed)}")
 
 
@@ -91,8 +91,8 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "exchange.name", EXCHANGES)
     if cfg["exchange"]["name"] == "sparse":
         _number(cfg, "exchange.pad_rows", lo=0, integer=True)
-        if str(cfg["privacy"]["name"]).startswith("secagg"):
-            raise ConfigError(f"exchange=sparse with privacy={cfg['privacy']['name']}: SecAgg+ sums dense vectors "
+        if str(_get(cfg, "privacy.name")).startswith("secagg"):
+            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: SecAgg+ sums dense vectors "
                               "of one length from every client; use exchange=dense")
     cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
     _choice(cfg, "aggregate", AGGREGATE)
@@ -100,7 +100,10 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "model.name", ARCHITECTURES)
     _choice(cfg, "weighting.name", WEIGHTINGS)
-    build_weighting(cfg["weighting"], cfg["tasks"])  # its options, now rather than in every client
+    try:  # its options, now rather than in every client
+        build_weighting(cfg["weighting"], cfg["tasks"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ConfigError(f"weighting={cfg['weighting']['name']}: bad options {cfg['weighting']} ({e})") from None
     _choice(cfg, "strategy.name", STRATEGIES)
     _strategy_options(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
@@ -116,6 +119,7 @@ def validate(cfg: dict) -> dict:
     _number(cfg, "train.l2", lo=0)
     _number(cfg, "train.weight_decay", lo=0)
     _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+    _check_faults_and_resume(cfg)
     if cfg.get("baseline_epochs") is not None:
         _number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
@@ -128,6 +132,24 @@ def validate(cfg: dict) -> dict:
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda: no CUDA device is visible to torch (use device=auto or cpu)")
     return cfg
+
+
+def _check_faults_and_resume(cfg: dict) -> None:
+    from .federation.faults import check_config
+
+    if cfg.get("round_timeout") is not None:
+        _number(cfg, "round_timeout", lo=0, lo_open=True)
+    check_config(cfg)
+    if "checkpoint_every" in cfg:
+        _number(cfg, "checkpoint_every", lo=0, integer=True)
+    r = cfg.get("resume", False)
+    if not isinstance(r, (bool, str)):
+        raise ConfigError(f"resume={r!r}: expected true, false or the path of a run folder")
+    if r and cfg["mode"] != "federated":
+        raise ConfigError(f"resume with mode={cfg['mode']}: only federated runs keep round checkpoints")
+    if r and cfg["backend"]["name"] != "inprocess":
+        raise ConfigError(f"resume with backend={cfg['backend']['name']}: Flower's Ray engine keeps client states "
+                          "inside its actors; resume needs backend=inprocess")
 
 
 def resolve_device(cfg: dict) -> str:

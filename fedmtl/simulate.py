@@ -50,7 +50,8 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, output_dir=str(out_dir.resolve()))
     quiet_frameworks(cfg.get("verbose", False))
-    write_json(out_dir / "config.json", cfg)
+    if not (cfg.get("resume") and (out_dir / "config.json").is_file()):  # a resumed run keeps its own
+        write_json(out_dir / "config.json", cfg)
     t0 = time.time()
     fed = federation_for(cfg)
     split_mod.write(fed.split, fed.dataset, out_dir / "split")
@@ -100,12 +101,16 @@ def main(dcfg: DictConfig) -> dict | None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         cfg = validate(OmegaConf.to_container(dcfg, resolve=True))
+        if cfg.get("resume"):
+            from .federation.checkpoint import resumed_config
+            cfg, out_dir = resumed_config(cfg, out_dir)
         summary = run(cfg, out_dir)
     except FedMTLError as e:
         print(f"fedmtl: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"fedmtl: interrupted; finished rounds are in {out_dir}", file=sys.stderr)
+        print(f"fedmtl: interrupted; finished rounds are in {out_dir} "
+              f"(continue with: python -m fedmtl.simulate resume={out_dir})", file=sys.stderr)
         sys.exit(130)
     print(f"\nfinal test metrics ({summary['mode']}, {summary['num_clients']} clients, "
           f"{summary['wall_seconds']}s) -> {out_dir}")
