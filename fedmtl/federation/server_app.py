@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..data import federation_for
 from ..metrics import HEADLINE
 from ..model import build_model, shared_names
+from ..progress import progress
 from ..results import append_jsonl, write_json
 from .client_state import config_from_context
 from .strategies import build_strategy
@@ -53,6 +54,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     metrics_path = out_dir / "metrics.jsonl"
     t_start = time.time()
     last_eval: dict = {}
+    last_eval_round = 0
     history = []
     n_rounds = cfg["num_rounds"]
     for rnd in range(1, n_rounds + 1):
@@ -82,9 +84,11 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         row["seconds"] = round(time.time() - t0, 3)
         append_jsonl(metrics_path, row)
         history.append(row)
-        log.info("round %d/%d  %.1fs  clients %d/%d  loss %s  %s", rnd, n_rounds, row["seconds"], len(ok),
-                 len(msgs), " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
-                 format_metrics(row.get("test", {}), cfg["tasks"]))
+        if "test" in row:
+            last_eval_round = rnd
+        log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), len(ok), len(msgs),
+                 " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
+                 f"test@{last_eval_round} " + format_metrics(last_eval, cfg["tasks"]) if last_eval else "")
     if cfg.get("save_model", True):
         tmp = out_dir / ".model_shared.pt.tmp"
         torch.save({k: torch.as_tensor(v.numpy()) for k, v in arrays.items()}, tmp)
