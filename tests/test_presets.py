@@ -3,9 +3,6 @@ every preset sweep is a valid config."""
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import pytest
 from hydra import compose as hcompose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -14,7 +11,6 @@ from omegaconf import OmegaConf
 
 from fedmtl.config import CONF_DIR, SIMULATIONS_DIR, compose
 from fedmtl.errors import ConfigError
-from fedmtl.progress import duration
 
 PATH = "dataset.path=/nowhere/ml-100k"  # composing never reads the data
 PRESETS = sorted(p.stem for p in (SIMULATIONS_DIR / "experiment").glob("*.yaml"))
@@ -81,26 +77,3 @@ def test_every_run_of_a_preset_sweep_is_a_valid_config(preset, key, values):
 def test_single_run_presets_are_not_sweeps():
     for preset in ("ml100k_federated", "ml100k_centralized", "ml100k_local"):
         assert sweep_jobs(preset) == [[]]
-
-
-def test_ray_start_up_chatter_is_dropped_but_other_flower_warnings_are_not(caplog):
-    from fedmtl.engine.ray import _quiet
-
-    _quiet()
-    flwr_log = logging.getLogger("flwr")
-    with caplog.at_level(logging.WARNING, logger="flwr"):
-        flwr_log.warning("DEPRECATED FEATURE: The `run_simulation` function is deprecated")
-        flwr_log.warning("round 3: no clients answered")
-        logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
-    assert [r.getMessage() for r in caplog.records] == ["round 3: no clients answered"]
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("default")
-        _quiet()
-        warnings.warn("Tip: ... set RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0", FutureWarning)
-        warnings.warn("something else", FutureWarning)
-    assert [str(w.message) for w in seen] == ["something else"]
-
-
-def test_durations_read_as_a_person_would_write_them():
-    assert [duration(s) for s in (4.26, 59.94, 65, 3599, 3600 * 2 + 180)] == ["4.3s", "59.9s", "1m05s", "59m59s",
-                                                                             "2h03m"]
