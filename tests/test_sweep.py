@@ -150,3 +150,17 @@ def test_the_report_of_a_folder_without_runs_is_one_error_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"fedmtl: error: {tmp_path}: no run folders under it "
                                         "(a run folder holds config.json or metrics.jsonl)"]
+
+
+def test_a_sweep_over_presets_takes_the_data_path_and_names_each_failed_run(tmp_path):
+    out, data = tmp_path / "s", tmp_path / "no-such-ml-100k"
+    proc = cli("fedmtl.simulate", "-m", "experiment=ml100k_federated,ml100k_local", f"dataset.path={data}",
+               f"hydra.sweep.dir={out}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = {overrides(r)["experiment"]: json.loads((r / "error.json").read_text())["error"]
+              for r in run_folders(out).values()}
+    assert sorted(errors) == ["ml100k_federated", "ml100k_local"]
+    assert all(str(data) in e for e in errors.values()), errors
+    md = (out / "summary.md").read_text()
+    for i, preset in enumerate(["ml100k_federated", "ml100k_local"]):
+        assert f"- {i} (experiment={preset} seed=0): **failed**: {errors[preset]}" in md
