@@ -154,9 +154,11 @@ def _read_overrides(path: Path) -> list[str] | None:
 
 
 def _final_round(cfg: dict) -> int:
+    """The round (epoch, for the baselines) whose metrics.jsonl line ends a finished run."""
     if cfg.get("mode", "federated") == "federated":
         return int(cfg["num_rounds"])
-    return int(cfg.get("baseline_epochs") or cfg["num_rounds"] * cfg["local_epochs"])
+    from .baselines import epochs_of
+    return int(epochs_of(cfg))
 
 
 def load_run(path: Path, root: Path) -> Run:
@@ -190,7 +192,6 @@ def load_run(path: Path, root: Path) -> Run:
         return run
     if run.reason:
         return run
-    last = max((int(r["round"]) for r in run.rows if "test" in r and "round" in r), default=None)
     if run.config is None:
         run.reason = "started, but no config.json (stopped before the run began)"
         return run
@@ -198,11 +199,18 @@ def load_run(path: Path, root: Path) -> Run:
         final = _final_round(run.config)
     except (KeyError, TypeError, ValueError):
         final = None
-    where = "metrics.jsonl has no evaluated round" if last is None else f"metrics.jsonl ends at round {last}"
-    if final is not None and (last is None or last < final):
-        run.reason = f"{where} (of {final})" + ("" if run.summary else ", no summary.json")
-    elif run.summary is None:
-        run.reason = f"{where}, no summary.json"
+    last = max((int(r["round"]) for r in run.rows if "round" in r), default=0)
+    tested = {int(r["round"]) for r in run.rows if "test" in r and "round" in r}
+    gaps = []
+    if final is not None and last < final:
+        gaps.append(f"metrics.jsonl ends at round {last} (of {final})" if run.rows else
+                    "no complete line in metrics.jsonl" if (path / "metrics.jsonl").exists() else "no metrics.jsonl")
+    elif final is not None and final not in tested:
+        gaps.append(f"round {final} has no test metrics")
+    if run.summary is None:
+        gaps.append("no summary.json")
+    if gaps:
+        run.reason = ", ".join(gaps)
     else:
         run.status = "complete"
     return run
