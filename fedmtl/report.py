@@ -295,11 +295,15 @@ def _metric_order(m: str) -> tuple:
 
 
 def final_metrics(runs: list[Run]) -> list[str]:
+    """Every per-task test metric (`task.name`) of the finished runs, and of the rounds an
+    unfinished run did log."""
     names = set()
     for r in runs:
+        tables = [row["test"] for row in r.rows if isinstance(row.get("test"), dict)]
         if r.status == "complete":
-            names |= {k for k, v in r.summary.get("metrics", {}).items()
-                      if "." in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            tables.append(r.summary.get("metrics", {}))
+        for t in tables:
+            names |= {k for k, v in t.items() if "." in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return sorted(names, key=_metric_order)
 
 
@@ -320,7 +324,7 @@ def write_plots(rep: Report) -> list[Path]:
     paths = []
     for metric in rep.metrics:
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        drawn = 0
+        drawn, xs = 0, set()
         for g in rep.groups:
             runs, style = g.complete, "-"
             if not runs:  # show how far an unfinished configuration got
@@ -329,6 +333,7 @@ def write_plots(rep: Report) -> list[Path]:
             if not curves:
                 continue
             rounds = sorted(set().union(*curves))
+            xs |= set(rounds)
             stats = [_mean_std([c[x] for c in curves if x in c]) for x in rounds]
             mean = [s[0] for s in stats]
             label = g.label if style == "-" else f"{g.label} (unfinished)"
@@ -341,8 +346,11 @@ def write_plots(rep: Report) -> list[Path]:
         if not drawn:
             plt.close(fig)
             continue
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("round (epoch for centralised runs)")
+        if len(xs) <= 12:
+            ax.set_xticks(sorted(xs))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("round (epochs for the centralised and local-only baselines)")
         ax.set_ylabel(metric)
         ax.set_title(f"test {metric}")
         ax.grid(alpha=0.3)
