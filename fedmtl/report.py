@@ -8,8 +8,8 @@ Written into PATH (or `--out DIR`), and at the end of every sweep by fedmtl/swee
   single run);
 - summary.md: the same table for the headline metrics, the runs that are not in it
   (failed, incomplete, never started) named one by one, and every run's status;
-- plots/<metric>.png: each test metric against the round (the epoch for a centralised
-  run), one line per configuration (mean over its runs, band = one std).
+- plots/<metric>.png: each test metric against the round (the epoch for the baselines),
+  one line per configuration (mean over its runs, band = one std).
 
 A run is a folder holding any of config.json, metrics.jsonl, summary.json, error.json or
 .hydra/overrides.yaml. It is complete when summary.json exists and metrics.jsonl reaches
