@@ -73,6 +73,7 @@ class SweepReport(Callback):
         print(rep.headline_table())
         bad = [r for r in rep.runs if r.status != "complete"]
         if bad:
-            print(f"fedmtl: {len(bad)} of {len(rep.runs)} runs did not finish: "
-                  + "; ".join(f"{r.describe(rep.keys)}: {r.status}: {r.reason}" for r in bad), file=sys.stderr)
+            named = ", ".join(f"{r.describe(rep.keys)} {r.status}" for r in bad[:8]) + (", ..." if len(bad) > 8 else "")
+            print(f"fedmtl: {len(bad)} of {len(rep.runs)} runs did not finish: {named}; "
+                  f"the reasons are in {rep.out_dir / 'summary.md'}", file=sys.stderr)
             sys.exit(1)
