@@ -127,9 +127,12 @@ def test_the_report_of_an_interrupted_sweep_names_what_is_missing(sweep, tmp_pat
     assert (cut / "plots" / "rating.rmse.png").read_bytes().startswith(PNG)
 
 
-def test_a_failing_combination_is_reported_and_the_others_kept(tmp_path):
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["one-process", "joblib"])
+def test_a_failing_combination_is_reported_and_the_others_kept(tmp_path, launcher):
     out = tmp_path / "s"
-    proc = cli("fedmtl.simulate", "-m", *TINY, "num_clients=4", "train.lr=0.01,-1", "seed=0", f"hydra.sweep.dir={out}")
+    proc = cli("fedmtl.simulate", "-m", *launcher, *TINY, "num_clients=4", "train.lr=0.01,-1", "seed=0",
+               f"hydra.sweep.dir={out}")
     assert proc.returncode == 1
     runs = {overrides(r)["train.lr"]: r for r in run_folders(out).values()}
     good, bad = runs["0.01"], runs["-1"]
