@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import validate
 from .errors import FedMTLError
 from .results import write_json
-from .sweep import in_sweep, record_failure
+from .sweep import check_first_job, in_sweep, record_failure
 
 log = logging.getLogger("fedmtl")
 
@@ -135,7 +135,9 @@ def precheck(argv: list[str]) -> None:
                 for v in value.split(","):
                     if v and v not in options:
                         raise FedMTLError(f"{key}={v}: expected one of {options}")
-        if not any(a in ("-m", "--multirun") for a in argv) and not any(a.startswith("--") for a in argv):
+        if any(a in ("-m", "--multirun") for a in argv):
+            check_first_job(overrides)  # fedmtl/sweep.py
+        elif not any(a.startswith("--") for a in argv):
             compose(overrides)
     except FedMTLError as e:
         print(f"fedmtl: error: {e}", file=sys.stderr)

@@ -46,6 +46,27 @@ def record_failure(out_dir: str | Path, exc: BaseException) -> None:
     return None
 
 
+def check_first_job(overrides: list[str]) -> None:
+    """Before a sweep starts: compose its first job, so that what Hydra would reject in every
+    job (an unknown key, a malformed override) is one ConfigError line. Values that only
+    `validate` rejects are left to each run, which then fails alone."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from .config import CONF_DIR
+    from .errors import ConfigError
+
+    try:
+        first = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0][0]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            compose(config_name="config", overrides=first)
+    except HydraException as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise ConfigError(" ".join(lines[:2])) from None
+
+
 class SweepReport(Callback):
     """Writes the sweep's report when the sweep ends; exit status 1 if a run failed."""
 

@@ -167,3 +167,12 @@ def test_a_sweep_over_presets_takes_the_data_path_and_names_each_failed_run(tmp_
     md = (out / "summary.md").read_text()
     for i, preset in enumerate(["ml100k_federated", "ml100k_local"]):
         assert f"- {i} (experiment={preset} seed=0): **failed**: {errors[preset]}" in md
+
+
+def test_a_key_no_run_could_have_stops_the_sweep_before_it_starts_with_one_line(tmp_path):
+    out = tmp_path / "s"
+    proc = cli("fedmtl.simulate", "-m", *TINY, "no_such_key=1,2", f"hydra.sweep.dir={out}")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["fedmtl: error: Could not override 'no_such_key'. "
+                                        "To append to your config use +no_such_key=1"]
+    assert not out.exists()
