@@ -270,12 +270,36 @@ def collect(root: Path) -> list[Run]:
 
 # ---------------------------------------------------------------- grouping
 
+def _as_override(value) -> str | None:
+    """A config.json value written as Hydra writes an override value."""
+    if isinstance(value, dict):
+        return str(value["name"]) if "name" in value else None  # a config group: its option
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _lookup(cfg: dict | None, key: str) -> str | None:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return _as_override(node)
+
+
 def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
     keys: list[str] = []
     for r in runs:
         for k in r.params:
             if k not in keys and k not in IGNORED_KEYS and k not in SEED_KEYS:
                 keys.append(k)
+    for r in runs:  # a key one run set and another left at its default: the default, from config.json
+        for k in keys:
+            if k not in r.params and _lookup(r.config, k) is not None:
+                r.params[k] = _lookup(r.config, k)
     varying = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
     groups: dict[tuple, Group] = {}
     for r in runs:
