@@ -11,7 +11,6 @@ and the sweep ends with the report of fedmtl/report.py.
 
 from __future__ import annotations
 
-import logging
 import sys
 import traceback
 from pathlib import Path
@@ -20,8 +19,6 @@ from hydra.experimental.callback import Callback
 
 from .errors import FedMTLError
 from .results import write_json
-
-log = logging.getLogger("fedmtl")
 
 ERROR_FILE = "error.json"
 

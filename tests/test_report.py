@@ -31,7 +31,8 @@ def test_a_key_left_at_its_default_in_one_run_is_named_with_its_value(tmp_path):
     make_run(tmp_path / "a", ["num_rounds=2"], [1.2, 1.1])
     make_run(tmp_path / "b", ["mode=centralized", "num_rounds=2", "baseline_epochs=3"], [1.0, 0.95, 0.9])
     rep = write_report(tmp_path, plots=False)
-    assert [g.label for g in rep.groups] == ["mode=federated baseline_epochs=null", "mode=centralized baseline_epochs=3"]
+    assert [g.label for g in rep.groups] == ["mode=federated baseline_epochs=null",
+                                             "mode=centralized baseline_epochs=3"]
     assert [rep.stats(g, "rating.rmse")[0] for g in rep.groups] == [1.1, 0.9]
     assert all(r.status == "complete" for r in rep.runs)
 

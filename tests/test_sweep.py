@@ -121,7 +121,8 @@ def test_the_report_of_an_interrupted_sweep_names_what_is_missing(sweep, tmp_pat
     for lost in (gone, torn):
         row = rows[f"num_clients={lost['num_clients']} weighting={lost['weighting']}"]
         assert (row["runs"], row["not_finished"], row["rating.rmse_std"]) == ("1", "1", "")
-        other_seed = next(r for r in run_folders(cut).values() if overrides(r) == dict(lost, seed=str(1 - int(lost["seed"]))))
+        twin = dict(lost, seed=str(1 - int(lost["seed"])))
+        other_seed = next(r for r in run_folders(cut).values() if overrides(r) == twin)
         final = json.loads((other_seed / "summary.json").read_text())["metrics"]["rating.rmse"]
         assert float(row["rating.rmse_mean"]) == pytest.approx(final, abs=1e-12)
     assert (cut / "plots" / "rating.rmse.png").read_bytes().startswith(PNG)
