@@ -30,10 +30,11 @@ from pathlib import Path
 
 from .errors import FedMTLError
 from .results import read_jsonl
+from .sweep import ERROR_FILE
 
 SEED_KEYS = ("seed",)  # the axis the mean and std are taken over
 IGNORED_KEYS = ("verbose", "output_dir")  # do not change a result
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "error.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", ERROR_FILE)
 TASK_ORDER = ("rating", "like", "click")
 PREFERRED = ("rating.rmse", "rating.mae", "like.auc", "like.logloss", "click.hr@10", "click.ndcg@10")
 
@@ -182,7 +183,7 @@ def load_run(path: Path, root: Path) -> Run:
     if run.seed is None and run.config is not None:
         run.seed = str(run.config.get("seed"))
     run.rows = read_jsonl(path / "metrics.jsonl")
-    err = path / "error.json"
+    err = path / ERROR_FILE
     if err.exists():
         run.status = "failed"
         try:
