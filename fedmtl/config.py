@@ -13,6 +13,16 @@ from .errors import ConfigError
 from .tasks import check_tasks
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SIMULATIONS_DIR = CONF_DIR.parent / "simulations"  # experiment= presets (hydra.searchpath in conf/config.yaml)
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+    if not OmegaConf.has_resolver("fedmtl.simulations"):
+        OmegaConf.register_new_resolver("fedmtl.simulations", lambda: f"file://{SIMULATIONS_DIR}")
+
+
+_register_resolvers()
 
 MODES = ("federated", "centralized", "local")
 AGGREGATE = ("encoder", "all", "fedrep")

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..data import federation_for
 from ..metrics import HEADLINE
 from ..model import build_model, shared_names
+from ..progress import progress
 from ..results import append_jsonl, write_json
 from . import faults
 from .checkpoint import Checkpointer, resume, round_commit
@@ -63,6 +64,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         first, saved, history = resume(ckpt, strategy, metrics_path)
         arrays = saved if saved is not None else arrays
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
+    last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
     for rnd in range(first, n_rounds + 1):
         t0 = time.time()
         train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
@@ -96,9 +98,11 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             append_jsonl(metrics_path, row)
             history.append(row)
             ckpt.save(rnd, arrays, strategy, history)
-        log.info("round %d/%d  %.1fs  clients %d/%d  loss %s  %s", rnd, n_rounds, row["seconds"], len(ok),
-                 len(msgs), " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
-                 format_metrics(row.get("test", {}), cfg["tasks"]))
+        if "test" in row:
+            last_eval_round = rnd
+        log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), len(ok), len(msgs),
+                 " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
+                 f"test@{last_eval_round} " + format_metrics(last_eval, cfg["tasks"]) if last_eval else "")
     if cfg.get("save_model", True):
         tmp = out_dir / ".model_shared.pt.tmp"
         torch.save({k: torch.as_tensor(v.numpy()) for k, v in arrays.items()}, tmp)
