@@ -57,6 +57,7 @@ def sweep_jobs(preset: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("preset, key, values", [
     ("ml100k_tasks", "tasks", [["rating"], ["like"], ["click"], ["rating", "like", "click"]]),
+    ("ml100k_tasks_centralized", "tasks", [["rating"], ["like"], ["click"], ["rating", "like", "click"]]),
     ("ml100k_clients", "num_clients", [10, 100, 943]),
     ("ml100k_strategies", "strategy.name", ["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedmedian"]),
 ])
@@ -75,5 +76,5 @@ def test_every_run_of_a_preset_sweep_is_a_valid_config(preset, key, values):
 
 
 def test_single_run_presets_are_not_sweeps():
-    for preset in ("ml100k_federated", "ml100k_centralized", "ml100k_local"):
+    for preset in ("ml100k_federated", "ml100k_fedavg", "ml100k_centralized", "ml100k_local"):
         assert sweep_jobs(preset) == [[]]
