@@ -1,0 +1,64 @@
+"""Nodes that crash, vanish or never connect: bounded waits and the configured policy.
+
+Flower's strategies wait for `min_available_nodes` with no time limit, so a run
+whose SuperNode died would wait forever for it to come back. The round loop
+calls `wait_for_nodes` first: it waits at most `round_timeout` seconds for enough
+connected nodes, then stops the run with one line that says so. After each
+exchange `check_replies` applies `on_client_failure`:
+
+- `continue` (default): the round aggregates the replies that did arrive (a node
+  that failed, or did not answer within `round_timeout`, is counted in
+  metrics.jsonl's `failed`), and later rounds sample from the nodes still connected;
+- `stop`: the first node that fails or does not answer stops the run with one line
+  naming the round, the stage and the reason. Finished rounds stay in metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import FedMTLError
+
+POLICIES = ("continue", "stop")
+
+
+class RoundFailure(FedMTLError):
+    """A round could not go on: too few nodes, or a node failed under on_client_failure=stop."""
+
+
+def wait_for_nodes(grid, needed: int, timeout: float, rnd: int, stage: str, poll: float = 1.0) -> int:
+    """Wait until `needed` nodes are connected; at most `timeout` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        n = len(list(grid.get_node_ids()))
+        if n >= needed:
+            return n
+        if time.time() >= deadline:
+            raise RoundFailure(f"round {rnd} {stage}: {n} node(s) connected, {needed} needed "
+                               f"(min_{'train' if stage == 'train' else 'evaluate'}_clients), none more "
+                               f"within round_timeout={timeout:g}s; stopping")
+        time.sleep(min(poll, max(deadline - time.time(), 0.01)))
+
+
+def needed_nodes(strategy, stage: str) -> int:
+    """How many connected nodes the Flower strategy waits for before sampling."""
+    floor = strategy.min_train_nodes if stage == "train" else strategy.min_evaluate_nodes
+    return max(int(strategy.min_available_nodes), int(floor))
+
+
+def failure_reasons(msgs, replies) -> list[str]:
+    """One short reason per sampled node that gave no usable reply."""
+    answered = {r.metadata.src_node_id for r in replies}
+    reasons = [f"node {r.metadata.src_node_id}: {r.error.reason}".strip() for r in replies if r.has_error()]
+    reasons += [f"node {m.metadata.dst_node_id}: no reply" for m in msgs if m.metadata.dst_node_id not in answered]
+    return reasons
+
+
+def check_replies(cfg: dict, rnd: int, stage: str, msgs, replies) -> None:
+    """Apply on_client_failure to one exchange (train or evaluate)."""
+    reasons = failure_reasons(msgs, replies)
+    if reasons and cfg.get("on_client_failure", "continue") == "stop":
+        first = reasons[0].splitlines()[0][:200]
+        raise RoundFailure(f"round {rnd} {stage}: {len(reasons)} of {len(msgs)} node(s) failed or gave no reply "
+                           f"within round_timeout={cfg['round_timeout']:g}s ({first}); stopping "
+                           "(on_client_failure=stop)")
