@@ -99,12 +99,13 @@ def _read_part(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def read(folder: str | Path, dataset: Dataset) -> Split:
+def read(folder: str | Path, dataset: Dataset, keep_unseen_items: bool = False) -> Split:
     """Load a given train.tsv/test.tsv pair (raw ids of `dataset`).
 
     Policy: test rows whose user or item never occurs in train are dropped with a
     warning (the model has nothing to score them with); an id unknown to the data
-    set is an error.
+    set is an error. `keep_unseen_items`: one client's own files (a deployed node),
+    whose test items may be trained on by other clients, keep those rows.
     """
     folder = Path(folder)
     parts = {}
@@ -122,7 +123,9 @@ def read(folder: str | Path, dataset: Dataset) -> Split:
         raw["rating"] = raw["rating"].astype(np.float32)
         parts[name] = raw
     train, test = parts["train"], parts["test"]
-    known = test["user"].isin(set(train["user"])) & test["item"].isin(set(train["item"]))
+    known = test["user"].isin(set(train["user"]))
+    if not keep_unseen_items:
+        known &= test["item"].isin(set(train["item"]))
     if not known.all():
         log.warning("split %s: %d test rows with users or items absent from train dropped",
                     folder, int((~known).sum()))

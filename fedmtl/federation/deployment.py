@@ -20,15 +20,17 @@ Node config keys (`flower-supernode --node-config '...'`):
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import Context
 
 from ..config import resolve_device
-from ..data import ClientData, federation_for
+from ..data import ClientData, Federation, federation_for
 from ..errors import ConfigError, FedMTLError
 from ..results import write_json
 
@@ -70,23 +72,19 @@ def node_partition(context: Context, cfg: dict) -> int:
 
 
 def node_cfg(cfg: dict, context: Context) -> dict:
-    """The run's config as this node reads its data: local paths from its node config."""
-    nc = context.node_config
-    if not nc.get("split-path") and not nc.get("dataset-path"):
+    """The run's config as this node reads its data: its local data set path."""
+    if not context.node_config.get("dataset-path"):
         return cfg
-    cfg = dict(cfg, dataset=dict(cfg["dataset"]), split=dict(cfg["split"]))
-    if nc.get("dataset-path"):
-        cfg["dataset"]["path"] = str(nc["dataset-path"])
-    if nc.get("split-path"):
-        path = Path(str(nc["split-path"]))
-        if not (path / "train.tsv").is_file():
-            raise ConfigError(f"node-config split-path={path}: no train.tsv there "
-                              "(write one with python -m fedmtl.deploy.export)")
-        # the node's own files hold exactly its users: one federation of one client
-        cfg["split"]["path"] = str(path)
-        cfg["split"]["validation"] = False
-        cfg["num_clients"] = 1
-    return cfg
+    return dict(cfg, dataset=dict(cfg["dataset"], path=str(context.node_config["dataset-path"])))
+
+
+@lru_cache(maxsize=2)
+def _own_federation(dataset_key: str, path: str, seed: int) -> Federation:
+    from ..data import load_dataset, split as split_mod
+
+    dataset = load_dataset(json.loads(dataset_key))
+    # the node's own files hold exactly its users: a federation of one client
+    return Federation(dataset, split_mod.read(path, dataset, keep_unseen_items=True), 1, seed)
 
 
 def node_data(cfg: dict, context: Context) -> tuple[int, ClientData]:
@@ -94,8 +92,15 @@ def node_data(cfg: dict, context: Context) -> tuple[int, ClientData]:
     shares one federation; a deployed node reads its partition, or its own files."""
     pid = node_partition(context, cfg)
     local = node_cfg(cfg, context)
-    part = 0 if context.node_config.get("split-path") else pid
-    return pid, federation_for(local).partition_data(part).to(resolve_device(cfg))
+    device = resolve_device(cfg)
+    if not context.node_config.get("split-path"):
+        return pid, federation_for(local).partition_data(pid).to(device)
+    path = Path(str(context.node_config["split-path"])).expanduser()
+    if not (path / "train.tsv").is_file():
+        raise ConfigError(f"node-config split-path={path}: no train.tsv there "
+                          "(write one with python -m fedmtl.deploy.export)")
+    fed = _own_federation(json.dumps(local["dataset"], sort_keys=True), str(path.resolve()), local["seed"])
+    return pid, fed.partition_data(0).to(device)
 
 
 def run_dir(context: Context) -> Path:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fedmtl.deploy.local import LocalDeployment
+from fedmtl.deploy.local import LocalDeployment, free_port
 from fedmtl.results import read_jsonl
 
 pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None or shutil.which("flwr") is None,
@@ -100,3 +100,26 @@ def test_killed_supernode_stops_the_run_with_a_clear_message(deployment, tmp_pat
     assert "on_client_failure=stop" in summary["stopped"] and "round 2" in summary["stopped"]
     assert len(read_jsonl(out / "metrics.jsonl")) == summary["rounds"] == 1
     assert "on_client_failure=stop" in dep.run_log(run_id)
+
+
+def test_tls_with_supernode_authentication_refuses_an_unregistered_node(deployment, tmp_path):
+    """TLS on every API and --enable-supernode-auth: the registered SuperNode is let in,
+    one with a key nobody registered is refused (Flower's exit code 305)."""
+    from fedmtl.deploy.certs import generate
+
+    dep = deployment(1, tls=True, auth=True)
+    assert dep.connected_nodes() == 1
+    generate(tmp_path / "rogue", supernodes=1)
+    cmd = dep.supernode_cmd(0)
+    cmd[cmd.index("--auth-supernode-private-key") + 1] = str(tmp_path / "rogue" / "supernode-0")
+    rogue = dep._spawn("rogue", cmd)
+    rogue.wait(timeout=60)
+    assert rogue.returncode != 0
+    assert "Failed to activate SuperNode" in dep.log("rogue")
+    assert dep.connected_nodes() == 1
+    # and a plain-text client cannot talk to the TLS SuperLink
+    plain = dep._spawn("plain", ["flower-supernode", "--insecure", "--superlink", f"{dep.host}:{dep.port}",
+                                 "--port", str(free_port()), "--node-config", "partition-id=0",
+                                 "--max-retries", "1", "--max-wait-time", "5"])
+    plain.wait(timeout=60)
+    assert plain.returncode != 0 and dep.connected_nodes() == 1
