@@ -137,15 +137,23 @@ def rounds_done(out_dir: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
 
 
-def serve(grid, context: Context, cfg: dict, run_rounds) -> dict:
-    """The ServerApp's body in a deployed run: run folder, rounds, summary. A run that
-    cannot go on (a node failed under on_client_failure=stop, too few nodes left)
-    ends with one logged line and a summary.json that says why."""
+def serve(grid, context: Context, run_rounds) -> dict:
+    """The ServerApp's body in a deployed run: the config from the run config's
+    overrides, run folder, rounds, summary. A bad override, or a run that cannot go on
+    (a node failed under on_client_failure=stop, too few nodes left), ends with one
+    logged line (and, once the run folder exists, a summary.json that says why)."""
+    from .client_state import config_from_context
+
     if not log.handlers:  # the ServerApp process mirrors stdout/stderr into `flwr log`
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s fedmtl: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+    try:
+        cfg = config_from_context(context, None)
+    except FedMTLError as e:
+        log.error("fedmtl: error: %s (run config overrides=%r)", e, context.run_config.get("overrides", ""))
+        raise RoundStopped(f"run config: {e}") from None
     out_dir = start_run(context, cfg)
     log.info("fedmtl deployed run %s -> %s", context.run_id, out_dir)
     t0 = time.time()

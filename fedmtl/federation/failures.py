@@ -26,18 +26,35 @@ class RoundFailure(FedMTLError):
     """A round could not go on: too few nodes, or a node failed under on_client_failure=stop."""
 
 
-def wait_for_nodes(grid, needed: int, timeout: float, rnd: int, stage: str, poll: float = 1.0) -> int:
-    """Wait until `needed` nodes are connected; at most `timeout` seconds."""
-    deadline = time.time() + timeout
-    while True:
-        n = len(list(grid.get_node_ids()))
-        if n >= needed:
-            return n
-        if time.time() >= deadline:
-            raise RoundFailure(f"round {rnd} {stage}: {n} node(s) connected, {needed} needed "
+class BoundedGrid:
+    """The grid as a Flower strategy sees it in one round: once the deadline has passed,
+    asking for the node ids with too few connected raises instead of returning, which
+    ends Flower's own unbounded wait in `sample_nodes`."""
+
+    def __init__(self, grid, needed: int, deadline: float, timeout: float, rnd: int, stage: str):
+        self._grid, self.needed, self.deadline = grid, needed, deadline
+        self._what = (rnd, stage, timeout)
+
+    def get_node_ids(self):
+        ids = list(self._grid.get_node_ids())
+        if len(ids) < self.needed and time.time() >= self.deadline:
+            rnd, stage, timeout = self._what
+            raise RoundFailure(f"round {rnd} {stage}: {len(ids)} node(s) connected, {self.needed} needed "
                                f"(min_{'train' if stage == 'train' else 'evaluate'}_clients), none more "
                                f"within round_timeout={timeout:g}s; stopping")
-        time.sleep(min(poll, max(deadline - time.time(), 0.01)))
+        return ids
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def wait_for_nodes(grid, needed: int, timeout: float, rnd: int, stage: str, poll: float = 1.0) -> BoundedGrid:
+    """Wait until `needed` nodes are connected, at most `timeout` seconds (then raise
+    RoundFailure); return the grid for the strategy, bounded by the same deadline."""
+    bounded = BoundedGrid(grid, needed, time.time() + timeout, timeout, rnd, stage)
+    while len(bounded.get_node_ids()) < needed:
+        time.sleep(min(poll, max(bounded.deadline - time.time(), 0.01)))
+    return bounded
 
 
 def needed_nodes(strategy, stage: str) -> int:

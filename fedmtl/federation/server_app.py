@@ -60,8 +60,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     for rnd in range(1, n_rounds + 1):
         t0 = time.time()
         train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
-        wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd, "train")
-        msgs = list(strategy.configure_train(rnd, arrays, train_cfg, grid))
+        tgrid = wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd, "train")
+        msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
         down = sum(m.content["arrays"].count_bytes() for m in msgs)
         replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
         check_replies(cfg, rnd, "train", msgs, replies)
@@ -76,8 +76,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
                "bytes_down": int(down), "bytes_up": int(up),
                "bytes_up_per_client": int(up / max(len(ok), 1)), "train": dict(train_metrics or {})}
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
-            wait_for_nodes(grid, needed_nodes(strategy, "evaluate"), cfg["round_timeout"], rnd, "evaluate")
-            emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
+            egrid = wait_for_nodes(grid, needed_nodes(strategy, "evaluate"), cfg["round_timeout"], rnd, "evaluate")
+            emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), egrid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
             ereplies = list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
@@ -107,10 +107,10 @@ def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) ->
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_cfg = config_from_context(context, cfg)
-        if cfg is None:  # a deployed run (flwr run): its own run folder and summary
-            deployment.serve(grid, context, run_cfg, run_rounds)
+        if cfg is None:  # a deployed run (flwr run): config from the run config, own run folder
+            deployment.serve(grid, context, run_rounds)
             return
+        run_cfg = config_from_context(context, cfg)
         out_dir = Path(run_cfg.get("output_dir") or "outputs/deployed")
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = run_rounds(grid, run_cfg, out_dir)

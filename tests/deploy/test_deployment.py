@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+from fedmtl.config import compose
 from fedmtl.deploy.local import LocalDeployment, free_port
 from fedmtl.results import read_jsonl
+from fedmtl.simulate import run
 
 pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None or shutil.which("flwr") is None,
                                 reason="Flower's deployment commands are not installed")
@@ -56,9 +58,11 @@ def test_two_supernodes_two_rounds_through_flwr_run(deployment, tmp_path):
     assert summary["rounds"] == 2 and "stopped" not in summary
     assert 0 < summary["metrics"]["rating.rmse"] < 3
     assert (out / "model_shared.pt").stat().st_size > 0
-    # each SuperNode trained on its own partition: both partition ids answered
-    log = dep.run_log(run_id)
-    assert "finished: 2 rounds" in log
+    assert "finished: 2 rounds" in dep.run_log(run_id)
+    # the same apps as the simulation: the deployed run reproduces it
+    sim = run(compose(["num_clients=2", "num_rounds=2", "seed=3", *TINY]), tmp_path / "sim")
+    for key in ("rating.rmse", "like.auc", "click.ndcg@10"):
+        assert summary["metrics"][key] == pytest.approx(sim["metrics"][key], abs=1e-5), key
 
 
 def test_killed_supernode_does_not_hang_the_run(deployment, tmp_path):

@@ -84,8 +84,9 @@ def test_stopped_run_says_why_and_keeps_finished_rounds(tmp_path):
             (out_dir / "metrics.jsonl").open("a").write(json.dumps({"round": r}) + "\n")
         raise RoundFailure("round 3 train: 1 of 3 node(s) failed; stopping (on_client_failure=stop)")
 
+    rc = {"output-dir": str(tmp_path), "overrides": " ".join(SMALL)}
     with pytest.raises(deployment.RoundStopped, match="round 3 train.*2 finished round"):
-        deployment.serve(None, ctx(run_config={"output-dir": str(tmp_path)}), cfg, two_rounds_then_fail)
+        deployment.serve(None, ctx(run_config=rc), two_rounds_then_fail)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["stopped"].startswith("round 3 train")
 
@@ -100,11 +101,25 @@ class FakeGrid:
 
 
 def test_wait_for_nodes_is_bounded():
-    assert wait_for_nodes(FakeGrid([0, 1, 2]), 2, timeout=5, rnd=1, stage="train", poll=0.01) == 2
+    assert len(wait_for_nodes(FakeGrid([0, 1, 2]), 2, timeout=5, rnd=1, stage="train", poll=0.01).get_node_ids()) == 2
     t0 = time.time()
     with pytest.raises(RoundFailure, match=r"round 4 train: 1 node\(s\) connected, 2 needed .*round_timeout=0.3s"):
         wait_for_nodes(FakeGrid([1]), 2, timeout=0.3, rnd=4, stage="train", poll=0.05)
     assert time.time() - t0 < 3
+
+
+def test_flowers_own_wait_for_nodes_is_bounded_too():
+    """A node lost between our wait and the strategy's sampling: Flower's sample_nodes
+    loops until enough nodes connect; the bounded grid ends that loop."""
+    from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+    from fedmtl.federation.failures import BoundedGrid
+
+    grid = BoundedGrid(FakeGrid([1]), needed=2, deadline=time.time() + 0.5, timeout=0.5, rnd=3, stage="evaluate")
+    t0 = time.time()
+    with pytest.raises(RoundFailure, match=r"round 3 evaluate: 1 node\(s\) connected, 2 needed \(min_evaluate_clients\)"):
+        sample_nodes(grid, min_available_nodes=2, sample_size=2)
+    assert time.time() - t0 < 5
 
 
 @pytest.fixture
@@ -130,6 +145,13 @@ def test_failure_policy_on_missing_and_failed_replies(identity):
     with pytest.raises(RoundFailure, match="disk on fire"):
         check_replies(dict(cfg, on_client_failure="stop"), 2, "evaluate", msgs, [ok, err])
     check_replies(cfg, 1, "train", msgs, [ok, Message(RD(), reply_to=msgs[1])])  # all answered
+
+
+def test_bad_override_in_the_run_config_is_one_line(tmp_path, caplog):
+    rc = {"output-dir": str(tmp_path / "r"), "overrides": "num_rounds=zero"}
+    with pytest.raises(deployment.RoundStopped, match=r"run config: num_rounds='zero': expected an integer"):
+        deployment.serve(None, ctx(run_config=rc), lambda *a: pytest.fail("no round may run"))
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_policy_is_a_config_error():
