@@ -64,10 +64,21 @@ def needed_nodes(strategy, stage: str) -> int:
 
 
 def failure_reasons(msgs, replies) -> list[str]:
-    """One short reason per sampled node that gave no usable reply."""
-    answered = {r.metadata.src_node_id for r in replies}
-    reasons = [f"node {r.metadata.src_node_id}: {r.error.reason}".strip() for r in replies if r.has_error()]
-    reasons += [f"node {m.metadata.dst_node_id}: no reply" for m in msgs if m.metadata.dst_node_id not in answered]
+    """One short reason per sampled node that gave no usable reply. Replies are paired
+    with their messages by message id where the grid set them (a SuperLink's own
+    "node unavailable" reply does not come from the node), else by node id."""
+    ids = [m.metadata.message_id for m in msgs]
+    if all(ids) and len(set(ids)) == len(ids):
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+        node_of = lambda r: dst.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)  # noqa: E731
+        answered = {r.metadata.reply_to_message_id for r in replies}
+        missing = [m for m in msgs if m.metadata.message_id not in answered]
+    else:
+        node_of = lambda r: r.metadata.src_node_id  # noqa: E731
+        answered = {r.metadata.src_node_id for r in replies}
+        missing = [m for m in msgs if m.metadata.dst_node_id not in answered]
+    reasons = [f"node {node_of(r)}: {r.error.reason}".strip() for r in replies if r.has_error()]
+    reasons += [f"node {m.metadata.dst_node_id}: no reply" for m in missing]
     return reasons
 
 

@@ -101,7 +101,7 @@ def test_killed_supernode_stops_the_run_with_a_clear_message(deployment, tmp_pat
     status = dep.wait_run(run_id, timeout=180, out_dir=out)
     assert status == "finished:failed"
     summary = json.loads((out / "summary.json").read_text())
-    assert "on_client_failure=stop" in summary["stopped"] and "round 2" in summary["stopped"]
+    assert "on_client_failure=stop" in summary["stopped"] and "round 2 train: 1 of 2 node(s)" in summary["stopped"]
     assert len(read_jsonl(out / "metrics.jsonl")) == summary["rounds"] == 1
     assert "on_client_failure=stop" in dep.run_log(run_id)
 

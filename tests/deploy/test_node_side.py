@@ -147,6 +147,21 @@ def test_failure_policy_on_missing_and_failed_replies(identity):
     check_replies(cfg, 1, "train", msgs, [ok, Message(RD(), reply_to=msgs[1])])  # all answered
 
 
+def test_superlinks_own_error_reply_counts_once(identity):
+    """A SuperLink answers for a dead node ("node unavailable") from its own node id:
+    paired by message id, that is one failed node, not a failure plus a missing reply."""
+    from flwr.app import Error, Message, RecordDict as RD
+
+    msgs = [Message(RD(), dst_node_id=n, message_type="train") for n in (11, 12)]
+    for m in msgs:  # what a grid's push does
+        m.metadata.__dict__["_message_id"] = m.object_id
+    ok = Message(RD(), reply_to=msgs[0])
+    gone = Message(Error(code=0, reason="Node Unavailable"), reply_to=msgs[1])
+    gone.metadata.__dict__["_src_node_id"] = 1
+    with pytest.raises(RoundFailure, match=r"1 of 2 node\(s\).*\(node 12: .*Node Unavailable"):
+        check_replies({"on_client_failure": "stop", "round_timeout": 5}, 2, "train", msgs, [ok, gone])
+
+
 def test_bad_override_in_the_run_config_is_one_line(tmp_path, caplog):
     rc = {"output-dir": str(tmp_path / "r"), "overrides": "num_rounds=zero"}
     with pytest.raises(deployment.RoundStopped, match=r"run config: num_rounds='zero': expected an integer"):
