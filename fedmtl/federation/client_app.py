@@ -6,18 +6,17 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..config import resolve_device
-from ..data import federation_for
 from ..schedule import client_round
 from ..train import TrainConfig, evaluate
+from .deployment import node_data
 from .faults import before_training
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
                            save_weighting, shared_record)
 
 
 def _client_data(cfg, context: Context):
-    pid = int(context.node_config["partition-id"])
-    return pid, federation_for(cfg).partition_data(pid).to(resolve_device(cfg))
+    """(partition id, this client's data): its partition, or a deployed node's own files."""
+    return node_data(cfg, context)
 
 
 def train_config(cfg: dict) -> TrainConfig:
