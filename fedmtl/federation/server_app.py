@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..metrics import HEADLINE
 from ..model import build_model, shared_names
 from ..results import append_jsonl, write_json
 from .client_state import config_from_context
+from .privacy import ServerPrivacy
 from .strategies import build_strategy
 
 log = logging.getLogger("fedmtl")
@@ -46,9 +48,24 @@ def format_metrics(m: dict, tasks) -> str:
     return "  ".join(f"{k.split('.', 1)[1] if '.' in k else k}={m[k]:.4f}" for t in tasks for k in keys[t] if k in m)
 
 
+def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
+    """One plain training round: returns (new arrays or None, train metrics, the metrics.jsonl row)."""
+    train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
+    msgs = list(strategy.configure_train(rnd, arrays, train_cfg, grid))
+    down = sum(m.content["arrays"].count_bytes() for m in msgs)
+    replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
+    ok = [r for r in replies if not r.has_error()]
+    up = _bytes(r.content["arrays"] for r in ok)
+    agg, train_metrics = strategy.aggregate_train(rnd, replies)
+    row = {"round": rnd, "sampled": len(msgs), "answered": len(ok), "failed": len(msgs) - len(ok),
+           "bytes_down": int(down), "bytes_up": int(up), "bytes_up_per_client": int(up / max(len(ok), 1))}
+    return agg, train_metrics, row
+
+
 def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     random.seed(cfg["seed"])  # Flower samples nodes with `random`
-    strategy = build_strategy(cfg)
+    privacy = ServerPrivacy(cfg, build_strategy(cfg))  # DP wrappers, accountant, SecAgg+ (privacy.py)
+    strategy = privacy.strategy
     arrays = initial_arrays(cfg)
     metrics_path = out_dir / "metrics.jsonl"
     t_start = time.time()
@@ -56,21 +73,19 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     history = []
     n_rounds = cfg["num_rounds"]
     for rnd in range(1, n_rounds + 1):
+        if privacy.stop_reason(rnd):
+            log.warning("stopping before round %d: %s", rnd, privacy.stopped)
+            break
         t0 = time.time()
-        train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
-        msgs = list(strategy.configure_train(rnd, arrays, train_cfg, grid))
-        down = sum(m.content["arrays"].count_bytes() for m in msgs)
-        replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
-        ok = [r for r in replies if not r.has_error()]
-        up = _bytes(r.content["arrays"] for r in ok)
-        agg, train_metrics = strategy.aggregate_train(rnd, replies)
+        agg, train_metrics, row = (privacy.secure_round or partial(train_round, strategy, cfg=cfg))(
+            rnd=rnd, arrays=arrays, grid=grid)
         if agg is not None:
             arrays = agg
         else:
-            log.warning("round %d: no update aggregated (%d of %d clients answered)", rnd, len(ok), len(msgs))
-        row = {"round": rnd, "sampled": len(msgs), "answered": len(ok), "failed": len(msgs) - len(ok),
-               "bytes_down": int(down), "bytes_up": int(up),
-               "bytes_up_per_client": int(up / max(len(ok), 1)), "train": dict(train_metrics or {})}
+            log.warning("round %d: no update aggregated (%d of %d clients answered)", rnd, row["answered"],
+                        row["sampled"])
+        row["train"] = dict(train_metrics or {})
+        row.update(privacy.after_round(rnd, agg is not None, row["answered"]))
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
             emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
@@ -82,16 +97,23 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         row["seconds"] = round(time.time() - t0, 3)
         append_jsonl(metrics_path, row)
         history.append(row)
-        log.info("round %d/%d  %.1fs  clients %d/%d  loss %s  %s", rnd, n_rounds, row["seconds"], len(ok),
-                 len(msgs), " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
+        log.info("round %d/%d  %.1fs  clients %d/%d  loss %s  %s", rnd, n_rounds, row["seconds"], row["answered"],
+                 row["sampled"], " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items()
+                                          if k.startswith("loss.")),
                  format_metrics(row.get("test", {}), cfg["tasks"]))
+    if privacy.stopped and history and "test" not in history[-1]:
+        # The budget ended the run between evaluations: evaluate the last good model once more.
+        ev = strategy.aggregate_evaluate(history[-1]["round"], list(grid.send_and_receive(
+            list(strategy.configure_evaluate(history[-1]["round"], arrays, ConfigRecord({}), grid)),
+            timeout=cfg["round_timeout"])))
+        last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
         tmp = out_dir / ".model_shared.pt.tmp"
         torch.save({k: torch.as_tensor(v.numpy()) for k, v in arrays.items()}, tmp)
         tmp.replace(out_dir / "model_shared.pt")
     return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
             "bytes_up_total": sum(h["bytes_up"] for h in history),
-            "bytes_down_total": sum(h["bytes_down"] for h in history)}
+            "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
 
 
 def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) -> ServerApp:
