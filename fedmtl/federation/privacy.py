@@ -166,7 +166,9 @@ class ServerPrivacy:
         if self.mode == "secagg_dp":
             # Each client adds std z*C/sqrt(m); with fewer survivors the sum holds less noise.
             z = z * math.sqrt(min(answered, sample_size(self.cfg)) / sample_size(self.cfg))
-        if aggregated and answered > 0 and z > 0:
+        # Local DP: a client's noised update is released when sent; otherwise when an aggregate is.
+        released = answered > 0 if self.ledger.local else aggregated and answered > 0
+        if released:
             self.ledger.spend(z)
         out.update({"epsilon": self.ledger.epsilon(), "delta": self.ledger.delta, "noise_multiplier": z,
                     "releases": self.ledger.releases})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +76,10 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             log.warning("stopping before round %d: %s", rnd, privacy.stopped)
             break
         t0 = time.time()
-        agg, train_metrics, row = (privacy.secure_round or partial(train_round, strategy, cfg=cfg))(
-            rnd=rnd, arrays=arrays, grid=grid)
+        if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
+            agg, train_metrics, row = privacy.secure_round(rnd, arrays, grid)
+        else:
+            agg, train_metrics, row = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:
             arrays = agg
         else:
@@ -102,10 +103,10 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
                                           if k.startswith("loss.")),
                  format_metrics(row.get("test", {}), cfg["tasks"]))
     if privacy.stopped and history and "test" not in history[-1]:
-        # The budget ended the run between evaluations: evaluate the last good model once more.
-        ev = strategy.aggregate_evaluate(history[-1]["round"], list(grid.send_and_receive(
-            list(strategy.configure_evaluate(history[-1]["round"], arrays, ConfigRecord({}), grid)),
-            timeout=cfg["round_timeout"])))
+        # The budget ended the run between evaluations: evaluate the last released model.
+        rnd = history[-1]["round"]
+        emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
+        ev = strategy.aggregate_evaluate(rnd, list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
         last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
         tmp = out_dir / ".model_shared.pt.tmp"

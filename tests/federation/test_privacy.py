@@ -257,3 +257,10 @@ def test_bad_privacy_settings_are_one_line_config_errors(override, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.").replace("=", "=")) as e:
         compose(TINY + override)
     assert "\n" not in str(e.value)
+
+
+def test_a_budget_stop_between_evaluations_still_reports_the_last_model_s_metrics(tmp_path):
+    summary = run(compose(TINY + ["num_rounds=4", "eval_every=3", "privacy=central_dp",
+                                  "privacy.target_epsilon=6"]), tmp_path)
+    assert summary["rounds"] == 1 and "test" not in rows(tmp_path)[0]
+    assert "rating.rmse" in summary["metrics"]
