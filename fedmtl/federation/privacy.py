@@ -197,6 +197,16 @@ class ServerPrivacy:
         self.stopped = state.get("stopped")
 
 
+class UnclippedFractionUpdate:
+    """Andrew et al. (2021) move the bound by the fraction of updates *not* clipped,
+    C <- C * exp(-lr * (unclipped - target_quantile)), so C tracks that quantile of the
+    update norms. Flower 1.41's adaptive wrappers pass the *clipped* fraction, which moves
+    C away from it (all updates clipped -> C shrinks further). Same noisy count, flipped."""
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        super()._geometric_update(1.0 - clipped_fraction)
+
+
 def wrap_strategy(strategy, p: dict, noise_multiplier: float, num_sampled: int, mode: str):
     """Flower's DP wrapper for the mode and clipping kind, around the configured strategy."""
     side = "ServerSide" if mode == "central_dp" else "ClientSide"
@@ -204,7 +214,8 @@ def wrap_strategy(strategy, p: dict, noise_multiplier: float, num_sampled: int, 
         if p["clipping"] == "fixed":
             cls = getattr(fs, f"DifferentialPrivacy{side}FixedClipping")
             return cls(strategy, noise_multiplier, float(p["clipping_norm"]), num_sampled)
-        cls = getattr(fs, f"DifferentialPrivacy{side}AdaptiveClipping")
+        base = getattr(fs, f"DifferentialPrivacy{side}AdaptiveClipping")
+        cls = type(base.__name__, (UnclippedFractionUpdate, base), {"__doc__": base.__doc__})
         return cls(strategy, noise_multiplier, num_sampled, initial_clipping_norm=float(p["clipping_norm"]),
                    target_clipped_quantile=float(p["target_clipped_quantile"]), clip_norm_lr=float(p["clip_norm_lr"]),
                    clipped_count_stddev=p.get("clipped_count_stddev"))

@@ -264,3 +264,13 @@ def test_a_budget_stop_between_evaluations_still_reports_the_last_model_s_metric
                                   "privacy.target_epsilon=6"]), tmp_path)
     assert summary["rounds"] == 1 and "test" not in rows(tmp_path)[0]
     assert "rating.rmse" in summary["metrics"]
+
+
+@pytest.mark.parametrize("mode", ["central_dp", "client_clip_dp"])
+@pytest.mark.parametrize("start, grows", [(0.001, True), (100.0, False)])
+def test_adaptive_clipping_moves_the_bound_towards_the_update_norms(tmp_path, mode, start, grows):
+    run(compose(TINY + ["num_rounds=3", f"privacy={mode}", "privacy.clipping=adaptive",
+                        "privacy.noise_multiplier=0.5", f"privacy.clipping_norm={start}"]), tmp_path)
+    bounds = [start] + [r["privacy"]["clipping_norm"] for r in rows(tmp_path)]
+    steps = np.diff(bounds)
+    assert (steps > 0).all() if grows else (steps < 0).all()  # every update clipped: grow; none: shrink
