@@ -188,12 +188,15 @@ class ServerPrivacy:
         return out
 
     def state_dict(self) -> dict:
-        """The accountant's state (for resuming a run)."""
-        return {"ledger": self.ledger.accountant.state_dict() if self.ledger else None, "stopped": self.stopped}
+        """What a resumed run needs: the accountant's ledger and an adaptive clipping bound."""
+        return {"ledger": self.ledger.accountant.state_dict() if self.ledger else None, "stopped": self.stopped,
+                "clipping_norm": getattr(self.strategy, "clipping_norm", None)}
 
     def load_state_dict(self, state: dict) -> None:
         if self.ledger is not None and state.get("ledger"):
             self.ledger.accountant.load_state_dict(state["ledger"])
+        if state.get("clipping_norm") is not None and hasattr(self.strategy, "clipping_norm"):
+            self.strategy.clipping_norm = float(state["clipping_norm"])
         self.stopped = state.get("stopped")
 
 

@@ -274,3 +274,16 @@ def test_adaptive_clipping_moves_the_bound_towards_the_update_norms(tmp_path, mo
     bounds = [start] + [r["privacy"]["clipping_norm"] for r in rows(tmp_path)]
     steps = np.diff(bounds)
     assert (steps > 0).all() if grows else (steps < 0).all()  # every update clipped: grow; none: shrink
+
+
+def test_the_privacy_state_round_trips_for_a_resumed_run(tmp_path):
+    cfg = compose(TINY + ["privacy=central_dp", "privacy.clipping=adaptive", "privacy.noise_multiplier=0.5"])
+    first = ServerPrivacy(cfg, build_strategy(cfg))
+    first.after_round(1, True, 6)
+    first.after_round(2, True, 6)
+    first.strategy.clipping_norm = 0.42
+    state = json.loads(json.dumps(first.state_dict()))  # it must survive a JSON file
+    again = ServerPrivacy(cfg, build_strategy(cfg))
+    again.load_state_dict(state)
+    assert again.ledger.releases == 2 and again.ledger.epsilon() == pytest.approx(first.ledger.epsilon())
+    assert again.strategy.clipping_norm == 0.42
