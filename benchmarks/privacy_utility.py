@@ -5,7 +5,7 @@
 Reads each folder's config.json and summary.json (written by `python -m fedmtl.simulate`)
 and prints one markdown row per run: the privacy mode, the epsilon spent (delta in the
 header), the noise multiplier, the rounds run and the final per-task test metrics. With
---plot, draws each task's headline metric against epsilon (runs without DP as lines).
+--plot, draws each task's headline metric against epsilon (runs without noise as horizontal lines).
 """
 
 from __future__ import annotations
@@ -45,16 +45,27 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dp = sorted((r for r in runs if r["epsilon"]), key=lambda r: r["epsilon"])
-    flat = [r for r in runs if not r["epsilon"]]
-    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4 * len(COLUMNS), 3.2))
-    for ax, (key, label) in zip(axes, COLUMNS):
-        ax.plot([r["epsilon"] for r in dp], [r["metrics"].get(key) for r in dp], "o-", label="central_dp")
-        for r, style in zip(flat, ["--", ":", "-."]):
-            ax.axhline(r["metrics"].get(key), linestyle=style, color="gray", label=r["mode"])
+    def label(r):
+        return r["mode"] + (f" C={r['clip']:g}" if r["clip"] is not None else "")
+
+    # Without noise to speak of (no DP, or z < 0.01: clipping alone) a run is a horizontal line.
+    flat = [r for r in runs if not r["epsilon"] or (r["z"] or 0) < 0.01]
+    curves: dict[str, list[dict]] = {}
+    for r in runs:
+        if r not in flat:
+            curves.setdefault(label(r), []).append(r)
+    delta = next((r["delta"] for r in runs if r["delta"]), None)
+    fig, axes = plt.subplots(1, len(COLUMNS), figsize=(4 * len(COLUMNS), 3.4))
+    for ax, (key, title) in zip(axes, COLUMNS):
+        for name, rs in curves.items():
+            rs = sorted(rs, key=lambda r: r["epsilon"])
+            ax.plot([r["epsilon"] for r in rs], [r["metrics"].get(key) for r in rs], "o-", label=name)
+        for r, style in zip(flat, ["--", ":", "-.", (0, (1, 3))]):
+            ax.axhline(r["metrics"].get(key), linestyle=style, color="gray",
+                       label=label(r) + (" (clipping only)" if r["epsilon"] else ""))
         ax.set_xscale("log")
-        ax.set_xlabel(f"epsilon (delta={dp[0]['delta']:g})" if dp else "epsilon")
-        ax.set_title(label)
+        ax.set_xlabel(f"epsilon (delta={delta:g})" if delta else "epsilon")
+        ax.set_title(title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
