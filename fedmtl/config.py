@@ -101,9 +101,9 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "exchange.name", EXCHANGES)
     if cfg["exchange"]["name"] == "sparse":
         _number(cfg, "exchange.pad_rows", lo=0, integer=True)
-        if str(_get(cfg, "privacy.name")).startswith("secagg"):
-            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: SecAgg+ sums dense vectors "
-                              "of one length from every client; use exchange=dense")
+        if _get(cfg, "privacy.name") != "none":
+            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: clipping, noise and SecAgg+ "
+                              "work on the whole dense update of every client; use exchange=dense")
     cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
     _choice(cfg, "aggregate", AGGREGATE)
     _choice(cfg, "device", DEVICES)
@@ -117,6 +117,7 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "strategy.name", STRATEGIES)
     _strategy_options(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
+    check_privacy(cfg)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
     cfg.setdefault("on_client_failure", "continue")
@@ -163,6 +164,61 @@ def _check_faults_and_resume(cfg: dict) -> None:
     if r and cfg["backend"]["name"] != "inprocess":
         raise ConfigError(f"resume with backend={cfg['backend']['name']}: Flower's Ray engine keeps client states "
                           "inside its actors; resume needs backend=inprocess")
+
+
+def check_privacy(cfg: dict) -> None:
+    """The privacy= options (federation/privacy.py, docs/privacy.md)."""
+    from .federation_names import DP_MODES, SECAGG_MODES
+
+    p, mode = cfg["privacy"], cfg["privacy"]["name"]
+    if mode == "none":
+        return
+    strategy = cfg["strategy"]["name"]
+    if mode != "local_dp" and strategy not in ("fedavg", "fedprox"):
+        raise ConfigError(f"privacy={mode} with strategy={strategy}: the noise and SecAgg+ are calibrated to a "
+                          "plain mean of the updates; use strategy=fedavg or fedprox")
+    if mode in ("central_dp", "client_clip_dp"):
+        _choice(cfg, "privacy.clipping", ("fixed", "adaptive"))
+    if mode in DP_MODES:
+        _number(cfg, "privacy.clipping_norm", lo=0, lo_open=True)
+        _number(cfg, "privacy.delta", lo=0, hi=1, lo_open=True)
+        if p.get("target_epsilon") is not None:
+            _number(cfg, "privacy.target_epsilon", lo=0, lo_open=True)
+    if mode == "local_dp":
+        _number(cfg, "privacy.epsilon", lo=0, lo_open=True)
+        if p.get("sensitivity") is not None:
+            _number(cfg, "privacy.sensitivity", lo=0, lo_open=True)
+    elif mode in DP_MODES:
+        if p.get("noise_multiplier") is None:
+            if p.get("target_epsilon") is None:
+                raise ConfigError(f"privacy.noise_multiplier=null: privacy={mode} then needs privacy.target_epsilon "
+                                  "to pick it from")
+        else:
+            _number(cfg, "privacy.noise_multiplier", lo=0, lo_open=True)
+    if mode in SECAGG_MODES:
+        n = cfg["num_clients"]
+        m = min(n, max(int(n * cfg["fraction_train"]), min(cfg["min_train_clients"], n)))
+        _number(cfg, "privacy.clipping_range", lo=0, lo_open=True)
+        _number(cfg, "privacy.quantization_range", lo=1, integer=True)
+        if p.get("max_weight") is not None:
+            _number(cfg, "privacy.max_weight", lo=0, lo_open=True)
+        if m < 2:
+            raise ConfigError(f"privacy={mode}: SecAgg+ needs at least 2 clients per round, this run samples {m}")
+        if m * p["quantization_range"] > 2**32:
+            raise ConfigError(f"privacy.quantization_range={p['quantization_range']}: {m} clients per round would "
+                              f"overflow SecAgg+'s 2**32 modulus; use at most {2**32 // m}")
+        shares, threshold = p["num_shares"], p["reconstruction_threshold"]
+        for key, value in (("num_shares", shares), ("reconstruction_threshold", threshold)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+                    isinstance(value, float) and value > 1):
+                raise ConfigError(f"privacy.{key}={value!r}: expected an integer count or a fraction in (0, 1]")
+        if isinstance(shares, int) and not (shares == 1 or 3 <= shares):
+            raise ConfigError(f"privacy.num_shares={shares}: an integer must be at least 3 (or 1.0 for all)")
+        if isinstance(shares, int) and shares > m:
+            raise ConfigError(f"privacy.num_shares={shares}: more than the {m} clients sampled per round")
+        if isinstance(shares, int) and isinstance(threshold, int) and threshold != 1 and not 2 <= threshold < shares:
+            raise ConfigError(f"privacy.reconstruction_threshold={threshold}: must be >= 2 and below "
+                              f"num_shares={shares}")
 
 
 def resolve_device(cfg: dict) -> str:

@@ -134,7 +134,7 @@ def precheck(argv: list[str]) -> None:
     try:
         for ov in overrides:
             key, value = ov.lstrip("+~").split("=", 1)
-            group = CONF_DIR / key if (CONF_DIR / key).is_dir() else SIMULATIONS_DIR / key
+            group = CONF_DIR / key if any((CONF_DIR / key).glob("*.yaml")) else SIMULATIONS_DIR / key
             if group.is_dir():
                 options = sorted(p.stem for p in group.glob("*.yaml"))
                 for v in value.split(","):

@@ -12,6 +12,7 @@ from .deployment import node_data
 from .faults import before_training
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
                            save_weighting, shared_record)
+from .privacy import client_privacy_mod
 
 
 def _client_data(cfg, context: Context):
@@ -31,7 +32,7 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
     """A ClientApp bound to `cfg` (simulation), or reading it from the run config (deployment)."""
     app = ClientApp()
 
-    @app.train()
+    @app.train(mods=[client_privacy_mod(cfg)])  # privacy= mods on the train handler only (privacy.py)
     def train(msg: Message, context: Context) -> Message:
         run_cfg = config_from_context(context, cfg)
         torch.set_num_threads(1)

@@ -59,6 +59,8 @@ def wait_for_nodes(grid, needed: int, timeout: float, rnd: int, stage: str, poll
 
 def needed_nodes(strategy, stage: str) -> int:
     """How many connected nodes the Flower strategy waits for before sampling."""
+    while not hasattr(strategy, "min_available_nodes") and hasattr(strategy, "strategy"):
+        strategy = strategy.strategy  # Flower's DP wrappers hold the strategy that samples
     floor = strategy.min_train_nodes if stage == "train" else strategy.min_evaluate_nodes
     return max(int(strategy.min_available_nodes), int(floor))
 

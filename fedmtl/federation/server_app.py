@@ -26,6 +26,7 @@ from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_replies, needed_nodes, wait_for_nodes
+from .privacy import ServerPrivacy
 from .strategies import build_strategy
 
 log = logging.getLogger("fedmtl")
@@ -50,9 +51,29 @@ def format_metrics(m: dict, tasks) -> str:
     return "  ".join(f"{k.split('.', 1)[1] if '.' in k else k}={m[k]:.4f}" for t in tasks for k in keys[t] if k in m)
 
 
+def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
+    """One plain training round: (new arrays or None, train metrics, the metrics.jsonl row,
+    the reason the round was skipped or None)."""
+    train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
+    tgrid = wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd, "train")
+    msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
+    down = sum(m.content["arrays"].count_bytes() for m in msgs)
+    replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
+    check_replies(cfg, rnd, "train", msgs, replies)
+    ok = [r for r in replies if not r.has_error()]
+    up = _bytes(r.content["arrays"] for r in ok)
+    counts = faults.round_counts(msgs, replies)
+    skipped = faults.skip_reason(counts, cfg)
+    agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, replies)
+    row = {"round": rnd, **counts, "bytes_down": int(down), "bytes_up": int(up),
+           "bytes_up_per_client": int(up / max(len(ok), 1))}
+    return agg, train_metrics, row, skipped
+
+
 def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     random.seed(cfg["seed"])  # Flower samples nodes with `random`
-    strategy = build_strategy(cfg)
+    privacy = ServerPrivacy(cfg, build_strategy(cfg))  # DP wrappers, accountant, SecAgg+ (privacy.py)
+    strategy = privacy.strategy
     arrays = initial_arrays(cfg)
     metrics_path = out_dir / "metrics.jsonl"
     t_start = time.time()
@@ -64,30 +85,29 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     if cfg.get("resume"):
         first, saved, history = resume(ckpt, strategy, metrics_path)
         arrays = saved if saved is not None else arrays
+        if ckpt.extra.get("privacy"):
+            privacy.load_state_dict(ckpt.extra["privacy"])
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
     for rnd in range(first, n_rounds + 1):
+        if privacy.stop_reason(rnd):
+            log.warning("stopping before round %d: %s", rnd, privacy.stopped)
+            break
         t0 = time.time()
-        train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
-        tgrid = wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd, "train")
-        msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
-        down = sum(m.content["arrays"].count_bytes() for m in msgs)
-        replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
-        check_replies(cfg, rnd, "train", msgs, replies)
-        ok = [r for r in replies if not r.has_error()]
-        up = _bytes(r.content["arrays"] for r in ok)
-        counts = faults.round_counts(msgs, replies)
-        skipped = faults.skip_reason(counts, cfg)
-        agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, replies)
+        if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
+            agg, train_metrics, row = privacy.secure_round(rnd, arrays, grid)
+            skipped = None
+        else:
+            agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:
             arrays = agg
         else:
-            skipped = skipped or f"no update aggregated ({len(ok)} of {len(msgs)} clients answered)"
+            skipped = skipped or f"no update aggregated ({row['answered']} of {row['sampled']} clients answered)"
             log.warning("round %d skipped: %s", rnd, skipped)
-        row = {"round": rnd, **counts, "bytes_down": int(down), "bytes_up": int(up),
-               "bytes_up_per_client": int(up / max(len(ok), 1)), "train": dict(train_metrics or {})}
+        row["train"] = dict(train_metrics or {})
         if skipped:
             row["skipped"] = skipped
+        row.update(privacy.after_round(rnd, agg is not None, row["answered"]))
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
             egrid = wait_for_nodes(grid, needed_nodes(strategy, "evaluate"), cfg["round_timeout"], rnd, "evaluate")
             emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), egrid))
@@ -103,19 +123,25 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         with round_commit():  # Ctrl-C waits until the row and its checkpoint are both written
             append_jsonl(metrics_path, row)
             history.append(row)
-            ckpt.save(rnd, arrays, strategy, history)
+            ckpt.save(rnd, arrays, strategy, history, extra={"privacy": privacy.state_dict()})
         if "test" in row:
             last_eval_round = rnd
-        log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), len(ok), len(msgs),
-                 " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
+        log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), row["answered"],
+                 row["sampled"], " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
                  f"test@{last_eval_round} " + format_metrics(last_eval, cfg["tasks"]) if last_eval else "")
+    if privacy.stopped and history and "test" not in history[-1]:
+        # The budget ended the run between evaluations: evaluate the last released model.
+        rnd = history[-1]["round"]
+        emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
+        ev = strategy.aggregate_evaluate(rnd, list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
+        last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
         tmp = out_dir / ".model_shared.pt.tmp"
         torch.save({k: torch.as_tensor(v.numpy()) for k, v in arrays.items()}, tmp)
         tmp.replace(out_dir / "model_shared.pt")
     return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
             "bytes_up_total": sum(h["bytes_up"] for h in history),
-            "bytes_down_total": sum(h["bytes_down"] for h in history)}
+            "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
 
 
 def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) -> ServerApp:

@@ -1,0 +1,306 @@
+"""`privacy=`: what the server may learn about one client, wired from Flower's own parts.
+
+| privacy=       | client side (train handler only)              | server side                                      |
+| none           | -                                             | the strategy as configured                       |
+| central_dp     | -                                             | DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping |
+| client_clip_dp | fixedclipping_mod / adaptiveclipping_mod      | DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping |
+| local_dp       | LocalDpMod (clip + Gaussian noise per client) | the strategy as configured                       |
+| secagg         | secaggplus_mod (legacy records, legacy.py)    | SecAggPlusWorkflow: only the masked sum          |
+| secagg_dp      | secaggplus_mod + fixedclipping_mod + noise    | SecAggPlusWorkflow (distributed DP)              |
+
+The DP modes aggregate with uniform client weights (each client reports
+`num-examples` = 1 with its update), because the noise `z * C / m` that Flower adds to the mean of m
+clipped updates protects one client only when every client weighs the same.
+
+Accounting (`Ledger`): every released aggregate is one Gaussian event in Flower's
+`RdpAccountant` (user level). With every client in every round: no amplification,
+add-or-remove-one neighbours, multiplier z. With a sample of m of N clients
+(Flower samples without replacement): sampled-without-replacement, replace-one
+neighbours, whose sensitivity is 2C, so the multiplier given is z / 2. The
+epsilon at `privacy.delta` goes into metrics.jsonl every round;
+`privacy.target_epsilon` stops the run before the round that would exceed it, or
+picks z for `num_rounds` when `privacy.noise_multiplier` is null.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from functools import lru_cache
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.client.mod.utils import make_ffn
+from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+from flwr.serverapp import strategy as fs
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace
+from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
+                                               SamplingMethod)
+
+from ..errors import ConfigError
+from ..federation_names import DP_MODES, SECAGG_MODES
+
+log = logging.getLogger("fedmtl")
+
+WEIGHT_KEY = "num-examples"  # the strategies' weighted_by_key
+
+
+def sample_size(cfg: dict) -> int:
+    """How many clients Flower samples per training round (FedAvg.configure_train's rule)."""
+    n = cfg["num_clients"]
+    return min(n, max(int(n * cfg["fraction_train"]), min(cfg["min_train_clients"], n)))
+
+
+def local_dp_multiplier(p: dict) -> float:
+    """LocalDpMod's noise std over the sensitivity: sqrt(2 ln(1.25/delta)) / epsilon."""
+    return math.sqrt(2 * math.log(1.25 / p["delta"])) / p["epsilon"]
+
+
+# --- accounting ----------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The privacy spent so far, one Gaussian event per released aggregate (RdpAccountant)."""
+
+    def __init__(self, population: int, sample: int, delta: float, local: bool = False):
+        from flwr.serverapp import RdpAccountant
+
+        self.local = local  # local DP: each client's own releases, no sampling amplification
+        self.population, self.sample = (1, 1) if local else (population, sample)
+        self.amplified = self.sample < self.population
+        self.delta = delta
+        self.config = PrivacyConfig(
+            target_delta=delta, population_size=self.population,
+            neighboring_relation=(NeighboringRelation.REPLACE_ONE if self.amplified
+                                  else NeighboringRelation.ADD_OR_REMOVE_ONE),
+            sampling_method=SamplingMethod.WITHOUT_REPLACEMENT if self.amplified else SamplingMethod.NO_AMPLIFICATION)
+        self.accountant = RdpAccountant(self.config)
+
+    def event(self, noise_multiplier: float) -> GaussianPrivacyEvent:
+        z = noise_multiplier / 2 if self.amplified else noise_multiplier
+        return GaussianPrivacyEvent(noise_multiplier=z, sample_size=self.sample, population_size=self.population)
+
+    def spend(self, noise_multiplier: float) -> None:
+        self.accountant.compose(self.event(noise_multiplier))
+
+    def would_exceed(self, noise_multiplier: float, target_epsilon: float) -> bool:
+        return self.accountant.would_exceed(self.event(noise_multiplier), max_epsilon=target_epsilon)
+
+    @property
+    def releases(self) -> int:
+        return self.accountant.num_releases
+
+    def epsilon(self) -> float:
+        return self.accountant.get_epsilon(self.delta) if self.releases else 0.0
+
+    def epsilon_after(self, noise_multiplier: float, rounds: int) -> float:
+        """Epsilon after `rounds` releases at `noise_multiplier`, from a fresh ledger."""
+        fresh = Ledger(self.population, self.sample, self.delta)
+        fresh.accountant.compose(fresh.event(noise_multiplier), count=rounds)
+        return fresh.accountant.get_epsilon(self.delta)
+
+
+def calibrate_noise(ledger: Ledger, target_epsilon: float, rounds: int) -> float:
+    """The smallest noise multiplier (to 0.1%) whose epsilon after `rounds` is <= target."""
+    lo, hi = 1e-2, 1.0
+    while ledger.epsilon_after(hi, rounds) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            raise ConfigError(f"privacy.target_epsilon={target_epsilon}: not reachable in {rounds} rounds")
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if ledger.epsilon_after(mid, rounds) <= target_epsilon else (mid, hi)
+    return hi
+
+
+# --- server --------------------------------------------------------------------------------------
+
+
+class ServerPrivacy:
+    """The server's side of `privacy=`: the wrapped strategy, the ledger, and for the
+    secagg modes the SecAgg+ training round that replaces the plain one."""
+
+    def __init__(self, cfg: dict, strategy):
+        self.cfg, self.p = cfg, dict(cfg.get("privacy") or {"name": "none"})
+        self.mode = self.p["name"]
+        self.strategy = strategy
+        self.ledger: Ledger | None = None
+        self.noise_multiplier: float | None = None
+        self.secure_round = None
+        self.stopped: str | None = None
+        m, n = sample_size(cfg), cfg["num_clients"]
+        if self.mode in DP_MODES:
+            np.random.seed(cfg["seed"] % 2**32)  # Flower's DP wrappers and mods draw from NumPy's global RNG
+            self.ledger = Ledger(n, m, float(self.p["delta"]), local=self.mode == "local_dp")
+            if self.mode == "local_dp":
+                self.noise_multiplier = local_dp_multiplier(self.p)
+            elif self.p.get("noise_multiplier") is None:
+                self.noise_multiplier = calibrate_noise(self.ledger, float(self.p["target_epsilon"]), cfg["num_rounds"])
+                log.info("privacy: noise multiplier %.4f gives epsilon <= %s after %d rounds", self.noise_multiplier,
+                         self.p["target_epsilon"], cfg["num_rounds"])
+            else:
+                self.noise_multiplier = float(self.p["noise_multiplier"])
+        if self.mode in ("central_dp", "client_clip_dp"):
+            self.strategy = wrap_strategy(strategy, self.p, self.noise_multiplier, m, self.mode)
+        if self.mode in SECAGG_MODES:
+            from .legacy import SecAggRound
+            self.secure_round = SecAggRound(cfg)
+
+    def stop_reason(self, rnd: int) -> str | None:
+        """Why round `rnd` must not run (its release would exceed privacy.target_epsilon), or None."""
+        target = self.p.get("target_epsilon")
+        if self.ledger is None or target is None or self.stopped:
+            return self.stopped
+        if self.ledger.would_exceed(self.noise_multiplier, float(target)):
+            self.stopped = (f"privacy budget: round {rnd} would take epsilon past target_epsilon={target} "
+                            f"(spent {self.ledger.epsilon():.4f} at delta={self.ledger.delta:g})")
+        return self.stopped
+
+    def after_round(self, rnd: int, aggregated: bool, answered: int) -> dict:
+        """Compose the round's release (if an aggregate was released) and report the spend."""
+        out: dict = {"mode": self.mode}
+        if self.ledger is None:
+            return {"privacy": out}
+        z = self.noise_multiplier
+        if self.mode == "secagg_dp":
+            # Each client adds std z*C/sqrt(m); with fewer survivors the sum holds less noise.
+            z = z * math.sqrt(min(answered, sample_size(self.cfg)) / sample_size(self.cfg))
+        # Local DP: a client's noised update is released when sent; otherwise when an aggregate is.
+        released = answered > 0 if self.ledger.local else aggregated and answered > 0
+        if released:
+            self.ledger.spend(z)
+        out.update({"epsilon": self.ledger.epsilon(), "delta": self.ledger.delta, "noise_multiplier": z,
+                    "releases": self.ledger.releases})
+        clip = getattr(self.strategy, "clipping_norm", None)
+        if clip is not None:
+            out["clipping_norm"] = float(clip)
+        return {"privacy": out}
+
+    def summary(self) -> dict:
+        out = {"mode": self.mode}
+        if self.ledger is not None:
+            out.update({"epsilon": self.ledger.epsilon(), "delta": self.ledger.delta,
+                        "noise_multiplier": self.noise_multiplier, "releases": self.ledger.releases,
+                        "accounting": "rdp, " + self.ledger.config.sampling_method.value})
+        if self.stopped:
+            out["stopped"] = self.stopped
+        return out
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs: the accountant's ledger and an adaptive clipping bound."""
+        return {"ledger": self.ledger.accountant.state_dict() if self.ledger else None, "stopped": self.stopped,
+                "clipping_norm": getattr(self.strategy, "clipping_norm", None)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ledger is not None and state.get("ledger"):
+            self.ledger.accountant.load_state_dict(state["ledger"])
+        if state.get("clipping_norm") is not None and hasattr(self.strategy, "clipping_norm"):
+            self.strategy.clipping_norm = float(state["clipping_norm"])
+        self.stopped = state.get("stopped")
+
+
+class UnclippedFractionUpdate:
+    """Andrew et al. (2021) move the bound by the fraction of updates *not* clipped,
+    C <- C * exp(-lr * (unclipped - target_quantile)), so C tracks that quantile of the
+    update norms. Flower 1.41's adaptive wrappers pass the *clipped* fraction, which moves
+    C away from it (all updates clipped -> C shrinks further). Same noisy count, flipped."""
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        super()._geometric_update(1.0 - clipped_fraction)
+
+
+def wrap_strategy(strategy, p: dict, noise_multiplier: float, num_sampled: int, mode: str):
+    """Flower's DP wrapper for the mode and clipping kind, around the configured strategy."""
+    side = "ServerSide" if mode == "central_dp" else "ClientSide"
+    try:
+        if p["clipping"] == "fixed":
+            cls = getattr(fs, f"DifferentialPrivacy{side}FixedClipping")
+            return cls(strategy, noise_multiplier, float(p["clipping_norm"]), num_sampled)
+        base = getattr(fs, f"DifferentialPrivacy{side}AdaptiveClipping")
+        cls = type(base.__name__, (UnclippedFractionUpdate, base), {"__doc__": base.__doc__})
+        return cls(strategy, noise_multiplier, num_sampled, initial_clipping_norm=float(p["clipping_norm"]),
+                   target_clipped_quantile=float(p["target_clipped_quantile"]), clip_norm_lr=float(p["clip_norm_lr"]),
+                   clipped_count_stddev=p.get("clipped_count_stddev"))
+    except ValueError as e:
+        raise ConfigError(f"privacy={mode}: {e}") from None
+
+
+# --- client --------------------------------------------------------------------------------------
+
+
+def uniform_weight_mod(msg: Message, ctx: Context, call_next) -> Message:
+    """Report weight 1 (not the example count), so that the DP mean is a plain mean: the noise
+    z*C/m covers one client only if no client weighs more than 1/m."""
+    reply = call_next(msg, ctx)
+    if reply.has_content() and "metrics" in reply.content:
+        reply.content["metrics"][WEIGHT_KEY] = 1.0
+    return reply
+
+
+class GaussianNoiseMod:
+    """Add N(0, std^2) to every uploaded array (the client's share of distributed DP noise)."""
+
+    def __init__(self, std: float):
+        self.std = std
+
+    def __call__(self, msg: Message, ctx: Context, call_next) -> Message:
+        reply = call_next(msg, ctx)
+        if reply.has_error():
+            return reply
+        for key, record in list(reply.content.array_records.items()):
+            nds = record.to_numpy_ndarrays()
+            add_gaussian_noise_inplace(nds, self.std)
+            reply.content[key] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), nds)})
+        return reply
+
+
+def distributed_noise_std(cfg: dict, noise_multiplier: float) -> float:
+    """Each of the m sampled clients adds std z*C/sqrt(m): the sum then holds std z*C, the mean z*C/m,
+    as central DP would, without anyone seeing an un-noised sum."""
+    return noise_multiplier * float(cfg["privacy"]["clipping_norm"]) / math.sqrt(sample_size(cfg))
+
+
+@lru_cache(maxsize=8)
+def _chain(cfg_json: str) -> tuple:
+    cfg = json.loads(cfg_json)
+    p = cfg.get("privacy") or {"name": "none"}
+    mode = p["name"]
+    if mode == "central_dp":
+        return (uniform_weight_mod,)
+    if mode == "client_clip_dp":
+        return (uniform_weight_mod, fixedclipping_mod if p["clipping"] == "fixed" else adaptiveclipping_mod)
+    if mode == "local_dp":
+        sens = p.get("sensitivity") or p["clipping_norm"]
+        return (LocalDpMod(float(p["clipping_norm"]), float(sens), float(p["epsilon"]), float(p["delta"])),)
+    if mode in SECAGG_MODES:
+        from flwr.client.mod import secaggplus_mod
+
+        from .legacy import LegacyFitMod, blind_fitres_mod
+        chain = [blind_fitres_mod, secaggplus_mod, LegacyFitMod(cfg)]
+        if mode == "secagg_dp":
+            z = p.get("noise_multiplier")
+            if z is None:  # the clients pick z from the budget as the server does (they never trust its z)
+                z = calibrate_noise(Ledger(cfg["num_clients"], sample_size(cfg), float(p["delta"])),
+                                    float(p["target_epsilon"]), cfg["num_rounds"])
+            chain += [GaussianNoiseMod(distributed_noise_std(cfg, float(z))), fixedclipping_mod]
+        return tuple(chain)
+    return ()
+
+
+def client_mods(cfg: dict) -> tuple:
+    """The Flower mods of the train handler for this run's privacy mode."""
+    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks")
+    return _chain(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True))
+
+
+def client_privacy_mod(bound: dict | None):
+    """One mod for the train handler that applies the run's privacy mods, chosen from the
+    run's config (bound in simulation, read from the run config when deployed)."""
+    from .client_state import config_from_context
+
+    def privacy_mod(msg: Message, ctx: Context, call_next) -> Message:
+        mods = client_mods(config_from_context(ctx, bound))
+        return make_ffn(call_next, list(mods))(msg, ctx) if mods else call_next(msg, ctx)
+
+    return privacy_mod
