@@ -6,6 +6,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from .. import transfer
 from ..config import resolve_device
 from ..data import federation_for
 from ..schedule import client_round
@@ -38,6 +39,7 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         pid, data = _client_data(run_cfg, context)
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
+        transfer.client_view(model, run_cfg)  # new items: features only, never trained
         server_round = int(msg.content["config"]["server-round"])
         weighting = client_weighting(run_cfg, context.state)
         result = client_round(model, data, run_cfg["tasks"], weighting, train_config(run_cfg), run_cfg,
@@ -59,7 +61,9 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         pid, data = _client_data(run_cfg, context)
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
+        transfer.client_view(model, run_cfg)
         part = evaluate(model, data, run_cfg["tasks"])
+        part.update(transfer.item_parts(model, data, run_cfg["tasks"], federation_for(run_cfg).holdout.items))
         part["num-examples"] = int(len(data.test_u))
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
 
