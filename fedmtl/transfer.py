@@ -170,12 +170,26 @@ def _one_user_data(rows: pd.DataFrame, user_cat: np.ndarray, n_items: int, train
                       test_u=t(np.zeros(len(te))), test_i=t(te["item"]), test_r=t(te["rating"], torch.float32))
 
 
+def fine_tune(model, data, cfg: dict, epochs: int, seed: int):
+    """A new user's fine-tuning: its personal parts only (the encoder stays frozen), on all
+    its k interactions at once, with the run's fixed task weights (equal ones otherwise)."""
+    from .model import personal_names
+    from .train import TrainConfig, local_train
+    from .weighting import build_weighting
+
+    w, t, tasks = cfg["weighting"], cfg["train"], cfg["tasks"]
+    wcfg = {"name": "fixed", "weights": w.get("weights", {})} if w["name"] == "fixed" else {"name": "fixed"}
+    tc = TrainConfig(epochs=epochs, batch_size=max(data.n_train, 1), lr=t["lr"], l2=t["l2"],
+                     click_loss=t["click_loss"], num_negatives=t["num_negatives"])
+    return local_train(model, data, tasks, build_weighting(wcfg, tasks), tc, seed=seed,
+                       trainable=personal_names(model, "encoder"))
+
+
 def cold_start(cfg: dict, fed, arrays: dict[str, np.ndarray], ks, epochs: int, seed: int) -> dict[int, dict]:
     """Metrics per k of the new users, each fine-tuned alone from `arrays` (the shared
     arrays; heads too where the checkpoint holds them) with the encoder frozen."""
-    from .model import build_model, personal_names, set_arrays
-    from .train import TrainConfig, evaluate, local_train
-    from .weighting import build_weighting
+    from .model import build_model, set_arrays
+    from .train import evaluate
 
     ks, kmax = sorted(set(ks)), max(ks)
     tasks, meta, hold = cfg["tasks"], fed.meta, fed.holdout
@@ -185,10 +199,6 @@ def cold_start(cfg: dict, fed, arrays: dict[str, np.ndarray], ks, epochs: int, s
     with torch.no_grad():
         model.personal.user_emb.weight.zero_()  # the features alone until the user's own data says more
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainable = [n for n in personal_names(model, "encoder")]  # never the encoder
-    w = cfg["weighting"]
-    weighting_cfg = {"name": "fixed", "weights": w.get("weights", {})} if w["name"] == "fixed" else {"name": "fixed"}
-    t = cfg["train"]
     out = {}
     users = [(u, rows) for u, rows in hold.user_log.groupby("user", sort=True) if len(rows) > kmax]
     for k in ks:
@@ -199,11 +209,8 @@ def cold_start(cfg: dict, fed, arrays: dict[str, np.ndarray], ks, epochs: int, s
                     p.copy_(base[n])
             model.personal.user_cat = torch.as_tensor(fed.dataset.user_cat[[u]])
             if k:
-                data = _one_user_data(rows, fed.dataset.user_cat[[u]], meta["n_items"], k, kmax)
-                tc = TrainConfig(epochs=epochs, batch_size=k, lr=t["lr"], l2=t["l2"], click_loss=t["click_loss"],
-                                 num_negatives=t["num_negatives"])
-                local_train(model, data, tasks, build_weighting(weighting_cfg, tasks), tc,
-                            seed=seed * 7_919 + int(u) * 31 + k, trainable=trainable)
+                fine_tune(model, _one_user_data(rows, fed.dataset.user_cat[[u]], meta["n_items"], k, kmax), cfg,
+                          epochs, seed=seed * 7_919 + int(u) * 31 + k)
             parts.append(evaluate(model, _one_user_data(rows, fed.dataset.user_cat[[u]], meta["n_items"], kmax, kmax),
                                   tasks))
         out[k] = combine(parts)
