@@ -4,8 +4,8 @@
   each new user's client receives the final shared arrays, builds its personal parts from
   what it has (its features: the user embedding starts at zero, so the user tower sees
   the features alone; the heads are the aggregated ones where `aggregate=all` shares
-  them, else fresh) and fine-tunes them, the encoder frozen, on its first k interactions
-  by timestamp. Every k is scored on the same interactions, those after the first
+  them, else fresh) and fine-tunes them (`transfer.tune`: its embedding and biases, or the
+  heads too), the encoder frozen, on its first k interactions by timestamp. Every k is scored on the same interactions, those after the first
   max(k), ranked among the items outside the first max(k). The same procedure runs on
   the untrained (seeded round-0) encoder ("scratch"), and popularity is scored on the
   same rows.
@@ -42,6 +42,7 @@ from .results import write_json
 log = logging.getLogger("fedmtl")
 
 GRADIENT_WEIGHTINGS = ("gradnorm", "pcgrad")  # they need trainable shared parameters
+TUNE = ("user", "personal")  # what a new user fine-tunes: its embedding and biases, or the heads too
 
 
 def validate_config(cfg: dict) -> None:
@@ -53,6 +54,9 @@ def validate_config(cfg: dict) -> None:
     t.setdefault("k", [0, 1, 5, 10, 20])
     t.setdefault("epochs", 20)
     t.setdefault("seed", None)
+    t.setdefault("tune", "user")
+    if t["tune"] not in TUNE:
+        raise ConfigError(f"transfer.tune={t['tune']}: expected one of {list(TUNE)}")
     if not isinstance(init.get("freeze_encoder", False), bool):
         raise ConfigError(f"init.freeze_encoder={init['freeze_encoder']!r}: expected true or false")
     if init.get("freeze_encoder") and cfg["weighting"]["name"] in GRADIENT_WEIGHTINGS:
@@ -171,8 +175,9 @@ def _one_user_data(rows: pd.DataFrame, user_cat: np.ndarray, n_items: int, train
 
 
 def fine_tune(model, data, cfg: dict, epochs: int, seed: int):
-    """A new user's fine-tuning: its personal parts only (the encoder stays frozen), on all
-    its k interactions at once, with the run's fixed task weights (equal ones otherwise)."""
+    """A new user's fine-tuning on all its k interactions at once, the encoder frozen, with the
+    run's fixed task weights (equal ones otherwise). `transfer.tune=user` trains only the
+    user's embedding and biases (the heads stay as received), `personal` the heads too."""
     from .model import personal_names
     from .train import TrainConfig, local_train
     from .weighting import build_weighting
@@ -181,8 +186,10 @@ def fine_tune(model, data, cfg: dict, epochs: int, seed: int):
     wcfg = {"name": "fixed", "weights": w.get("weights", {})} if w["name"] == "fixed" else {"name": "fixed"}
     tc = TrainConfig(epochs=epochs, batch_size=max(data.n_train, 1), lr=t["lr"], l2=t["l2"],
                      click_loss=t["click_loss"], num_negatives=t["num_negatives"])
-    return local_train(model, data, tasks, build_weighting(wcfg, tasks), tc, seed=seed,
-                       trainable=personal_names(model, "encoder"))
+    names = personal_names(model, "encoder")
+    if cfg["transfer"].get("tune", "user") == "user":
+        names = [n for n in names if n.startswith("personal.user_")]
+    return local_train(model, data, tasks, build_weighting(wcfg, tasks), tc, seed=seed, trainable=names)
 
 
 def cold_start(cfg: dict, fed, arrays: dict[str, np.ndarray], ks, epochs: int, seed: int) -> dict[int, dict]:
@@ -232,7 +239,7 @@ def initial_arrays(cfg: dict, meta: dict) -> dict[str, np.ndarray]:
     return get_arrays(model, shared_names(model, cfg["aggregate"]))
 
 
-def after_run(cfg: dict, fed, out_dir: str | Path, result: dict) -> dict:
+def after_run(cfg: dict, fed, out_dir: str | Path, result: dict, write: bool = True) -> dict:
     """The transfer evaluations of a finished federated run, written to transfer.json."""
     out_dir = Path(out_dir)
     tcfg = cfg["transfer"]
@@ -249,7 +256,7 @@ def after_run(cfg: dict, fed, out_dir: str | Path, result: dict) -> dict:
             pop = reference_scores(Popularity(fed.split.train, fed.meta["n_items"]), fed, tasks, users, kmax)
             report["new_users"] = {
                 "users": len(users), "held_out": int(len(fed.holdout.users)), "k": ks,
-                "head_prior": cfg["aggregate"] == "all", "epochs": tcfg["epochs"],
+                "head_prior": cfg["aggregate"] == "all", "epochs": tcfg["epochs"], "tune": tcfg["tune"],
                 "transfer": cold_start(cfg, fed, final, ks, tcfg["epochs"], seed),
                 "scratch": cold_start(cfg, fed, initial_arrays(cfg, fed.meta), ks, tcfg["epochs"], seed),
                 "popularity": pop,
@@ -262,7 +269,7 @@ def after_run(cfg: dict, fed, out_dir: str | Path, result: dict) -> dict:
                              ("random", RandomScores(fed.meta["n_items"], seed))):
             refs[name] = combine([item_parts(scorer, data, tasks, fed.holdout.items) | evaluate(scorer, data, tasks)])
         report["new_items"] = {"items": int(len(fed.holdout.items)), "model": result.get("metrics", {}), **refs}
-    if report:
+    if report and write:
         write_json(out_dir / "transfer.json", report)
         (out_dir / "transfer.md").write_text(tables(report, tasks))
         log.info("transfer:\n%s", tables(report, tasks))
@@ -282,7 +289,7 @@ def tables(report: dict, tasks) -> str:
     nu = report.get("new_users")
     if nu:
         lines += [f"New users ({nu['users']} scored of {nu['held_out']} held out; fine-tuned {nu['epochs']} epochs, "
-                  f"encoder frozen; head prior: {'aggregated heads' if nu['head_prior'] else 'none (fresh heads)'})",
+                  f"encoder frozen, tuning {nu.get('tune', 'personal')}; head prior: {'aggregated heads' if nu['head_prior'] else 'none (fresh heads)'})",
                   "", "| k | start | " + " | ".join(keys) + " |", "| --- | --- |" + " --- |" * len(keys)]
         for k in nu["k"]:
             for name in ("transfer", "scratch"):
@@ -364,14 +371,47 @@ def curves_main(argv: list[str]) -> None:
         print(f"plot -> {a.plot}")
 
 
+def reevaluate(run_dir: str | Path, overrides: list[str], name: str = "transfer") -> dict:
+    """The transfer evaluations of a finished run again, with other `transfer.KEY=VALUE`
+    (k, epochs, tune), into NAME.json / NAME.md; the held-out users and items stay the run's."""
+    import yaml
+    from .data import federation_for
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "summary.json").is_file():
+        raise FedMTLError(f"{run_dir}: not a finished run folder (config.json and summary.json expected)")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    for ov in overrides:
+        key, eq, value = ov.partition("=")
+        if not eq or not key.startswith("transfer.") or key.split(".", 1)[1] not in ("k", "epochs", "tune"):
+            raise FedMTLError(f"{ov}: expected transfer.k=..., transfer.epochs=... or transfer.tune=...")
+        cfg["transfer"][key.split(".", 1)[1]] = yaml.safe_load(value)
+    validate_config(cfg)
+    fed = federation_for(cfg)
+    report = after_run(cfg, fed, run_dir, json.loads((run_dir / "summary.json").read_text()), write=False)
+    write_json(run_dir / f"{name}.json", report)
+    (run_dir / f"{name}.md").write_text(tables(report, cfg["tasks"]))
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if not argv or argv[0] not in ("curves", "table"):
+        if not argv or argv[0] not in ("curves", "table", "evaluate"):
             raise FedMTLError("usage: python -m fedmtl.transfer curves NAME=RUN_DIR ... --target X "
-                              "| table RUN_DIR")
+                              "| table RUN_DIR | evaluate RUN_DIR [--name NAME] [transfer.KEY=VALUE ...]")
         if argv[0] == "curves":
             curves_main(argv[1:])
+        elif argv[0] == "evaluate":
+            if len(argv) < 2:
+                raise FedMTLError("evaluate: give the run folder")
+            rest = argv[2:]
+            name = "transfer"
+            if "--name" in rest:
+                at = rest.index("--name")
+                name, rest = rest[at + 1], rest[:at] + rest[at + 2:]
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            print(tables(reevaluate(argv[1], rest, name), json.loads((Path(argv[1]) / "config.json").read_text())["tasks"]))
         else:
             path = Path(argv[1]) / "transfer.json" if len(argv) > 1 else None
             if path is None or not path.is_file():

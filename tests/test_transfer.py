@@ -83,7 +83,13 @@ def test_fine_tuning_a_new_user_leaves_the_encoder_unchanged(cold):
         if n.startswith("encoder."):
             assert torch.equal(p, after[n]), n
     assert not torch.equal(before["personal.user_emb.weight"], after["personal.user_emb.weight"])
+    assert torch.equal(before["personal.heads.rating.proj"], after["personal.heads.rating.proj"])  # tune=user
+    transfer.fine_tune(model, transfer._one_user_data(rows, fed.dataset.user_cat[[u]], 40, 5, 5),
+                       dict(cfg, transfer=dict(cfg["transfer"], tune="personal")), 5, seed=0)
     assert not torch.equal(before["personal.heads.rating.proj"], after["personal.heads.rating.proj"])
+    for n, p in before.items():
+        if n.startswith("encoder."):
+            assert torch.equal(p, after[n]), n
 
 
 def test_new_items_are_reported_apart_and_scored_from_features(cold):
@@ -143,3 +149,18 @@ def test_bad_transfer_values_are_one_clear_line(override, message):
 def test_a_frozen_encoder_with_a_gradient_weighting_is_refused():
     with pytest.raises(ConfigError, match="freeze_encoder"):
         compose(TINY + ["init.freeze_encoder=true", "weighting=pcgrad"])
+
+
+def test_a_finished_run_can_be_re_evaluated_with_other_k(cold, capsys):
+    _, out, _ = cold
+    transfer.main(["evaluate", str(out), "--name", "again", "transfer.k=[0,5]", "transfer.tune=personal"])
+    again = json.loads((out / "again.json").read_text())["new_users"]
+    first = json.loads((out / "transfer.json").read_text())["new_users"]
+    assert again["k"] == [0, 5] and again["tune"] == "personal" and first["tune"] == "user"
+    # Same users, same encoder, same rows scored (after the first max k): k=0 is unchanged...
+    assert again["transfer"]["0"] == pytest.approx(first["transfer"]["0"])
+    # ... and tuning the heads as well changes what k=5 gives.
+    assert again["transfer"]["5"]["rating.rmse"] != pytest.approx(first["transfer"]["5"]["rating.rmse"])
+    assert "| 5 | transfer |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        transfer.main(["evaluate", str(out), "num_rounds=3"])
