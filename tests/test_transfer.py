@@ -164,3 +164,11 @@ def test_a_finished_run_can_be_re_evaluated_with_other_k(cold, capsys):
     assert "| 5 | transfer |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         transfer.main(["evaluate", str(out), "num_rounds=3"])
+
+
+@pytest.mark.parametrize("mode", ["centralized", "local"])
+def test_the_baselines_hide_new_items_and_report_them_apart(tmp_path, mode):
+    cfg = compose(TINY + [f"mode={mode}", "baseline_epochs=2", "transfer.new_items=0.2"])
+    summary = run(cfg, tmp_path)
+    assert math.isfinite(summary["metrics"]["new_items/click.ndcg@10"])
+    assert math.isfinite(summary["metrics"]["known_items/rating.rmse"])
