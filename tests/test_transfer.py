@@ -172,3 +172,14 @@ def test_the_baselines_hide_new_items_and_report_them_apart(tmp_path, mode):
     summary = run(cfg, tmp_path)
     assert math.isfinite(summary["metrics"]["new_items/click.ndcg@10"])
     assert math.isfinite(summary["metrics"]["known_items/rating.rmse"])
+
+
+def test_new_users_start_from_the_aggregated_heads_where_the_checkpoint_has_them(cold):
+    cfg, out, _ = cold
+    fed = federation_for(cfg)
+    final = transfer.checkpoint.load(out).arrays  # aggregate=encoder: no heads, fresh ones
+    assert not any(k.startswith("personal.") for k in final)
+    prior = dict(final, **{"personal.heads.rating.offset": np.array(1.0, np.float32)})
+    plain = transfer.cold_start(cfg, fed, final, [0], 1, seed=0)[0]
+    with_prior = transfer.cold_start(cfg, fed, prior, [0], 1, seed=0)[0]
+    assert with_prior["rating.rmse"] > plain["rating.rmse"] + 0.5  # an offset of 1 instead of 3.5 shows
