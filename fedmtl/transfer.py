@@ -102,6 +102,11 @@ def client_view(model, cfg: dict) -> None:
     new_item_view(model, federation_for(cfg).holdout.items)
 
 
+EMPTY_PARTS = {"rating": {"rating.n": 0, "rating.se": 0.0, "rating.ae": 0.0},
+               "like": {"like.n": 0, "like.ll": 0.0, "like.pos_bins": [], "like.neg_bins": []},
+               "click": {"click.n": 0, "click.hr": 0.0, "click.ndcg": 0.0}}
+
+
 def item_parts(model, data, tasks, items: np.ndarray) -> dict:
     """Metric parts of the new-item and of the known-item test rows, each ranked among all items."""
     from .train import evaluate
@@ -111,7 +116,10 @@ def item_parts(model, data, tasks, items: np.ndarray) -> dict:
     out = {}
     for prefix, sel in (("new_items", new), ("known_items", ~new)):
         sub = replace(data, test_u=data.test_u[sel], test_i=data.test_i[sel], test_r=data.test_r[sel])
-        out.update({f"{prefix}/{k}": v for k, v in evaluate(model, sub, tasks).items()})
+        # Every client sends the same keys (Flower aggregates only uniform records): a client
+        # without such rows sends zero counts.
+        part = {k: v for t in tasks for k, v in EMPTY_PARTS[t].items()} | evaluate(model, sub, tasks)
+        out.update({f"{prefix}/{k}": v for k, v in part.items()})
     return out
 
 

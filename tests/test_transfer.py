@@ -120,6 +120,17 @@ def test_grouped_metric_parts_combine_like_their_subset():
         assert grouped[f"new_items/{k}"] == pytest.approx(v, nan_ok=True)
 
 
+def test_every_client_sends_the_same_metric_keys_with_or_without_new_items():
+    cfg = compose(TINY)
+    fed = federation_for(cfg)
+    data = fed.partition_data(0)
+    model = build_model(cfg["model"], TASKS, len(data.users), data.user_cat, fed.meta, 0)
+    some = transfer.item_parts(model, data, TASKS, data.test_i[:1].numpy())
+    none = transfer.item_parts(model, data, TASKS, np.array([10_000]))
+    assert some.keys() == none.keys() and none["new_items/click.n"] == 0
+    assert combine([none, some])["new_items/rating.rmse"] == pytest.approx(combine([some])["new_items/rating.rmse"])
+
+
 def test_rounds_to_target_and_the_curves_table(tmp_path, capsys):
     for name, vals in (("a", [0.1, 0.25, 0.3]), ("b", [0.05, 0.1, 0.15])):
         d = tmp_path / name
