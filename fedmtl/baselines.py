@@ -17,6 +17,7 @@ from .config import resolve_device
 from .data import Federation
 from .metrics import combine
 from .model import build_model
+from .progress import progress
 from .results import append_jsonl
 from .schedule import client_round
 from .train import TrainConfig, evaluate, local_train
@@ -46,6 +47,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
     weighting = build_weighting(cfg["weighting"], tasks)
     epochs = epochs_of(cfg)
     last: dict = {}
+    t_start = time.time()
     for ep in range(1, epochs + 1):
         t0 = time.time()
         res = local_train(model, data, tasks, weighting, _train_cfg(cfg, 1), seed=cfg["seed"] * 7_919 + ep)
@@ -56,7 +58,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
             row["test"] = last
         row["seconds"] = round(time.time() - t0, 3)
         append_jsonl(out_dir / "metrics.jsonl", row)
-        log.info("epoch %d/%d  %.1fs  %s", ep, epochs, row["seconds"],
+        log.info("%s  %s", progress("epoch", ep, epochs, t_start),
                  "  ".join(f"{k}={v:.4f}" for k, v in row.get("test", {}).items() if "_p" not in k))
     return {"metrics": last, "epochs": epochs}
 
@@ -78,7 +80,7 @@ def run_local(cfg: dict, fed: Federation, out_dir: Path) -> dict:
         new_item_view(model, fed.holdout.items)
         parts.append(evaluate(model, data, tasks) | item_parts(model, data, tasks, fed.holdout.items))
         if (pid + 1) % max(1, n // 10) == 0 or pid + 1 == n:
-            log.info("local-only: %d/%d clients trained (%.1fs)", pid + 1, n, time.time() - t0)
+            log.info("local-only: %s", progress("clients trained", pid + 1, n, t0))
     final = combine(parts)
     append_jsonl(out_dir / "metrics.jsonl", {"round": epochs, "test": final, "seconds": round(time.time() - t0, 3)})
     return {"metrics": final, "epochs": epochs}

@@ -13,6 +13,16 @@ from .errors import ConfigError
 from .tasks import check_tasks
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SIMULATIONS_DIR = CONF_DIR.parent / "simulations"  # experiment= presets (hydra.searchpath in conf/config.yaml)
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+    if not OmegaConf.has_resolver("fedmtl.simulations"):
+        OmegaConf.register_new_resolver("fedmtl.simulations", lambda: f"file://{SIMULATIONS_DIR}")
+
+
+_register_resolvers()
 
 MODES = ("federated", "centralized", "local")
 AGGREGATE = ("encoder", "all", "fedrep")
@@ -40,7 +50,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
 def _choice(cfg: dict, key: str, allowed) -> None:
     value = _get(cfg, key)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ConfigError(f"{key}={value}: expected one of {list(allowed)}")
 
 
@@ -64,6 +74,22 @@ def _number(cfg: dict, key: str, lo=None, hi=None, integer=False, lo_open=False)
         raise ConfigError(f"{key}={value}: must be <= {hi}")
 
 
+# Ranges of the strategies' hyper-parameters (conf/strategy/*.yaml): checked at start-up,
+# since Flower's classes take any value and fail (or diverge) only when they aggregate.
+STRATEGY_RANGES = {
+    "eta": dict(lo=0, lo_open=True), "tau": dict(lo=0, lo_open=True),
+    "beta_1": dict(lo=0, hi=1), "beta_2": dict(lo=0, hi=1),
+    "server_learning_rate": dict(lo=0, lo_open=True), "server_momentum": dict(lo=0, hi=1),
+    "proximal_mu": dict(lo=0), "beta": dict(lo=0, hi=0.49),
+}
+
+
+def _strategy_options(cfg: dict) -> None:
+    for key in cfg["strategy"]:
+        if key != "name":
+            _number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))
+
+
 def validate(cfg: dict) -> dict:
     from .data import DATASETS
     from .federation_names import BACKENDS, PRIVACY, STRATEGIES
@@ -75,8 +101,8 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "exchange.name", EXCHANGES)
     if cfg["exchange"]["name"] == "sparse":
         _number(cfg, "exchange.pad_rows", lo=0, integer=True)
-        if str(cfg["privacy"]["name"]).startswith("secagg"):
-            raise ConfigError(f"exchange=sparse with privacy={cfg['privacy']['name']}: SecAgg+ sums dense vectors "
+        if str(_get(cfg, "privacy.name")).startswith("secagg"):
+            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: SecAgg+ sums dense vectors "
                               "of one length from every client; use exchange=dense")
     cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
     _choice(cfg, "aggregate", AGGREGATE)
@@ -84,14 +110,18 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "model.name", ARCHITECTURES)
     _choice(cfg, "weighting.name", WEIGHTINGS)
-    build_weighting(cfg["weighting"], cfg["tasks"])  # its options, now rather than in every client
+    try:  # its options, now rather than in every client
+        build_weighting(cfg["weighting"], cfg["tasks"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ConfigError(f"weighting={cfg['weighting']['name']}: bad options {cfg['weighting']} ({e})") from None
     _choice(cfg, "strategy.name", STRATEGIES)
+    _strategy_options(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
     for key in ("num_clients", "num_rounds", "local_epochs", "eval_every", "model.dim", "train.batch_size"):
         _number(cfg, key, lo=1, integer=True)
-    for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives"):
+    for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives", "fedrep.head_epochs"):
         _number(cfg, key, lo=0, integer=True)
     for key in ("fraction_train", "fraction_evaluate"):
         _number(cfg, key, lo=0, hi=1, lo_open=True)
@@ -99,6 +129,7 @@ def validate(cfg: dict) -> dict:
     _number(cfg, "train.l2", lo=0)
     _number(cfg, "train.weight_decay", lo=0)
     _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+    _check_faults_and_resume(cfg)
     if cfg.get("baseline_epochs") is not None:
         _number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
@@ -113,6 +144,24 @@ def validate(cfg: dict) -> dict:
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda: no CUDA device is visible to torch (use device=auto or cpu)")
     return cfg
+
+
+def _check_faults_and_resume(cfg: dict) -> None:
+    from .federation.faults import check_config
+
+    if cfg.get("round_timeout") is not None:
+        _number(cfg, "round_timeout", lo=0, lo_open=True)
+    check_config(cfg)
+    if "checkpoint_every" in cfg:
+        _number(cfg, "checkpoint_every", lo=0, integer=True)
+    r = cfg.get("resume", False)
+    if not isinstance(r, (bool, str)):
+        raise ConfigError(f"resume={r!r}: expected true, false or the path of a run folder")
+    if r and cfg["mode"] != "federated":
+        raise ConfigError(f"resume with mode={cfg['mode']}: only federated runs keep round checkpoints")
+    if r and cfg["backend"]["name"] != "inprocess":
+        raise ConfigError(f"resume with backend={cfg['backend']['name']}: Flower's Ray engine keeps client states "
+                          "inside its actors; resume needs backend=inprocess")
 
 
 def resolve_device(cfg: dict) -> str:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import validate
 from .errors import FedMTLError
 from .results import write_json
+from .sweep import check_first_job, in_sweep, record_failure
 
 log = logging.getLogger("fedmtl")
 
@@ -50,7 +51,8 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, output_dir=str(out_dir.resolve()))
     quiet_frameworks(cfg.get("verbose", False))
-    write_json(out_dir / "config.json", cfg)
+    if not (cfg.get("resume") and (out_dir / "config.json").is_file()):  # a resumed run keeps its own
+        write_json(out_dir / "config.json", cfg)
     t0 = time.time()
     fed = federation_for(cfg)
     split_mod.write(fed.split, fed.dataset, out_dir / "split")
@@ -106,13 +108,23 @@ def main(dcfg: DictConfig) -> dict | None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         cfg = validate(OmegaConf.to_container(dcfg, resolve=True))
+        if cfg.get("resume"):
+            from .federation.checkpoint import resumed_config
+            cfg, out_dir = resumed_config(cfg, out_dir)
         summary = run(cfg, out_dir)
     except FedMTLError as e:
+        if in_sweep():  # one failing combination must not stop the sweep (fedmtl/sweep.py)
+            return record_failure(out_dir, e)
         print(f"fedmtl: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"fedmtl: interrupted; finished rounds are in {out_dir}", file=sys.stderr)
+        print(f"fedmtl: interrupted; finished rounds are in {out_dir} "
+              f"(continue with: python -m fedmtl.simulate resume={out_dir})", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if not in_sweep():
+            raise
+        return record_failure(out_dir, e)
     print(f"\nfinal test metrics ({summary['mode']}, {summary['num_clients']} clients, "
           f"{summary['wall_seconds']}s) -> {out_dir}")
     print(metrics_table(summary["metrics"], cfg["tasks"]))
@@ -122,19 +134,21 @@ def main(dcfg: DictConfig) -> dict | None:
 def precheck(argv: list[str]) -> None:
     """Hydra's own errors (an unknown group option, an unknown key) as one line and exit 2,
     like every other config error, before Hydra starts."""
-    from .config import CONF_DIR, compose
+    from .config import CONF_DIR, SIMULATIONS_DIR, compose
 
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra.")]
     try:
         for ov in overrides:
             key, value = ov.lstrip("+~").split("=", 1)
-            group = CONF_DIR / key
+            group = CONF_DIR / key if (CONF_DIR / key).is_dir() else SIMULATIONS_DIR / key
             if group.is_dir():
                 options = sorted(p.stem for p in group.glob("*.yaml"))
                 for v in value.split(","):
                     if v and v not in options:
                         raise FedMTLError(f"{key}={v}: expected one of {options}")
-        if not any(a in ("-m", "--multirun") for a in argv) and not any(a.startswith("--") for a in argv):
+        if any(a in ("-m", "--multirun") for a in argv):
+            check_first_job(overrides)  # fedmtl/sweep.py
+        elif not any(a.startswith("--") for a in argv):
             compose(overrides)
     except FedMTLError as e:
         print(f"fedmtl: error: {e}", file=sys.stderr)

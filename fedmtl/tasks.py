@@ -19,11 +19,13 @@ LIKE_THRESHOLD = 4.0
 
 
 def check_tasks(names) -> list[str]:
+    if not isinstance(names, (list, tuple)):
+        raise ConfigError(f"tasks={names!r}: expected a list drawn from {list(TASKS)}")
     names = list(names)
     if not names:
         raise ConfigError("tasks: must name at least one of rating, click, like")
     for n in names:
-        if n not in TASKS:
+        if not isinstance(n, str) or n not in TASKS:
             raise ConfigError(f"tasks: unknown task {n!r}; expected a subset of {list(TASKS)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: {names} names a task twice")

@@ -64,6 +64,12 @@ def config_error(overrides) -> str:
     (["split.train_frac=0"], "split.train_frac=0"),
     (["dataset.name=netflix"], "dataset.name=netflix"),
     (["dataset=movielens100k"], "dataset.path"),
+    (["fedrep.head_epochs=-1"], "fedrep.head_epochs=-1"),
+    (["strategy=fedadam", "strategy.eta=abc"], "strategy.eta"),
+    (["strategy=fedyogi", "strategy.beta_2=2"], "strategy.beta_2=2"),
+    (["strategy=fedavgm", "strategy.server_momentum=-0.1"], "strategy.server_momentum=-0.1"),
+    (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu=-1"),
+    (["strategy=fedtrimmedavg", "strategy.beta=0.5"], "strategy.beta=0.5"),
 ])
 def test_a_wrong_value_is_one_line_naming_the_key(overrides, key):
     assert key in config_error(overrides)

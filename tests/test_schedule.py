@@ -66,7 +66,7 @@ def test_all_shares_the_heads_and_encoder_does_not():
 
 
 def test_fedrep_trains_the_personal_parts_then_the_encoder(monkeypatch):
-    cfg, data, model = setup("fedrep", "+fedrep.head_epochs=3")
+    cfg, data, model = setup("fedrep", "fedrep.head_epochs=3")
     calls = record_phases(monkeypatch)
     run_round(cfg, data, model)
     shared, personal = set(shared_names(model, "fedrep")), set(personal_names(model, "fedrep"))

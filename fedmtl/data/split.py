@@ -103,8 +103,8 @@ def read(folder: str | Path, dataset: Dataset) -> Split:
     """Load a given train.tsv/test.tsv pair (raw ids of `dataset`).
 
     Policy: test rows whose user or item never occurs in train are dropped with a
-    warning (the model has nothing to score them with); an id unknown to the data
-    set is an error.
+    warning (the model has nothing to score them with); if that leaves no test row,
+    or an id is unknown to the data set, it is an error.
     """
     folder = Path(folder)
     parts = {}
@@ -123,6 +123,9 @@ def read(folder: str | Path, dataset: Dataset) -> Split:
         parts[name] = raw
     train, test = parts["train"], parts["test"]
     known = test["user"].isin(set(train["user"])) & test["item"].isin(set(train["item"]))
+    if not known.any():
+        raise DataError(f"{folder / 'test.tsv'}: none of its {len(test)} rows has both its user and its item "
+                        "in train.tsv; nothing would be left to evaluate")
     if not known.all():
         log.warning("split %s: %d test rows with users or items absent from train dropped",
                     folder, int((~known).sum()))

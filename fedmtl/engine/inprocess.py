@@ -11,6 +11,11 @@ polling: the cost of a round is the clients' own work.
 - `state_dir` keeps every node's `Context.state` in an SQLite file there
   instead of in memory: memory then grows with the clients of a round, not with
   the federation (10^5 clients), and the file survives the process.
+- `send_and_receive(timeout=T)` drops the reply of a client whose own handling
+  took longer than T seconds, as a real grid would after the round's deadline
+  (clients of a real round run side by side, so the deadline is per client).
+- `save_client_states` / `load_client_states` copy every node's state to and
+  from a checkpoint folder (fedmtl.federation.checkpoint).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import multiprocessing as mp
 import pickle
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -70,42 +76,94 @@ class NodeStates:
         if self.db is not None:
             self.db.commit()
 
+    def save(self, path: Path) -> None:
+        """Every node's state into the file `path` (a consistent copy)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.db is None:
+            with open(path, "wb") as f:
+                pickle.dump({n: ctx.state for n, ctx in self.memory.items()}, f)
+            return
+        self.db.commit()
+        dst = sqlite3.connect(str(path))
+        self.db.backup(dst)
+        dst.close()
+
+    def load(self, path: Path) -> None:
+        """Replace every node's state with those saved in `path` (nodes absent there start fresh)."""
+        if self.db is None:
+            with open(path, "rb") as f:
+                saved = pickle.load(f)
+            self.memory = {}
+            for node, state in saved.items():
+                self.memory[node] = self._new(node)
+                self.memory[node].state = state
+            return
+        src = sqlite3.connect(str(path))
+        src.backup(self.db)
+        src.close()
+
 
 def _error_reply(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
-def handle(client_app: ClientApp, states: NodeStates, msg: Message) -> Message:
-    """Run one message through the ClientApp with its node's Context, as a SuperNode does."""
+def handle(client_app: ClientApp, states: NodeStates, msg: Message, timeout: float | None = None) -> Message | None:
+    """Run one message through the ClientApp with its node's Context, as a SuperNode does.
+    None when the client took longer than `timeout` seconds: its reply came too late."""
     node = msg.metadata.dst_node_id
     if not NODE_ID_OFFSET <= node < NODE_ID_OFFSET + states.num_nodes:
         return _error_reply(msg, ErrorCode.UNKNOWN, f"unknown node {node}")
     ctx = states.get(node)
+    t0 = time.monotonic()
     try:
         reply = client_app(msg, ctx)
         states.put(node, ctx)
     except Exception as ex:  # a crashing client costs its reply, not the run
-        log.warning("client %d (node %d) failed: %s: %s", node - NODE_ID_OFFSET, node, type(ex).__name__, ex)
+        injected = type(ex).__name__ == "InjectedDrop"  # faults.drop_rate: expected, so not a warning
+        log.log(logging.INFO if injected else logging.WARNING, "client %d (node %d) failed: %s: %s",
+                node - NODE_ID_OFFSET, node, type(ex).__name__, ex)
         reply = _error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(ex).__name__}: {ex}")
+    if timeout is not None and time.monotonic() - t0 > timeout:
+        log.info("client %d (node %d) replied after the %gs timeout; reply dropped", node - NODE_ID_OFFSET,
+                 node, timeout)
+        return None
     reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
     return reply
 
 
+def _handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
+    replies = [handle(client_app, states, m, timeout) for m in msgs]
+    states.commit()
+    return [r for r in replies if r is not None]
+
+
 def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity) -> None:
+    import signal
+
     import cloudpickle
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the workers
     torch.set_num_threads(1)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
     client_app = cloudpickle.loads(app_blob)
     states = NodeStates(num_nodes, run_id, run_config, Path(db_path) if db_path else None)
     while True:
-        msgs = conn.recv()
-        if msgs is None:
+        try:
+            job = conn.recv()
+        except EOFError:  # the parent went away: stop quietly
             break
-        replies = [handle(client_app, states, m) for m in msgs]
-        states.commit()
-        conn.send(replies)
+        if job is None:
+            break
+        kind, arg, timeout = job
+        if kind == "run":
+            conn.send(_handle_all(client_app, states, arg, timeout))
+        elif kind == "save":
+            states.save(Path(arg))
+            conn.send(True)
+        else:
+            states.load(Path(arg))
+            conn.send(True)
     conn.close()
 
 
@@ -165,14 +223,12 @@ class InProcessGrid(Grid):
         for m in messages:
             m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         if self.workers == 1:
-            replies = [handle(self.client_app, self.states, m) for m in messages]
-            self.states.commit()
-            return replies
+            return _handle_all(self.client_app, self.states, messages, timeout)
         batches = [[] for _ in range(self.workers)]
         for m in messages:
             batches[(m.metadata.dst_node_id - NODE_ID_OFFSET) % self.workers].append(m)
         for conn, batch in zip(self.conns, batches):
-            conn.send(batch)
+            conn.send(("run", batch, timeout))
         replies = []
         for w, conn in enumerate(self.conns):
             try:
@@ -181,6 +237,35 @@ class InProcessGrid(Grid):
                 log.warning("worker %d died; %d clients lost this round", w, len(batches[w]))
                 replies.extend(_error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in batches[w])
         return replies
+
+    def _state_files(self, folder: Path) -> list[Path]:
+        return [Path(folder) / f"client_state.w{w}" for w in range(self.workers)]
+
+    def save_client_states(self, folder) -> None:
+        """Every node's Context.state into `folder` (one file per worker)."""
+        files = self._state_files(folder)
+        if self.workers == 1:
+            self.states.save(files[0])
+            return
+        for conn, path in zip(self.conns, files):
+            conn.send(("save", str(path), None))
+        for conn in self.conns:
+            conn.recv()
+
+    def load_client_states(self, folder) -> None:
+        files = self._state_files(folder)
+        missing = [p for p in files if not p.is_file()]
+        if missing:
+            from ..errors import FedMTLError
+            raise FedMTLError(f"{missing[0]}: client states missing from the checkpoint "
+                              f"(was it written with another backend.workers?)")
+        if self.workers == 1:
+            self.states.load(files[0])
+            return
+        for conn, path in zip(self.conns, files):
+            conn.send(("load", str(path), None))
+        for conn in self.conns:
+            conn.recv()
 
     def close(self) -> None:
         for conn in self.conns:

@@ -11,7 +11,27 @@ import logging
 import os
 
 
+class _DropDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in str(record.msg)
+
+
+def _quiet() -> None:
+    """Without `verbose`, no start-up chatter: the run_simulation deprecation notice (fedmtl
+    knows; `flwr run` is the deployment path), the SQL migration logs of Flower's state
+    store, Ray's accelerator tip. Warnings that concern the run itself still show."""
+    import warnings
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    flwr_log = logging.getLogger("flwr")
+    if not any(isinstance(f, _DropDeprecation) for f in flwr_log.filters):
+        flwr_log.addFilter(_DropDeprecation())
+    warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
+
+
 def run_ray(server_app, client_app, num_nodes: int, bcfg: dict, verbose: bool) -> None:
+    if not verbose:
+        _quiet()  # before the import: importing Flower's simulation loads alembic, which logs
     from flwr.simulation import run_simulation
 
     init_args: dict = {"include_dashboard": False}

@@ -11,6 +11,7 @@ from ..config import resolve_device
 from ..data import federation_for
 from ..schedule import client_round
 from ..train import TrainConfig, evaluate
+from .faults import before_training
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
                            save_weighting, shared_record)
 
@@ -36,11 +37,12 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         run_cfg = config_from_context(context, cfg)
         torch.set_num_threads(1)
+        server_round = int(msg.content["config"]["server-round"])
+        before_training(run_cfg, server_round, int(context.node_config["partition-id"]))  # faults.*
         pid, data = _client_data(run_cfg, context)
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
         transfer.client_view(model, run_cfg)  # new items: features only, never trained
-        server_round = int(msg.content["config"]["server-round"])
         weighting = client_weighting(run_cfg, context.state)
         result = client_round(model, data, run_cfg["tasks"], weighting, train_config(run_cfg), run_cfg,
                               seed=run_cfg["seed"] * 7_919 + server_round * 100_003 + pid)

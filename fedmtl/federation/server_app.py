@@ -21,7 +21,10 @@ from .. import checkpoint
 from ..data import federation_for
 from ..metrics import HEADLINE
 from ..model import build_model, shared_names
+from ..progress import progress
 from ..results import append_jsonl, write_json
+from . import faults
+from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .strategies import build_strategy
 
@@ -55,10 +58,17 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     arrays = initial_arrays(cfg)
     metrics_path = out_dir / "metrics.jsonl"
     t_start = time.time()
-    last_eval: dict = {}
     history = []
     n_rounds = cfg["num_rounds"]
-    for rnd in range(1, n_rounds + 1):
+    ckpt = Checkpointer(out_dir, cfg, grid)
+    faults.quiet_injected_drops()
+    first = 1
+    if cfg.get("resume"):
+        first, saved, history = resume(ckpt, strategy, metrics_path)
+        arrays = saved if saved is not None else arrays
+    last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
+    last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
+    for rnd in range(first, n_rounds + 1):
         t0 = time.time()
         train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
         msgs = list(strategy.configure_train(rnd, arrays, train_cfg, grid))
@@ -66,14 +76,18 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
         ok = [r for r in replies if not r.has_error()]
         up = _bytes(r.content["arrays"] for r in ok)
-        agg, train_metrics = strategy.aggregate_train(rnd, replies)
+        counts = faults.round_counts(msgs, replies)
+        skipped = faults.skip_reason(counts, cfg)
+        agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, replies)
         if agg is not None:
             arrays = agg
         else:
-            log.warning("round %d: no update aggregated (%d of %d clients answered)", rnd, len(ok), len(msgs))
-        row = {"round": rnd, "sampled": len(msgs), "answered": len(ok), "failed": len(msgs) - len(ok),
-               "bytes_down": int(down), "bytes_up": int(up),
+            skipped = skipped or f"no update aggregated ({len(ok)} of {len(msgs)} clients answered)"
+            log.warning("round %d skipped: %s", rnd, skipped)
+        row = {"round": rnd, **counts, "bytes_down": int(down), "bytes_up": int(up),
                "bytes_up_per_client": int(up / max(len(ok), 1)), "train": dict(train_metrics or {})}
+        if skipped:
+            row["skipped"] = skipped
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
             emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
@@ -83,11 +97,15 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
                 last_eval = dict(ev)
                 row["test"] = last_eval
         row["seconds"] = round(time.time() - t0, 3)
-        append_jsonl(metrics_path, row)
-        history.append(row)
-        log.info("round %d/%d  %.1fs  clients %d/%d  loss %s  %s", rnd, n_rounds, row["seconds"], len(ok),
-                 len(msgs), " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
-                 format_metrics(row.get("test", {}), cfg["tasks"]))
+        with round_commit():  # Ctrl-C waits until the row and its checkpoint are both written
+            append_jsonl(metrics_path, row)
+            history.append(row)
+            ckpt.save(rnd, arrays, strategy, history)
+        if "test" in row:
+            last_eval_round = rnd
+        log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), len(ok), len(msgs),
+                 " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
+                 f"test@{last_eval_round} " + format_metrics(last_eval, cfg["tasks"]) if last_eval else "")
     if cfg.get("save_model", True):
         checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in arrays.items()}, federation_for(cfg).meta, n_rounds)
     return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),

@@ -159,6 +159,16 @@ def test_read_drops_test_rows_unseen_in_train_with_a_warning(tmp_path, tiny, cap
     assert "2 test rows" in caplog.text
 
 
+def test_read_refuses_a_test_split_left_empty_by_that_policy(tmp_path, tiny):
+    ds, _ = tiny
+    (tmp_path / "train.tsv").write_text("11\t500\t5\t0\n22\t600\t1\t1\n")
+    (tmp_path / "test.tsv").write_text("33\t500\t4\t3\n22\t700\t2\t4\n")
+    with pytest.raises(DataError) as info:
+        S.read(tmp_path, ds)
+    msg = str(info.value)
+    assert "\n" not in msg and str(tmp_path / "test.tsv") in msg and "nothing would be left" in msg
+
+
 def test_read_rejects_ids_unknown_to_the_data_set(tmp_path, tiny):
     ds, _ = tiny
     (tmp_path / "train.tsv").write_text("11\t500\t5\t0\n44\t600\t1\t1\n")

@@ -1,0 +1,158 @@
+"""Injected client faults (`faults.drop_rate`, `faults.straggler_rate`) and how a
+round accounts for the clients that did not answer.
+
+Each client's fate in a round is a pure function of (faults.seed, round,
+partition id), so a run, its rerun and its resumed continuation inject the same
+faults, and a test can recompute exactly which clients failed:
+
+- `drop`: the client raises `InjectedDrop` when its training message arrives; the
+  engine turns that into an error reply, as it does for a real crash. Its update
+  for that round is lost and its personal state stays at its last good round.
+- `late`: the client sleeps `faults.straggler_delay` seconds (default
+  `round_timeout` + 1) before training, so its reply comes after the round's
+  timeout and the server goes on without it. In-process only: on Ray a stalled
+  client holds an actor and delays the clients queued behind it, so the config
+  check refuses that pairing.
+
+A round whose answers are fewer than the strategy's minimum (`min_train_clients`,
+at least 1) is skipped: the global arrays and the strategy's state stay as they
+were and metrics.jsonl records the reason. No Flower import here: the config
+check uses this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+
+log = logging.getLogger("fedmtl")
+
+OK, DROP, LATE = "ok", "drop", "late"
+MARK = "injected drop"  # in the message, so it survives every engine's error reply (Ray keeps only the text)
+
+
+class InjectedDrop(RuntimeError):
+    """A client failure injected by `faults.drop_rate`."""
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    drop_rate: float = 0.0
+    straggler_rate: float = 0.0
+    straggler_delay: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "FaultPlan":
+        f = cfg.get("faults") or {}
+        delay = f.get("straggler_delay")
+        if delay is None:
+            delay = float(cfg.get("round_timeout") or 0) + 1.0
+        seed = f.get("seed")
+        return cls(float(f.get("drop_rate", 0.0)), float(f.get("straggler_rate", 0.0)), float(delay),
+                   int(cfg.get("seed", 0) if seed is None else seed))
+
+    @property
+    def active(self) -> bool:
+        return self.drop_rate > 0 or self.straggler_rate > 0
+
+    def fate(self, server_round: int, pid: int) -> str:
+        """`ok`, `drop` or `late` for client `pid` in training round `server_round`."""
+        if not self.active:
+            return OK
+        u = np.random.default_rng([self.seed, 0xFA17, int(server_round), int(pid)]).random()
+        if u < self.drop_rate:
+            return DROP
+        if u < self.drop_rate + self.straggler_rate:
+            return LATE
+        return OK
+
+
+def check_config(cfg: dict) -> None:
+    """The `faults` keys, checked with the rest of the config."""
+    f = cfg.get("faults")
+    if f is None:
+        return
+    if not isinstance(f, dict):
+        raise ConfigError(f"faults={f!r}: expected a group with drop_rate, straggler_rate, straggler_delay, seed")
+    for key in ("drop_rate", "straggler_rate"):
+        v = f.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ConfigError(f"faults.{key}={v!r}: expected a number in [0, 1]")
+    if f.get("drop_rate", 0.0) + f.get("straggler_rate", 0.0) > 1:
+        raise ConfigError(f"faults.drop_rate + faults.straggler_rate = "
+                          f"{f.get('drop_rate', 0.0) + f.get('straggler_rate', 0.0)}: must be <= 1")
+    d = f.get("straggler_delay")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or d < 0):
+        raise ConfigError(f"faults.straggler_delay={d!r}: expected a number of seconds >= 0 (or null)")
+    s = f.get("seed")
+    if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+        raise ConfigError(f"faults.seed={s!r}: expected an integer >= 0 (or null = seed)")
+    if f.get("straggler_rate", 0.0) > 0:
+        backend = (cfg.get("backend") or {}).get("name") if isinstance(cfg.get("backend"), dict) else None
+        if backend == "ray":
+            raise ConfigError("faults.straggler_rate with backend=ray: a stalled client holds its Ray actor and "
+                              "Flower runs a timed-out round's messages to the end, so the clients queued behind "
+                              "it would miss the deadline too; use backend=inprocess")
+        timeout = cfg.get("round_timeout")
+        if timeout is None:
+            raise ConfigError("faults.straggler_rate needs a round_timeout for stragglers to miss (round_timeout=null)")
+        if isinstance(timeout, (int, float)) and d is not None and d <= timeout:
+            raise ConfigError(f"faults.straggler_delay={d}: a straggler must reply after round_timeout={timeout}")
+
+
+def before_training(cfg: dict, server_round: int, pid: int) -> None:
+    """The ClientApp's hook: fail or stall this client if the plan says so."""
+    plan = FaultPlan.from_config(cfg)
+    fate = plan.fate(server_round, pid)
+    if fate == DROP:
+        raise InjectedDrop(f"{MARK}: client {pid} in round {server_round} (faults.drop_rate={plan.drop_rate})")
+    if fate == LATE:
+        time.sleep(plan.straggler_delay)
+
+
+class _HideInjected(logging.Filter):
+    """Flower's engines log a client exception with its traceback at ERROR; an
+    injected drop is expected, so its record is left out (the round's counts and
+    the INFO line of the in-process engine still show it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return MARK not in record.getMessage()
+
+
+def quiet_injected_drops() -> None:
+    """Keep Flower's error logs for injected drops out of the console (idempotent)."""
+    flwr_log = logging.getLogger("flwr")
+    if not any(isinstance(f, _HideInjected) for f in flwr_log.filters):
+        flwr_log.addFilter(_HideInjected())
+
+
+def round_counts(sent, replies) -> dict:
+    """How many clients were sampled, answered and failed, and why they failed:
+    `dropped` (injected), `error` (any other exception), `late` (no reply by the timeout)."""
+    replies = list(replies)
+    errors = [r for r in replies if r.has_error()]
+    dropped = sum(MARK in (r.error.reason or "") for r in errors)
+    sampled, answered = len(sent), len(replies) - len(errors)
+    return {"sampled": sampled, "answered": answered, "failed": sampled - answered,
+            "failed_by": {"dropped": dropped, "error": len(errors) - dropped, "late": sampled - len(replies)}}
+
+
+def quorum(cfg: dict) -> int:
+    """The fewest training answers a round aggregates: the strategy's min_train_nodes, at least 1."""
+    return max(1, min(int(cfg.get("min_train_clients", 1)), int(cfg["num_clients"])))
+
+
+def skip_reason(counts: dict, cfg: dict) -> str | None:
+    """Why a round with these counts is not aggregated, or None when it is."""
+    need = quorum(cfg)
+    if counts["answered"] >= need:
+        return None
+    by = ", ".join(f"{v} {k}" for k, v in counts["failed_by"].items() if v)
+    return (f"only {counts['answered']} of {counts['sampled']} clients answered ({by or 'none failed'}); "
+            f"fewer than min_train_clients={need}")

@@ -1,0 +1,80 @@
+"""The experiment= presets in simulations/experiment: what each sets, and that every run of
+every preset sweep is a valid config."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose as hcompose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from fedmtl.config import CONF_DIR, SIMULATIONS_DIR, compose
+from fedmtl.errors import ConfigError
+
+PATH = "dataset.path=/nowhere/ml-100k"  # composing never reads the data
+PRESETS = sorted(p.stem for p in (SIMULATIONS_DIR / "experiment").glob("*.yaml"))
+
+
+def test_the_federated_preset_is_the_readme_setting():
+    cfg = compose(["experiment=ml100k_federated", PATH])
+    assert cfg["dataset"]["name"] == "movielens100k" and cfg["mode"] == "federated"
+    assert (cfg["num_clients"], cfg["aggregate"], cfg["num_rounds"], cfg["eval_every"]) == (943, "all", 25, 5)
+    assert cfg["strategy"] == {"name": "fedavgm", "server_learning_rate": 1.0, "server_momentum": 0.5}
+    assert (cfg["train"]["lr"], cfg["train"]["l2"]) == (0.05, 0.5)
+    assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 3.0, "like": 1.0}}
+
+
+@pytest.mark.parametrize("preset, mode, epochs, lr", [("ml100k_centralized", "centralized", 12, 0.002),
+                                                      ("ml100k_local", "local", 20, 0.01)])
+def test_the_baseline_presets_share_the_model_and_loss_weights(preset, mode, epochs, lr):
+    cfg = compose([f"experiment={preset}", PATH])
+    fed = compose(["experiment=ml100k_federated", PATH])
+    assert (cfg["mode"], cfg["baseline_epochs"], cfg["train"]["lr"]) == (mode, epochs, lr)
+    assert cfg["train"]["l2"] == 0.5 and cfg["weighting"] == fed["weighting"] and cfg["model"] == fed["model"]
+    assert cfg["dataset"] == fed["dataset"] and cfg["split"] == fed["split"]
+
+
+def test_a_command_line_value_wins_over_the_preset():
+    cfg = compose(["experiment=ml100k_federated", PATH, "num_rounds=3", "strategy.server_momentum=0.9"])
+    assert cfg["num_rounds"] == 3 and cfg["strategy"]["server_momentum"] == 0.9
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_data_path_stays_the_users_to_give(preset):
+    with pytest.raises(ConfigError, match=r"^dataset.path: dataset=movielens100k needs the folder"):
+        compose([f"experiment={preset}"])
+
+
+def sweep_jobs(preset: str) -> list[list[str]]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = hcompose("config", overrides=[f"experiment={preset}", PATH], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params or OmegaConf.create({}), resolve=False)
+    args = [f"{k}={v}" for k, v in params.items()]
+    return [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+            for job in batch]
+
+
+@pytest.mark.parametrize("preset, key, values", [
+    ("ml100k_tasks", "tasks", [["rating"], ["like"], ["click"], ["rating", "like", "click"]]),
+    ("ml100k_tasks_centralized", "tasks", [["rating"], ["like"], ["click"], ["rating", "like", "click"]]),
+    ("ml100k_clients", "num_clients", [10, 100, 943]),
+    ("ml100k_strategies", "strategy.name", ["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedmedian"]),
+])
+def test_every_run_of_a_preset_sweep_is_a_valid_config(preset, key, values):
+    jobs = sweep_jobs(preset)
+    assert len(jobs) == len(values)
+    got = []
+    for job in jobs:
+        cfg = compose([f"experiment={preset}", PATH, *job])  # validate() passes
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        got.append(node)
+        assert cfg["dataset"]["name"] == "movielens100k" and cfg["train"]["l2"] == 0.5
+    assert got == values
+
+
+def test_single_run_presets_are_not_sweeps():
+    for preset in ("ml100k_federated", "ml100k_fedavg", "ml100k_centralized", "ml100k_local"):
+        assert sweep_jobs(preset) == [[]]

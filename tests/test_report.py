@@ -1,0 +1,60 @@
+"""fedmtl/report.py on run folders written by hand: how runs are grouped and named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedmtl.config import compose
+from fedmtl.report import write_report
+
+
+def make_run(folder: Path, overrides: list[str] | None, rmse: list[float]) -> None:
+    """A finished run: config.json from conf/ with `overrides`, one metrics.jsonl line per
+    round (or epoch) with its test RMSE, summary.json with the last."""
+    cfg = compose(overrides or [])
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    if overrides is not None:
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    lines = [json.dumps({"round": i + 1, "test": {"rating.rmse": v, "clients": 3}}) for i, v in enumerate(rmse)]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "summary.json").write_text(json.dumps({"metrics": {"rating.rmse": rmse[-1], "clients": 3},
+                                                     "wall_seconds": 1.0}))
+
+
+def test_a_key_left_at_its_default_in_one_run_is_named_with_its_value(tmp_path):
+    make_run(tmp_path / "a", ["num_rounds=2"], [1.2, 1.1])
+    make_run(tmp_path / "b", ["mode=centralized", "num_rounds=2", "baseline_epochs=3"], [1.0, 0.95, 0.9])
+    rep = write_report(tmp_path, plots=False)
+    assert [g.label for g in rep.groups] == ["mode=federated baseline_epochs=null",
+                                             "mode=centralized baseline_epochs=3"]
+    assert [rep.stats(g, "rating.rmse")[0] for g in rep.groups] == [1.1, 0.9]
+    assert all(r.status == "complete" for r in rep.runs)
+
+
+def test_a_run_short_of_its_epochs_is_incomplete_even_with_a_summary(tmp_path):
+    make_run(tmp_path / "a", ["mode=centralized", "baseline_epochs=3"], [1.0, 0.95])
+    rep = write_report(tmp_path, plots=False)
+    assert (rep.runs[0].status, rep.runs[0].reason) == ("incomplete", "metrics.jsonl ends at round 2 (of 3)")
+    assert rep.stats(rep.groups[0], "rating.rmse") == (None, None)
+
+
+def test_runs_without_hydra_files_are_grouped_by_their_configs_seeds_pooled(tmp_path):
+    for i, (clients, seed, rmse) in enumerate([(4, 0, 1.0), (4, 1, 1.2), (8, 0, 0.9), (8, 1, 0.8)]):
+        make_run(tmp_path / f"r{i}", None, [rmse])
+        cfg = json.loads((tmp_path / f"r{i}" / "config.json").read_text())
+        cfg.update(num_clients=clients, seed=seed, num_rounds=1)
+        cfg["split"]["seed"] = seed  # as validate() derives it
+        (tmp_path / f"r{i}" / "config.json").write_text(json.dumps(cfg))
+    rep = write_report(tmp_path, plots=False)
+    assert [g.label for g in rep.groups] == ["num_clients=4", "num_clients=8"]
+    assert [[r.seed for r in g.complete] for g in rep.groups] == [["0", "1"], ["0", "1"]]
+    (m4, s4), (m8, s8) = (rep.stats(g, "rating.rmse") for g in rep.groups)
+    assert (m4, m8) == (pytest.approx(1.1), pytest.approx(0.85))
+    assert (s4, s8) == (pytest.approx(0.1414213562), pytest.approx(0.0707106781))
+    assert rep.metrics == ["rating.rmse"]  # "clients" is a count, not a metric
