@@ -47,8 +47,14 @@ TUNE = ("user", "personal")  # what a new user fine-tunes: its embedding and bia
 
 def validate_config(cfg: dict) -> None:
     """The init.* and transfer.* keys (called from `config.validate`)."""
-    init = cfg.setdefault("init", {"from": None, "freeze_encoder": False})
-    t = cfg.setdefault("transfer", {})
+    for key in ("init", "transfer"):
+        if cfg.get(key) is None:
+            cfg[key] = {}
+        if not isinstance(cfg[key], dict):
+            raise ConfigError(f"{key}={cfg[key]!r}: expected a mapping of {key}.* keys")
+    init, t = cfg["init"], cfg["transfer"]
+    init.setdefault("from", None)
+    init.setdefault("freeze_encoder", False)
     t.setdefault("new_users", 0.0)
     t.setdefault("new_items", 0.0)
     t.setdefault("k", [0, 1, 5, 10, 20])
@@ -62,7 +68,9 @@ def validate_config(cfg: dict) -> None:
     if init.get("freeze_encoder") and cfg["weighting"]["name"] in GRADIENT_WEIGHTINGS:
         raise ConfigError(f"init.freeze_encoder=true with weighting={cfg['weighting']['name']}: it weighs gradients "
                           "on the shared encoder, which is frozen; use fixed, uncertainty or dwa")
-    if init.get("from") is not None:
+    if init["from"] is not None and not isinstance(init["from"], str):
+        raise ConfigError(f"init.from={init['from']!r}: expected the path of a run folder, or null")
+    if init["from"]:
         checkpoint.load(init["from"])  # exists and reads, now rather than after the data is loaded
     for key in ("new_users", "new_items"):
         v = t[key]
@@ -71,6 +79,8 @@ def validate_config(cfg: dict) -> None:
     ks = t["k"]
     if not isinstance(ks, list) or not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in ks):
         raise ConfigError(f"transfer.k={ks!r}: expected a list of integers >= 0, e.g. [0,1,5,10,20]")
+    if t["seed"] is not None and (isinstance(t["seed"], bool) or not isinstance(t["seed"], int) or t["seed"] < 0):
+        raise ConfigError(f"transfer.seed={t['seed']!r}: expected an integer >= 0, or null")
     if isinstance(t["epochs"], bool) or not isinstance(t["epochs"], int) or t["epochs"] < 1:
         raise ConfigError(f"transfer.epochs={t['epochs']!r}: expected an integer >= 1")
     if t["new_users"] and not cfg.get("save_model", True):
