@@ -429,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
                 at = rest.index("--name")
                 name, rest = rest[at + 1], rest[:at] + rest[at + 2:]
             logging.basicConfig(level=logging.INFO, format="%(message)s")
+            torch.set_num_threads(1)  # one user's tiny steps: threads only contend
             print(tables(reevaluate(argv[1], rest, name), json.loads((Path(argv[1]) / "config.json").read_text())["tasks"]))
         else:
             path = Path(argv[1]) / "transfer.json" if len(argv) > 1 else None
