@@ -119,6 +119,9 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "privacy.name", PRIVACY)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
+    cfg.setdefault("on_client_failure", "continue")
+    _choice(cfg, "on_client_failure", ("continue", "stop"))
+    _number(cfg, "round_timeout", lo=0, lo_open=True)
     for key in ("num_clients", "num_rounds", "local_epochs", "eval_every", "model.dim", "train.batch_size"):
         _number(cfg, key, lo=1, integer=True)
     for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives", "fedrep.head_epochs"):

@@ -106,10 +106,17 @@ def new_item_view(model, items: np.ndarray | None, hide: bool = True) -> None:
         enc.item_bias.weight[mask] = enc.item_bias.weight[~mask].mean(0)
 
 
+def hidden_items(cfg: dict) -> np.ndarray:
+    """The run's new items (empty, without touching the data, when transfer.new_items=0)."""
+    if not (cfg.get("transfer") or {}).get("new_items"):
+        return np.empty(0, np.int64)
+    from .data import federation_for
+    return federation_for(cfg).holdout.items
+
+
 def client_view(model, cfg: dict) -> None:
     """What a client applies after loading the server's arrays (a no-op without new items)."""
-    from .data import federation_for
-    new_item_view(model, federation_for(cfg).holdout.items)
+    new_item_view(model, hidden_items(cfg))
 
 
 EMPTY_PARTS = {"rating": {"rating.n": 0, "rating.se": 0.0, "rating.ae": 0.0},

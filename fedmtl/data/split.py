@@ -99,12 +99,14 @@ def _read_part(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def read(folder: str | Path, dataset: Dataset) -> Split:
+def read(folder: str | Path, dataset: Dataset, keep_unseen_items: bool = False) -> Split:
     """Load a given train.tsv/test.tsv pair (raw ids of `dataset`).
 
     Policy: test rows whose user or item never occurs in train are dropped with a
     warning (the model has nothing to score them with); if that leaves no test row,
-    or an id is unknown to the data set, it is an error.
+    or an id is unknown to the data set, it is an error. `keep_unseen_items`: one
+    client's own files (a deployed node), whose test items may be trained on by other
+    clients, keep those rows.
     """
     folder = Path(folder)
     parts = {}
@@ -122,7 +124,9 @@ def read(folder: str | Path, dataset: Dataset) -> Split:
         raw["rating"] = raw["rating"].astype(np.float32)
         parts[name] = raw
     train, test = parts["train"], parts["test"]
-    known = test["user"].isin(set(train["user"])) & test["item"].isin(set(train["item"]))
+    known = test["user"].isin(set(train["user"]))
+    if not keep_unseen_items:
+        known &= test["item"].isin(set(train["item"]))
     if not known.any():
         raise DataError(f"{folder / 'test.tsv'}: none of its {len(test)} rows has both its user and its item "
                         "in train.tsv; nothing would be left to evaluate")

@@ -7,18 +7,17 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import transfer
-from ..config import resolve_device
-from ..data import federation_for
 from ..schedule import client_round
 from ..train import TrainConfig, evaluate
+from .deployment import node_data
 from .faults import before_training
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
                            save_weighting, shared_record)
 
 
 def _client_data(cfg, context: Context):
-    pid = int(context.node_config["partition-id"])
-    return pid, federation_for(cfg).partition_data(pid).to(resolve_device(cfg))
+    """(partition id, this client's data): its partition, or a deployed node's own files."""
+    return node_data(cfg, context)
 
 
 def train_config(cfg: dict) -> TrainConfig:
@@ -65,7 +64,7 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         load_shared(model, msg.content["arrays"])
         transfer.client_view(model, run_cfg)
         part = evaluate(model, data, run_cfg["tasks"])
-        part.update(transfer.item_parts(model, data, run_cfg["tasks"], federation_for(run_cfg).holdout.items))
+        part.update(transfer.item_parts(model, data, run_cfg["tasks"], transfer.hidden_items(run_cfg)))
         part["num-examples"] = int(len(data.test_u))
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
 

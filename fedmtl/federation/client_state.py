@@ -29,12 +29,24 @@ def config_from_context(context: Context, bound: dict | None) -> dict:
     of a deployed run (`flwr run ... --run-config 'fedmtl-config="..."'`)."""
     if bound is not None:
         return bound
-    from ..config import compose
-
     rc = context.run_config
     if rc.get("fedmtl-config"):
         return json.loads(str(rc["fedmtl-config"]))
-    return compose(str(rc.get("overrides", "")).split())
+    return _composed(str(rc.get("overrides", "")))
+
+
+@lru_cache(maxsize=4)
+def _composed_json(overrides: str) -> str:
+    import shlex
+    from ..config import compose
+
+    return json.dumps(compose(shlex.split(overrides)))
+
+
+def _composed(overrides: str) -> dict:
+    """The Hydra overrides of a deployed run (as on the simulate command line), composed
+    once per process; a fresh copy each call."""
+    return json.loads(_composed_json(overrides))
 
 
 @lru_cache(maxsize=8)

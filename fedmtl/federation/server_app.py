@@ -23,9 +23,10 @@ from ..metrics import HEADLINE
 from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl, write_json
-from . import faults
+from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
+from .failures import check_replies, needed_nodes, wait_for_nodes
 from .strategies import build_strategy
 
 log = logging.getLogger("fedmtl")
@@ -71,9 +72,11 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     for rnd in range(first, n_rounds + 1):
         t0 = time.time()
         train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
-        msgs = list(strategy.configure_train(rnd, arrays, train_cfg, grid))
+        tgrid = wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd, "train")
+        msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
         down = sum(m.content["arrays"].count_bytes() for m in msgs)
         replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
+        check_replies(cfg, rnd, "train", msgs, replies)
         ok = [r for r in replies if not r.has_error()]
         up = _bytes(r.content["arrays"] for r in ok)
         counts = faults.round_counts(msgs, replies)
@@ -89,9 +92,12 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         if skipped:
             row["skipped"] = skipped
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
-            emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
+            egrid = wait_for_nodes(grid, needed_nodes(strategy, "evaluate"), cfg["round_timeout"], rnd, "evaluate")
+            emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), egrid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
             ereplies = list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
+            check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
+            row["failed_evaluate"] = len(emsgs) - sum(1 for r in ereplies if not r.has_error())
             ev = strategy.aggregate_evaluate(rnd, ereplies)
             if ev is not None:
                 last_eval = dict(ev)
@@ -119,8 +125,11 @@ def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) ->
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if cfg is None:  # a deployed run (flwr run): config from the run config, own run folder
+            deployment.serve(grid, context, run_rounds)
+            return
         run_cfg = config_from_context(context, cfg)
-        out_dir = Path(run_cfg.get("output_dir") or context.run_config.get("output-dir", "outputs/deployed"))
+        out_dir = Path(run_cfg.get("output_dir") or "outputs/deployed")
         out_dir.mkdir(parents=True, exist_ok=True)
         summary = run_rounds(grid, run_cfg, out_dir)
         if result_sink is not None:

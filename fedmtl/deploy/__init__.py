@@ -1,0 +1,1 @@
+"""Deployment tools: a local SuperLink + SuperNodes harness, test certificates, per-node data export."""

@@ -1,0 +1,92 @@
+"""Nodes that crash, vanish or never connect: bounded waits and the configured policy.
+
+Flower's strategies wait for `min_available_nodes` with no time limit, so a run
+whose SuperNode died would wait forever for it to come back. The round loop
+calls `wait_for_nodes` first: it waits at most `round_timeout` seconds for enough
+connected nodes, then stops the run with one line that says so. After each
+exchange `check_replies` applies `on_client_failure`:
+
+- `continue` (default): the round aggregates the replies that did arrive (a node
+  that failed, or did not answer within `round_timeout`, is counted in
+  metrics.jsonl's `failed`), and later rounds sample from the nodes still connected;
+- `stop`: the first node that fails or does not answer stops the run with one line
+  naming the round, the stage and the reason. Finished rounds stay in metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import FedMTLError
+
+POLICIES = ("continue", "stop")
+
+
+class RoundFailure(FedMTLError):
+    """A round could not go on: too few nodes, or a node failed under on_client_failure=stop."""
+
+
+class BoundedGrid:
+    """The grid as a Flower strategy sees it in one round: once the deadline has passed,
+    asking for the node ids with too few connected raises instead of returning, which
+    ends Flower's own unbounded wait in `sample_nodes`."""
+
+    def __init__(self, grid, needed: int, deadline: float, timeout: float, rnd: int, stage: str):
+        self._grid, self.needed, self.deadline = grid, needed, deadline
+        self._what = (rnd, stage, timeout)
+
+    def get_node_ids(self):
+        ids = list(self._grid.get_node_ids())
+        if len(ids) < self.needed and time.time() >= self.deadline:
+            rnd, stage, timeout = self._what
+            raise RoundFailure(f"round {rnd} {stage}: {len(ids)} node(s) connected, {self.needed} needed "
+                               f"(min_{'train' if stage == 'train' else 'evaluate'}_clients), none more "
+                               f"within round_timeout={timeout:g}s; stopping")
+        return ids
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def wait_for_nodes(grid, needed: int, timeout: float, rnd: int, stage: str, poll: float = 1.0) -> BoundedGrid:
+    """Wait until `needed` nodes are connected, at most `timeout` seconds (then raise
+    RoundFailure); return the grid for the strategy, bounded by the same deadline."""
+    bounded = BoundedGrid(grid, needed, time.time() + timeout, timeout, rnd, stage)
+    while len(bounded.get_node_ids()) < needed:
+        time.sleep(min(poll, max(bounded.deadline - time.time(), 0.01)))
+    return bounded
+
+
+def needed_nodes(strategy, stage: str) -> int:
+    """How many connected nodes the Flower strategy waits for before sampling."""
+    floor = strategy.min_train_nodes if stage == "train" else strategy.min_evaluate_nodes
+    return max(int(strategy.min_available_nodes), int(floor))
+
+
+def failure_reasons(msgs, replies) -> list[str]:
+    """One short reason per sampled node that gave no usable reply. Replies are paired
+    with their messages by message id where the grid set them (a SuperLink's own
+    "node unavailable" reply does not come from the node), else by node id."""
+    ids = [m.metadata.message_id for m in msgs]
+    if all(ids) and len(set(ids)) == len(ids):
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+        node_of = lambda r: dst.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)  # noqa: E731
+        answered = {r.metadata.reply_to_message_id for r in replies}
+        missing = [m for m in msgs if m.metadata.message_id not in answered]
+    else:
+        node_of = lambda r: r.metadata.src_node_id  # noqa: E731
+        answered = {r.metadata.src_node_id for r in replies}
+        missing = [m for m in msgs if m.metadata.dst_node_id not in answered]
+    reasons = [f"node {node_of(r)}: {r.error.reason}".strip() for r in replies if r.has_error()]
+    reasons += [f"node {m.metadata.dst_node_id}: no reply" for m in missing]
+    return reasons
+
+
+def check_replies(cfg: dict, rnd: int, stage: str, msgs, replies) -> None:
+    """Apply on_client_failure to one exchange (train or evaluate)."""
+    reasons = failure_reasons(msgs, replies)
+    if reasons and cfg.get("on_client_failure", "continue") == "stop":
+        first = reasons[0].splitlines()[0][:200]
+        raise RoundFailure(f"round {rnd} {stage}: {len(reasons)} of {len(msgs)} node(s) failed or gave no reply "
+                           f"within round_timeout={cfg['round_timeout']:g}s ({first}); stopping "
+                           "(on_client_failure=stop)")
