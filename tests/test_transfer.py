@@ -194,3 +194,17 @@ def test_new_users_start_from_the_aggregated_heads_where_the_checkpoint_has_them
     plain = transfer.cold_start(cfg, fed, final, [0], 1, seed=0)[0]
     with_prior = transfer.cold_start(cfg, fed, prior, [0], 1, seed=0)[0]
     assert with_prior["rating.rmse"] > plain["rating.rmse"] + 0.5  # an offset of 1 instead of 3.5 shows
+
+
+def test_the_transfer_presets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # init.from of step 2 is relative: no earlier run here
+    path = "dataset.path=/nowhere/ml-100k"  # composing never reads the data
+    cold = compose(["experiment=transfer_cold_ml100k", path])
+    assert (cold["transfer"]["new_users"], cold["transfer"]["new_items"], cold["aggregate"]) == (0.1, 0.1, "all")
+    assert cold["transfer"]["k"] == [0, 1, 5, 10, 20] and cold["num_clients"] == 943 - 94
+    source = compose(["experiment=newtask_source_ml100k", path])
+    assert source["tasks"] == ["rating", "like"]
+    # Step 2 names step 1's run folder; before step 1 has run, that is one clear line.
+    with pytest.raises(ConfigError, match="init.from=outputs/transfer/newtask_source: no model_shared.pt"):
+        compose(["experiment=newtask_click_ml100k", path])
+    assert compose(["experiment=newtask_click_ml100k", path, "init.from=null"])["tasks"] == ["click"]
