@@ -21,6 +21,7 @@ from .progress import progress
 from .results import append_jsonl
 from .schedule import client_round
 from .train import TrainConfig, evaluate, local_train
+from .transfer import item_parts, new_item_view
 from .weighting import build_weighting
 
 log = logging.getLogger("fedmtl")
@@ -42,6 +43,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
     data = fed.all_data().to(device)
     tasks = cfg["tasks"]
     model = build_model(cfg["model"], tasks, len(data.users), data.user_cat, fed.meta, cfg["seed"]).to(device)
+    new_item_view(model, fed.holdout.items)  # transfer.new_items: never trained, scored from features
     weighting = build_weighting(cfg["weighting"], tasks)
     epochs = epochs_of(cfg)
     last: dict = {}
@@ -51,7 +53,8 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
         res = local_train(model, data, tasks, weighting, _train_cfg(cfg, 1), seed=cfg["seed"] * 7_919 + ep)
         row = {"round": ep, "train": {f"loss.{k}": v for k, v in res.losses.items()}}
         if ep % cfg["eval_every"] == 0 or ep == epochs:
-            last = combine([evaluate(model, data, tasks)])
+            new_item_view(model, fed.holdout.items)  # their bias: the known items' mean as it is now
+            last = combine([evaluate(model, data, tasks) | item_parts(model, data, tasks, fed.holdout.items)])
             row["test"] = last
         row["seconds"] = round(time.time() - t0, 3)
         append_jsonl(out_dir / "metrics.jsonl", row)
@@ -71,9 +74,11 @@ def run_local(cfg: dict, fed: Federation, out_dir: Path) -> dict:
         data = fed.partition_data(pid).to(device)
         torch.manual_seed(cfg["seed"] * 1_000_003 + pid)
         model = build_model(cfg["model"], tasks, len(data.users), data.user_cat, fed.meta, cfg["seed"]).to(device)
+        new_item_view(model, fed.holdout.items)
         weighting = build_weighting(cfg["weighting"], tasks)
         client_round(model, data, tasks, weighting, _train_cfg(cfg, epochs), cfg, seed=cfg["seed"] * 7_919 + pid)
-        parts.append(evaluate(model, data, tasks))
+        new_item_view(model, fed.holdout.items)
+        parts.append(evaluate(model, data, tasks) | item_parts(model, data, tasks, fed.holdout.items))
         if (pid + 1) % max(1, n // 10) == 0 or pid + 1 == n:
             log.info("local-only: %s", progress("clients trained", pid + 1, n, t0))
     final = combine(parts)

@@ -141,6 +141,8 @@ def validate(cfg: dict) -> dict:
     if cfg["dataset"]["name"] != "synthetic" and not cfg["dataset"].get("path"):
         raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
                           "e.g. dataset.path=data/ml-100k")
+    from .transfer import validate_config as validate_transfer
+    validate_transfer(cfg)  # init.* and transfer.*
     if cfg["device"] == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -95,7 +95,18 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def combine(parts: list[dict]) -> dict[str, float]:
-    """Final metrics from the evaluation parts of any number of clients."""
+    """Final metrics from the evaluation parts of any number of clients. Parts named
+    "group/key" (e.g. new_items/click.hr, on a subset of the test rows) are combined per
+    group into "group/metric"."""
+    groups = sorted({k.split("/", 1)[0] for p in parts for k in p if "/" in k})
+    out = _combine([{k: v for k, v in p.items() if "/" not in k} for p in parts])
+    for g in groups:
+        sub = [{k[len(g) + 1:]: v for k, v in p.items() if k.startswith(g + "/")} for p in parts]
+        out.update({f"{g}/{k}": v for k, v in _combine(sub).items()})
+    return out
+
+
+def _combine(parts: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     get = lambda key: [p[key] for p in parts if key in p]  # noqa: E731
     n = sum(get("rating.n"))

@@ -5,6 +5,7 @@
 - fedrep: FedRep-style (Collins et al. 2021): first the personal parameters with
   the encoder frozen for `fedrep.head_epochs`, then the encoder with the personal
   parameters frozen for `local_epochs`.
+- `init.freeze_encoder=true` (any mode): only the parameters outside the encoder train.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .train import TrainConfig, TrainResult, local_train
 def client_round(model, data, tasks, weighting, tcfg: TrainConfig, cfg: dict, seed: int) -> TrainResult:
     aggregate = cfg["aggregate"]
     shared = shared_names(model, aggregate)
+    if (cfg.get("init") or {}).get("freeze_encoder"):  # a transferred encoder, kept as it came
+        personal = [n for n in dict(model.named_parameters()) if not n.startswith("encoder.")]
+        return local_train(model, data, tasks, weighting, tcfg, seed, shared=shared, trainable=personal)
     if aggregate != "fedrep":
         return local_train(model, data, tasks, weighting, tcfg, seed, shared=shared)
     head_epochs = int(cfg.get("fedrep", {}).get("head_epochs", 1))

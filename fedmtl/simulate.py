@@ -56,6 +56,9 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     t0 = time.time()
     fed = federation_for(cfg)
     split_mod.write(fed.split, fed.dataset, out_dir / "split")
+    if fed.holdout:
+        from .data import holdout
+        holdout.write(fed.holdout, fed.dataset, out_dir / "split")
     log.info("%s | %d clients | mode=%s | tasks=%s | split: %d train / %d test", fed.dataset.describe(),
              len(fed.clients), cfg["mode"], ",".join(cfg["tasks"]), len(fed.split.train), len(fed.split.test))
     if cfg["mode"] == "centralized":
@@ -66,6 +69,9 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
         result = run_local(cfg, fed, out_dir)
     else:
         result = run_federated(cfg, len(fed.clients))
+        if fed.holdout:  # transfer.new_users / new_items: cold-start evaluations
+            from .transfer import after_run
+            result["transfer"] = after_run(cfg, fed, out_dir, result)
     summary = {"mode": cfg["mode"], "tasks": cfg["tasks"], "dataset": fed.dataset.name,
                "num_clients": len(fed.clients), "wall_seconds": round(time.time() - t0, 2), **result}
     write_json(out_dir / "summary.json", summary)

@@ -36,6 +36,7 @@ def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negati
            train_mask=None, generator=None) -> dict[str, torch.Tensor]:
     """Mean loss of each task on a batch of (user, item, rating) training pairs."""
     ir = model.item_reps()  # all items once: the click softmax needs them anyway
+    hidden = getattr(model.encoder, "hidden_items", None)  # new items (transfer): never a negative
     ur = model.user_reps(users)
     out = {}
     for t, task in enumerate(tasks):
@@ -51,6 +52,8 @@ def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negati
                 out[task] = F.binary_cross_entropy_with_logits(s, (ratings >= LIKE_THRESHOLD).float())
         elif click_loss == "softmax":
             logits = u @ ir[t].T + ibias
+            if hidden is not None:
+                logits = logits.masked_fill(hidden, float("-inf"))
             out[task] = F.cross_entropy(logits, items)
         else:
             neg = torch.randint(0, ir[t].shape[0], (len(users), num_negatives), generator=generator,
@@ -61,7 +64,9 @@ def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negati
                                                       device=users.device), neg)
             pos = (u * ir[t][items]).sum(-1) + ibias[items]
             negs = (u.unsqueeze(1) * ir[t][neg]).sum(-1) + ibias[neg]
+            keep = None if hidden is None else torch.cat([torch.ones_like(pos), (~hidden[neg]).flatten().float()])
             out[task] = F.binary_cross_entropy_with_logits(
                 torch.cat([pos, negs.flatten()]),
-                torch.cat([torch.ones_like(pos), torch.zeros(negs.numel(), device=pos.device)]))
+                torch.cat([torch.ones_like(pos), torch.zeros(negs.numel(), device=pos.device)]),
+                weight=keep)
     return out

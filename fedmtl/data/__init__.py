@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from . import movielens, split as split_mod, synthetic
+from . import holdout as holdout_mod, movielens, split as split_mod, synthetic
 from .dataset import Dataset
+from .holdout import Holdout
 from .partition import partition
 from .split import Split
 
@@ -86,8 +87,9 @@ class _ByUser:
 class Federation:
     """The data of a run: data set, split, and which users each client holds."""
 
-    def __init__(self, dataset: Dataset, split: Split, num_clients: int, seed: int):
+    def __init__(self, dataset: Dataset, split: Split, num_clients: int, seed: int, holdout: Holdout | None = None):
         self.dataset, self.split = dataset, split
+        self.holdout = holdout or Holdout()  # new users / items kept out of training (transfer)
         users = np.unique(split.train["user"].to_numpy())
         self.clients = partition(users, num_clients, seed)
         self._train = _ByUser(split.train, dataset.n_users)
@@ -130,10 +132,15 @@ def build_federation(cfg: dict) -> Federation:
     else:
         split = split_mod.per_user_split(dataset.interactions, seed=scfg.get("seed", cfg["seed"]),
                                          train_frac=scfg.get("train_frac", 0.8))
+    tcfg = cfg.get("transfer") or {}
+    holdout = None
+    if tcfg.get("new_users") or tcfg.get("new_items"):
+        split, holdout = holdout_mod.hold_out(split, tcfg.get("new_users") or 0.0, tcfg.get("new_items") or 0.0,
+                                              seed=tcfg.get("seed") if tcfg.get("seed") is not None else cfg["seed"])
     if scfg.get("validation", False):
         # Tuning mode: the train part is carved again; test is never touched.
         split = split_mod.carve_validation(split, seed=scfg.get("validation_seed", 1))
-    return Federation(dataset, split, cfg["num_clients"], cfg["seed"])
+    return Federation(dataset, split, cfg["num_clients"], cfg["seed"], holdout)
 
 
 @lru_cache(maxsize=2)
@@ -144,5 +151,5 @@ def _cached(key: str) -> Federation:
 def federation_for(cfg: dict) -> Federation:
     """The federation of `cfg`, built once per process (clients of a simulation share it;
     each client only ever reads its own partition from it)."""
-    keys = ("dataset", "split", "num_clients", "seed")
+    keys = ("dataset", "split", "num_clients", "seed", "transfer")
     return _cached(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str))

@@ -6,6 +6,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from .. import transfer
 from ..schedule import client_round
 from ..train import TrainConfig, evaluate
 from .deployment import node_data
@@ -41,6 +42,7 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         pid, data = _client_data(run_cfg, context)
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
+        transfer.client_view(model, run_cfg)  # new items: features only, never trained
         weighting = client_weighting(run_cfg, context.state)
         result = client_round(model, data, run_cfg["tasks"], weighting, train_config(run_cfg), run_cfg,
                               seed=run_cfg["seed"] * 7_919 + server_round * 100_003 + pid)
@@ -61,7 +63,9 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         pid, data = _client_data(run_cfg, context)
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
+        transfer.client_view(model, run_cfg)
         part = evaluate(model, data, run_cfg["tasks"])
+        part.update(transfer.item_parts(model, data, run_cfg["tasks"], transfer.hidden_items(run_cfg)))
         part["num-examples"] = int(len(data.test_u))
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
 

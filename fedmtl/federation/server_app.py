@@ -17,6 +17,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from .. import checkpoint
 from ..data import federation_for
 from ..metrics import HEADLINE
 from ..model import build_model, shared_names
@@ -38,7 +39,9 @@ def initial_arrays(cfg: dict) -> ArrayRecord:
     model = build_model(cfg["model"], cfg["tasks"], 1, np.zeros((1, len(fed.dataset.user_cards)), np.int64),
                         fed.meta, cfg["seed"])
     params = dict(model.named_parameters())
-    return ArrayRecord({n: Array(params[n].detach().numpy().copy()) for n in shared_names(model, cfg["aggregate"])})
+    arrays = {n: params[n].detach().numpy().copy() for n in shared_names(model, cfg["aggregate"])}
+    arrays = checkpoint.init_shared(cfg, arrays, fed.meta)  # init.from=RUN_DIR, if set
+    return ArrayRecord({n: Array(a) for n, a in arrays.items()})
 
 
 def _bytes(records) -> int:
@@ -136,9 +139,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         ev = strategy.aggregate_evaluate(rnd, list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
         last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
-        tmp = out_dir / ".model_shared.pt.tmp"
-        torch.save({k: torch.as_tensor(v.numpy()) for k, v in arrays.items()}, tmp)
-        tmp.replace(out_dir / "model_shared.pt")
+        checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in arrays.items()}, federation_for(cfg).meta, n_rounds)
     return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
             "bytes_up_total": sum(h["bytes_up"] for h in history),
             "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
