@@ -59,7 +59,10 @@ def sweep_jobs(preset: str) -> list[list[str]]:
     ("ml100k_tasks", "tasks", [["rating"], ["like"], ["click"], ["rating", "like", "click"]]),
     ("ml100k_tasks_centralized", "tasks", [["rating"], ["like"], ["click"], ["rating", "like", "click"]]),
     ("ml100k_clients", "num_clients", [10, 100, 943]),
-    ("ml100k_strategies", "strategy.name", ["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedmedian"]),
+    ("ml100k_strategies", "strategy.name", ["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad",
+                                            "fedmedian", "fedtrimmedavg"]),
+    ("ml100k_weightings", "weighting.name", ["fixed", "uncertainty", "dwa", "gradnorm", "pcgrad"]),
+    ("ml100k_models", "model.name", ["shared_bottom", "mmoe", "ple"]),
 ])
 def test_every_run_of_a_preset_sweep_is_a_valid_config(preset, key, values):
     jobs = sweep_jobs(preset)
