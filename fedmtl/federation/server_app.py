@@ -13,16 +13,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from .. import checkpoint
 from ..data import federation_for
-from ..metrics import HEADLINE
 from ..model import build_model, shared_names
 from ..progress import progress
-from ..results import append_jsonl, write_json
+from ..results import append_jsonl
 from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context

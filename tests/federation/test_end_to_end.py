@@ -16,24 +16,11 @@ import torch
 from fedmtl.config import compose
 from fedmtl.data import federation_for, split as split_mod
 from fedmtl.engine.inprocess import InProcessGrid
-from fedmtl.metrics import HEADLINE, combine
-from fedmtl.model import build_model
+from fedmtl.metrics import HEADLINE
 from fedmtl.simulate import run
-from fedmtl.train import evaluate
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=4", "device=cpu"]
 TASKS = ["rating", "click", "like"]
-
-
-def untrained_metrics(cfg: dict) -> dict:
-    """What the run's evaluation would report after 0 rounds: every client's fresh model."""
-    fed = federation_for(cfg)
-    parts = []
-    for pid in range(len(fed.clients)):
-        data = fed.partition_data(pid)
-        model = build_model(cfg["model"], cfg["tasks"], len(data.users), data.user_cat, fed.meta, cfg["seed"])
-        parts.append(evaluate(model, data, cfg["tasks"]))
-    return combine(parts)
 
 
 def assert_beats(trained: dict, untrained: dict, tasks) -> None:
@@ -98,7 +85,7 @@ def test_the_checkpoint_holds_exactly_the_shared_encoder(federated):
     assert "encoder.item_emb.weight" in state and state["encoder.item_emb.weight"].shape[0] == 40
 
 
-def test_federated_training_beats_the_untrained_model_on_every_task(federated):
+def test_federated_training_beats_the_untrained_model_on_every_task(federated, untrained_metrics):
     cfg, _, summary = federated
     assert_beats(summary["metrics"], untrained_metrics(cfg), TASKS)
 
@@ -112,7 +99,7 @@ def test_a_run_on_a_given_split_reproduces_the_run(federated, tmp_path):
 
 
 @pytest.mark.parametrize("mode, lines", [("centralized", 4), ("local", 1)])
-def test_the_baselines_run_and_learn(tmp_path, mode, lines):
+def test_the_baselines_run_and_learn(tmp_path, mode, lines, untrained_metrics):
     cfg = compose(TINY + [f"mode={mode}", "baseline_epochs=4"])
     summary = run(cfg, tmp_path)
     assert summary["mode"] == mode

@@ -16,23 +16,12 @@ from fedmtl.data import federation_for
 from fedmtl.errors import ConfigError
 from fedmtl.federation.faults import DROP, LATE, OK, FaultPlan
 from fedmtl.metrics import HEADLINE, combine
-from fedmtl.model import build_model
 from fedmtl.results import read_jsonl
 from fedmtl.simulate import run
 from fedmtl.train import evaluate
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=10", "num_rounds=4", "local_epochs=1",
         "device=cpu", "save_model=false"]
-
-
-def untrained(cfg: dict) -> dict:
-    fed = federation_for(cfg)
-    parts = []
-    for pid in range(len(fed.clients)):
-        data = fed.partition_data(pid)
-        model = build_model(cfg["model"], cfg["tasks"], len(data.users), data.user_cat, fed.meta, cfg["seed"])
-        parts.append(evaluate(model, data, cfg["tasks"]))
-    return combine(parts)
 
 
 def initial(cfg: dict) -> dict:
@@ -112,9 +101,9 @@ def test_metrics_jsonl_counts_exactly_the_injected_drops(dropped):
     assert sum(r["failed"] for r in rows) > 0, "the seeded plan injected no drop: the test would prove nothing"
 
 
-def test_a_30_percent_drop_rate_still_trains(dropped):
+def test_a_30_percent_drop_rate_still_trains(dropped, untrained_metrics):
     cfg, _, summary = dropped
-    before = untrained(cfg)
+    before = untrained_metrics(cfg)
     for task in cfg["tasks"]:
         key, larger_is_better = HEADLINE[task]
         after = summary["metrics"][key]
