@@ -20,7 +20,7 @@ from .model import build_model
 from .progress import progress
 from .results import append_jsonl
 from .schedule import client_round
-from .train import TrainConfig, evaluate, local_train
+from .train import TrainConfig, evaluate, local_train, train_config
 from .transfer import item_parts, new_item_view
 from .weighting import build_weighting
 
@@ -28,10 +28,7 @@ log = logging.getLogger("fedmtl")
 
 
 def _train_cfg(cfg: dict, epochs: int) -> TrainConfig:
-    t = cfg["train"]
-    return TrainConfig(epochs=epochs, batch_size=t["batch_size"], lr=t["lr"], l2=t["l2"],
-                       weight_decay=t["weight_decay"], click_loss=t["click_loss"],
-                       num_negatives=t["num_negatives"])
+    return train_config(cfg, epochs)
 
 
 def epochs_of(cfg: dict) -> int:

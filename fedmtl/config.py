@@ -109,6 +109,8 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "device", DEVICES)
     _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "model.name", ARCHITECTURES)
+    if not isinstance(cfg["model"].setdefault("history", False), bool):
+        raise ConfigError(f"model.history={cfg['model']['history']}: expected true or false")
     _choice(cfg, "weighting.name", WEIGHTINGS)
     try:  # its options, now rather than in every client
         build_weighting(cfg["weighting"], cfg["tasks"])
@@ -120,6 +122,10 @@ def validate(cfg: dict) -> dict:
     check_privacy(cfg)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
+    cfg["train"].setdefault("optimizer", "adam")
+    _choice(cfg, "train.optimizer", ("adam", "sgd"))
+    if cfg["train"].setdefault("shared_lr", None) is not None:
+        _number(cfg, "train.shared_lr", lo=0, lo_open=True)
     cfg.setdefault("on_client_failure", "continue")
     _choice(cfg, "on_client_failure", ("continue", "stop"))
     _number(cfg, "round_timeout", lo=0, lo_open=True)

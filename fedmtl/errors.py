@@ -11,3 +11,7 @@ class ConfigError(FedMTLError):
 
 class DataError(FedMTLError):
     """An input file is malformed: the message names the file, line or column."""
+
+
+class DivergedError(FedMTLError):
+    """Training produced non-finite weights (a learning rate too high for the data)."""

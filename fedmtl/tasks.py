@@ -37,7 +37,7 @@ def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negati
     """Mean loss of each task on a batch of (user, item, rating) training pairs."""
     ir = model.item_reps()  # all items once: the click softmax needs them anyway
     hidden = getattr(model.encoder, "hidden_items", None)  # new items (transfer): never a negative
-    ur = model.user_reps(users)
+    ur = model.user_reps(users, leave_out=items)
     out = {}
     for t, task in enumerate(tasks):
         head = model.personal.heads[task]

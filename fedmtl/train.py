@@ -26,6 +26,17 @@ class TrainConfig:
     click_loss: str = "softmax"
     num_negatives: int = 20
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w_shared - w_global||^2
+    optimizer: str = "adam"  # local optimiser of the shared parameters: adam | sgd
+    shared_lr: float | None = None  # their learning rate; None = lr
+
+
+def train_config(cfg: dict, epochs: int, prox_mu: float = 0.0) -> TrainConfig:
+    """The TrainConfig of a run's `train` group (clients and baselines alike)."""
+    t = cfg["train"]
+    return TrainConfig(epochs=epochs, batch_size=t["batch_size"], lr=t["lr"], l2=t["l2"],
+                       weight_decay=t["weight_decay"], click_loss=t["click_loss"],
+                       num_negatives=t["num_negatives"], prox_mu=prox_mu,
+                       optimizer=t.get("optimizer", "adam"), shared_lr=t.get("shared_lr"))
 
 
 @dataclass
@@ -44,6 +55,7 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
     phases, frozen encoders); None trains everything.
     """
     device = data.train_u.device
+    model.attach(data)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     params = dict(model.named_parameters())
     names = trainable if trainable is not None else list(params)
@@ -52,8 +64,8 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
     shared = shared if shared is not None else [n for n in params if n.startswith("encoder.")]
     shared_params = [params[n] for n in shared if n in names]
     anchor = {n: params[n].detach().clone() for n in shared} if cfg.prox_mu > 0 else None
-    opt_params = [params[n] for n in names] + list(weighting.parameters())
-    opt = torch.optim.Adam(opt_params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    opt = _optimizer(cfg, [params[n] for n in names if n in set(shared)],
+                     [params[n] for n in names if n not in set(shared)] + list(weighting.parameters()))
     mask = data.train_mask() if (cfg.click_loss != "softmax" and "click" in tasks) else None
     n = data.n_train
     model.train()
@@ -92,10 +104,40 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
     return TrainResult(n, {t: sums[t] / steps for t in tasks}, {t: weights_sum[t] / steps for t in tasks})
 
 
+class _Optimizers:
+    """Adam on the personal parameters; Adam or plain SGD (FedOpt's client step) on the shared ones."""
+
+    def __init__(self, opts):
+        self.opts = opts
+
+    def zero_grad(self, set_to_none=True):
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        for o in self.opts:
+            o.step()
+
+
+def _optimizer(cfg: TrainConfig, shared: list, personal: list):
+    lr_shared = cfg.shared_lr if cfg.shared_lr is not None else cfg.lr
+    if cfg.optimizer == "adam":
+        groups = [g for g in ({"params": shared, "lr": lr_shared}, {"params": personal}) if g["params"]]
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    opts = []
+    if shared:
+        opts.append(torch.optim.SGD(shared, lr=lr_shared, weight_decay=cfg.weight_decay, foreach=True))
+    if personal:
+        opts.append(torch.optim.Adam(personal, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True))
+    return _Optimizers(opts)
+
+
 @torch.no_grad()
 def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test") -> dict:
     """Additive metric parts (see `metrics.combine`) of this data's test interactions."""
     model.eval()
+    if hasattr(model, "attach"):  # reference scorers (transfer.py) have no history to attach
+        model.attach(data)
     u, i, r = (data.test_u, data.test_i, data.test_r) if on == "test" else (data.train_u, data.train_i, data.train_r)
     part: dict = {}
     if len(u) == 0:

@@ -8,7 +8,7 @@ from flwr.clientapp import ClientApp
 
 from .. import transfer
 from ..schedule import client_round
-from ..train import TrainConfig, evaluate
+from ..train import TrainConfig, evaluate, train_config as make_train_config
 from .deployment import node_data
 from .faults import before_training
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
@@ -22,11 +22,8 @@ def _client_data(cfg, context: Context):
 
 
 def train_config(cfg: dict) -> TrainConfig:
-    t = cfg["train"]
     prox = cfg["strategy"].get("proximal_mu", 0.0) if cfg["strategy"]["name"] == "fedprox" else 0.0
-    return TrainConfig(epochs=cfg["local_epochs"], batch_size=t["batch_size"], lr=t["lr"], l2=t["l2"],
-                       weight_decay=t["weight_decay"], click_loss=t["click_loss"],
-                       num_negatives=t["num_negatives"], prox_mu=prox)
+    return make_train_config(cfg, cfg["local_epochs"], prox)
 
 
 def make_client_app(cfg: dict | None = None) -> ClientApp:

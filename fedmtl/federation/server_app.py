@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .. import checkpoint
 from ..data import federation_for
+from ..errors import DivergedError
 from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
@@ -40,6 +41,17 @@ def initial_arrays(cfg: dict) -> ArrayRecord:
     arrays = {n: params[n].detach().numpy().copy() for n in shared_names(model, cfg["aggregate"])}
     arrays = checkpoint.init_shared(cfg, arrays, fed.meta)  # init.from=RUN_DIR, if set
     return ArrayRecord({n: Array(a) for n, a in arrays.items()})
+
+
+def check_finite(arrays: ArrayRecord, rnd: int) -> None:
+    """Stop a diverged run at once (its finished rounds stay checkpointed) instead of
+    training on NaN for the remaining rounds."""
+    for name, a in arrays.items():
+        v = a.numpy()
+        if not np.isfinite(v).all():
+            raise DivergedError(f"round {rnd}: the aggregated {name} holds {int((~np.isfinite(v)).sum())} NaN/inf "
+                                "values (training diverged); lower train.lr, train.shared_lr or the strategy's "
+                                "server rate; rounds before it are in metrics.jsonl and checkpoint/")
 
 
 def _bytes(records) -> int:
@@ -101,6 +113,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         else:
             agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:
+            check_finite(agg, rnd)
             arrays = agg
         else:
             skipped = skipped or f"no update aggregated ({row['answered']} of {row['sampled']} clients answered)"

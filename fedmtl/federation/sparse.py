@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight")
+ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight", "encoder.item_hist.weight")
 ROWS, VALUES = "::rows", "::values"
 
 

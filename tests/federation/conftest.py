@@ -24,3 +24,15 @@ def _untrained_metrics(cfg: dict) -> dict:
 @pytest.fixture
 def untrained_metrics():
     return _untrained_metrics
+
+
+@pytest.fixture(autouse=True)
+def _run_identity():
+    """Flower's Message() reads the current run and node ids, which an engine sets when it runs;
+    a test that builds messages by hand must not depend on an earlier test having run one."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key, value in (("run_id", 1), ("node_id", 0), ("task_id", 0)):
+        if getattr(TaskIdentity, f"_{key}") is None:
+            setattr(TaskIdentity, key, value)
+    yield

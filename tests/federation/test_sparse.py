@@ -41,7 +41,7 @@ def test_sparse_aggregate_equals_rowwise_fedavg_by_hand():
     got = {k: v.numpy() for k, v in out.items()}
     # by hand
     np.testing.assert_allclose(got["dense"], (10 * updates[0]["dense"] + 30 * updates[1]["dense"]) / 40, rtol=1e-6)
-    for name in ROW_TABLES:
+    for name in [n for n in ROW_TABLES if n in current]:
         exp = current[name].copy()
         exp[0] = updates[0][name][0]
         exp[2] = (10 * updates[0][name][2] + 30 * updates[1][name][2]) / 40
