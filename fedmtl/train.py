@@ -85,6 +85,8 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
             w = weighting.backward(ls, shared_params)
             reg = cfg.l2 * (model.personal.user_emb(u).pow(2).sum(-1).mean()
                             + model.encoder.item_emb(i).pow(2).sum(-1).mean())
+            if getattr(model.encoder, "item_hist", None) is not None:  # model.history: its factors too
+                reg = reg + cfg.l2 * model.encoder.item_hist(i).pow(2).sum(-1).mean()
             if anchor is not None:
                 reg = reg + 0.5 * cfg.prox_mu * sum((params[k] - a).pow(2).sum() for k, a in anchor.items())
             if reg.requires_grad:
