@@ -96,8 +96,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             break
         t0 = time.time()
         if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
-            agg, train_metrics, row = privacy.secure_round(rnd, arrays, grid)
-            skipped = None
+            agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
         else:
             agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:
