@@ -3,6 +3,9 @@
 A dropped or late client costs its update for that round, never the run; every
 round's metrics.jsonl row counts exactly the failures the seeded plan injected;
 a round with fewer answers than min_train_clients is skipped with its reason.
+The same holds on Flower's Ray engine (stragglers get actors of their own) and
+under SecAgg+ (privacy=secagg, secagg_dp), whose dropout tolerance still
+aggregates the survivors.
 """
 
 from __future__ import annotations
@@ -167,6 +170,60 @@ def test_stragglers_past_the_round_timeout_are_counted_late(tmp_path):
         assert r["answered"] == 6 - n_late - n_drop
 
 
+
+def test_on_ray_stalled_clients_get_actors_of_their_own(tmp_path, caplog, untrained_metrics):
+    """Flower's Ray engine runs every client on a pool of actors (2 on 2 CPUs) and a stalled
+    client holds one until it replies; the engine adds one actor per client that can stall, so
+    the punctual clients behind them still answer in time and only the stragglers count late."""
+    pytest.importorskip("ray")
+    # Round 2 of this plan: clients 1 and 2 stall, 3 drops, 0, 4 and 5 are punctual. The pool's
+    # two CPU actors take 0 and 1, then 2: without actors of their own the two stalled
+    # clients would hold the whole pool past the deadline, and 3, 4 and 5 would be late
+    # too (measured: 1 answered, 5 late).
+    overrides = TINY + ["num_clients=6", "num_rounds=2", "local_epochs=3", "eval_every=2", "backend=ray",
+                        "backend.num_cpus_per_client=1", "round_timeout=6", "faults.straggler_rate=0.2",
+                        "faults.drop_rate=0.2", "faults.seed=17"]
+    cfg = compose(overrides)
+    late = [planned(cfg, r, LATE) for r in (1, 2)]
+    drops = [planned(cfg, r, DROP) for r in (1, 2)]
+    assert late == [0, 2] and drops == [0, 1]
+    with caplog.at_level(logging.INFO, logger="fedmtl"):
+        summary = run(cfg, tmp_path)
+    assert "plus 2 for clients that stall" in caplog.text
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    for r, n_late, n_drop in zip(rows, late, drops):
+        assert r["failed_by"] == {"dropped": n_drop, "error": 0, "late": n_late}
+        assert r["answered"] == 6 - n_late - n_drop and "skipped" not in r
+    before = untrained_metrics(cfg)
+    for task in cfg["tasks"]:
+        key, larger_is_better = HEADLINE[task]
+        after = summary["metrics"][key]
+        assert (after > before[key]) if larger_is_better else (after < before[key]), key
+
+
+def test_the_ray_pool_grows_by_the_clients_that_can_stall_at_once():
+    from fedmtl.engine.ray import _local_cpus, pool_room
+    from fedmtl.federation.faults import ray_extra_actors
+
+    base = TINY + ["num_clients=6", "num_rounds=2", "backend=ray", "faults.straggler_rate=0.2",
+                   "faults.drop_rate=0.2", "faults.seed=10"]
+    assert ray_extra_actors(compose(base + ["round_timeout=20"])) == 2  # rounds with 0 and 2 stragglers
+    # a straggler of round 1 may still stall in round 3 when the delay spans two timeouts
+    cfg = compose(base + ["num_rounds=6", "round_timeout=5", "faults.straggler_delay=11"])
+    per_round = sorted((planned(cfg, r, LATE) for r in range(1, 7)), reverse=True)
+    assert ray_extra_actors(cfg) == sum(per_round[:3]) > sum(per_round[:2])
+    assert ray_extra_actors(compose(TINY + ["backend=ray"])) == 0
+    cpus = _local_cpus()
+    args: dict = {}
+    pool_room(args, {"num_cpus_per_client": 1}, 3)
+    assert args["num_cpus"] == cpus + 3
+    pool_room(args, {"num_cpus_per_client": 0.5}, 3)
+    assert args["num_cpus"] >= cpus + 1.5 and int(args["num_cpus"] / 0.5) >= int(cpus / 0.5) + 3
+    args = {}
+    pool_room(args, {"num_cpus_per_client": 1, "address": "auto"}, 3)  # a cluster's pool is its own
+    assert args == {}
+
+
 # --- drops under SecAgg+ (privacy=secagg, secagg_dp) -------------------------------------------
 
 SECAGG = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "local_epochs=1", "device=cpu",
@@ -266,3 +323,15 @@ def test_below_min_train_clients_secagg_stops_before_unmasking(tmp_path):
     assert first["secagg"]["aggregated"] and "skipped" not in first
     assert second["skipped"] == "only 4 of 6 clients answered (2 dropped); fewer than min_train_clients=5"
     assert "unmask" not in second["secagg"]["stages"] and second["secagg"]["stages"]["collect_masked_vectors"] == [6, 4]
+
+
+def test_secagg_counts_stragglers_late_and_aggregates_the_rest(tmp_path, secure_rounds):
+    cfg = compose(SECAGG + ["num_rounds=1", "privacy=secagg", "round_timeout=3", "faults.straggler_delay=3.5",
+                            "faults.straggler_rate=0.2", "faults.drop_rate=0.2", "faults.seed=4"])
+    assert (planned(cfg, 1, LATE), planned(cfg, 1, DROP)) == (1, 1)
+    run(cfg, tmp_path)
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert row["failed_by"] == {"dropped": 1, "error": 0, "late": 1} and row["answered"] == 4
+    assert row["secagg"]["aggregated"] and row["secagg"]["unmasked_by"] == 4
+    (_, sent, got), = secure_rounds
+    assert got is not None and moved(sent, got) > 1e-3
