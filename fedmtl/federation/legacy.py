@@ -22,7 +22,6 @@ one more masked array. Values are clipped to +-`clipping_range` and quantised to
 from __future__ import annotations
 
 import json
-import logging
 import time
 
 import numpy as np
@@ -33,8 +32,6 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from . import faults
-
-log = logging.getLogger("fedmtl")
 
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
 LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipping range
