@@ -95,7 +95,9 @@ def run_federated(cfg: dict, num_clients: int) -> dict:
                       state_dir=cfg["output_dir"] if on_disk else None)
     else:
         from .engine.ray import run_ray
-        run_ray(server_app, client_app, num_clients, cfg["backend"], cfg.get("verbose", False))
+        from .federation.faults import ray_extra_actors
+        run_ray(server_app, client_app, num_clients, cfg["backend"], cfg.get("verbose", False),
+                extra_actors=ray_extra_actors(cfg))
     if not sink:
         raise FedMTLError("the federated run ended without a result (see the log above)")
     return sink

@@ -35,7 +35,8 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         run_cfg = config_from_context(context, cfg)
         torch.set_num_threads(1)
         server_round = int(msg.content["config"]["server-round"])
-        before_training(run_cfg, server_round, int(context.node_config["partition-id"]))  # faults.*
+        before_training(run_cfg, server_round, int(context.node_config["partition-id"]),  # faults.*
+                        sent_at=msg.metadata.created_at)
         pid, data = _client_data(run_cfg, context)
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
@@ -65,6 +66,13 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         part.update(transfer.item_parts(model, data, run_cfg["tasks"], transfer.hidden_items(run_cfg)))
         part["num-examples"] = int(len(data.test_u))
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
+
+    @app.query()
+    def warm_up(msg: Message, context: Context) -> Message:
+        """Load this client's code and data, nothing else (engine/ray.py: before round 1)."""
+        torch.set_num_threads(1)
+        _client_data(config_from_context(context, cfg), context)
+        return Message(RecordDict({}), reply_to=msg)
 
     return app
 

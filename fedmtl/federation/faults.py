@@ -8,11 +8,14 @@ faults, and a test can recompute exactly which clients failed:
 - `drop`: the client raises `InjectedDrop` when its training message arrives; the
   engine turns that into an error reply, as it does for a real crash. Its update
   for that round is lost and its personal state stays at its last good round.
-- `late`: the client sleeps `faults.straggler_delay` seconds (default
-  `round_timeout` + 1) before training, so its reply comes after the round's
-  timeout and the server goes on without it. In-process only: on Ray a stalled
-  client holds an actor and delays the clients queued behind it, so the config
-  check refuses that pairing.
+- `late`: the client stalls before training, so its reply comes after the
+  round's timeout and the server goes on without it. The stall lasts
+  `faults.straggler_delay` seconds (default `round_timeout` + 1): of the client's
+  own time on the in-process engine (which applies the deadline per client), and
+  from the moment the server sent the message on Ray (whose grid applies it to the
+  wall clock since the send). On Ray a stalled client holds its actor, so the
+  engine starts `ray_extra_actors(cfg)` more actors than the cores allow: the
+  stalled ones never take a slot a punctual client needs.
 
 A round whose answers are fewer than the strategy's minimum (`min_train_clients`,
 at least 1) is skipped: the global arrays and the strategy's state stay as they
@@ -94,11 +97,6 @@ def check_config(cfg: dict) -> None:
     if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
         raise ConfigError(f"faults.seed={s!r}: expected an integer >= 0 (or null = seed)")
     if f.get("straggler_rate", 0.0) > 0:
-        backend = (cfg.get("backend") or {}).get("name") if isinstance(cfg.get("backend"), dict) else None
-        if backend == "ray":
-            raise ConfigError("faults.straggler_rate with backend=ray: a stalled client holds its Ray actor and "
-                              "Flower runs a timed-out round's messages to the end, so the clients queued behind "
-                              "it would miss the deadline too; use backend=inprocess")
         timeout = cfg.get("round_timeout")
         if timeout is None:
             raise ConfigError("faults.straggler_rate needs a round_timeout for stragglers to miss (round_timeout=null)")
@@ -106,14 +104,43 @@ def check_config(cfg: dict) -> None:
             raise ConfigError(f"faults.straggler_delay={d}: a straggler must reply after round_timeout={timeout}")
 
 
-def before_training(cfg: dict, server_round: int, pid: int) -> None:
-    """The ClientApp's hook: fail or stall this client if the plan says so."""
+def _backend(cfg: dict) -> str | None:
+    b = cfg.get("backend")
+    return b.get("name") if isinstance(b, dict) else None
+
+
+def before_training(cfg: dict, server_round: int, pid: int, sent_at: float | None = None) -> None:
+    """The ClientApp's hook: fail or stall this client if the plan says so. `sent_at`:
+    when the server created the message (its metadata.created_at, a Unix time)."""
     plan = FaultPlan.from_config(cfg)
     fate = plan.fate(server_round, pid)
     if fate == DROP:
         raise InjectedDrop(f"{MARK}: client {pid} in round {server_round} (faults.drop_rate={plan.drop_rate})")
     if fate == LATE:
-        time.sleep(plan.straggler_delay)
+        if _backend(cfg) == "ray" and sent_at:
+            # Flower's grid counts the deadline from the send, on the wall clock: stall until
+            # straggler_delay after it (a client that waited for an actor has already spent part).
+            time.sleep(max(0.0, sent_at + plan.straggler_delay - time.time()))
+        else:
+            time.sleep(plan.straggler_delay)
+
+
+def ray_extra_actors(cfg: dict) -> int:
+    """How many actors Flower's Ray pool needs beyond one per `num_cpus_per_client` so that
+    stalled clients never hold a slot a punctual client needs: the most stragglers that can
+    be stalling at once. A straggler stalls until `straggler_delay` after its round's send,
+    and a round with a straggler lasts at least `round_timeout` (the grid waits for it), so
+    at most floor(delay / timeout) + 1 such rounds overlap; each contributes at most
+    min(its stragglers among all clients, the clients sampled per round)."""
+    plan = FaultPlan.from_config(cfg)
+    if plan.straggler_rate <= 0:
+        return 0
+    n = int(cfg["num_clients"])
+    sampled = min(n, max(int(n * cfg.get("fraction_train", 1.0)), min(int(cfg.get("min_train_clients", 1)), n)))
+    per_round = sorted((min(sum(plan.fate(r, pid) == LATE for pid in range(n)), sampled)
+                        for r in range(1, int(cfg["num_rounds"]) + 1)), reverse=True)
+    overlap = int(plan.straggler_delay // float(cfg["round_timeout"])) + 1
+    return int(sum(per_round[:overlap]))
 
 
 class _HideInjected(logging.Filter):

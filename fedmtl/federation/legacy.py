@@ -22,7 +22,6 @@ one more masked array. Values are clipped to +-`clipping_range` and quantised to
 from __future__ import annotations
 
 import json
-import logging
 import time
 
 import numpy as np
@@ -32,7 +31,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-log = logging.getLogger("fedmtl")
+from . import faults
 
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
 LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipping range
@@ -82,12 +81,14 @@ def _own_copy(msg: Message) -> Message:
 
 
 class _CountingGrid:
-    """The round's grid, counting bytes and who answered each SecAgg+ stage."""
+    """The round's grid, counting bytes, who answered each SecAgg+ stage, and why the
+    others did not (faults.round_counts' kinds: dropped, error, late)."""
 
     def __init__(self, grid):
         self.grid = grid
         self.down = self.up = 0
         self.stages: dict[str, list[int]] = {}  # stage -> [sent, answered]
+        self.failed_by: dict[str, dict[str, int]] = {}  # stage -> {dropped, error, late}
 
     def __getattr__(self, name):
         return getattr(self.grid, name)
@@ -100,7 +101,41 @@ class _CountingGrid:
         ok = [r for r in replies if not r.has_error()]
         self.up += sum(_bytes(r.content) for r in ok)
         self.stages[stage] = [len(messages), len(ok)]
+        self.failed_by[stage] = faults.round_counts(messages, replies)["failed_by"]
         return replies
+
+    def counts(self) -> dict:
+        """The round's sampled/answered/failed/failed_by, as a plain round reports them. A client
+        answered when its masked vector arrived; it failed at the stage where it went silent
+        (setup, key sharing or training: each stage is sent only to the previous one's survivors)."""
+        sampled = self.stages.get(Stage.SETUP, [0, 0])[0]
+        answered = self.stages.get(Stage.COLLECT_MASKED_VECTORS, [0, 0])[1]
+        by = {"dropped": 0, "error": 0, "late": 0}
+        for stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS):
+            for k, v in self.failed_by.get(stage, {}).items():
+                by[k] += v
+        return {"sampled": sampled, "answered": answered, "failed": sampled - answered, "failed_by": by}
+
+
+def _quorum_workflow(quorum: int, **kwargs):
+    """Flower's SecAggPlusWorkflow, stopped before unmasking when fewer than `quorum` masked
+    vectors arrived (min_train_clients, as a plain round's rule): the server then never
+    learns that round's sum. It keeps the round's protocol state (threshold, shares) to
+    say why a round did not aggregate."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    class QuorumSecAggPlusWorkflow(SecAggPlusWorkflow):
+        def setup_stage(self, grid, context, state) -> bool:
+            self.last_state = state
+            return super().setup_stage(grid, context, state)
+
+        def collect_masked_vectors_stage(self, grid, context, state) -> bool:
+            ok = super().collect_masked_vectors_stage(grid, context, state)
+            return ok and len(state.active_node_ids) >= quorum
+
+    wf = QuorumSecAggPlusWorkflow(**kwargs)
+    wf.last_state = None
+    return wf
 
 
 class SecAggRound:
@@ -109,7 +144,6 @@ class SecAggRound:
     def __init__(self, cfg: dict):
         from flwr.server.client_manager import SimpleClientManager
         from flwr.server.strategy import FedAvg as LegacyFedAvg
-        from flwr.server.workflow import SecAggPlusWorkflow
 
         p = cfg["privacy"]
         self.cfg, self.tasks = cfg, list(cfg["tasks"])
@@ -117,8 +151,8 @@ class SecAggRound:
         self.strategy = LegacyFedAvg(**_legacy_sample(cfg), fraction_evaluate=0.0, accept_failures=True,
                                      on_fit_config_fn=self._fit_config,
                                      fit_metrics_aggregation_fn=lambda _: {})  # blinded; losses come masked
-        self.workflow = SecAggPlusWorkflow(
-            num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
+        self.workflow = _quorum_workflow(
+            faults.quorum(cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
             max_weight=max_weight(cfg), clipping_range=float(p["clipping_range"]),
             quantization_range=int(p["quantization_range"]), timeout=cfg.get("round_timeout"))
         self.client_manager = SimpleClientManager()
@@ -136,8 +170,23 @@ class SecAggRound:
         return LegacyContext(Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(),
                                  run_config={}), strategy=self.strategy, client_manager=self.client_manager)
 
+    def _halt_reason(self, counting: _CountingGrid, counts: dict) -> str:
+        """Why SecAgg+ stopped without an aggregate, in one line: too few answers for
+        min_train_clients (as in a plain round), else too few for SecAgg+ itself."""
+        quorum = faults.skip_reason(counts, self.cfg)
+        if quorum is not None:
+            return quorum
+        by = ", ".join(f"{v} {k}" for k, v in counts["failed_by"].items() if v)
+        stage = list(counting.stages)[-1] if counting.stages else Stage.SETUP
+        st = self.workflow.last_state
+        need = (f"; SecAgg+ needs reconstruction_threshold={st.threshold} of each client's {st.num_shares} "
+                "share holders (num_shares) to answer") if st is not None and st.threshold else ""
+        return (f"SecAgg+ halted at its {stage} stage: {counts['answered']} of {counts['sampled']} clients "
+                f"answered ({by or 'none failed'}){need}")
+
     def __call__(self, rnd: int, arrays: ArrayRecord, grid):
-        """Run the round; returns (new arrays or None, train metrics, the metrics.jsonl row)."""
+        """Run the round; returns (new arrays or None, train metrics, the metrics.jsonl row,
+        the reason no update was aggregated or None)."""
         from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
         if self.context is None:
@@ -151,23 +200,20 @@ class SecAggRound:
         counting = _CountingGrid(grid)
         self.workflow(counting, self.context)
         got = state.array_records[MAIN_PARAMS_RECORD]
-        sampled, _ = counting.stages.get(Stage.SETUP, [0, 0])
-        _, answered = counting.stages.get(Stage.COLLECT_MASKED_VECTORS, [0, 0])
+        counts = counting.counts()
         unmasked = counting.stages.get(Stage.UNMASK, [0, 0])[1]
-        row = {"round": rnd, "sampled": sampled, "answered": answered, "failed": sampled - answered,
-               "bytes_down": counting.down, "bytes_up": counting.up,
-               "bytes_up_per_client": int(counting.up / max(sampled, 1)),
+        row = {"round": rnd, **counts, "bytes_down": counting.down, "bytes_up": counting.up,
+               "bytes_up_per_client": int(counting.up / max(counts["sampled"], 1)),
                "secagg": {"stages": counting.stages, "aggregated": got is not sent}}
-        if got is sent:  # SecAgg+ halted (too few clients or shares): nothing was aggregated
-            log.warning("round %d: SecAgg+ did not aggregate (stages sent/answered: %s)", rnd, counting.stages)
-            return None, {}, row
+        if got is sent:  # SecAgg+ halted (too few vectors, clients or shares): nothing was aggregated
+            return None, {}, row, self._halt_reason(counting, counts)
         nds = parameters_to_ndarrays(compat.arrayrecord_to_parameters(got, keep_input=True))
         metrics = {}
         if len(nds) == len(self.names) + 1:  # secagg: the masked mean losses ride along
             metrics = {f"loss.{t}": float(v) * LOSS_SCALE for t, v in zip(self.tasks, nds.pop())}
         out = ArrayRecord({k: Array(np.asarray(v, dtype=dtypes[k])) for k, v in zip(self.names, nds)})
         row["secagg"]["unmasked_by"] = unmasked
-        return out, metrics, row
+        return out, metrics, row, None
 
 
 # --- client ---------------------------------------------------------------------------------------

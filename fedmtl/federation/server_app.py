@@ -108,8 +108,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             break
         t0 = time.time()
         if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
-            agg, train_metrics, row = privacy.secure_round(rnd, arrays, grid)
-            skipped = None
+            agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
         else:
             agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:
@@ -168,6 +167,9 @@ def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) ->
         run_cfg = config_from_context(context, cfg)
         out_dir = Path(run_cfg.get("output_dir") or "outputs/deployed")
         out_dir.mkdir(parents=True, exist_ok=True)
+        if run_cfg["backend"]["name"] == "ray":  # Flower's engine is still starting: not round 1's time
+            from ..engine.ray import warm_up
+            warm_up(grid, run_cfg["backend"])
         summary = run_rounds(grid, run_cfg, out_dir)
         if result_sink is not None:
             result_sink.update(summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedmtl.data import federation_for
+from fedmtl.federation.legacy import max_weight
 from fedmtl.metrics import combine
 from fedmtl.model import build_model
 from fedmtl.train import evaluate
@@ -36,3 +37,20 @@ def _run_identity():
         if getattr(TaskIdentity, f"_{key}") is None:
             setattr(TaskIdentity, key, value)
     yield
+
+
+def _quantisation_bound(cfg: dict, clients: list[int]) -> float:
+    """SecAgg+ rounds each client's weighted value w_i/W * x to a step 2*clip/Q: the mean's error
+    is at most clients * step / sum(w_i/W), plus float32 rounding."""
+    p = cfg["privacy"]
+    fed = federation_for(cfg)
+    counts = fed.split.train.groupby("user").size()
+    weights = [int(counts.reindex(fed.clients[pid]).fillna(0).sum()) for pid in clients]
+    step = 2 * p["clipping_range"] / p["quantization_range"]
+    return len(clients) * step / (sum(weights) / max_weight(cfg)) + 1e-6
+
+
+@pytest.fixture
+def quantisation_bound():
+    """How far a SecAgg+ mean over `clients` may lie from the plain FedAvg mean."""
+    return _quantisation_bound

@@ -14,10 +14,8 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from fedmtl.config import compose
-from fedmtl.data import federation_for
 from fedmtl.engine.inprocess import InProcessGrid
 from fedmtl.federation import client_app
-from fedmtl.federation.legacy import max_weight
 from fedmtl.federation.server_app import initial_arrays
 from fedmtl.federation_names import PRIVACY
 from fedmtl.simulate import run
@@ -47,18 +45,7 @@ def shared(out) -> dict:
     return torch.load(out / "model_shared.pt")
 
 
-def quantisation_bound(cfg: dict, clients: list[int]) -> float:
-    """SecAgg+ rounds each client's weighted value w_i/W * x to a step 2*clip/Q: the mean's error
-    is at most clients * step / sum(w_i/W), plus float32 rounding."""
-    p = cfg["privacy"]
-    fed = federation_for(cfg)
-    counts = fed.split.train.groupby("user").size()
-    weights = [int(counts.reindex(fed.clients[pid]).fillna(0).sum()) for pid in clients]
-    step = 2 * p["clipping_range"] / p["quantization_range"]
-    return len(clients) * step / (sum(weights) / max_weight(cfg)) + 1e-6
-
-
-def test_the_secure_aggregate_is_the_fedavg_aggregate_within_quantisation_error(tmp_path):
+def test_the_secure_aggregate_is_the_fedavg_aggregate_within_quantisation_error(tmp_path, quantisation_bound):
     plain = run(compose(PLAIN), tmp_path / "plain")
     secure = run(compose(SECURE), tmp_path / "secure")
     a, b = shared(tmp_path / "plain"), shared(tmp_path / "secure")
@@ -93,7 +80,8 @@ def test_no_single_client_update_reaches_the_server(tmp_path, traffic):
         assert 0.45 < masked.mean() / 2**32 < 0.55
 
 
-def test_a_client_dropping_out_mid_round_still_gives_the_survivors_fedavg(tmp_path, monkeypatch):
+def test_a_client_dropping_out_mid_round_still_gives_the_survivors_fedavg(tmp_path, monkeypatch,
+                                                                          quantisation_bound):
     original = client_app.client_round
 
     def crashing(model, data, tasks, weighting, tcfg, cfg, seed):
