@@ -456,12 +456,62 @@ def write_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
     return rep
 
 
+SELECT_METRICS = ("rating.rmse", "like.auc", "click.hr@10", "click.ndcg@10")
+LOWER_IS_BETTER = ("rmse", "mae", "logloss")
+
+
+def select(rep: Report, metrics=SELECT_METRICS) -> list[dict]:
+    """Model selection on validation: every (configuration, evaluated round) is a candidate
+    (the round is early stopping), scored by its mean over seeds of each metric; candidates
+    are ranked per metric (1 = best) and ordered by their mean rank over the metrics."""
+    used = [m for m in metrics if m in rep.metrics]
+    cands = []
+    for g in rep.groups:
+        runs = g.complete
+        if not runs:
+            continue
+        curves = {m: [r.curve(m) for r in runs] for m in used}
+        rounds = set.intersection(*(set(c) for m in used for c in curves[m])) if used else set()
+        for rnd in sorted(rounds):
+            vals = {m: sum(c[rnd] for c in curves[m]) / len(runs) for m in used}
+            if not all(math.isfinite(v) for v in vals.values()):
+                continue  # a diverged run is no candidate
+            cands.append({"configuration": g.label, "round": rnd, "values": vals, "runs": len(runs)})
+    for m in used:
+        lower = m.rsplit(".", 1)[-1] in LOWER_IS_BETTER
+        order = sorted(range(len(cands)), key=lambda k: cands[k]["values"][m] * (1 if lower else -1))
+        for rank, k in enumerate(order, 1):
+            cands[k].setdefault("ranks", {})[m] = rank
+    for c in cands:
+        c["mean_rank"] = sum(c["ranks"].values()) / max(len(used), 1)
+    return sorted(cands, key=lambda c: (c["mean_rank"], c["round"]))
+
+
+def on_validation(rep: Report) -> bool:
+    return all(((r.config or {}).get("split") or {}).get("validation") for r in rep.runs if r.status == "complete")
+
+
+def selection_table(cands: list[dict], top: int = 10) -> str:
+    if not cands:
+        return "no candidate: no complete run reports the selection metrics"
+    used = list(cands[0]["values"])
+    lines = ["| configuration | round | " + " | ".join(used) + " | mean rank |", "|" + " --- |" * (len(used) + 3)]
+    for c in cands[:top]:
+        lines.append(f"| {c['configuration']} | {c['round']} | "
+                     + " | ".join(f"{c['values'][m]:.4f} ({c['ranks'][m]})" for m in used)
+                     + f" | {c['mean_rank']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fedmtl.report",
                                  description="Summary table (Markdown, CSV) and plots of every run folder under PATH.")
     ap.add_argument("path", help="a sweep folder (multirun/...), a folder of run folders, or one run folder")
     ap.add_argument("--out", default=None, help="where to write summary.md, summary.csv, plots/ (default: PATH)")
     ap.add_argument("--no-plots", action="store_true", help="tables only")
+    ap.add_argument("--select", action="store_true",
+                    help="rank every (configuration, round) by its mean rank over RMSE, AUC, HR@10 and NDCG@10 "
+                         "(model selection and early stopping; run it on split.validation=true runs)")
     args = ap.parse_args(argv)
     try:
         rep = write_report(args.path, args.out, plots=not args.no_plots)
@@ -474,6 +524,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.status}: {r.describe(rep.keys)}: {r.reason}")
     print(f"\n{len(rep.runs) - len(bad)} of {len(rep.runs)} runs complete -> {rep.out_dir / 'summary.md'}, "
           f"{rep.out_dir / 'summary.csv'}, {len(rep.plots)} plots in {rep.out_dir / 'plots'}")
+    if args.select:
+        if not on_validation(rep):
+            print("fedmtl: warning: some runs were scored on TEST (split.validation=false); select on "
+                  "validation runs only", file=sys.stderr)
+        cands = select(rep)
+        print("\nselection (validation metric, its rank; best mean rank first):")
+        print(selection_table(cands))
+        if cands:
+            best = cands[0]
+            print(f"\nselected: {best['configuration']} at round {best['round']}")
     return 0
 
 

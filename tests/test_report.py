@@ -58,3 +58,41 @@ def test_runs_without_hydra_files_are_grouped_by_their_configs_seeds_pooled(tmp_
     assert (m4, m8) == (pytest.approx(1.1), pytest.approx(0.85))
     assert (s4, s8) == (pytest.approx(0.1414213562), pytest.approx(0.0707106781))
     assert rep.metrics == ["rating.rmse"]  # "clients" is a count, not a metric
+
+
+def _run_with(folder: Path, overrides: list[str], curves: dict[str, list[float]]) -> None:
+    cfg = compose(overrides)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    n = len(next(iter(curves.values())))
+    rows = [{"round": r + 1, "test": {m: v[r] for m, v in curves.items()}} for r in range(n)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    (folder / "summary.json").write_text(json.dumps({"metrics": rows[-1]["test"]}))
+
+
+def test_select_ranks_configuration_and_round_by_mean_rank_on_validation(tmp_path, capsys):
+    from fedmtl.report import main, select
+
+    v = ["split.validation=true", "num_rounds=3"]
+    # a: best at round 2 (then overfits); b: worse everywhere; c: diverged (never a candidate)
+    _run_with(tmp_path / "a", [*v, "train.lr=0.1"], {"rating.rmse": [1.0, 0.90, 0.95], "like.auc": [0.7, 0.80, 0.78]})
+    _run_with(tmp_path / "b", [*v, "train.lr=0.01"], {"rating.rmse": [1.1, 1.0, 0.97], "like.auc": [0.6, 0.7, 0.75]})
+    _run_with(tmp_path / "c", [*v, "train.lr=1.0"], {"rating.rmse": [float("nan")] * 3, "like.auc": [0.5] * 3})
+    rep = write_report(tmp_path, plots=False)
+    cands = select(rep)
+    assert (cands[0]["configuration"], cands[0]["round"]) == ("train.lr=0.1", 2)
+    assert cands[0]["ranks"] == {"rating.rmse": 1, "like.auc": 1}
+    assert all(c["configuration"] != "train.lr=1.0" for c in cands)
+    assert main([str(tmp_path), "--select", "--no-plots"]) == 0
+    out = capsys.readouterr()
+    assert "selected: train.lr=0.1 at round 2" in out.out and "TEST" not in out.err
+
+
+def test_select_warns_when_runs_were_scored_on_test(tmp_path, capsys):
+    from fedmtl.report import main
+
+    _run_with(tmp_path / "a", ["num_rounds=1"], {"rating.rmse": [1.0]})
+    assert main([str(tmp_path), "--select", "--no-plots"]) == 0
+    assert "TEST" in capsys.readouterr().err
