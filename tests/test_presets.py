@@ -19,13 +19,14 @@ PRESETS = sorted(p.stem for p in (SIMULATIONS_DIR / "experiment").glob("*.yaml")
 def test_the_federated_preset_is_the_readme_setting():
     cfg = compose(["experiment=ml100k_federated", PATH])
     assert cfg["dataset"]["name"] == "movielens100k" and cfg["mode"] == "federated"
-    assert (cfg["num_clients"], cfg["aggregate"], cfg["num_rounds"], cfg["eval_every"]) == (943, "all", 25, 5)
-    assert cfg["strategy"] == {"name": "fedavgm", "server_learning_rate": 1.0, "server_momentum": 0.5}
+    assert (cfg["num_clients"], cfg["aggregate"], cfg["num_rounds"], cfg["eval_every"]) == (943, "all", 35, 5)
+    assert cfg["strategy"] == {"name": "fedadam", "eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.0001}
+    assert (cfg["train"]["optimizer"], cfg["train"]["shared_lr"]) == ("sgd", 0.05)
     assert (cfg["train"]["lr"], cfg["train"]["l2"]) == (0.05, 0.5)
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 3.0, "like": 1.0}}
 
 
-@pytest.mark.parametrize("preset, mode, epochs, lr", [("ml100k_centralized", "centralized", 12, 0.002),
+@pytest.mark.parametrize("preset, mode, epochs, lr", [("ml100k_centralized", "centralized", 7, 0.002),
                                                       ("ml100k_local", "local", 20, 0.01)])
 def test_the_baseline_presets_share_the_model_and_loss_weights(preset, mode, epochs, lr):
     cfg = compose([f"experiment={preset}", PATH])
@@ -36,8 +37,8 @@ def test_the_baseline_presets_share_the_model_and_loss_weights(preset, mode, epo
 
 
 def test_a_command_line_value_wins_over_the_preset():
-    cfg = compose(["experiment=ml100k_federated", PATH, "num_rounds=3", "strategy.server_momentum=0.9"])
-    assert cfg["num_rounds"] == 3 and cfg["strategy"]["server_momentum"] == 0.9
+    cfg = compose(["experiment=ml100k_federated", PATH, "num_rounds=3", "strategy.eta=0.01"])
+    assert cfg["num_rounds"] == 3 and cfg["strategy"]["eta"] == 0.01
 
 
 @pytest.mark.parametrize("preset", PRESETS)
