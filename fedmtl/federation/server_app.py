@@ -54,6 +54,18 @@ def check_finite(arrays: ArrayRecord, rnd: int) -> None:
                                 "server rate; rounds before it are in metrics.jsonl and checkpoint/")
 
 
+def seed_sampling(cfg: dict, phase: str, rnd: int) -> None:
+    """Flower's strategies sample nodes with Python's `random`: reseed it from (seed, phase,
+    round) so which clients train in a round does not depend on how often the run evaluates."""
+    random.seed(f"fedmtl-{phase}-{cfg['seed']}-{rnd}")
+
+
+def by_node(replies) -> list:
+    """Replies in node order: the strategy's float sums then do not depend on the order in
+    which clients were sampled or answered (same seed, same config -> same bits)."""
+    return sorted(replies, key=lambda m: m.metadata.src_node_id)
+
+
 def _bytes(records) -> int:
     return int(sum(r.count_bytes() for r in records))
 
@@ -69,9 +81,10 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     the reason the round was skipped or None)."""
     train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
     tgrid = wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd, "train")
+    seed_sampling(cfg, "train", rnd)
     msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
     down = sum(m.content["arrays"].count_bytes() for m in msgs)
-    replies = list(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
+    replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
     check_replies(cfg, rnd, "train", msgs, replies)
     ok = [r for r in replies if not r.has_error()]
     up = _bytes(r.content["arrays"] for r in ok)
@@ -108,6 +121,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             break
         t0 = time.time()
         if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
+            seed_sampling(cfg, "train", rnd)
             agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
         else:
             agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
@@ -123,9 +137,10 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         row.update(privacy.after_round(rnd, agg is not None, row["answered"]))
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
             egrid = wait_for_nodes(grid, needed_nodes(strategy, "evaluate"), cfg["round_timeout"], rnd, "evaluate")
+            seed_sampling(cfg, "evaluate", rnd)
             emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), egrid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
-            ereplies = list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
+            ereplies = by_node(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
             row["failed_evaluate"] = len(emsgs) - sum(1 for r in ereplies if not r.has_error())
             ev = strategy.aggregate_evaluate(rnd, ereplies)
