@@ -181,7 +181,7 @@ def test_on_ray_stalled_clients_get_actors_of_their_own(tmp_path, caplog, untrai
     # clients would hold the whole pool past the deadline, and 3, 4 and 5 would be late
     # too (measured: 1 answered, 5 late).
     overrides = TINY + ["num_clients=6", "num_rounds=2", "local_epochs=3", "eval_every=2", "backend=ray",
-                        "backend.num_cpus_per_client=1", "round_timeout=10", "faults.straggler_rate=0.2",
+                        "backend.num_cpus_per_client=1", "round_timeout=20", "faults.straggler_rate=0.2",
                         "faults.drop_rate=0.2", "faults.seed=17"]
     cfg = compose(overrides)
     late = [planned(cfg, r, LATE) for r in (1, 2)]
