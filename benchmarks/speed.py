@@ -1,6 +1,7 @@
 """Speed, memory and communication of fedmtl's engines on one workload.
 
     python benchmarks/speed.py [--ml-path DIR/ml-100k] [--rounds 3] [--skip-ray] [--scale]
+                               [--only-exchange | --only-scale]
 
 Workload: MovieLens-100k sized (943 clients, one user each, full participation,
 2 local epochs; the real data with --ml-path, else synthetic data of the same
@@ -10,7 +11,8 @@ that process tree (Ray's workers included) every 0.2 s.
 Prints, per engine: ms per client-round (train + evaluate, mean over rounds
 after the first), the time outside rounds (start-up: imports, data, split, Ray
 start; and teardown), and peak RSS; then dense vs sparse upload bytes with the
-test metrics of both; with --scale, peak RSS of a 10,000- and a 100,000-client
+test metrics of each, same seed (on MovieLens: whole runs of the default recipe,
+experiment=ml100k_federated; on synthetic data: the workload above); with --scale, peak RSS of a 10,000- and a 100,000-client
 synthetic federation (1% sampled per round, 3 rounds).
 """
 
@@ -171,6 +173,31 @@ def headline(m: dict) -> str:
     return "  ".join(f"{label} {m[k]:.4f}" for k, label in keys if m.get(k) is not None)
 
 
+def exchange_table(args, base: list[str], dense: dict | None) -> None:
+    """Upload bytes and final test metrics of dense vs sparse exchange, same seed. On MovieLens
+    the runs are the default recipe (experiment=ml100k_federated, all its rounds); on synthetic
+    data, the benchmark workload (the dense run is the inprocess engine's)."""
+    if args.ml_path:
+        ex = ["experiment=ml100k_federated", f"dataset.path={args.ml_path}", f"seed={args.seed}",
+              "backend.workers=2", "save_model=false", f"device={args.device}"]
+        print("\n# exchange: the default MovieLens recipe (experiment=ml100k_federated, all rounds), same seed")
+        dense = run_engine("sim", ex + ["exchange=dense"], "dense")
+    else:
+        ex = base + ["backend=inprocess"]
+        print(f"\n# exchange: the workload above ({args.rounds} rounds), same seed")
+        dense = dense or run_engine("sim", ex, "dense")
+    rows = [("dense", dense)]
+    for label, ov in (("sparse (int8 update, 100 pad rows: the default)", ["exchange=sparse"]),
+                      ("sparse, float32 update", ["exchange=sparse", "exchange.dtype=float32"])):
+        rows.append((label, run_engine("sim", ex + ov, "sparse")))
+    d_up = dense["bytes_up_per_client"][-1]
+    print("\n| exchange | upload bytes / client-round | vs dense | test metrics after the last round |")
+    print("| --- | --- | --- | --- |")
+    for label, res in rows:
+        up = res["bytes_up_per_client"][-1]
+        print(f"| {label} | {up:,} | {d_up / up:.1f}x less | {headline(res['metrics'])} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ml-path", help="a MovieLens-100k folder (GroupLens layout); default: synthetic of that size")
@@ -180,6 +207,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (every engine trains its clients there)")
     ap.add_argument("--scale", action="store_true", help="also run the 10,000 vs 100,000-client memory check")
     ap.add_argument("--only-scale", action="store_true")
+    ap.add_argument("--only-exchange", action="store_true", help="only the dense vs sparse table")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -193,8 +221,9 @@ def main() -> None:
 
     print(f"# fedmtl speed benchmark: {psutil.cpu_count()} CPUs, torch {torch.__version__}, "
           f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
-    if not args.only_scale:
-        base = workload(args)
+    base = workload(args)
+    results = {}
+    if not (args.only_scale or args.only_exchange):
         data = "MovieLens-100k" if args.ml_path else "synthetic, MovieLens-100k sized"
         print(f"# workload: {data}, 943 clients, full participation, 2 local epochs, {args.rounds} rounds\n")
         runs = [("plain core loop (no Flower)", "plain", base),
@@ -202,7 +231,6 @@ def main() -> None:
                 ("inprocess, 2 workers", "sim", base + ["backend=inprocess", "backend.workers=2"])]
         if not args.skip_ray:
             runs.append(("ray (Flower simulation engine)", "sim", base + ["backend=ray"]))
-        results = {}
         print("| engine | ms / client-round | vs plain | outside rounds (s) | peak RSS (MB) |")
         print("| --- | --- | --- | --- | --- |")
         for label, engine, ov in runs:
@@ -212,13 +240,8 @@ def main() -> None:
             ref = ms_per_client_round(results["plain core loop (no Flower)"], 943)
             print(f"| {label} | {ms:.2f} | {ms / ref:.2f}x | {res['outside_rounds_s']:.1f} | {res['peak_rss_mb']:.0f} |",
                   flush=True)
-        sparse = run_engine("sim", base + ["backend=inprocess", "exchange=sparse"], "sparse")
-        dense = results["inprocess"]
-        d_up, s_up = dense["bytes_up_per_client"][-1], sparse["bytes_up_per_client"][-1]
-        print("\n| exchange | upload bytes / client-round | test metrics after the last round |")
-        print("| --- | --- | --- |")
-        print(f"| dense | {d_up:,} | {headline(dense['metrics'])} |")
-        print(f"| sparse | {s_up:,} ({d_up / s_up:.1f}x less) | {headline(sparse['metrics'])} |")
+    if not args.only_scale:
+        exchange_table(args, base, results.get("inprocess") if not args.only_exchange else None)
     if args.scale or args.only_scale:
         print("\n| synthetic federation (1% sampled, 3 rounds, state on disk) | ms / client-round | peak RSS (MB) |")
         print("| --- | --- | --- |")

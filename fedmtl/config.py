@@ -101,6 +101,11 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "exchange.name", EXCHANGES)
     if cfg["exchange"]["name"] == "sparse":
         _number(cfg, "exchange.pad_rows", lo=0, integer=True)
+        _choice(cfg, "exchange.dtype", ("float32", "float16", "int8"))
+        if (_get(cfg, "exchange.pad_rows") == 0 and "click" in (cfg.get("tasks") or [])
+                and _get(cfg, "train.click_loss") == "sampled"):
+            raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
+                              "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
         if _get(cfg, "privacy.name") != "none":
             raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: clipping, noise and SecAgg+ "
                               "work on the whole dense update of every client; use exchange=dense")

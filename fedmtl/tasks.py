@@ -33,8 +33,13 @@ def check_tasks(names) -> list[str]:
 
 
 def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negatives=20,
-           train_mask=None, generator=None) -> dict[str, torch.Tensor]:
-    """Mean loss of each task on a batch of (user, item, rating) training pairs."""
+           train_mask=None, generator=None, candidates=None) -> dict[str, torch.Tensor]:
+    """Mean loss of each task on a batch of (user, item, rating) training pairs.
+
+    candidates: (sorted item ids holding every item of the batch, logit offsets), the
+    only items the click loss may touch (exchange=sparse): the softmax runs over them
+    with the offsets added (sampled softmax), sampled negatives come from those with a
+    non-zero offset (the pads)."""
     ir = model.item_reps()  # all items once: the click softmax needs them anyway
     hidden = getattr(model.encoder, "hidden_items", None)  # new items (transfer): never a negative
     ur = model.user_reps(users, leave_out=items)
@@ -50,15 +55,27 @@ def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negati
                 out[task] = F.mse_loss(s, ratings)
             else:
                 out[task] = F.binary_cross_entropy_with_logits(s, (ratings >= LIKE_THRESHOLD).float())
+        elif click_loss == "softmax" and candidates is not None:
+            ids, offset = candidates
+            logits = u @ ir[t][ids].T + ibias[ids] + offset
+            if hidden is not None:
+                logits = logits.masked_fill(hidden[ids], float("-inf"))
+            out[task] = F.cross_entropy(logits, torch.searchsorted(ids, items))
         elif click_loss == "softmax":
             logits = u @ ir[t].T + ibias
             if hidden is not None:
                 logits = logits.masked_fill(hidden, float("-inf"))
             out[task] = F.cross_entropy(logits, items)
         else:
-            neg = torch.randint(0, ir[t].shape[0], (len(users), num_negatives), generator=generator,
-                                device=users.device)
-            if train_mask is not None:  # resample (once) the negatives the user has seen
+            if candidates is not None:  # negatives from the pads only (every row touched is sent)
+                ids, offset = candidates
+                pool = ids[offset != 0] if bool((offset != 0).any()) else ids
+                neg = pool[torch.randint(0, len(pool), (len(users), num_negatives), generator=generator,
+                                         device=users.device)]
+            else:
+                neg = torch.randint(0, ir[t].shape[0], (len(users), num_negatives), generator=generator,
+                                    device=users.device)
+            if train_mask is not None and candidates is None:  # resample (once) the negatives the user has seen
                 seen = train_mask[users.unsqueeze(1), neg]
                 neg = torch.where(seen, torch.randint(0, ir[t].shape[0], neg.shape, generator=generator,
                                                       device=users.device), neg)

@@ -28,6 +28,7 @@ class TrainConfig:
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w_shared - w_global||^2
     optimizer: str = "adam"  # local optimiser of the shared parameters: adam | sgd
     shared_lr: float | None = None  # their learning rate; None = lr
+    candidates: tuple | None = None  # (item ids, logit offsets): the click loss's items (exchange=sparse)
 
 
 def train_config(cfg: dict, epochs: int, prox_mu: float = 0.0) -> TrainConfig:
@@ -81,7 +82,7 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
             u, i, r = data.train_u[b], data.train_i[b], data.train_r[b]
             opt.zero_grad(set_to_none=True)
             ls = task_losses(model, u, i, r, tasks, cfg.click_loss, cfg.num_negatives, mask,
-                             gen if device.type == "cpu" else None)
+                             gen if device.type == "cpu" else None, candidates=cfg.candidates)
             w = weighting.backward(ls, shared_params)
             reg = cfg.l2 * (model.personal.user_emb(u).pow(2).sum(-1).mean()
                             + model.encoder.item_emb(i).pow(2).sum(-1).mean())

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import transfer
+from ..model import get_arrays, shared_names
 from ..schedule import client_round
 from ..train import TrainConfig, evaluate, train_config as make_train_config
 from .deployment import node_data
 from .faults import before_training
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
-                           save_weighting, shared_record)
+                           save_weighting, shared_record, sparse_rows)
+from .sparse import click_candidates
 from .privacy import client_privacy_mod
 
 
@@ -42,15 +46,19 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         load_shared(model, msg.content["arrays"])
         transfer.client_view(model, run_cfg)  # new items: features only, never trained
         weighting = client_weighting(run_cfg, context.state)
-        result = client_round(model, data, run_cfg["tasks"], weighting, train_config(run_cfg), run_cfg,
-                              seed=run_cfg["seed"] * 7_919 + server_round * 100_003 + pid)
+        seed = run_cfg["seed"] * 7_919 + server_round * 100_003 + pid
+        tcfg, rows, received = train_config(run_cfg), sparse_rows(run_cfg, data, model.n_items, seed), None
+        if rows is not None:  # exchange=sparse: the click loss runs over the rows it will send
+            received = get_arrays(model, shared_names(model, run_cfg["aggregate"]))
+            tcfg = replace(tcfg, candidates=click_candidates(rows, data.train_i.cpu().numpy(), model.n_items,
+                                                             data.train_i.device))
+        result = client_round(model, data, run_cfg["tasks"], weighting, tcfg, run_cfg, seed=seed)
         save_personal(model, run_cfg, context.state)
         save_weighting(weighting, context.state)
         metrics = {"num-examples": result.num_examples}
         metrics.update({f"loss.{t}": v for t, v in result.losses.items()})
         metrics.update({f"weight.{t}": v for t, v in result.weights.items()})
-        seed = run_cfg["seed"] * 7_919 + server_round * 100_003 + pid
-        return Message(RecordDict({"arrays": shared_record(model, run_cfg, data, seed),
+        return Message(RecordDict({"arrays": shared_record(model, run_cfg, received, rows, seed),
                                    "metrics": MetricRecord(metrics)}),
                        reply_to=msg)
 

@@ -87,26 +87,45 @@ def save_personal(model, cfg: dict, state: RecordDict) -> None:
     state[PERSONAL_KEY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def shared_record(model, cfg: dict, data: ClientData | None = None, seed: int = 0) -> ArrayRecord:
-    """What a client uploads: the shared parameters, dense or (exchange=sparse) as touched rows."""
-    arrays = get_arrays(model, shared_names(model, cfg["aggregate"]))
+def sparse_rows(cfg: dict, data: ClientData, n_items: int, seed: int) -> np.ndarray | None:
+    """exchange=sparse: this round's row set (own items + pad rows), fixed before training
+    because the click loss runs over it; None for exchange=dense."""
     ex = cfg.get("exchange", {}) or {}
-    if ex.get("name", "dense") == "sparse" and data is not None:
+    if ex.get("name", "dense") != "sparse":
+        return None
+    from .sparse import choose_rows
+    rows, _ = choose_rows(data.train_i.cpu().numpy(), n_items, int(ex.get("pad_rows", 0)),
+                          np.random.default_rng([seed, 1]))
+    return rows
+
+
+def shared_record(model, cfg: dict, received: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
+                  seed: int = 0) -> ArrayRecord:
+    """What a client uploads: the shared parameters, dense, or (exchange=sparse, `rows`
+    given) its update on them since `received`, row tables restricted to `rows` (sparse.py)."""
+    arrays = get_arrays(model, shared_names(model, cfg["aggregate"]))
+    if rows is not None:
         from .sparse import sparse_payload
-        arrays = sparse_payload(arrays, data.train_i.cpu().numpy(), model.n_items, int(ex.get("pad_rows", 0)),
-                                np.random.default_rng(seed))
+        ex = cfg.get("exchange", {}) or {}
+        arrays = sparse_payload(arrays, received, rows, model.n_items,
+                                ex.get("dtype", "float32"), np.random.default_rng([seed, 2]))
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
 _last_decoded: list = [None, None]  # (record, arrays): the record every client of a round shares
 
 
-def load_shared(model, record: ArrayRecord) -> None:
-    """Load the server's arrays. In one process every sampled client receives the same
+def decoded_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays as NumPy. In one process every sampled client receives the same
     record object, so it is decoded once per round instead of once per client."""
     if _last_decoded[0] is not record:
         _last_decoded[0], _last_decoded[1] = record, {k: v.numpy() for k, v in record.items()}
-    set_arrays(model, _last_decoded[1])
+    return _last_decoded[1]
+
+
+def load_shared(model, record: ArrayRecord) -> None:
+    """Load the server's arrays."""
+    set_arrays(model, decoded_record(record))
 
 
 def client_weighting(cfg: dict, state: RecordDict):

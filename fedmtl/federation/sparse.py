@@ -1,49 +1,156 @@
-"""`exchange=sparse`: clients upload only the item rows they touched.
+"""`exchange=sparse`: clients upload only the item rows they touched, as compressed updates.
 
-A client sends, for each row-indexed table (item embeddings and item biases),
-the rows of the items in its training data plus `pad_rows` random other rows,
-as `<name>::rows` (indices) and `<name>::values`; everything else is sent dense.
-The server averages each row over the clients that sent it (weighted by their
-example counts, as FedAvg) and keeps the current value of rows nobody sent.
+Before training, a client fixes its row set: the items in its training data plus
+`pad_rows` random other items. The pad rows do two jobs. They blur which items the
+client rated, and they are the negatives of its click loss: the softmax runs over
+the row set only, with the pad logits shifted by log(others / pad_rows), the
+sampled-softmax correction for drawing pads uniformly (`click_loss=sampled` draws its
+negatives from the pads). So every item row the client changes is a row it sends,
+and nothing it learnt is dropped.
 
-Privacy note: the row set tells the server which items a client touched; the
-random pad rows blur it but do not hide it. SecAgg+ needs dense vectors of one
-length from every client, so `exchange=sparse` is refused with `privacy=secagg*`.
+A client sends its update (trained minus received), not its weights, packed in five
+arrays whatever the model (each array costs a header on the wire, so one per
+parameter would cost more than the int8 data of the small ones):
+- `::rows`: the row set's indices (uint16 below 65,536 items);
+- `::rows_delta`: those rows of every row table (item embeddings, item biases, item
+  history factors), side by side;
+- `::dense_delta`: every other shared array, flattened one after the other in name order;
+- `::rows_scale`, `::dense_scale` (int8 only): one float32 scale per row.
+`exchange.dtype` sets the update's precision: float32 (exact), float16, or int8 with a
+scale per row (max |update| / 127) and stochastic rounding, so the decoded update is
+unbiased. The server, which sent the arrays and knows their shapes, unpacks the update,
+adds it to what it sent, averages each row over the clients that sent it (weighted by
+their example counts, as FedAvg), keeps the rows nobody sent, and averages the rest as
+FedAvg does.
+
+Privacy note: the row set tells the server which items a client touched; the pad rows
+blur it but do not hide it. SecAgg+ needs dense vectors of one length from every
+client, so `exchange=sparse` is refused with `privacy=secagg*`.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight", "encoder.item_hist.weight")
-ROWS, VALUES = "::rows", "::values"
+DTYPES = ("float32", "float16", "int8")
 
 
-def sparse_payload(arrays: dict[str, np.ndarray], touched: np.ndarray, n_items: int, pad_rows: int,
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Replace each row table by its touched (and padding) rows."""
+
+def choose_rows(touched: np.ndarray, n_items: int, pad_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """The client's row set (sorted) and how many of it are its own items."""
+    touched = np.unique(np.asarray(touched, dtype=np.int64))
+    if pad_rows <= 0:
+        return touched, len(touched)
+    others = np.setdiff1d(np.arange(n_items), touched)
+    pad = rng.choice(others, size=min(pad_rows, len(others)), replace=False)
+    return np.sort(np.concatenate([touched, pad])), len(touched)
+
+
+def click_candidates(rows: np.ndarray, touched: np.ndarray, n_items: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item ids, logit offsets) of the click loss over a row set: own items 0, pads
+    log(others / pads), the inverse of their inclusion probability (sampled softmax)."""
     touched = np.unique(touched)
-    if pad_rows > 0:
-        others = np.setdiff1d(np.arange(n_items), touched)
-        pad = rng.choice(others, size=min(pad_rows, len(others)), replace=False)
-        rows = np.sort(np.concatenate([touched, pad]))
-    else:
-        rows = touched
-    out = {}
-    for name, value in arrays.items():
-        if name in ROW_TABLES:
-            out[name + ROWS] = rows.astype(np.int64)
-            out[name + VALUES] = value[rows]
-        else:
-            out[name] = value
+    own = np.isin(rows, touched)
+    n_pad = int((~own).sum())
+    offset = np.where(own, 0.0, math.log((n_items - len(touched)) / n_pad) if n_pad else 0.0)
+    return (torch.as_tensor(rows, dtype=torch.long, device=device),
+            torch.as_tensor(offset, dtype=torch.float32, device=device))
+
+
+def _index_dtype(n_items: int):
+    return np.uint16 if n_items <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+ROWS_KEY, ROWS_DELTA, ROWS_SCALE = "::rows", "::rows_delta", "::rows_scale"
+DENSE_DELTA, DENSE_SCALE = "::dense_delta", "::dense_scale"
+
+
+def layout(names) -> tuple[list[str], list[str]]:
+    """(dense names in name order, row tables present): the packing order both sides use."""
+    return sorted(n for n in names if n not in ROW_TABLES), [n for n in ROW_TABLES if n in names]
+
+
+def _as_rows(a: np.ndarray) -> np.ndarray:
+    """An array as (rows, columns): its first axis, or one row for 0-d and 1-d arrays."""
+    return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+
+
+def encode(delta: np.ndarray, dtype: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """A (rows, columns) update in `dtype`, and for int8 its float32 scale per row."""
+    if dtype == "float32":
+        return np.asarray(delta, dtype=np.float32), None
+    if dtype == "float16":
+        return np.asarray(delta, dtype=np.float16), None
+    scale = np.abs(delta).max(axis=1) / 127.0
+    x = delta / np.where(scale > 0, scale, 1.0)[:, None]
+    q = np.floor(x + rng.random(x.shape))  # stochastic rounding: E[q] = x
+    return np.asarray(np.clip(q, -127, 127), dtype=np.int8), np.asarray(scale, dtype=np.float32)
+
+
+def decode(q: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    out = q.astype(np.float64)
+    return out if scale is None else out * scale.astype(np.float64)[:, None]
+
+
+def sparse_payload(arrays: dict[str, np.ndarray], received: dict[str, np.ndarray], rows: np.ndarray,
+                   n_items: int, dtype: str = "float32", rng: np.random.Generator | None = None
+                   ) -> dict[str, np.ndarray]:
+    """The upload: the update of every shared array, row tables restricted to `rows`, packed."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    rows = np.asarray(rows, dtype=np.int64)
+    dense_names, row_names = layout(arrays)
+
+    def delta(name):
+        return arrays[name].astype(np.float64) - received[name].astype(np.float64)
+
+    out = {ROWS_KEY: rows.astype(_index_dtype(n_items))}
+    parts = [encode(_as_rows(delta(n)[rows]), dtype, rng) for n in row_names]
+    out[ROWS_DELTA] = np.concatenate([q for q, _ in parts], axis=1) if parts else np.zeros((len(rows), 0))
+    parts_d = [encode(_as_rows(delta(n)), dtype, rng) for n in dense_names]
+    out[DENSE_DELTA] = np.concatenate([q.ravel() for q, _ in parts_d]) if parts_d else np.zeros(0, np.float32)
+    if dtype == "int8":
+        out[ROWS_SCALE] = np.stack([s for _, s in parts], axis=1) if parts else np.zeros((len(rows), 0), np.float32)
+        out[DENSE_SCALE] = np.concatenate([s for _, s in parts_d]) if parts_d else np.zeros(0, np.float32)
     return out
 
 
+def unpack(payload: dict[str, np.ndarray], shapes: dict[str, tuple]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rows, {name: update}) of a packed upload, given the shapes of the arrays sent; the
+    update of a row table covers only `rows`."""
+    dense_names, row_names = layout(shapes)
+    rows = np.asarray(payload[ROWS_KEY], dtype=np.int64)
+    out = {}
+    q_rows, s_rows = payload[ROWS_DELTA], payload.get(ROWS_SCALE)
+    col = 0
+    for t, name in enumerate(row_names):
+        width = int(np.prod(shapes[name][1:]))
+        q = q_rows[:, col:col + width]
+        out[name] = decode(q, None if s_rows is None else s_rows[:, t]).reshape((len(rows), *shapes[name][1:]))
+        col += width
+    flat, scales = payload[DENSE_DELTA], payload.get(DENSE_SCALE)
+    pos = srow = 0
+    for name in dense_names:
+        shape = tuple(shapes[name])
+        n_rows = shape[0] if len(shape) > 1 else 1
+        size = int(np.prod(shape))
+        q = flat[pos:pos + size].reshape(n_rows, -1)
+        out[name] = decode(q, None if scales is None else scales[srow:srow + n_rows]).reshape(shape)
+        pos, srow = pos + size, srow + n_rows
+    if pos != len(flat) or col != q_rows.shape[1]:
+        raise ValueError(f"exchange=sparse: an upload of {len(flat)} dense values does not fit the {pos} sent")
+    return rows, out
+
+
 class SparseFedAvg(FedAvg):
-    """FedAvg whose row tables are averaged row by row over the clients that sent each row."""
+    """FedAvg over compressed sparse updates: row tables averaged row by row over the
+    clients that sent each row, everything else as FedAvg."""
 
     _current: ArrayRecord | None = None
 
@@ -54,33 +161,32 @@ class SparseFedAvg(FedAvg):
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-        if not valid:
+        if not valid or self._current is None:
             return None, None
         contents = [m.content for m in valid]
         weights = np.array([float(c["metrics"][self.weighted_by_key]) for c in contents])
-        # Dense part: Flower's own weighted average over the dense arrays.
+        current = {k: v.numpy() for k, v in self._current.items()}
+        shapes = {k: v.shape for k, v in current.items()}
+        dense_names, row_names = layout(current)
+        acc = {n: np.zeros(current[n].shape, np.float64) for n in row_names}
+        wsum = np.zeros(max((current[n].shape[0] for n in row_names), default=0))
         dense = []
-        for c in contents:
-            rec = c[self.arrayrecord_key]
-            d = {k: v for k, v in rec.items() if ROWS not in k and VALUES not in k}
+        for c, w in zip(contents, weights):
+            rows, upd = unpack({k: v.numpy() for k, v in c[self.arrayrecord_key].items()}, shapes)
+            # Dense part: the client's weights (sent + update), through Flower's own weighted average.
+            d = {k: Array(np.asarray(current[k] + upd[k], dtype=current[k].dtype)) for k in dense_names}
             dense.append(RecordDict({self.arrayrecord_key: ArrayRecord(d), "metrics": c["metrics"]}))
-        out = aggregate_arrayrecords(dense, self.weighted_by_key)
-        for name in ROW_TABLES:
-            if self._current is None or name not in self._current:
-                continue
-            current = self._current[name].numpy()
-            acc = np.zeros_like(current, dtype=np.float64)
-            wsum = np.zeros(current.shape[0])
-            for c, w in zip(contents, weights):
-                rec = c[self.arrayrecord_key]
-                rows, values = rec[name + ROWS].numpy(), rec[name + VALUES].numpy()
-                acc[rows] += w * values
-                wsum[rows] += w
-            sent = wsum > 0
-            new = current.copy()
-            new[sent] = (acc[sent] / wsum[sent][:, None]).astype(current.dtype)
-            out[name] = Array(new)
-        if self._current is not None:  # the order sent: FedAvgM pairs old and new arrays by position
-            out = ArrayRecord({k: out[k] for k in self._current.keys() if k in out})
+            for n in row_names:
+                acc[n][rows] += w * upd[n]
+            wsum[rows] += w
+        out = aggregate_arrayrecords(dense, self.weighted_by_key) if dense_names else ArrayRecord()
+        sent = wsum > 0
+        for n in row_names:
+            new = current[n].copy()
+            new[sent] = (current[n][sent] + acc[n][sent] / wsum[sent].reshape(-1, *[1] * (new.ndim - 1))
+                         ).astype(new.dtype)
+            out[n] = Array(new)
+        # the order sent: FedAvgM pairs old and new arrays by position
+        out = ArrayRecord({k: out[k] for k in self._current.keys() if k in out})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return out, metrics

@@ -19,6 +19,7 @@ from fedmtl.errors import ConfigError
 from fedmtl.federation.client_app import train_config
 from fedmtl.federation.strategies import CLASSES, build_strategy
 from fedmtl.federation_names import STRATEGIES
+from fedmtl.federation.sparse import sparse_payload
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "strategy"
 
@@ -246,17 +247,17 @@ def test_whole_array_aggregators_refuse_sparse_uploads(name):
 
 
 def test_server_step_runs_on_the_row_wise_mean_of_sparse_uploads():
-    """FedAvgM over row-sparse uploads: rows nobody sent keep their value, sent rows are
-    averaged over their senders, then the momentum step applies."""
+    """FedAvgM over row-sparse uploads (updates on an all-zero model): rows nobody sent keep
+    their value, sent rows are averaged over their senders, then the momentum step applies."""
     s = strategy("fedavgm", "exchange=sparse", clients=2)
     name = "encoder.item_emb.weight"
     current = np.zeros((3, 2), np.float32)
 
     def upload(rows, value):
+        trained = {name: np.full((3, 2), value, np.float32), "dense": np.array([value], np.float32)}
+        zeros = {k: np.zeros_like(v) for k, v in trained.items()}
         return lambda rec: RecordDict({
-            "arrays": ArrayRecord({f"{name}::rows": Array(np.array(rows, np.int64)),
-                                   f"{name}::values": Array(np.full((len(rows), 2), value, np.float32)),
-                                   "dense": Array(np.array([value], np.float32))}),
+            "arrays": ArrayRecord({k: Array(v) for k, v in sparse_payload(trained, zeros, np.array(rows), 3).items()}),
             "metrics": MetricRecord({"num-examples": 1})})
 
     sent = ArrayRecord({name: Array(current), "dense": Array(np.zeros(1, np.float32))})
