@@ -47,7 +47,13 @@ def generate(
     counts = np.minimum(counts, n_items // 2)
     user_bias = 0.3 * rng.normal(size=n_users)
     item_bias = 0.3 * rng.normal(size=n_items)
-    rows = []
+    # Filled in place, in their final dtypes: 10^5 users' lists of small arrays, stacked and
+    # cast, used to leave ~100 MB of allocator fragments behind (benchmarks/speed.py --scale).
+    ends = np.cumsum(counts)
+    users = np.repeat(np.arange(n_users, dtype=np.int64), counts)
+    items_all = np.empty(ends[-1], np.int64)
+    ratings = np.empty(ends[-1], np.float32)
+    stamps = np.empty(ends[-1], np.int64)
     for u in range(n_users):
         affinity = q @ p[u]
         logits = affinity_strength * affinity + pop
@@ -57,9 +63,9 @@ def generate(
         raw = 2.6 + affinity[items] + user_bias[u] + item_bias[items]
         rating = np.clip(np.rint(raw + rating_noise * rng.normal(size=items.size)), 1, 5)
         ts = np.sort(rng.integers(0, 10_000_000, size=items.size))
-        rows.append(np.stack([np.full(items.size, u), items, rating, ts], axis=1))
-    inter = pd.DataFrame(np.concatenate(rows), columns=["user", "item", "rating", "ts"])
-    inter = inter.astype({"user": np.int64, "item": np.int64, "rating": np.float32, "ts": np.int64})
+        at = slice(ends[u] - counts[u], ends[u])
+        items_all[at], ratings[at], stamps[at] = items, rating, ts
+    inter = pd.DataFrame({"user": users, "item": items_all, "rating": ratings, "ts": stamps})
     return Dataset(
         name="synthetic",
         interactions=inter,
