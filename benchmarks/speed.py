@@ -194,7 +194,8 @@ def exchange_table(args, base: list[str], dense: dict | None) -> None:
     print("| --- | --- | --- | --- |")
     for label, res in rows:
         up = res["bytes_up_per_client"][-1]
-        print(f"| {label} | {up:,} | {d_up / up:.1f}x less | {headline(res['metrics'])} |", flush=True)
+        ratio = "-" if res is dense else f"{d_up / up:.1f}x less"
+        print(f"| {label} | {up:,} | {ratio} | {headline(res['metrics'])} |", flush=True)
 
 
 def main() -> None:
