@@ -94,9 +94,8 @@ def sparse_rows(cfg: dict, data: ClientData, n_items: int, seed: int) -> np.ndar
     if ex.get("name", "dense") != "sparse":
         return None
     from .sparse import choose_rows
-    rows, _ = choose_rows(data.train_i.cpu().numpy(), n_items, int(ex.get("pad_rows", 0)),
-                          np.random.default_rng([seed, 1]))
-    return rows
+    return choose_rows(data.train_i.cpu().numpy(), n_items, int(ex.get("pad_rows", 0)),
+                       np.random.default_rng([seed, 1]))
 
 
 def shared_record(model, cfg: dict, received: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
@@ -115,17 +114,12 @@ def shared_record(model, cfg: dict, received: dict[str, np.ndarray] | None = Non
 _last_decoded: list = [None, None]  # (record, arrays): the record every client of a round shares
 
 
-def decoded_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """The record's arrays as NumPy. In one process every sampled client receives the same
+def load_shared(model, record: ArrayRecord) -> None:
+    """Load the server's arrays. In one process every sampled client receives the same
     record object, so it is decoded once per round instead of once per client."""
     if _last_decoded[0] is not record:
         _last_decoded[0], _last_decoded[1] = record, {k: v.numpy() for k, v in record.items()}
-    return _last_decoded[1]
-
-
-def load_shared(model, record: ArrayRecord) -> None:
-    """Load the server's arrays."""
-    set_arrays(model, decoded_record(record))
+    set_arrays(model, _last_decoded[1])
 
 
 def client_weighting(cfg: dict, state: RecordDict):

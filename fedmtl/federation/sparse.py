@@ -39,18 +39,16 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight", "encoder.item_hist.weight")
-DTYPES = ("float32", "float16", "int8")
 
 
-
-def choose_rows(touched: np.ndarray, n_items: int, pad_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """The client's row set (sorted) and how many of it are its own items."""
+def choose_rows(touched: np.ndarray, n_items: int, pad_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """The client's row set, sorted: its own items and `pad_rows` random others."""
     touched = np.unique(np.asarray(touched, dtype=np.int64))
     if pad_rows <= 0:
-        return touched, len(touched)
+        return touched
     others = np.setdiff1d(np.arange(n_items), touched)
     pad = rng.choice(others, size=min(pad_rows, len(others)), replace=False)
-    return np.sort(np.concatenate([touched, pad])), len(touched)
+    return np.sort(np.concatenate([touched, pad]))
 
 
 def click_candidates(rows: np.ndarray, touched: np.ndarray, n_items: int, device) -> tuple[torch.Tensor, torch.Tensor]:

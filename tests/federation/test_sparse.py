@@ -10,7 +10,7 @@ from fedmtl.federation.sparse import ROW_TABLES, SparseFedAvg, choose_rows, spar
 
 
 def _payload(values, received, touched, n_items, pad_rows=0, dtype="float32", seed=0):
-    rows, _ = choose_rows(touched, n_items, pad_rows, np.random.default_rng(seed))
+    rows = choose_rows(touched, n_items, pad_rows, np.random.default_rng(seed))
     return rows, sparse_payload(values, received, rows, n_items, dtype, np.random.default_rng(seed + 1))
 
 
