@@ -20,15 +20,11 @@ from .model import build_model
 from .progress import progress
 from .results import append_jsonl
 from .schedule import client_round
-from .train import TrainConfig, evaluate, local_train, train_config
+from .train import evaluate, local_train, train_config
 from .transfer import item_parts, new_item_view
 from .weighting import build_weighting
 
 log = logging.getLogger("fedmtl")
-
-
-def _train_cfg(cfg: dict, epochs: int) -> TrainConfig:
-    return train_config(cfg, epochs)
 
 
 def epochs_of(cfg: dict) -> int:
@@ -47,7 +43,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
     t_start = time.time()
     for ep in range(1, epochs + 1):
         t0 = time.time()
-        res = local_train(model, data, tasks, weighting, _train_cfg(cfg, 1), seed=cfg["seed"] * 7_919 + ep)
+        res = local_train(model, data, tasks, weighting, train_config(cfg, 1), seed=cfg["seed"] * 7_919 + ep)
         row = {"round": ep, "train": {f"loss.{k}": v for k, v in res.losses.items()}}
         if ep % cfg["eval_every"] == 0 or ep == epochs:
             new_item_view(model, fed.holdout.items)  # their bias: the known items' mean as it is now
@@ -73,7 +69,7 @@ def run_local(cfg: dict, fed: Federation, out_dir: Path) -> dict:
         model = build_model(cfg["model"], tasks, len(data.users), data.user_cat, fed.meta, cfg["seed"]).to(device)
         new_item_view(model, fed.holdout.items)
         weighting = build_weighting(cfg["weighting"], tasks)
-        client_round(model, data, tasks, weighting, _train_cfg(cfg, epochs), cfg, seed=cfg["seed"] * 7_919 + pid)
+        client_round(model, data, tasks, weighting, train_config(cfg, epochs), cfg, seed=cfg["seed"] * 7_919 + pid)
         new_item_view(model, fed.holdout.items)
         parts.append(evaluate(model, data, tasks) | item_parts(model, data, tasks, fed.holdout.items))
         if (pid + 1) % max(1, n // 10) == 0 or pid + 1 == n:

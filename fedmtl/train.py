@@ -65,9 +65,11 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
     shared = shared if shared is not None else [n for n in params if n.startswith("encoder.")]
     shared_params = [params[n] for n in shared if n in names]
     anchor = {n: params[n].detach().clone() for n in shared} if cfg.prox_mu > 0 else None
-    opt = _optimizer(cfg, [params[n] for n in names if n in set(shared)],
-                     [params[n] for n in names if n not in set(shared)] + list(weighting.parameters()))
-    mask = data.train_mask() if (cfg.click_loss != "softmax" and "click" in tasks) else None
+    shared_set = set(shared)
+    opt = _optimizer(cfg, [params[n] for n in names if n in shared_set],
+                     [params[n] for n in names if n not in shared_set] + list(weighting.parameters()))
+    # the seen-item mask resamples uniform negatives; exchange=sparse draws them from its pads
+    mask = data.train_mask() if (cfg.click_loss != "softmax" and "click" in tasks and cfg.candidates is None) else None
     n = data.n_train
     model.train()
     sums = {t: 0.0 for t in tasks}
