@@ -1,7 +1,7 @@
 """Speed, memory and communication of fedmtl's engines on one workload.
 
     python benchmarks/speed.py [--ml-path DIR/ml-100k] [--rounds 3] [--skip-ray] [--scale]
-                               [--only-exchange | --only-scale]
+                               [--only-exchange | --only-scale | --skip-exchange]
 
 Workload: MovieLens-100k sized (943 clients, one user each, full participation,
 2 local epochs; the real data with --ml-path, else synthetic data of the same
@@ -208,6 +208,7 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true", help="also run the 10,000 vs 100,000-client memory check")
     ap.add_argument("--only-scale", action="store_true")
     ap.add_argument("--only-exchange", action="store_true", help="only the dense vs sparse table")
+    ap.add_argument("--skip-exchange", action="store_true", help="no dense vs sparse table")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -240,7 +241,7 @@ def main() -> None:
             ref = ms_per_client_round(results["plain core loop (no Flower)"], 943)
             print(f"| {label} | {ms:.2f} | {ms / ref:.2f}x | {res['outside_rounds_s']:.1f} | {res['peak_rss_mb']:.0f} |",
                   flush=True)
-    if not args.only_scale:
+    if not (args.only_scale or args.skip_exchange):
         exchange_table(args, base, results.get("inprocess") if not args.only_exchange else None)
     if args.scale or args.only_scale:
         print("\n| synthetic federation (1% sampled, 3 rounds, state on disk) | ms / client-round | peak RSS (MB) |")
