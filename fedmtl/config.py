@@ -90,6 +90,24 @@ def _strategy_options(cfg: dict) -> None:
             _number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))
 
 
+def check_server_lr(cfg: dict) -> None:
+    from .federation_names import SERVER_LR_SCHEDULES, SERVER_RATE
+    sched = cfg.setdefault("server_lr", {})
+    if not isinstance(sched, dict):
+        raise ConfigError(f"server_lr={sched!r}: expected a block with schedule and final")
+    sched.setdefault("schedule", "constant")
+    sched.setdefault("final", 0.0)
+    _choice(cfg, "server_lr.schedule", SERVER_LR_SCHEDULES)
+    _number(cfg, "server_lr.final", lo=0, hi=1)
+    unknown = set(sched) - {"schedule", "final"}
+    if unknown:
+        raise ConfigError(f"server_lr.{sorted(unknown)[0]}: unknown key (expected schedule, final)")
+    name = cfg["strategy"]["name"]
+    if sched["schedule"] != "constant" and name not in SERVER_RATE:
+        raise ConfigError(f"server_lr.schedule={sched['schedule']} with strategy={name}: it has no server learning "
+                          f"rate to schedule; use one of {sorted(SERVER_RATE)}")
+
+
 def validate(cfg: dict) -> dict:
     from .data import DATASETS
     from .federation_names import BACKENDS, PRIVACY, STRATEGIES
@@ -123,6 +141,7 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"weighting={cfg['weighting']['name']}: bad options {cfg['weighting']} ({e})") from None
     _choice(cfg, "strategy.name", STRATEGIES)
     _strategy_options(cfg)
+    check_server_lr(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
     check_privacy(cfg)
     _choice(cfg, "backend.name", BACKENDS)

@@ -27,7 +27,7 @@ from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_replies, needed_nodes, wait_for_nodes
 from .privacy import ServerPrivacy
-from .strategies import build_strategy
+from .strategies import build_strategy, set_server_rate
 
 log = logging.getLogger("fedmtl")
 
@@ -120,6 +120,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             log.warning("stopping before round %d: %s", rnd, privacy.stopped)
             break
         t0 = time.time()
+        rate = set_server_rate(strategy, cfg, rnd)  # server_lr.schedule
         if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
             seed_sampling(cfg, "train", rnd)
             agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
@@ -132,6 +133,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             skipped = skipped or f"no update aggregated ({row['answered']} of {row['sampled']} clients answered)"
             log.warning("round %d skipped: %s", rnd, skipped)
         row["train"] = dict(train_metrics or {})
+        if rate is not None:
+            row["server_lr"] = rate
         if skipped:
             row["skipped"] = skipped
         row.update(privacy.after_round(rnd, agg is not None, row["answered"]))

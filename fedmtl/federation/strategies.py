@@ -20,6 +20,7 @@ take `exchange=dense` only.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -27,6 +28,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fs
 
 from ..errors import ConfigError
+from ..federation_names import SERVER_RATE
 from ..metrics import combine
 from .sparse import SparseFedAvg
 
@@ -88,6 +90,33 @@ def strategy_class(name: str, exchange: str = "dense") -> type:
     else:
         bases = (KeepDtypes, SparseFedAvg) if cls is fs.FedAvg else (KeepDtypes, cls, SparseFedAvg)
     return type(cls.__name__, bases, {"__doc__": cls.__doc__})
+
+
+def server_rate(cfg: dict, rnd: int) -> float | None:
+    """The server rate of round `rnd` under `server_lr.schedule` (None: the strategy has none).
+
+    cosine: from the strategy's configured rate at round 1 down to `server_lr.final` times it
+    at the last round (half a cosine period). A function of the round only, so a resumed
+    run continues the same schedule."""
+    key = SERVER_RATE.get(cfg["strategy"]["name"])
+    if key is None:
+        return None
+    base = float(cfg["strategy"].get(key, 1.0 if key == "server_learning_rate" else 0.1))
+    sched = cfg.get("server_lr") or {}
+    if sched.get("schedule", "constant") == "constant" or cfg["num_rounds"] <= 1:
+        return base
+    final = float(sched.get("final", 0.0))
+    progress = (min(max(rnd, 1), cfg["num_rounds"]) - 1) / (cfg["num_rounds"] - 1)
+    return base * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def set_server_rate(strategy, cfg: dict, rnd: int) -> float | None:
+    """Give the strategy (or the one a wrapper holds) its rate for round `rnd`."""
+    rate = server_rate(cfg, rnd)
+    if rate is not None:
+        inner = getattr(strategy, "strategy", strategy)  # a DifferentialPrivacy* wrapper holds the strategy
+        setattr(inner, SERVER_RATE[cfg["strategy"]["name"]], rate)
+    return rate
 
 
 def build_strategy(cfg: dict):

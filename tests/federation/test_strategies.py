@@ -17,7 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation.client_app import train_config
-from fedmtl.federation.strategies import CLASSES, build_strategy
+from fedmtl.federation.strategies import CLASSES, build_strategy, server_rate, set_server_rate
 from fedmtl.federation_names import STRATEGIES
 from fedmtl.federation.sparse import sparse_payload
 
@@ -270,3 +270,43 @@ def test_server_step_runs_on_the_row_wise_mean_of_sparse_uploads():
     assert list(agg.keys()) == [name, "dense"]
     np.testing.assert_allclose(agg[name].numpy(), [[2.0, 2.0], [3.0, 3.0], [0.0, 0.0]])
     np.testing.assert_allclose(agg["dense"].numpy(), [2.0])
+
+
+# --- server learning-rate schedule -------------------------------------------
+
+@pytest.mark.parametrize("name,key", [("fedadam", "eta"), ("fedavgm", "server_learning_rate")])
+def test_cosine_schedule_runs_from_the_configured_rate_to_its_final_fraction(name, key):
+    cfg = compose([f"strategy={name}", "num_rounds=11", "server_lr.schedule=cosine", "server_lr.final=0.2"])
+    base = cfg["strategy"][key]
+    rates = [server_rate(cfg, r) for r in range(1, 12)]
+    assert rates[0] == pytest.approx(base) and rates[-1] == pytest.approx(0.2 * base)
+    assert rates[5] == pytest.approx(0.6 * base)  # half way: the mean of the two ends
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    constant = compose([f"strategy={name}", "num_rounds=11"])
+    assert {server_rate(constant, r) for r in (1, 6, 11)} == {base}
+
+
+def test_a_zero_rate_round_leaves_the_fedadam_model_where_it_was():
+    """set_server_rate reaches the step Flower takes: with server_lr.final=0 the last round
+    moves nothing, although the clients' updates and the moments are not zero."""
+    cfg = compose(["strategy=fedadam", "num_clients=2", "num_rounds=3", "server_lr.schedule=cosine"])
+    s = build_strategy(cfg)
+    grid = FakeClients(moves_by([0.3, -1.0]), moves_by([0.1, -2.0]))
+    x = np.array([1.0, 1.0])
+    steps = []
+    for rnd in (1, 2, 3):
+        set_server_rate(s, cfg, rnd)
+        x_new = server_round(s, grid, rnd, x)
+        steps.append(np.abs(x_new - x).max())
+        x = x_new
+    assert steps[0] > 0.01 and steps[1] > 0.01
+    assert steps[2] == 0.0
+
+
+def test_a_schedule_needs_a_strategy_with_a_server_rate():
+    with pytest.raises(ConfigError, match="server_lr.schedule=cosine with strategy=fedavg"):
+        compose(["strategy=fedavg", "server_lr.schedule=cosine"])
+    with pytest.raises(ConfigError, match="server_lr.schedule=linear"):
+        compose(["strategy=fedadam", "server_lr.schedule=linear"])
+    with pytest.raises(ConfigError, match="server_lr.final=1.5"):
+        compose(["strategy=fedadam", "server_lr.schedule=cosine", "server_lr.final=1.5"])
