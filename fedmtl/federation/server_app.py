@@ -76,6 +76,43 @@ def format_metrics(m: dict, tasks) -> str:
     return "  ".join(f"{k.split('.', 1)[1] if '.' in k else k}={m[k]:.4f}" for t in tasks for k in keys[t] if k in m)
 
 
+class TailAverage:
+    """`average_last=K`: the mean of the global model over the last K rounds (tail averaging,
+    Polyak and Juditsky 1992; SWA, Izmailov et al. 2018). Training goes on from each round's
+    own model; evaluations from round num_rounds-K+1 on, and the saved model, use the mean,
+    which damps the server optimiser's round-to-round noise."""
+
+    def __init__(self, cfg: dict):
+        k = int(cfg.get("average_last") or 0)
+        self.start = cfg["num_rounds"] - k + 1 if k > 0 else None
+        self.mean: dict[str, np.ndarray] | None = None
+        self.count = 0
+
+    def update(self, rnd: int, arrays: ArrayRecord) -> None:
+        if self.start is None or rnd < self.start:
+            return
+        self.count += 1
+        new = {k: v.numpy() for k, v in arrays.items()}
+        if self.mean is None:
+            self.mean = {k: v.astype(np.float64) for k, v in new.items()}
+        else:
+            for k, v in new.items():
+                self.mean[k] += (v - self.mean[k]) / self.count
+
+    def model(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What to evaluate and save: the running mean once it has begun, else `arrays`."""
+        if self.mean is None:
+            return arrays
+        return ArrayRecord({k: Array(self.mean[k].astype(a.dtype)) for k, a in
+                            ((k, a.numpy()) for k, a in arrays.items())})
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.count = state.get("mean"), int(state.get("count", 0))
+
+
 def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     """One plain training round: (new arrays or None, train metrics, the metrics.jsonl row,
     the reason the round was skipped or None)."""
@@ -106,6 +143,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     history = []
     n_rounds = cfg["num_rounds"]
     ckpt = Checkpointer(out_dir, cfg, grid)
+    tail = TailAverage(cfg)
     faults.quiet_injected_drops()
     first = 1
     if cfg.get("resume"):
@@ -113,6 +151,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         arrays = saved if saved is not None else arrays
         if ckpt.extra.get("privacy"):
             privacy.load_state_dict(ckpt.extra["privacy"])
+        if ckpt.extra.get("tail_average"):
+            tail.load_state_dict(ckpt.extra["tail_average"])
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
     for rnd in range(first, n_rounds + 1):
@@ -129,6 +169,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         if agg is not None:
             check_finite(agg, rnd)
             arrays = agg
+            tail.update(rnd, arrays)
         else:
             skipped = skipped or f"no update aggregated ({row['answered']} of {row['sampled']} clients answered)"
             log.warning("round %d skipped: %s", rnd, skipped)
@@ -141,7 +182,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
             egrid = wait_for_nodes(grid, needed_nodes(strategy, "evaluate"), cfg["round_timeout"], rnd, "evaluate")
             seed_sampling(cfg, "evaluate", rnd)
-            emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), egrid))
+            emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), egrid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
             ereplies = by_node(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
@@ -154,7 +195,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         with round_commit():  # Ctrl-C waits until the row and its checkpoint are both written
             append_jsonl(metrics_path, row)
             history.append(row)
-            ckpt.save(rnd, arrays, strategy, history, extra={"privacy": privacy.state_dict()})
+            ckpt.save(rnd, arrays, strategy, history,
+                      extra={"privacy": privacy.state_dict(), "tail_average": tail.state_dict()})
         if "test" in row:
             last_eval_round = rnd
         log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), row["answered"],
@@ -163,11 +205,12 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     if privacy.stopped and history and "test" not in history[-1]:
         # The budget ended the run between evaluations: evaluate the last released model.
         rnd = history[-1]["round"]
-        emsgs = list(strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid))
+        emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), grid))
         ev = strategy.aggregate_evaluate(rnd, list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
         last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
-        checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in arrays.items()}, federation_for(cfg).meta, n_rounds)
+        final = tail.model(arrays)  # average_last: the averaged model, the one evaluated
+        checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_for(cfg).meta, n_rounds)
     return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
             "bytes_up_total": sum(h["bytes_up"] for h in history),
             "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
