@@ -103,11 +103,16 @@ def learning_curve(run_dir: Path, out: Path) -> None:
 
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rows = [r for r in rows if "test" in r]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    k_avg = int(cfg.get("average_last") or 0)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
     for ax, (k, label, op, target) in zip(axes, METRICS):
         xs = [r["round"] for r in rows if k in r["test"]]
         ax.plot(xs, [r["test"][k] for r in rows if k in r["test"]], marker="o", markersize=3)
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"tuned peer on test: {target}")
+        if k_avg:
+            ax.axvline(cfg["num_rounds"] - k_avg + 0.5, color="tab:green", linestyle=":", linewidth=1,
+                       label=f"from here: mean of the last rounds' models (average_last={k_avg})")
         ax.set_title(f"{label} (validation)")
         ax.set_xlabel("round")
         ax.legend(fontsize=8)

@@ -158,7 +158,7 @@ def validate(cfg: dict) -> dict:
     for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives", "fedrep.head_epochs"):
         _number(cfg, key, lo=0, integer=True)
     cfg.setdefault("average_last", 0)
-    _number(cfg, "average_last", lo=0, hi=cfg["num_rounds"], integer=True)
+    _number(cfg, "average_last", lo=0, integer=True)  # above num_rounds: every round
     for key in ("fraction_train", "fraction_evaluate"):
         _number(cfg, key, lo=0, hi=1, lo_open=True)
     _number(cfg, "train.lr", lo=0, lo_open=True)

@@ -22,7 +22,8 @@ def test_the_federated_preset_is_the_readme_setting():
     assert (cfg["num_clients"], cfg["aggregate"], cfg["num_rounds"], cfg["eval_every"]) == (943, "all", 35, 5)
     assert cfg["strategy"] == {"name": "fedadam", "eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.0001}
     assert (cfg["train"]["optimizer"], cfg["train"]["shared_lr"]) == ("sgd", 0.05)
-    assert (cfg["train"]["lr"], cfg["train"]["l2"]) == (0.05, 0.5)
+    assert (cfg["train"]["lr"], cfg["train"]["l2"]) == (0.02, 0.5)
+    assert (cfg["average_last"], cfg["server_lr"]["schedule"]) == (10, "constant")
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 3.0, "like": 1.0}}
 
 

@@ -84,7 +84,7 @@ class TailAverage:
 
     def __init__(self, cfg: dict):
         k = int(cfg.get("average_last") or 0)
-        self.start = cfg["num_rounds"] - k + 1 if k > 0 else None
+        self.start = max(1, cfg["num_rounds"] - k + 1) if k > 0 else None  # K > rounds: all of them
         self.mean: dict[str, np.ndarray] | None = None
         self.count = 0
 

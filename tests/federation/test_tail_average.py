@@ -56,6 +56,10 @@ def test_a_run_saves_and_scores_the_mean_of_its_last_rounds(tmp_path):
     assert one_metrics == plain_metrics and all(np.array_equal(one[k], three[k]) for k in three)
 
 
-def test_average_last_beyond_the_rounds_is_refused():
-    with pytest.raises(ConfigError, match="average_last=30: must be <= 20"):
-        compose(["num_rounds=20", "average_last=30"])
+def test_average_last_beyond_the_rounds_averages_them_all():
+    tail = TailAverage(compose(["num_rounds=3", "average_last=10"]))
+    for rnd, value in enumerate([1.0, 2.0, 6.0], start=1):
+        tail.update(rnd, record(value))
+    assert tail.model(record(6.0))["w"].numpy()[0] == 3.0
+    with pytest.raises(ConfigError, match="average_last=-1: must be >= 0"):
+        compose(["average_last=-1"])
