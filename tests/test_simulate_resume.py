@@ -21,7 +21,8 @@ from fedmtl.simulate import run
 ROOT = Path(__file__).resolve().parent.parent
 # Big enough that a round takes a visible moment, so the test can stop the run inside round 3.
 RUN = ["dataset.n_users=120", "dataset.n_items=60", "num_clients=12", "num_rounds=4", "local_epochs=2",
-       "device=cpu", "strategy=fedadam", "fraction_train=0.75", "weighting=dwa", "faults.drop_rate=0.2"]
+       "device=cpu", "strategy=fedadam", "fraction_train=0.75", "weighting=dwa", "faults.drop_rate=0.2",
+       "average_last=3", "server_lr.schedule=cosine", "server_lr.final=0.1"]  # their state must survive too
 
 
 def start(*args: str) -> subprocess.Popen:
