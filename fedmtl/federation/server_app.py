@@ -103,8 +103,7 @@ class TailAverage:
         """What to evaluate and save: the running mean once it has begun, else `arrays`."""
         if self.mean is None:
             return arrays
-        return ArrayRecord({k: Array(self.mean[k].astype(a.dtype)) for k, a in
-                            ((k, a.numpy()) for k, a in arrays.items())})
+        return ArrayRecord({k: Array(self.mean[k].astype(a.numpy().dtype)) for k, a in arrays.items()})
 
     def state_dict(self) -> dict:
         return {"mean": self.mean, "count": self.count}
