@@ -27,7 +27,7 @@ _register_resolvers()
 MODES = ("federated", "centralized", "local")
 AGGREGATE = ("encoder", "all", "fedrep")
 DEVICES = ("auto", "cpu", "cuda")
-CLICK_LOSSES = ("softmax", "sampled")
+CLICK_LOSSES = ("softmax", "sampled_softmax", "sampled")
 EXCHANGES = ("dense", "sparse")
 
 

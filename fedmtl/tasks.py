@@ -4,11 +4,17 @@
 | rating | the rating (1..5)              | squared error                                    |
 | like   | rating >= 4                    | logistic                                         |
 | click  | the user interacted at all     | softmax over all items (the unseen ones are the  |
-|        |                                | negatives), or logistic on sampled unseen items  |
+|        |                                | negatives); sampled_softmax: over the client's   |
+|        |                                | own items and num_negatives random others, with  |
+|        |                                | the sampling correction; sampled: logistic on    |
+|        |                                | num_negatives sampled unseen items per positive  |
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +36,27 @@ def check_tasks(names) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: {names} names a task twice")
     return names
+
+
+def choose_rows(touched: np.ndarray, n_items: int, pad_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """A client's item set, sorted: the items it touched and `pad_rows` random others."""
+    touched = np.unique(np.asarray(touched, dtype=np.int64))
+    if pad_rows <= 0:
+        return touched
+    others = np.setdiff1d(np.arange(n_items), touched)
+    pad = rng.choice(others, size=min(pad_rows, len(others)), replace=False)
+    return np.sort(np.concatenate([touched, pad]))
+
+
+def click_candidates(rows: np.ndarray, touched: np.ndarray, n_items: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item ids, logit offsets) of the click loss over a row set: own items 0, pads
+    log(others / pads), the inverse of their inclusion probability (sampled softmax)."""
+    touched = np.unique(touched)
+    own = np.isin(rows, touched)
+    n_pad = int((~own).sum())
+    offset = np.where(own, 0.0, math.log((n_items - len(touched)) / n_pad) if n_pad else 0.0)
+    return (torch.as_tensor(rows, dtype=torch.long, device=device),
+            torch.as_tensor(offset, dtype=torch.float32, device=device))
 
 
 def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negatives=20,
@@ -55,13 +82,13 @@ def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negati
                 out[task] = F.mse_loss(s, ratings)
             else:
                 out[task] = F.binary_cross_entropy_with_logits(s, (ratings >= LIKE_THRESHOLD).float())
-        elif click_loss == "softmax" and candidates is not None:
+        elif click_loss in ("softmax", "sampled_softmax") and candidates is not None:
             ids, offset = candidates
             logits = u @ ir[t][ids].T + ibias[ids] + offset
             if hidden is not None:
                 logits = logits.masked_fill(hidden[ids], float("-inf"))
             out[task] = F.cross_entropy(logits, torch.searchsorted(ids, items))
-        elif click_loss == "softmax":
+        elif click_loss in ("softmax", "sampled_softmax"):  # no candidates: every item
             logits = u @ ir[t].T + ibias
             if hidden is not None:
                 logits = logits.masked_fill(hidden, float("-inf"))

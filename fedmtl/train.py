@@ -13,7 +13,7 @@ import torch
 
 from . import metrics as M
 from .data import ClientData
-from .tasks import LIKE_THRESHOLD, losses as task_losses
+from .tasks import LIKE_THRESHOLD, choose_rows, click_candidates, losses as task_losses
 
 
 @dataclass
@@ -24,7 +24,7 @@ class TrainConfig:
     l2: float = 1e-4  # on the embedding rows a batch touches
     weight_decay: float = 0.0  # on dense weights
     click_loss: str = "softmax"
-    num_negatives: int = 20
+    num_negatives: int = 20  # sampled: negatives per positive; sampled_softmax: random items beside the own ones
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w_shared - w_global||^2
     optimizer: str = "adam"  # local optimiser of the shared parameters: adam | sgd
     shared_lr: float | None = None  # their learning rate; None = lr
@@ -69,7 +69,13 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
     opt = _optimizer(cfg, [params[n] for n in names if n in shared_set],
                      [params[n] for n in names if n not in shared_set] + list(weighting.parameters()))
     # the seen-item mask resamples uniform negatives; exchange=sparse draws them from its pads
-    mask = data.train_mask() if (cfg.click_loss != "softmax" and "click" in tasks and cfg.candidates is None) else None
+    mask = data.train_mask() if (cfg.click_loss == "sampled" and "click" in tasks and cfg.candidates is None) else None
+    candidates = cfg.candidates
+    if candidates is None and cfg.click_loss == "sampled_softmax" and "click" in tasks:
+        # the data's own items and num_negatives random others, drawn once per call (a round)
+        touched = data.train_i.cpu().numpy()
+        rows = choose_rows(touched, model.n_items, cfg.num_negatives, np.random.default_rng([int(seed), 3]))
+        candidates = click_candidates(rows, touched, model.n_items, device)
     n = data.n_train
     model.train()
     sums = {t: 0.0 for t in tasks}
@@ -84,7 +90,7 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
             u, i, r = data.train_u[b], data.train_i[b], data.train_r[b]
             opt.zero_grad(set_to_none=True)
             ls = task_losses(model, u, i, r, tasks, cfg.click_loss, cfg.num_negatives, mask,
-                             gen if device.type == "cpu" else None, candidates=cfg.candidates)
+                             gen if device.type == "cpu" else None, candidates=candidates)
             w = weighting.backward(ls, shared_params)
             reg = cfg.l2 * (model.personal.user_emb(u).pow(2).sum(-1).mean()
                             + model.encoder.item_emb(i).pow(2).sum(-1).mean())

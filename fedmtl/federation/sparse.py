@@ -30,36 +30,15 @@ client, so `exchange=sparse` is refused with `privacy=secagg*`.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from ..tasks import choose_rows, click_candidates  # noqa: F401  (the row set and its click loss live in the core)
+
 ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight", "encoder.item_hist.weight")
-
-
-def choose_rows(touched: np.ndarray, n_items: int, pad_rows: int, rng: np.random.Generator) -> np.ndarray:
-    """The client's row set, sorted: its own items and `pad_rows` random others."""
-    touched = np.unique(np.asarray(touched, dtype=np.int64))
-    if pad_rows <= 0:
-        return touched
-    others = np.setdiff1d(np.arange(n_items), touched)
-    pad = rng.choice(others, size=min(pad_rows, len(others)), replace=False)
-    return np.sort(np.concatenate([touched, pad]))
-
-
-def click_candidates(rows: np.ndarray, touched: np.ndarray, n_items: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(item ids, logit offsets) of the click loss over a row set: own items 0, pads
-    log(others / pads), the inverse of their inclusion probability (sampled softmax)."""
-    touched = np.unique(touched)
-    own = np.isin(rows, touched)
-    n_pad = int((~own).sum())
-    offset = np.where(own, 0.0, math.log((n_items - len(touched)) / n_pad) if n_pad else 0.0)
-    return (torch.as_tensor(rows, dtype=torch.long, device=device),
-            torch.as_tensor(offset, dtype=torch.float32, device=device))
 
 
 def _index_dtype(n_items: int):
