@@ -28,9 +28,9 @@ from pathlib import Path
 
 FED = "ml100k_federated"
 ROWS = [  # (name, label, overrides)
-    ("fed_mtl", "federated multi-task (fedmtl default recipe)", [f"experiment={FED}"]),
-    ("fed_mtl_sparse", "federated multi-task, exchange=sparse (int8 update of the rows touched, 11.1x less upload)",
-     [f"experiment={FED}", "exchange=sparse"]),
+    ("fed_mtl", "federated multi-task (fedmtl default recipe: exchange=sparse)", [f"experiment={FED}"]),
+    ("fed_mtl_dense", "federated multi-task, exchange=dense (the whole model uploaded, FedAvg of every row)",
+     [f"experiment={FED}", "exchange=dense"]),
     ("fed_rating", "federated single-task: rating", [f"experiment={FED}", "tasks=[rating]"]),
     ("fed_like", "federated single-task: like", [f"experiment={FED}", "tasks=[like]"]),
     ("fed_click", "federated single-task: click", [f"experiment={FED}", "tasks=[click]"]),
