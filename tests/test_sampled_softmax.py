@@ -68,11 +68,8 @@ def test_correction_makes_the_pad_logits_stand_for_every_unseen_item():
 
 def test_a_client_with_every_item_trains_exactly_as_the_full_softmax():
     """No item left to pad with: the candidate set is every item, offsets 0."""
-    cfg, data, _ = client("tasks=[click]")
+    _, data, model = client("tasks=[click]")
     n_items = int(data.train_i.max()) + 1
-    # one client's data holding every item: compare the loss values directly
-    fed = federation_for(cfg)
-    model = build_model(cfg["model"], cfg["tasks"], len(data.users), data.user_cat, fed.meta, seed=0)
     everything = np.arange(model.n_items)
     cands = click_candidates(choose_rows(everything, model.n_items, 20, np.random.default_rng(0)),
                              everything, model.n_items, "cpu")

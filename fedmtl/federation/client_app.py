@@ -11,12 +11,12 @@ from flwr.clientapp import ClientApp
 from .. import transfer
 from ..model import get_arrays, shared_names
 from ..schedule import client_round
+from ..tasks import click_candidates
 from ..train import TrainConfig, evaluate, train_config as make_train_config
 from .deployment import node_data
 from .faults import before_training
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
                            save_weighting, shared_record, sparse_rows)
-from .sparse import click_candidates
 from .privacy import client_privacy_mod
 
 

@@ -19,6 +19,7 @@ from ..config import resolve_device
 from ..data import ClientData, federation_for
 from ..weighting import build_weighting
 from ..model import build_model, get_arrays, personal_names, set_arrays, shared_names
+from ..tasks import choose_rows
 
 PERSONAL_KEY = "personal"
 WEIGHTING_KEY = "weighting"
@@ -93,7 +94,6 @@ def sparse_rows(cfg: dict, data: ClientData, n_items: int, seed: int) -> np.ndar
     ex = cfg.get("exchange", {}) or {}
     if ex.get("name", "dense") != "sparse":
         return None
-    from .sparse import choose_rows
     return choose_rows(data.train_i.cpu().numpy(), n_items, int(ex.get("pad_rows", 0)),
                        np.random.default_rng([seed, 1]))
 

@@ -31,12 +31,9 @@ client, so `exchange=sparse` is refused with `privacy=secagg*`.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-
-from ..tasks import choose_rows, click_candidates  # noqa: F401  (the row set and its click loss live in the core)
 
 ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight", "encoder.item_hist.weight")
 

@@ -6,7 +6,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from fedmtl.config import compose, validate
 from fedmtl.errors import ConfigError
-from fedmtl.federation.sparse import ROW_TABLES, SparseFedAvg, choose_rows, sparse_payload, unpack
+from fedmtl.federation.sparse import ROW_TABLES, SparseFedAvg, sparse_payload, unpack
+from fedmtl.tasks import choose_rows
 
 
 def _payload(values, received, touched, n_items, pad_rows=0, dtype="float32", seed=0):
@@ -111,7 +112,7 @@ def test_sparse_client_changes_only_the_rows_it_sends(aggregate):
     it holds the shared arrays only (aggregate=encoder: no personal parameter at all)."""
     from fedmtl.data import federation_for
     from fedmtl.federation.client_state import sparse_rows
-    from fedmtl.federation.sparse import click_candidates
+    from fedmtl.tasks import click_candidates
     from fedmtl.model import build_model, get_arrays, shared_names
     from fedmtl.train import train_config, local_train
     from fedmtl.weighting import build_weighting
