@@ -31,6 +31,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # fedmtl from this checkout, installed or not
+from fedmtl.config import compose  # noqa: E402
 
 
 def workload(args) -> list[str]:
@@ -187,7 +188,8 @@ def exchange_table(args, base: list[str], dense: dict | None) -> None:
         ex = base + ["backend=inprocess"]
         print(f"\n# exchange: the workload above ({args.rounds} rounds), same seed")
         dense = dense or run_engine("sim", ex, "dense")
-    rows = [("dense", dense), ("sparse (defaults: int8 update, 150 pad rows)",
+    sp = compose(ex + ["exchange=sparse"])["exchange"]
+    rows = [("dense", dense), (f"sparse ({sp['dtype']} update, {sp['pad_rows']} pad rows)",
                                run_engine("sim", ex + ["exchange=sparse"], "sparse"))]
     d_up = dense["bytes_up_per_client"][-1]
     print("\n| exchange | upload bytes / client-round | vs dense | test metrics after the last round |")

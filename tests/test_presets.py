@@ -24,7 +24,7 @@ def test_the_federated_preset_is_the_readme_setting():
     assert (cfg["train"]["optimizer"], cfg["train"]["shared_lr"]) == ("sgd", 0.05)
     assert (cfg["train"]["lr"], cfg["train"]["l2"]) == (0.02, 0.5)
     assert (cfg["average_last"], cfg["server_lr"]["schedule"]) == (10, "constant")
-    assert cfg["exchange"] == {"name": "sparse", "pad_rows": 150, "dtype": "int8"}
+    assert cfg["exchange"] == {"name": "sparse", "pad_rows": 200, "dtype": "int8"}
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 2.0, "like": 1.0}}
 
 
