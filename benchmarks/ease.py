@@ -1,0 +1,95 @@
+"""EASE (Steck, WWW 2019) on a run's split: the closed-form item-item reference for click.
+
+A centralised reference, not a fedmtl model: it pools every user's train items into the
+item-item Gram matrix. It scores the split a fedmtl run wrote (RUN/split/train.tsv and
+test.tsv, `user<TAB>item<TAB>rating<TAB>timestamp`) with the same full-ranking HR@10 and
+NDCG@10 (`fedmtl.metrics.rank_metrics`: every item not in the user's train part is a
+candidate). On a `split.validation=true` run the split is the validation carve, so this
+gives the validation figure a tuned item-item model reaches, the yardstick for the
+validation NDCG@10 of fedmtl candidates (PROTOCOL.md lists EASE's test figures).
+
+    python benchmarks/ease.py RUN_DIR                       # lambda 300, 500, 700, 1000
+    python benchmarks/ease.py RUN_DIR --lambdas 500 --n-items 1682
+
+Item ids are the split's own (MovieLens: 1..1682); --n-items counts the catalogue when
+some items appear in neither file (default: the largest id seen), as on a validation
+carve, where fedmtl still ranks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # fedmtl from this checkout, installed or not
+from fedmtl.metrics import rank_metrics  # noqa: E402
+
+
+def read_split(path: Path) -> np.ndarray:
+    """(user, item) int pairs of a split file; one clear line if it is missing or malformed."""
+    if not path.is_file():
+        raise SystemExit(f"ease: {path}: no such file (a run folder holds split/train.tsv and split/test.tsv)")
+    try:
+        a = np.loadtxt(path, delimiter="\t", usecols=(0, 1), dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise SystemExit(f"ease: {path}: expected user<TAB>item<TAB>rating<TAB>timestamp lines ({e})")
+    if a.size and a.min() < 0:
+        raise SystemExit(f"ease: {path}: negative user or item id")
+    return a
+
+
+def ease_scores(X: np.ndarray, lam: float) -> np.ndarray:
+    """X @ B with B = argmin ||X - XB||^2 + lam ||B||^2 subject to diag(B) = 0 (closed form)."""
+    G = X.T @ X + lam * np.eye(X.shape[1])
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)
+    np.fill_diagonal(B, 0.0)
+    return X @ B
+
+
+def evaluate(train: np.ndarray, test: np.ndarray, lambdas: list[float], n_items: int | None = None,
+             k: int = 10) -> list[tuple[float, float, float]]:
+    """(lambda, HR@k, NDCG@k) over the users with test items, for each lambda."""
+    n_users = int(max(train[:, 0].max(), test[:, 0].max())) + 1
+    seen = int(max(train[:, 1].max(), test[:, 1].max())) + 1
+    if n_items is not None and n_items + 1 < seen:
+        raise SystemExit(f"ease: --n-items {n_items}: the split holds item id {seen - 1}")
+    width = max(seen, (n_items or 0) + 1)
+    X = np.zeros((n_users, width))
+    X[train[:, 0], train[:, 1]] = 1.0
+    users = np.unique(test[:, 0])
+    lists = [test[test[:, 0] == u, 1] for u in users]
+    mask = torch.as_tensor(X[users] > 0)
+    if not (train[:, 1] == 0).any() and not (test[:, 1] == 0).any():  # 1-based ids: column 0 is no item
+        mask[:, 0] = True
+    out = []
+    for lam in lambdas:
+        hr, nd = rank_metrics(torch.as_tensor(ease_scores(X, lam)[users]), mask, lists, k)
+        out.append((lam, float(hr.mean()), float(nd.mean())))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path, help="a run folder (or any folder with split/train.tsv, split/test.tsv)")
+    ap.add_argument("--lambdas", type=float, nargs="+", default=[300.0, 500.0, 700.0, 1000.0])
+    ap.add_argument("--n-items", type=int, default=None, help="catalogue size when ids run 1..N")
+    args = ap.parse_args(argv)
+    split = args.run_dir / "split"
+    train, test = read_split(split / "train.tsv"), read_split(split / "test.tsv")
+    if len(train) == 0 or len(test) == 0:
+        raise SystemExit(f"ease: {split}: train or test is empty")
+    print(f"EASE on {split} ({len(train):,} train, {len(test):,} test pairs)")
+    print("| lambda | HR@10 | NDCG@10 |\n| --- | --- | --- |")
+    for lam, hr, nd in evaluate(train, test, args.lambdas, args.n_items):
+        print(f"| {lam:g} | {hr:.4f} | {nd:.4f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
