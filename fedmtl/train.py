@@ -22,7 +22,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 0.01
     l2: float = 1e-4  # on the embedding rows a batch touches
-    weight_decay: float = 0.0  # on dense weights
+    weight_decay: float = 0.0  # the optimisers' decay on every trainable parameter, embedding tables included
     click_loss: str = "softmax"
     num_negatives: int = 20  # sampled: negatives per positive; sampled_softmax: random items beside the own ones
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w_shared - w_global||^2
