@@ -27,18 +27,19 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # fedmtl from this checkout, installed or not
+from fedmtl.data.split import read_part  # noqa: E402
+from fedmtl.errors import DataError  # noqa: E402
 from fedmtl.metrics import rank_metrics  # noqa: E402
 
 
 def read_split(path: Path) -> np.ndarray:
-    """(user, item) int pairs of a split file; one clear line if it is missing or malformed."""
-    if not path.is_file():
-        raise SystemExit(f"ease: {path}: no such file (a run folder holds split/train.tsv and split/test.tsv)")
+    """(user, item) int pairs of a split file, read by fedmtl's own split reader; one line if bad."""
     try:
-        a = np.loadtxt(path, delimiter="\t", usecols=(0, 1), dtype=np.int64, ndmin=2)
-    except ValueError as e:
-        raise SystemExit(f"ease: {path}: expected user<TAB>item<TAB>rating<TAB>timestamp lines ({e})")
-    if a.size and a.min() < 0:
+        part = read_part(path)
+    except DataError as e:
+        raise SystemExit(f"ease: {e}") from None
+    a = part[["user", "item"]].to_numpy(dtype=np.int64)
+    if a.min() < 0:
         raise SystemExit(f"ease: {path}: negative user or item id")
     return a
 
@@ -82,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     split = args.run_dir / "split"
     train, test = read_split(split / "train.tsv"), read_split(split / "test.tsv")
-    if len(train) == 0 or len(test) == 0:
-        raise SystemExit(f"ease: {split}: train or test is empty")
     print(f"EASE on {split} ({len(train):,} train, {len(test):,} test pairs)")
     print("| lambda | HR@10 | NDCG@10 |\n| --- | --- | --- |")
     for lam, hr, nd in evaluate(train, test, args.lambdas, args.n_items):

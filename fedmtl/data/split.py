@@ -73,7 +73,8 @@ def write(split: Split, dataset: Dataset, folder: str | Path) -> None:
         tmp.replace(folder / f"{name}.tsv")
 
 
-def _read_part(path: Path) -> pd.DataFrame:
+def read_part(path: Path) -> pd.DataFrame:
+    """One split file (raw ids, user item rating ts); a DataError naming the file and line."""
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
     try:
@@ -114,7 +115,7 @@ def read(folder: str | Path, dataset: Dataset, keep_unseen_items: bool = False) 
     imap = {int(i): k for k, i in enumerate(dataset.raw_item_ids)}
     for name in ("train", "test"):
         path = folder / f"{name}.tsv"
-        raw = _read_part(path)
+        raw = read_part(path)
         for col, mapping in (("user", umap), ("item", imap)):
             mapped = raw[col].map(mapping)
             if mapped.isna().any():
