@@ -63,15 +63,15 @@ def _get(cfg: dict, key: str):
     return node
 
 
-def _number(cfg: dict, key: str, lo=None, hi=None, integer=False, lo_open=False) -> None:
+def _number(cfg: dict, key: str, lo=None, hi=None, integer=False, lo_open=False, hi_open=False) -> None:
     value = _get(cfg, key)
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         raise ConfigError(f"{key}={value!r}: expected {'an integer' if integer else 'a number'}")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigError(f"{key}={value}: must be {'>' if lo_open else '>='} {lo}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{key}={value}: must be <= {hi}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        raise ConfigError(f"{key}={value}: must be {'<' if hi_open else '<='} {hi}")
 
 
 # Ranges of the strategies' hyper-parameters (conf/strategy/*.yaml): checked at start-up,
@@ -157,6 +157,8 @@ def validate(cfg: dict) -> dict:
         _number(cfg, key, lo=1, integer=True)
     for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives", "fedrep.head_epochs"):
         _number(cfg, key, lo=0, integer=True)
+    cfg.setdefault("server_decay", 0.0)
+    _number(cfg, "server_decay", lo=0, hi=1, hi_open=True)
     cfg.setdefault("average_last", 0)
     _number(cfg, "average_last", lo=0, integer=True)  # above num_rounds: every round
     for key in ("fraction_train", "fraction_evaluate"):

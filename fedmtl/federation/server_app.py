@@ -27,7 +27,7 @@ from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_replies, needed_nodes, wait_for_nodes
 from .privacy import ServerPrivacy
-from .strategies import build_strategy, set_server_rate
+from .strategies import build_strategy, decay_arrays, set_server_rate
 
 log = logging.getLogger("fedmtl")
 
@@ -163,6 +163,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
             seed_sampling(cfg, "train", rnd)
             agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
+            agg = None if agg is None else decay_arrays(agg, cfg.get("server_decay") or 0.0)  # legacy FedAvg: no mixin
         else:
             agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:

@@ -53,10 +53,23 @@ def evaluate_aggregation(records: list[RecordDict], weighted_by_key: str) -> Met
     return MetricRecord(out)
 
 
+def decay_arrays(arrays: ArrayRecord, decay: float) -> ArrayRecord:
+    """`server_decay=d`: every shared array times 1 - d (decoupled weight decay, as in
+    AdamW, Loshchilov and Hutter 2019, applied once a round by the server). It reaches
+    every row of the shared tables, also the ones no client sent under exchange=sparse."""
+    if not decay:
+        return arrays
+    return ArrayRecord({k: Array(np.asarray(a.numpy() * (1.0 - decay), dtype=a.numpy().dtype))
+                        for k, a in arrays.items()})
+
+
 class KeepDtypes:
     """Cast the aggregate back to the dtypes the server sent. Flower's FedOpt family
     multiplies the float32 arrays by NumPy float64 scalars, which would turn the
-    shared model into float64 and double every later download."""
+    shared model into float64 and double every later download. Also applies
+    `server_decay` to the aggregate (`self.server_decay`, set by build_strategy)."""
+
+    server_decay = 0.0
 
     def configure_train(self, server_round, arrays, config, grid):
         self._sent_dtypes = {k: a.dtype for k, a in arrays.items()}
@@ -64,10 +77,16 @@ class KeepDtypes:
 
     def aggregate_train(self, server_round, replies):
         arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
         dtypes = getattr(self, "_sent_dtypes", {})
-        if arrays is not None and any(a.dtype != dtypes.get(k, a.dtype) for k, a in arrays.items()):
+        if any(a.dtype != dtypes.get(k, a.dtype) for k, a in arrays.items()):
             arrays = ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=dtypes.get(k, a.dtype)))
                                   for k, a in arrays.items()})
+        if self.server_decay:
+            arrays = decay_arrays(arrays, self.server_decay)
+            if isinstance(getattr(self, "current_arrays", None), ArrayRecord):
+                self.current_arrays = arrays  # FedAvgM steps from its last output: the decayed model
         return arrays, metrics
 
 
@@ -134,6 +153,8 @@ def build_strategy(cfg: dict):
     if issubclass(cls, fs.fedopt.FedOpt):
         common["eta_l"] = cfg["train"]["lr"]  # Flower only records it: the clients' rate is train.lr
     try:
-        return cls(**common, **scfg)
+        strategy = cls(**common, **scfg)
     except TypeError as e:
         raise ConfigError(f"strategy={name}: {e}") from None
+    strategy.server_decay = float(cfg.get("server_decay") or 0.0)
+    return strategy

@@ -145,3 +145,13 @@ def test_personal_parameters_never_leave_a_client_in_any_mode(tmp_path, traffic,
             assert len(got) == 1 + len(shapes) + extra
             uploads += 1
     assert uploads == 6
+
+
+def test_server_decay_scales_the_secure_aggregate_too(tmp_path, quantisation_bound):
+    """SecAgg+ aggregates outside the strategy classes; server_decay must still apply."""
+    run(compose(SECURE), tmp_path / "secure")
+    run(compose(SECURE + ["server_decay=0.3"]), tmp_path / "decayed")
+    a, b = shared(tmp_path / "secure"), shared(tmp_path / "decayed")
+    bound = quantisation_bound(compose(SECURE), list(range(6)))
+    assert max(float((0.7 * a[k].double() - b[k].double()).abs().max()) for k in a) <= bound
+    assert max(float(a[k].abs().max()) for k in a) > 100 * bound

@@ -3,6 +3,7 @@ and each shows its defining server step on hand-made client updates."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -310,3 +311,65 @@ def test_a_schedule_needs_a_strategy_with_a_server_rate():
         compose(["strategy=fedadam", "server_lr.schedule=linear"])
     with pytest.raises(ConfigError, match="server_lr.final=1.5"):
         compose(["strategy=fedadam", "server_lr.schedule=cosine", "server_lr.final=1.5"])
+
+
+# --- server_decay -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedmedian"])
+def test_server_decay_scales_the_aggregate_by_one_minus_d(name):
+    """Decoupled decay: the round's model is (1 - d) times the step the strategy takes alone."""
+    grid = FakeClients(moves_by([0.1, -0.2]), moves_by([0.3, 0.0]), moves_by([0.2, 0.1]))
+    plain = server_round(strategy(name, clients=3), grid, 1, [1.0, -2.0])
+    decayed = server_round(strategy(name, "server_decay=0.1", clients=3), grid, 1, [1.0, -2.0])
+    assert decayed.dtype == np.float32
+    np.testing.assert_allclose(decayed, 0.9 * plain, rtol=1e-6)
+
+
+def test_fedavgm_steps_from_the_decayed_model():
+    """FedAvgM keeps its last output: with server_decay it must keep the decayed one, so that
+    round 2's pseudo-gradient is the clients' move (d), not the decay undone."""
+    beta = yaml_of("fedavgm")["server_momentum"]
+    d = np.array([0.5, -1.0])
+    grid = FakeClients(moves_by(d), moves_by(d))
+    s = strategy("fedavgm", "server_decay=0.2", clients=2)
+    x1 = server_round(s, grid, 1, [1.0, 1.0])
+    np.testing.assert_allclose(x1, 0.8 * (np.array([1.0, 1.0]) + d), rtol=1e-6)
+    x2 = server_round(s, grid, 2, x1)
+    np.testing.assert_allclose(x2, 0.8 * (x1 + (1 + beta) * d), rtol=1e-6)
+
+
+def test_server_decay_reaches_rows_no_sparse_upload_carried():
+    """exchange=sparse: a client's decay would only reach the rows it sends; the server's
+    reaches every row of the shared table."""
+    s = strategy("fedavg", "exchange=sparse", "server_decay=0.5", clients=1)
+    name = "encoder.item_emb.weight"
+    current = np.full((3, 2), 2.0, np.float32)
+    trained = {name: current + 1.0}
+    payload = sparse_payload(trained, {name: current}, np.array([0]), 3)
+    msgs = list(s.configure_train(1, ArrayRecord({name: Array(current)}), ConfigRecord(), FakeClients(sends(0))))
+    msgs[0].metadata.__dict__["_message_id"] = uuid.uuid4().hex
+    reply = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in payload.items()}),
+                                "metrics": MetricRecord({"num-examples": 1})}), reply_to=msgs[0])
+    agg, _ = s.aggregate_train(1, [reply])
+    np.testing.assert_allclose(agg[name].numpy(), [[1.5, 1.5], [1.0, 1.0], [1.0, 1.0]])
+
+
+@pytest.mark.parametrize("value,message", [("1.0", "server_decay=1.0: must be < 1"),
+                                           ("-0.1", "server_decay=-0.1: must be >= 0"),
+                                           ("fast", "server_decay='fast': expected a number")])
+def test_server_decay_out_of_range_is_a_config_error(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose([f"server_decay={value}"])
+
+
+def test_a_simulated_round_saves_the_decayed_model(tmp_path):
+    """Config to server: one FedAvg round with server_decay=0.25 saves 0.75 x the plain round's model."""
+    from fedmtl.simulate import run
+
+    tiny = ["dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=1", "device=cpu"]
+    run(compose(tiny), tmp_path / "plain")
+    run(compose(tiny + ["server_decay=0.25"]), tmp_path / "decayed")
+    plain, decayed = (torch.load(tmp_path / d / "model_shared.pt") for d in ("plain", "decayed"))
+    assert plain.keys() == decayed.keys() and len(plain) > 0
+    for k in plain:
+        torch.testing.assert_close(decayed[k], 0.75 * plain[k], rtol=1e-5, atol=1e-7)
