@@ -22,7 +22,7 @@ def test_the_federated_preset_is_the_readme_setting():
     assert (cfg["num_clients"], cfg["aggregate"], cfg["num_rounds"], cfg["eval_every"]) == (943, "all", 35, 5)
     assert cfg["strategy"] == {"name": "fedadam", "eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.0001}
     assert (cfg["train"]["optimizer"], cfg["train"]["shared_lr"]) == ("sgd", 0.05)
-    assert (cfg["train"]["lr"], cfg["train"]["l2"]) == (0.02, 0.5)
+    assert (cfg["train"]["lr"], cfg["train"]["l2"], cfg["server_decay"]) == (0.02, 0.25, 0.01)
     assert (cfg["average_last"], cfg["server_lr"]["schedule"]) == (10, "constant")
     assert cfg["exchange"] == {"name": "sparse", "pad_rows": 200, "dtype": "int8"}
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 2.0, "like": 1.0}}
@@ -77,7 +77,8 @@ def test_every_run_of_a_preset_sweep_is_a_valid_config(preset, key, values):
         for part in key.split("."):
             node = node[part]
         got.append(node)
-        assert cfg["dataset"]["name"] == "movielens100k" and cfg["train"]["l2"] == 0.5
+        assert cfg["dataset"]["name"] == "movielens100k"
+        assert cfg["train"]["l2"] == (0.25 if cfg["server_decay"] else 0.5)  # MovieLens's, not the default 1e-4
     assert got == values
 
 
