@@ -28,13 +28,14 @@ def test_the_federated_preset_is_the_readme_setting():
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 2.0, "like": 1.0}}
 
 
-@pytest.mark.parametrize("preset, mode, epochs, lr", [("ml100k_centralized", "centralized", 7, 0.002),
-                                                      ("ml100k_local", "local", 20, 0.01)])
-def test_the_baseline_presets_share_the_model_and_loss_weights(preset, mode, epochs, lr):
+@pytest.mark.parametrize("preset, mode, epochs, lr, l2, decay", [("ml100k_centralized", "centralized", 12, 0.002, 0.0, 0.001),
+                                                                  ("ml100k_local", "local", 20, 0.01, 0.5, 0.0)])
+def test_the_baseline_presets_share_the_model_and_loss_weights(preset, mode, epochs, lr, l2, decay):
     cfg = compose([f"experiment={preset}", PATH])
     fed = compose(["experiment=ml100k_federated", PATH])
     assert (cfg["mode"], cfg["baseline_epochs"], cfg["train"]["lr"]) == (mode, epochs, lr)
-    assert cfg["train"]["l2"] == 0.5 and cfg["weighting"] == fed["weighting"] and cfg["model"] == fed["model"]
+    assert (cfg["train"]["l2"], cfg["train"]["weight_decay"]) == (l2, decay)
+    assert cfg["weighting"] == fed["weighting"] and cfg["model"] == fed["model"]
     assert cfg["dataset"] == fed["dataset"] and cfg["split"] == fed["split"]
 
 
@@ -78,7 +79,9 @@ def test_every_run_of_a_preset_sweep_is_a_valid_config(preset, key, values):
             node = node[part]
         got.append(node)
         assert cfg["dataset"]["name"] == "movielens100k"
-        assert cfg["train"]["l2"] == (0.25 if cfg["server_decay"] else 0.5)  # MovieLens's, not the default 1e-4
+        # each MovieLens preset's own regulariser (never the default 1e-4): federated row L2 0.25 with
+        # server decay, centralised uniform decay without row L2, the older presets row L2 0.5
+        assert cfg["train"]["l2"] == (0.25 if cfg["server_decay"] else 0.0 if cfg["train"]["weight_decay"] else 0.5)
     assert got == values
 
 
