@@ -163,7 +163,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
             seed_sampling(cfg, "train", rnd)
             agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
-            agg = None if agg is None else decay_arrays(agg, cfg.get("server_decay") or 0.0)  # legacy FedAvg: no mixin
+            if agg is not None and cfg.get("server_decay"):  # legacy FedAvg: no KeepDtypes mixin
+                agg = decay_arrays(agg, cfg["server_decay"])
         else:
             agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:

@@ -53,14 +53,17 @@ def evaluate_aggregation(records: list[RecordDict], weighted_by_key: str) -> Met
     return MetricRecord(out)
 
 
-def decay_arrays(arrays: ArrayRecord, decay: float) -> ArrayRecord:
+def decay_arrays(arrays: ArrayRecord, decay: float, dtypes: dict | None = None) -> ArrayRecord:
     """`server_decay=d`: every shared array times 1 - d (decoupled weight decay, as in
     AdamW, Loshchilov and Hutter 2019, applied once a round by the server). It reaches
-    every row of the shared tables, also the ones no client sent under exchange=sparse."""
-    if not decay:
-        return arrays
-    return ArrayRecord({k: Array(np.asarray(a.numpy() * (1.0 - decay), dtype=a.numpy().dtype))
-                        for k, a in arrays.items()})
+    every row of the shared tables, also the ones no client sent under exchange=sparse.
+    `dtypes` (name -> dtype) casts each array first, in the same pass (KeepDtypes)."""
+    out = {}
+    for k, a in arrays.items():
+        v = a.numpy()  # deserialises: once per array
+        v = np.asarray(v, dtype=(dtypes or {}).get(k, v.dtype))
+        out[k] = Array(v * (1.0 - decay) if decay else v)
+    return ArrayRecord(out)
 
 
 class KeepDtypes:
@@ -80,13 +83,10 @@ class KeepDtypes:
         if arrays is None:
             return arrays, metrics
         dtypes = getattr(self, "_sent_dtypes", {})
-        if any(a.dtype != dtypes.get(k, a.dtype) for k, a in arrays.items()):
-            arrays = ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=dtypes.get(k, a.dtype)))
-                                  for k, a in arrays.items()})
-        if self.server_decay:
-            arrays = decay_arrays(arrays, self.server_decay)
-            if isinstance(getattr(self, "current_arrays", None), ArrayRecord):
-                self.current_arrays = arrays  # FedAvgM steps from its last output: the decayed model
+        if self.server_decay or any(a.dtype != dtypes.get(k, a.dtype) for k, a in arrays.items()):
+            arrays = decay_arrays(arrays, self.server_decay, dtypes)  # cast and decay in one pass
+        if self.server_decay and isinstance(self, fs.FedAvgM):
+            self.current_arrays = arrays  # FedAvgM steps from its last output: the decayed model
         return arrays, metrics
 
 
@@ -156,5 +156,5 @@ def build_strategy(cfg: dict):
         strategy = cls(**common, **scfg)
     except TypeError as e:
         raise ConfigError(f"strategy={name}: {e}") from None
-    strategy.server_decay = float(cfg.get("server_decay") or 0.0)
+    strategy.server_decay = float(cfg.get("server_decay") or 0.0)  # a config exported before the key: none
     return strategy
