@@ -62,7 +62,9 @@ def decay_arrays(arrays: ArrayRecord, decay: float, dtypes: dict | None = None) 
     for k, a in arrays.items():
         v = a.numpy()  # deserialises: once per array
         v = np.asarray(v, dtype=(dtypes or {}).get(k, v.dtype))
-        out[k] = Array(v * (1.0 - decay) if decay else v)
+        # asarray: a 0-d array times a float is a NumPy scalar, which Array refuses (the
+        # heads' offsets under aggregate=all)
+        out[k] = Array(np.asarray(v * (1.0 - decay), dtype=v.dtype) if decay else v)
     return ArrayRecord(out)
 
 

@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation.client_app import train_config
-from fedmtl.federation.strategies import CLASSES, build_strategy, server_rate, set_server_rate
+from fedmtl.federation.strategies import CLASSES, build_strategy, decay_arrays, server_rate, set_server_rate
 from fedmtl.federation_names import STRATEGIES
 from fedmtl.federation.sparse import sparse_payload
 
@@ -362,11 +362,23 @@ def test_server_decay_out_of_range_is_a_config_error(value, message):
         compose([f"server_decay={value}"])
 
 
-def test_a_simulated_round_saves_the_decayed_model(tmp_path):
-    """Config to server: one FedAvg round with server_decay=0.25 saves 0.75 x the plain round's model."""
+def test_server_decay_keeps_scalar_arrays_arrays():
+    """A 0-d array (a head's offset, shared under aggregate=all) stays a 0-d float32 array."""
+    out = decay_arrays(ArrayRecord({"offset": Array(np.array(2.0, np.float32)),
+                                    "w": Array(np.ones((2, 2), np.float64))}), 0.5, {"w": np.float32})
+    assert out["offset"].numpy().shape == () and out["offset"].numpy().dtype == np.float32
+    assert float(out["offset"].numpy()) == 1.0
+    assert out["w"].numpy().dtype == np.float32 and np.all(out["w"].numpy() == 0.5)
+
+
+@pytest.mark.parametrize("aggregate", ["encoder", "all"])
+def test_a_simulated_round_saves_the_decayed_model(tmp_path, aggregate):
+    """Config to server: one FedAvg round with server_decay=0.25 saves 0.75 x the plain round's
+    model; aggregate=all also sends the heads' 0-d offsets (the MovieLens preset's setting)."""
     from fedmtl.simulate import run
 
-    tiny = ["dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=1", "device=cpu"]
+    tiny = ["dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=1", "device=cpu",
+            f"aggregate={aggregate}"]
     run(compose(tiny), tmp_path / "plain")
     run(compose(tiny + ["server_decay=0.25"]), tmp_path / "decayed")
     plain, decayed = (torch.load(tmp_path / d / "model_shared.pt") for d in ("plain", "decayed"))
