@@ -19,7 +19,7 @@ PRESETS = sorted(p.stem for p in (SIMULATIONS_DIR / "experiment").glob("*.yaml")
 def test_the_federated_preset_is_the_readme_setting():
     cfg = compose(["experiment=ml100k_federated", PATH])
     assert cfg["dataset"]["name"] == "movielens100k" and cfg["mode"] == "federated"
-    assert (cfg["num_clients"], cfg["aggregate"], cfg["num_rounds"], cfg["eval_every"]) == (943, "all", 35, 5)
+    assert (cfg["num_clients"], cfg["aggregate"], cfg["num_rounds"], cfg["eval_every"]) == (943, "all", 45, 5)
     assert cfg["strategy"] == {"name": "fedadam", "eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.0001}
     assert (cfg["train"]["optimizer"], cfg["train"]["shared_lr"]) == ("sgd", 0.05)
     assert (cfg["train"]["lr"], cfg["train"]["l2"], cfg["server_decay"]) == (0.02, 0.25, 0.01)
