@@ -32,15 +32,15 @@ from fedmtl.errors import DataError  # noqa: E402
 from fedmtl.metrics import rank_metrics  # noqa: E402
 
 
-def read_split(path: Path) -> np.ndarray:
+def read_split(path: Path, prog: str = "ease") -> np.ndarray:
     """(user, item) int pairs of a split file, read by fedmtl's own split reader; one line if bad."""
     try:
         part = read_part(path)
     except DataError as e:
-        raise SystemExit(f"ease: {e}") from None
-    a = part[["user", "item"]].to_numpy(dtype=np.int64)
+        raise SystemExit(f"{prog}: {e}") from None
+    a = part[["user", "item"]].to_numpy(dtype=np.int64, copy=True)
     if a.min() < 0:
-        raise SystemExit(f"ease: {path}: negative user or item id")
+        raise SystemExit(f"{prog}: {path}: negative user or item id")
     return a
 
 
