@@ -6,30 +6,14 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from test_ease_reference import two_taste_split  # the same written split as the EASE reference's tests
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))  # mf.py imports ease.py's split reader
 SPEC = importlib.util.spec_from_file_location("mf", BENCH / "mf.py")
 mf = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(mf)
-
-
-def two_taste_split(tmp_path: Path, seed: int = 0) -> Path:
-    """Users 1..60 like items 1..20, users 61..120 items 21..40; a fifth of each user's items is test."""
-    rng = np.random.default_rng(seed)
-    split = tmp_path / "run" / "split"
-    split.mkdir(parents=True)
-    train, test = [], []
-    for u in range(1, 121):
-        pool = np.arange(1, 21) if u <= 60 else np.arange(21, 41)
-        items = rng.choice(pool, size=10, replace=False)
-        train += [(u, i) for i in items[:8]]
-        test += [(u, i) for i in items[8:]]
-    for name, rows in (("train.tsv", train), ("test.tsv", test)):
-        (split / name).write_text("".join(f"{u}\t{i}\t4\t0\n" for u, i in rows))
-    return split.parent
 
 
 def split_of(run: Path) -> "mf.Split":
