@@ -84,7 +84,7 @@ def test_ctrl_c_stops_with_one_line_keeping_finished_rounds(tmp_path, uninterrup
         proc = start(*RUN, f"hydra.run.dir={folder}")
         stop_after_round(proc, folder, 1, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-        if proc.returncode != 0 or (folder / "summary.json").exists() is False:
+        if proc.returncode != 0 or not (folder / "summary.json").exists():
             break
     assert proc.returncode == 130, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
