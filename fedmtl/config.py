@@ -144,6 +144,7 @@ def validate(cfg: dict) -> dict:
     check_server_lr(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
     check_privacy(cfg)
+    _check_click_mix(cfg)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
     cfg["train"].setdefault("optimizer", "adam")
@@ -182,6 +183,24 @@ def validate(cfg: dict) -> dict:
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda: no CUDA device is visible to torch (use device=auto or cpu)")
     return cfg
+
+
+def _check_click_mix(cfg: dict) -> None:
+    """click_mix.weight and .lam (fedmtl/itemitem.py)."""
+    mix = cfg.setdefault("click_mix", {})
+    if not isinstance(mix, dict):
+        raise ConfigError(f"click_mix={mix!r}: expected a block with weight and lam")
+    mix.setdefault("weight", 0.0)
+    mix.setdefault("lam", 500.0)
+    unknown = set(mix) - {"weight", "lam"}
+    if unknown:
+        raise ConfigError(f"click_mix.{sorted(unknown)[0]}: unknown key (expected weight, lam)")
+    _number(cfg, "click_mix.weight", lo=0, hi=1, hi_open=True)
+    _number(cfg, "click_mix.lam", lo=0, lo_open=True)
+    privacy = _get(cfg, "privacy.name")
+    if mix["weight"] > 0 and cfg["mode"] == "federated" and privacy != "none" and "click" in (cfg.get("tasks") or []):
+        raise ConfigError(f"click_mix.weight={mix['weight']} with privacy={privacy}: the clients' item Gram parts "
+                          "are summed in the clear (no clipping, noise or SecAgg+ yet); set click_mix.weight=0")
 
 
 def _check_faults_and_resume(cfg: dict) -> None:

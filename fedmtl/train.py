@@ -13,6 +13,7 @@ import torch
 
 from . import metrics as M
 from .data import ClientData
+from .itemitem import blend
 from .tasks import LIKE_THRESHOLD, choose_rows, click_candidates, losses as task_losses
 
 
@@ -144,8 +145,10 @@ def _optimizer(cfg: TrainConfig, shared: list, personal: list):
 
 
 @torch.no_grad()
-def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test") -> dict:
-    """Additive metric parts (see `metrics.combine`) of this data's test interactions."""
+def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item_item=None) -> dict:
+    """Additive metric parts (see `metrics.combine`) of this data's test interactions.
+
+    item_item: (B, weight) blends EASE item-item scores into the click ranking (itemitem.py)."""
     model.eval()
     if hasattr(model, "attach"):  # reference scorers (transfer.py) have no history to attach
         model.attach(data)
@@ -174,6 +177,8 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test") -> d
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
             scores = model.all_item_scores(users[sl], "click", ir)
+            if item_item is not None:
+                scores = blend(scores, mask[sl], item_item[0].to(scores.device), item_item[1])
             hr, nd = M.rank_metrics(scores, mask[sl], lists[sl], k)
             hr_all.append(hr)
             nd_all.append(nd)

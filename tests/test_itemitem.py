@@ -1,0 +1,114 @@
+"""click_mix (fedmtl/itemitem.py): the item Gram federates as a sum of client parts, EASE
+ranks co-occurring items first, and the blend moves the click ranking toward it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedmtl import itemitem
+from fedmtl.config import compose
+from fedmtl.errors import ConfigError
+from fedmtl.metrics import rank_metrics
+
+
+def random_mask(n_users=30, n_items=12, p=0.3, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n_users, n_items, generator=g) < p
+
+
+def two_tastes(n_per_taste=20) -> torch.Tensor:
+    """Half the users have items 0-2 (and sometimes 6), half items 3-5; item 6..9 rare."""
+    mask = torch.zeros(2 * n_per_taste, 10, dtype=torch.bool)
+    mask[:n_per_taste, :3] = True
+    mask[n_per_taste:, 3:6] = True
+    mask[::4, 6] = True
+    return mask
+
+
+def test_client_parts_add_up_to_the_pooled_gram():
+    mask = random_mask()
+    full = np.zeros((12, 12))
+    for rows in (slice(0, 7), slice(7, 8), slice(8, 30)):  # three clients of different sizes
+        itemitem.add_part(full, *itemitem.gram_part(mask[rows]))
+    x = mask.double().numpy()
+    np.testing.assert_allclose(full, x.T @ x)
+    np.testing.assert_allclose(itemitem.gram(mask), x.T @ x)
+
+
+def test_a_part_sends_only_the_items_its_users_have():
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, [1, 4]] = True
+    mask[1, 4] = True
+    items, block = itemitem.gram_part(mask)
+    assert items.tolist() == [1, 4]
+    assert block.tolist() == [[1.0, 1.0], [1.0, 2.0]]
+
+
+@pytest.mark.parametrize("items, block, words", [
+    (np.array([0, 1]), np.ones((3, 3)), "block (k, k)"),
+    (np.array([0, 12]), np.ones((2, 2)), "outside 0..11"),
+    (np.array([-1, 2]), np.ones((2, 2)), "outside 0..11"),
+])
+def test_a_malformed_part_is_refused(items, block, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        itemitem.add_part(np.zeros((12, 12)), items, block)
+
+
+def test_ease_has_a_zero_diagonal_and_ranks_the_co_occurring_item_first():
+    mask = two_tastes()
+    b = itemitem.ease(itemitem.gram(mask), lam=1.0)
+    assert np.all(np.diag(b) == 0)
+    user = torch.zeros(1, 10, dtype=torch.bool)
+    user[0, [0, 1]] = True  # has two of the first taste's items
+    scores = user.float() @ torch.from_numpy(b)
+    ranked = [i for i in scores[0].argsort(descending=True).tolist() if not user[0, i]]
+    assert ranked[0] == 2
+    assert all(scores[0, 2] > scores[0, j] for j in (3, 4, 5))
+    with pytest.raises(ValueError, match="lam must be > 0"):
+        itemitem.ease(itemitem.gram(mask), lam=0.0)
+
+
+def test_standardise_gives_each_row_mean_0_and_std_1_over_its_candidates():
+    mask = random_mask(5, 20, seed=3)
+    s = torch.randn(5, 20, dtype=torch.float64) * 7 + 3
+    z = itemitem.standardise(s, mask)
+    keep = ~mask
+    for u in range(5):
+        v = z[u][keep[u]]
+        assert abs(float(v.mean())) < 1e-9
+        assert abs(float(v.pow(2).mean().sqrt()) - 1) < 1e-9
+        assert torch.all(z[u][mask[u]] == 0)
+    assert torch.all(itemitem.standardise(torch.ones(1, 4), torch.zeros(1, 4, dtype=torch.bool)) == 0)
+
+
+def test_blend_with_weight_0_keeps_the_heads_ranking_and_a_large_weight_fixes_a_wrong_one():
+    mask = two_tastes()
+    b = torch.from_numpy(itemitem.ease(itemitem.gram(mask), lam=1.0))
+    # The held-out truth: a first-taste user (who has 0 and 1) clicks 2.
+    user = torch.zeros(1, 10, dtype=torch.bool)
+    user[0, [0, 1]] = True
+    wrong = torch.tensor([[0.0, 0.0, 0.1, 0.2, 0.9, 0.5, 0.3, 0.0, 0.0, 0.0]])  # a head that ranks item 4 first
+    kept = itemitem.blend(wrong, user, b, 0.0)
+    cand = ~user[0]
+    assert torch.equal(kept[0][cand].argsort(), wrong.double()[0][cand].argsort())
+    _, nd_head = rank_metrics(wrong, user, [np.array([2])], k=1)
+    _, nd_blend = rank_metrics(itemitem.blend(wrong, user, b, 0.8), user, [np.array([2])], k=1)
+    assert nd_head[0] == 0.0 and nd_blend[0] == 1.0
+
+
+def test_click_mix_config_is_checked():
+    cfg = compose(["click_mix.weight=0.3"])
+    assert cfg["click_mix"] == {"weight": 0.3, "lam": 500.0}
+    assert itemitem.active(cfg)
+    assert not itemitem.active(compose(["click_mix.weight=0.3", "tasks=[rating]"]))
+    assert not itemitem.active(compose([]))
+    for bad, words in (("click_mix.weight=1.0", "must be < 1"), ("click_mix.weight=-0.1", "must be >= 0"),
+                       ("click_mix.lam=0", "must be > 0"), ("+click_mix.k=3", "unknown key"),
+                       ("click_mix.weight=abc", "expected a number")):
+        with pytest.raises(ConfigError, match=words):
+            compose([bad])
+    with pytest.raises(ConfigError, match="privacy=central_dp: the clients' item Gram parts are summed in the clear"):
+        compose(["click_mix.weight=0.3", "privacy=central_dp"])
+    compose(["click_mix.weight=0.3", "privacy=central_dp", "mode=centralized"])  # nothing is sent there
