@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import transfer
+from ..itemitem import gram_part
 from ..model import get_arrays, shared_names
 from ..schedule import client_round
 from ..tasks import click_candidates
@@ -70,16 +71,25 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
         transfer.client_view(model, run_cfg)
-        part = evaluate(model, data, run_cfg["tasks"])
+        item_item = None
+        if "item_item" in msg.content:  # click_mix: the server's EASE weights (itemitem.py)
+            b = torch.from_numpy(msg.content["item_item"]["b"].numpy()).to(data.train_u.device)
+            item_item = (b, float(run_cfg["click_mix"]["weight"]))
+        part = evaluate(model, data, run_cfg["tasks"], item_item=item_item)
         part.update(transfer.item_parts(model, data, run_cfg["tasks"], transfer.hidden_items(run_cfg)))
         part["num-examples"] = int(len(data.test_u))
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
 
     @app.query()
-    def warm_up(msg: Message, context: Context) -> Message:
-        """Load this client's code and data, nothing else (engine/ray.py: before round 1)."""
+    def query(msg: Message, context: Context) -> Message:
+        """Load this client's code and data (engine/ray.py: the warm-up before round 1); asked
+        for "gram", also reply with its users' item Gram part (click_mix, itemitem.py)."""
         torch.set_num_threads(1)
-        _client_data(config_from_context(context, cfg), context)
+        _, data = _client_data(config_from_context(context, cfg), context)
+        if "config" in msg.content and msg.content["config"].get("query") == "gram":
+            items, block = gram_part(data.train_mask())
+            return Message(RecordDict({"gram": ArrayRecord({"items": Array(items), "block": Array(block)})}),
+                           reply_to=msg)
         return Message(RecordDict({}), reply_to=msg)
 
     return app

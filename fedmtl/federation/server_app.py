@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from .. import checkpoint
+from .. import checkpoint, itemitem
 from ..data import federation_for
 from ..errors import DivergedError
 from ..model import build_model, shared_names
@@ -25,7 +25,7 @@ from ..results import append_jsonl
 from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
-from .failures import check_replies, needed_nodes, wait_for_nodes
+from .failures import RoundFailure, check_replies, needed_nodes, wait_for_nodes
 from .privacy import ServerPrivacy
 from .strategies import build_strategy, decay_arrays, set_server_rate
 
@@ -112,6 +112,50 @@ class TailAverage:
         self.mean, self.count = state.get("mean"), int(state.get("count", 0))
 
 
+def item_item_round(grid: Grid, cfg: dict, strategy):
+    """click_mix (itemitem.py), before round 1: ask every connected client for its users'
+    item Gram part, add the parts up and solve EASE's B; None when the run blends nothing.
+    Parts come in the clear (config.py allows click_mix only with privacy=none)."""
+    if not itemitem.active(cfg):
+        return None
+    from flwr.app import Message, RecordDict
+    from flwr.common import MessageType
+
+    t0 = time.time()
+    nodes = sorted(wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0,
+                                  "item Gram").get_node_ids())
+    msgs = [Message(RecordDict({"config": ConfigRecord({"query": "gram"})}), dst_node_id=n,
+                    message_type=MessageType.QUERY) for n in nodes]
+    n_items = int(federation_for(cfg).meta["n_items"])
+    gram = np.zeros((n_items, n_items), dtype=np.float64)
+    ok = 0
+    for r in grid.send_and_receive(msgs, timeout=cfg["round_timeout"]):
+        if r.has_error() or "gram" not in r.content:
+            continue
+        try:
+            itemitem.add_part(gram, r.content["gram"]["items"].numpy(), r.content["gram"]["block"].numpy())
+        except ValueError as e:
+            raise RoundFailure(f"item Gram: node {r.metadata.src_node_id} sent a bad part: {e}") from None
+        ok += 1
+    if ok == 0:
+        raise RoundFailure(f"item Gram: none of the {len(msgs)} clients sent its part "
+                           "(click_mix.weight > 0 needs them)")
+    b = itemitem.ease(gram, float(cfg["click_mix"]["lam"]))
+    log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
+            "click_mix: item Gram from %d of %d clients, EASE (lam %g) solved in %.1fs", ok, len(msgs),
+            cfg["click_mix"]["lam"], time.time() - t0)
+    return ArrayRecord({"b": Array(b)})
+
+
+def with_item_item(msgs: list, record) -> int:
+    """Attach EASE's B (click_mix) to evaluation messages; the bytes this adds."""
+    if record is None:
+        return 0
+    for m in msgs:
+        m.content["item_item"] = record
+    return record.count_bytes() * len(msgs)
+
+
 def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     """One plain training round: (new arrays or None, train metrics, the metrics.jsonl row,
     the reason the round was skipped or None)."""
@@ -152,6 +196,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             privacy.load_state_dict(ckpt.extra["privacy"])
         if ckpt.extra.get("tail_average"):
             tail.load_state_dict(ckpt.extra["tail_average"])
+    item_item = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, sent with every evaluation
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
     for rnd in range(first, n_rounds + 1):
@@ -185,6 +230,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             seed_sampling(cfg, "evaluate", rnd)
             emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), egrid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
+            row["bytes_down"] += with_item_item(emsgs, item_item)
             ereplies = by_node(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
             row["failed_evaluate"] = len(emsgs) - sum(1 for r in ereplies if not r.has_error())
@@ -207,6 +253,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         # The budget ended the run between evaluations: evaluate the last released model.
         rnd = history[-1]["round"]
         emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), grid))
+        with_item_item(emsgs, item_item)
         ev = strategy.aggregate_evaluate(rnd, list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
         last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
