@@ -114,10 +114,11 @@ class TailAverage:
 
 def item_item_round(grid: Grid, cfg: dict, strategy):
     """click_mix (itemitem.py), before round 1: ask every connected client for its users'
-    item Gram part, add the parts up and solve EASE's B; None when the run blends nothing.
+    item Gram part, add the parts up and solve EASE's B. Returns (B's record, the bytes the
+    parts took up), or (None, 0) when the run blends nothing.
     Parts come in the clear (config.py allows click_mix only with privacy=none)."""
     if not itemitem.active(cfg):
-        return None
+        return None, 0
     from flwr.app import Message, RecordDict
     from flwr.common import MessageType
 
@@ -128,10 +129,11 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
                     message_type=MessageType.QUERY) for n in nodes]
     n_items = int(federation_for(cfg).meta["n_items"])
     gram = np.zeros((n_items, n_items), dtype=np.float64)
-    ok = 0
+    ok = up = 0
     for r in grid.send_and_receive(msgs, timeout=cfg["round_timeout"]):
         if r.has_error() or "gram" not in r.content:
             continue
+        up += r.content["gram"].count_bytes()
         try:
             itemitem.add_part(gram, r.content["gram"]["items"].numpy(), r.content["gram"]["block"].numpy())
         except ValueError as e:
@@ -142,9 +144,9 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
                            "(click_mix.weight > 0 needs them)")
     b = itemitem.ease(gram, float(cfg["click_mix"]["lam"]))
     log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
-            "click_mix: item Gram from %d of %d clients, EASE (lam %g) solved in %.1fs", ok, len(msgs),
-            cfg["click_mix"]["lam"], time.time() - t0)
-    return ArrayRecord({"b": Array(b)})
+            "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %g) solved in %.1fs", ok,
+            len(msgs), up / 1e6, cfg["click_mix"]["lam"], time.time() - t0)
+    return ArrayRecord({"b": Array(b)}), up
 
 
 def with_item_item(msgs: list, record) -> int:
@@ -196,7 +198,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             privacy.load_state_dict(ckpt.extra["privacy"])
         if ckpt.extra.get("tail_average"):
             tail.load_state_dict(ckpt.extra["tail_average"])
-    item_item = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, sent with every evaluation
+    item_item, gram_up = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, sent with every evaluation
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
     for rnd in range(first, n_rounds + 1):
@@ -260,7 +262,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         final = tail.model(arrays)  # average_last: the averaged model, the one evaluated
         checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_for(cfg).meta, n_rounds)
     return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
-            "bytes_up_total": sum(h["bytes_up"] for h in history),
+            "bytes_up_total": sum(h["bytes_up"] for h in history) + gram_up, "item_gram_bytes_up": gram_up,
             "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
 
 
