@@ -28,13 +28,16 @@ from pathlib import Path
 
 FED = "ml100k_federated"
 ROWS = [  # (name, label, overrides)
-    ("fed_mtl", "federated multi-task (fedmtl default recipe: exchange=sparse)", [f"experiment={FED}"]),
+    ("fed_mtl", "federated multi-task (fedmtl default recipe: exchange=sparse, click blended with federated EASE)",
+     [f"experiment={FED}"]),
+    ("fed_mtl_head", "federated multi-task, the click head alone (the same recipe with click_mix.weight=0)",
+     [f"experiment={FED}", "click_mix.weight=0"]),
     ("fed_mtl_dense", "federated multi-task, exchange=dense (the whole model uploaded, FedAvg of every row)",
      [f"experiment={FED}", "exchange=dense"]),
     ("fed_rating", "federated single-task: rating", [f"experiment={FED}", "tasks=[rating]"]),
     ("fed_like", "federated single-task: like", [f"experiment={FED}", "tasks=[like]"]),
     ("fed_click", "federated single-task: click", [f"experiment={FED}", "tasks=[click]"]),
-    ("central", "centralised multi-task (same core, data pooled)", ["experiment=ml100k_centralized"]),
+    ("central", "centralised multi-task (same core and click blend, data pooled)", ["experiment=ml100k_centralized"]),
     ("local", "local-only multi-task (no sharing)", ["experiment=ml100k_local"]),
 ]
 METRICS = [("rating.rmse", "RMSE", "<=", 0.908), ("like.auc", "like AUC", ">=", 0.797),

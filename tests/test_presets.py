@@ -26,6 +26,7 @@ def test_the_federated_preset_is_the_readme_setting():
     assert (cfg["average_last"], cfg["server_lr"]["schedule"]) == (10, "constant")
     assert cfg["exchange"] == {"name": "sparse", "pad_rows": 200, "dtype": "int8"}
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 2.0, "like": 1.0}}
+    assert cfg["click_mix"] == {"weight": 0.1, "lam": 300.0}
 
 
 @pytest.mark.parametrize("preset, mode, epochs, lr, l2, decay", [("ml100k_centralized", "centralized", 12, 0.002, 0.0, 0.001),
@@ -36,6 +37,7 @@ def test_the_baseline_presets_share_the_model_and_loss_weights(preset, mode, epo
     assert (cfg["mode"], cfg["baseline_epochs"], cfg["train"]["lr"]) == (mode, epochs, lr)
     assert (cfg["train"]["l2"], cfg["train"]["weight_decay"]) == (l2, decay)
     assert cfg["weighting"] == fed["weighting"] and cfg["model"] == fed["model"]
+    assert cfg["click_mix"] == fed["click_mix"]
     assert cfg["dataset"] == fed["dataset"] and cfg["split"] == fed["split"]
 
 
