@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # fedmtl from this checkout, installed or not
 from fedmtl.data.split import read_part  # noqa: E402
 from fedmtl.errors import DataError  # noqa: E402
+from fedmtl.itemitem import ease  # noqa: E402
 from fedmtl.metrics import rank_metrics  # noqa: E402
 
 
@@ -45,12 +46,9 @@ def read_split(path: Path, prog: str = "ease") -> np.ndarray:
 
 
 def ease_scores(X: np.ndarray, lam: float) -> np.ndarray:
-    """X @ B with B = argmin ||X - XB||^2 + lam ||B||^2 subject to diag(B) = 0 (closed form)."""
-    G = X.T @ X + lam * np.eye(X.shape[1])
-    P = np.linalg.inv(G)
-    B = -P / np.diag(P)
-    np.fill_diagonal(B, 0.0)
-    return X @ B
+    """X @ B with B = argmin ||X - XB||^2 + lam ||B||^2 subject to diag(B) = 0 (closed form,
+    `fedmtl.itemitem.ease`: the same B the federated click blend uses, from the pooled Gram)."""
+    return X @ ease(X.T @ X, lam).astype(X.dtype)
 
 
 def evaluate(train: np.ndarray, test: np.ndarray, lambdas: list[float], n_items: int | None = None,
