@@ -51,26 +51,38 @@ def ease_scores(X: np.ndarray, lam: float) -> np.ndarray:
     return X @ ease(X.T @ X, lam).astype(X.dtype)
 
 
+class Split:
+    """The split as a 0/1 matrix (item column 0 is no item when ids are 1-based) and the test lists."""
+
+    def __init__(self, train: np.ndarray, test: np.ndarray, n_items: int | None = None, prog: str = "ease"):
+        n_users = int(max(train[:, 0].max(), test[:, 0].max())) + 1
+        seen = int(max(train[:, 1].max(), test[:, 1].max())) + 1
+        if n_items is not None and n_items + 1 < seen:
+            raise SystemExit(f"{prog}: --n-items {n_items}: the split holds item id {seen - 1}")
+        width = max(seen, (n_items or 0) + 1)
+        self.train = train
+        self.X = torch.zeros(n_users, width)
+        self.X[torch.as_tensor(train[:, 0]), torch.as_tensor(train[:, 1])] = 1.0
+        self.users = np.unique(test[:, 0])
+        self.lists = [test[test[:, 0] == u, 1] for u in self.users]
+        self.mask = self.X[torch.as_tensor(self.users)] > 0
+        self.no_item = torch.zeros(width, dtype=torch.bool)
+        if not (train[:, 1] == 0).any() and not (test[:, 1] == 0).any():  # 1-based ids
+            self.no_item[0] = True
+        self.mask[:, self.no_item] = True
+
+    def score(self, scores: torch.Tensor, k: int = 10) -> tuple[float, float]:
+        """(HR@k, NDCG@k) of full [users, items] scores, over the users with test items."""
+        hr, nd = rank_metrics(scores[torch.as_tensor(self.users)], self.mask, self.lists, k)
+        return float(hr.mean()), float(nd.mean())
+
+
 def evaluate(train: np.ndarray, test: np.ndarray, lambdas: list[float], n_items: int | None = None,
              k: int = 10) -> list[tuple[float, float, float]]:
     """(lambda, HR@k, NDCG@k) over the users with test items, for each lambda."""
-    n_users = int(max(train[:, 0].max(), test[:, 0].max())) + 1
-    seen = int(max(train[:, 1].max(), test[:, 1].max())) + 1
-    if n_items is not None and n_items + 1 < seen:
-        raise SystemExit(f"ease: --n-items {n_items}: the split holds item id {seen - 1}")
-    width = max(seen, (n_items or 0) + 1)
-    X = np.zeros((n_users, width))
-    X[train[:, 0], train[:, 1]] = 1.0
-    users = np.unique(test[:, 0])
-    lists = [test[test[:, 0] == u, 1] for u in users]
-    mask = torch.as_tensor(X[users] > 0)
-    if not (train[:, 1] == 0).any() and not (test[:, 1] == 0).any():  # 1-based ids: column 0 is no item
-        mask[:, 0] = True
-    out = []
-    for lam in lambdas:
-        hr, nd = rank_metrics(torch.as_tensor(ease_scores(X, lam)[users]), mask, lists, k)
-        out.append((lam, float(hr.mean()), float(nd.mean())))
-    return out
+    split = Split(train, test, n_items)
+    X = split.X.double().numpy()
+    return [(lam, *split.score(torch.as_tensor(ease_scores(X, lam)), k)) for lam in lambdas]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,33 +34,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # fedmtl from this checkout, installed or not
 sys.path.insert(0, str(HERE))
-from ease import read_split  # noqa: E402
-from fedmtl.metrics import rank_metrics  # noqa: E402
-
-
-class Split:
-    """The split as a 0/1 matrix (item column 0 is no item when ids are 1-based) and the test lists."""
-
-    def __init__(self, train: np.ndarray, test: np.ndarray, n_items: int | None = None):
-        n_users = int(max(train[:, 0].max(), test[:, 0].max())) + 1
-        seen = int(max(train[:, 1].max(), test[:, 1].max())) + 1
-        if n_items is not None and n_items + 1 < seen:
-            raise SystemExit(f"mf: --n-items {n_items}: the split holds item id {seen - 1}")
-        width = max(seen, (n_items or 0) + 1)
-        self.train = train
-        self.X = torch.zeros(n_users, width)
-        self.X[torch.as_tensor(train[:, 0]), torch.as_tensor(train[:, 1])] = 1.0
-        self.users = np.unique(test[:, 0])
-        self.lists = [test[test[:, 0] == u, 1] for u in self.users]
-        self.mask = self.X[torch.as_tensor(self.users)] > 0
-        self.no_item = torch.zeros(width, dtype=torch.bool)
-        if not (train[:, 1] == 0).any() and not (test[:, 1] == 0).any():  # 1-based ids
-            self.no_item[0] = True
-        self.mask[:, self.no_item] = True
-
-    def score(self, scores: torch.Tensor) -> tuple[float, float]:
-        hr, nd = rank_metrics(scores[torch.as_tensor(self.users)], self.mask, self.lists, 10)
-        return float(hr.mean()), float(nd.mean())
+from ease import Split, read_split  # noqa: E402
 
 
 def softmax_mf(split: Split, dim: int, l2: float, lr: float, steps: int, batch: int, eval_every: int,
@@ -145,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"mf: --batch {args.batch}: must be >= 0")
     torch.manual_seed(args.seed)
     sp = args.run_dir / "split"
-    split = Split(read_split(sp / "train.tsv", "mf"), read_split(sp / "test.tsv", "mf"), args.n_items)
+    split = Split(read_split(sp / "train.tsv", "mf"), read_split(sp / "test.tsv", "mf"), args.n_items, prog="mf")
     if args.model == "softmax":
         what = f"softmax MF, dim {args.dim}, L2 {args.l2:g}, Adam {args.lr:g}, " \
                + (f"{args.batch}-pair batches" if args.batch else "full batch")
