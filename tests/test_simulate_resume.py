@@ -25,10 +25,18 @@ RUN = ["dataset.n_users=120", "dataset.n_items=60", "num_clients=12", "num_round
        "average_last=3", "server_lr.schedule=cosine", "server_lr.final=0.1"]  # their state must survive too
 
 
+def _default_sigint() -> None:
+    # A child inherits an *ignored* SIGINT (a shell starts background jobs, such as a CI run
+    # launched with `&`, with SIGINT ignored), and Python then never raises KeyboardInterrupt:
+    # the run would finish with exit 0 however often it is interrupted. Ctrl-C at a terminal
+    # reaches a process with the default disposition, so the child gets that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "fedmtl.simulate", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def checkpointed_round(folder: Path) -> int:
