@@ -59,6 +59,15 @@ def gram(train_mask: torch.Tensor) -> np.ndarray:
     return g
 
 
+def ease_of_part(items: np.ndarray, block: np.ndarray, n_items: int, lam: float) -> np.ndarray:
+    """`ease` of the Gram matrix that is `block` on items x items and 0 elsewhere, solved on the
+    block alone: G + lam I is block-diagonal there, so B is 0 outside the block. One user's
+    B (local-only) costs a k x k solve instead of an n_items x n_items one."""
+    b = np.zeros((n_items, n_items), dtype=np.float32)
+    b[np.ix_(items, items)] = ease(block, lam)
+    return b
+
+
 def ease(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item weights B from the Gram matrix (float32, zero diagonal)."""
     if lam <= 0:
@@ -92,5 +101,5 @@ def pooled(cfg: dict, train_mask: torch.Tensor):
     when the run blends nothing."""
     if not active(cfg):
         return None
-    b = ease(gram(train_mask), float(cfg["click_mix"]["lam"]))
+    b = ease_of_part(*gram_part(train_mask), train_mask.shape[1], float(cfg["click_mix"]["lam"]))
     return torch.from_numpy(b).to(train_mask.device), float(cfg["click_mix"]["weight"])

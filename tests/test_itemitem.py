@@ -56,6 +56,14 @@ def test_a_malformed_part_is_refused(items, block, words):
         itemitem.add_part(np.zeros((12, 12)), items, block)
 
 
+def test_ease_solved_on_the_parts_items_equals_ease_on_the_whole_gram():
+    mask = random_mask(n_users=4, n_items=15, p=0.25, seed=5)  # a few users: most items unseen
+    items, block = itemitem.gram_part(mask)
+    assert len(items) < 15
+    np.testing.assert_allclose(itemitem.ease_of_part(items, block, 15, 2.0), itemitem.ease(itemitem.gram(mask), 2.0),
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_ease_has_a_zero_diagonal_and_ranks_the_co_occurring_item_first():
     mask = two_tastes()
     b = itemitem.ease(itemitem.gram(mask), lam=1.0)
