@@ -87,13 +87,10 @@ def test_sigkill_after_round_2_of_4_then_resume_matches_the_uninterrupted_run(tm
 
 def test_ctrl_c_stops_with_one_line_keeping_finished_rounds(tmp_path, uninterrupted):
     reference, _ = uninterrupted
-    for attempt in range(3):  # a run that ends before the signal lands (a loaded machine) is retried
-        folder = tmp_path / f"run{attempt}"
-        proc = start(*RUN, f"hydra.run.dir={folder}")
-        stop_after_round(proc, folder, 1, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        if proc.returncode != 0 or not (folder / "summary.json").exists():
-            break
+    folder = tmp_path / "run"
+    proc = start(*RUN, f"hydra.run.dir={folder}")
+    stop_after_round(proc, folder, 1, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("fedmtl: interrupted;"), err
