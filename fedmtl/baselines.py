@@ -10,7 +10,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import resolve_device
@@ -40,7 +39,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
     new_item_view(model, fed.holdout.items)  # transfer.new_items: never trained, scored from features
     weighting = build_weighting(cfg["weighting"], tasks)
     epochs = epochs_of(cfg)
-    item_item = pooled_item_item(cfg, data.train_mask())  # click_mix: EASE on the pooled train items
+    item_item, mixes = pooled_item_item(cfg, data.train_mask())  # click_mix: EASE on the pooled train items
     last: dict = {}
     t_start = time.time()
     for ep in range(1, epochs + 1):
@@ -49,7 +48,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
         row = {"round": ep, "train": {f"loss.{k}": v for k, v in res.losses.items()}}
         if ep % cfg["eval_every"] == 0 or ep == epochs:
             new_item_view(model, fed.holdout.items)  # their bias: the known items' mean as it is now
-            last = combine([evaluate(model, data, tasks, item_item=item_item)
+            last = combine([evaluate(model, data, tasks, item_item=item_item, mixes=mixes if ep == epochs else None)
                             | item_parts(model, data, tasks, fed.holdout.items)])
             row["test"] = last
         row["seconds"] = round(time.time() - t0, 3)
@@ -74,8 +73,8 @@ def run_local(cfg: dict, fed: Federation, out_dir: Path) -> dict:
         weighting = build_weighting(cfg["weighting"], tasks)
         client_round(model, data, tasks, weighting, train_config(cfg, epochs), cfg, seed=cfg["seed"] * 7_919 + pid)
         new_item_view(model, fed.holdout.items)
-        item_item = pooled_item_item(cfg, data.train_mask())  # click_mix: this client's own items only
-        parts.append(evaluate(model, data, tasks, item_item=item_item)
+        item_item, mixes = pooled_item_item(cfg, data.train_mask())  # click_mix: this client's own items only
+        parts.append(evaluate(model, data, tasks, item_item=item_item, mixes=mixes)
                      | item_parts(model, data, tasks, fed.holdout.items))
         if (pid + 1) % max(1, n // 10) == 0 or pid + 1 == n:
             log.info("local-only: %s", progress("clients trained", pid + 1, n, t0))

@@ -90,18 +90,26 @@ def _strategy_options(cfg: dict) -> None:
             _number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))
 
 
+def _block(cfg: dict, name: str, defaults: dict) -> dict:
+    """cfg[name], a block of the keys of `defaults` (missing ones get their default): unknown
+    keys and a non-block are refused."""
+    block = cfg.setdefault(name, {})
+    keys = ", ".join(defaults)
+    if not isinstance(block, dict):
+        raise ConfigError(f"{name}={block!r}: expected a block with {keys}")
+    unknown = set(block) - set(defaults)
+    if unknown:
+        raise ConfigError(f"{name}.{sorted(unknown)[0]}: unknown key (expected {keys})")
+    for k, v in defaults.items():
+        block.setdefault(k, v)
+    return block
+
+
 def check_server_lr(cfg: dict) -> None:
     from .federation_names import SERVER_LR_SCHEDULES, SERVER_RATE
-    sched = cfg.setdefault("server_lr", {})
-    if not isinstance(sched, dict):
-        raise ConfigError(f"server_lr={sched!r}: expected a block with schedule and final")
-    sched.setdefault("schedule", "constant")
-    sched.setdefault("final", 0.0)
+    sched = _block(cfg, "server_lr", {"schedule": "constant", "final": 0.0})
     _choice(cfg, "server_lr.schedule", SERVER_LR_SCHEDULES)
     _number(cfg, "server_lr.final", lo=0, hi=1)
-    unknown = set(sched) - {"schedule", "final"}
-    if unknown:
-        raise ConfigError(f"server_lr.{sorted(unknown)[0]}: unknown key (expected schedule, final)")
     name = cfg["strategy"]["name"]
     if sched["schedule"] != "constant" and name not in SERVER_RATE:
         raise ConfigError(f"server_lr.schedule={sched['schedule']} with strategy={name}: it has no server learning "
@@ -186,21 +194,29 @@ def validate(cfg: dict) -> dict:
 
 
 def _check_click_mix(cfg: dict) -> None:
-    """click_mix.weight and .lam (fedmtl/itemitem.py)."""
-    mix = cfg.setdefault("click_mix", {})
-    if not isinstance(mix, dict):
-        raise ConfigError(f"click_mix={mix!r}: expected a block with weight and lam")
-    mix.setdefault("weight", 0.0)
-    mix.setdefault("lam", 500.0)
-    unknown = set(mix) - {"weight", "lam"}
-    if unknown:
-        raise ConfigError(f"click_mix.{sorted(unknown)[0]}: unknown key (expected weight, lam)")
+    """click_mix.weight, .lam and the selection grid (fedmtl/itemitem.py)."""
+    mix = _block(cfg, "click_mix", {"weight": 0.0, "lam": 500.0, "grid_weight": [], "grid_lam": []})
     _number(cfg, "click_mix.weight", lo=0, hi=1, hi_open=True)
     _number(cfg, "click_mix.lam", lo=0, lo_open=True)
+    for key, ok, want in (("grid_weight", lambda v: 0 <= v < 1, "in [0, 1)"), ("grid_lam", lambda v: v > 0, "> 0")):
+        values = mix[key] if mix[key] is not None else []
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"click_mix.{key}={values!r}: expected a list of numbers, e.g. [0, 0.1, 0.2]")
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"click_mix.{key}[{i}]={v!r}: expected a number")
+            if not ok(v):
+                raise ConfigError(f"click_mix.{key}[{i}]={v}: must be {want}")
+        mix[key] = list(values)
+    if bool(mix["grid_weight"]) != bool(mix["grid_lam"]):
+        raise ConfigError("click_mix.grid_weight and click_mix.grid_lam: give both (the grid is their product) "
+                          "or neither")
     privacy = _get(cfg, "privacy.name")
-    if mix["weight"] > 0 and cfg["mode"] == "federated" and privacy != "none" and "click" in (cfg.get("tasks") or []):
-        raise ConfigError(f"click_mix.weight={mix['weight']} with privacy={privacy}: the clients' item Gram parts "
-                          "are summed in the clear (no clipping, noise or SecAgg+ yet); set click_mix.weight=0")
+    from .itemitem import needed
+    if needed(cfg) and cfg["mode"] == "federated" and privacy != "none":
+        what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
+        raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
+                          "(no clipping, noise or SecAgg+ yet); set click_mix.weight=0 and no grid")
 
 
 def _check_faults_and_resume(cfg: dict) -> None:

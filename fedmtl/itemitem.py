@@ -12,23 +12,77 @@ and a blend of the two ranks better than either (docs/quality.md, seventh round)
 `z` standardises one user's scores over their candidate items (the items not in their
 train part, the ones ranked). G is a sum of per-user parts, so it federates as a sum:
 each client computes its users' part (`gram_part`), the server adds the parts
-(`add_part`), solves for B (`ease`) and sends B with the evaluation messages; each
-client then scores its own users (`blend`). Centralised and local-only runs build G
-from the data they train on (`gram`), so the three settings share this code.
+(`add_part`), solves for B (`ease`) and sends each client the rows of B for the items
+its users have (`Rows`: x_u B needs no others) with the evaluation messages; each client
+then scores its own users (`blend`). Centralised and local-only runs build G from the
+data they train on (`gram`), so the three settings share this code.
+
+`click_mix.grid_weight` x `click_mix.grid_lam` (`grid`) scores every blend of that grid in
+the final evaluation besides the run's own, as metric groups `mix_w<w>_lam<lam>/click.*`:
+training does not depend on the blend, so one validation run per seed is the whole
+selection (`python -m fedmtl.report FOLDER --select --by click.ndcg@10`).
 
 Everything here is plain numpy and torch (no Flower): fedmtl's core.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+GRID_PREFIX = "mix_"  # metric groups of the selection grid: mix_w0.1_lam300/click.ndcg@10
 
 
 def active(cfg: dict) -> bool:
     """Whether a run blends item-item scores into click (click_mix.weight > 0 and a click task)."""
     mix = cfg.get("click_mix") or {}
     return float(mix.get("weight", 0.0)) > 0 and "click" in cfg["tasks"]
+
+
+def grid(cfg: dict) -> list[tuple[str, float, float]]:
+    """(metric group, weight, lam) of every blend of the selection grid (empty: no grid)."""
+    mix = cfg.get("click_mix") or {}
+    if "click" not in cfg["tasks"]:
+        return []
+    return [(grid_name(float(w), float(lam)), float(w), float(lam))
+            for lam in mix.get("grid_lam") or [] for w in mix.get("grid_weight") or []]
+
+
+def grid_name(weight: float, lam: float) -> str:
+    return f"{GRID_PREFIX}w{weight:g}_lam{lam:g}"
+
+
+def needed(cfg: dict) -> bool:
+    """Whether the run needs the item Gram (a blend, or a selection grid)."""
+    return active(cfg) or bool(grid(cfg))
+
+
+def grid_lams(cfg: dict) -> list[float]:
+    return sorted({lam for _, _, lam in grid(cfg)})
+
+
+@dataclass
+class Rows:
+    """The rows of EASE's B for `items`: all that x_u B needs for users whose train items are
+    among them (the server sends each client these rows, not the whole n_items^2 matrix)."""
+
+    items: torch.Tensor  # (k,) int64
+    rows: torch.Tensor  # (k, n_items)
+
+    @classmethod
+    def of(cls, b: np.ndarray, items: np.ndarray | None = None, device=None) -> "Rows":
+        items = np.arange(b.shape[0]) if items is None else np.asarray(items, dtype=np.int64)
+        return cls(torch.from_numpy(items.astype(np.int64)).to(device),
+                   torch.from_numpy(np.ascontiguousarray(b[items])).to(device))
+
+    def scores(self, mask: torch.Tensor) -> torch.Tensor:
+        """x B for each row x of the 0/1 matrix `mask` (users x n_items)."""
+        sub = mask[:, self.items.to(mask.device)]
+        if int(sub.sum()) != int(mask.sum()):
+            raise ValueError(f"item-item rows for {len(self.items)} items miss items these users have in train")
+        return sub.to(self.rows.dtype) @ self.rows.to(mask.device)
 
 
 def gram_part(train_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -59,13 +113,13 @@ def gram(train_mask: torch.Tensor) -> np.ndarray:
     return g
 
 
-def ease_of_part(items: np.ndarray, block: np.ndarray, n_items: int, lam: float) -> np.ndarray:
-    """`ease` of the Gram matrix that is `block` on items x items and 0 elsewhere, solved on the
-    block alone: G + lam I is block-diagonal there, so B is 0 outside the block. One user's
-    B (local-only) costs a k x k solve instead of an n_items x n_items one."""
-    b = np.zeros((n_items, n_items), dtype=np.float32)
-    b[np.ix_(items, items)] = ease(block, lam)
-    return b
+def rows_of_part(items: np.ndarray, block: np.ndarray, n_items: int, lam: float, device=None) -> "Rows":
+    """B's rows for `items`, B being `ease` of the Gram matrix that is `block` on items x items
+    and 0 elsewhere, solved on the block alone: G + lam I is block-diagonal there, so B is 0
+    outside the block. One user's B (local-only) costs a k x k solve, not an n_items^2 one."""
+    r = np.zeros((len(items), n_items), dtype=np.float32)
+    r[:, items] = ease(block, lam)
+    return Rows(torch.from_numpy(np.asarray(items, dtype=np.int64)).to(device), torch.from_numpy(r).to(device))
 
 
 def ease(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
@@ -90,16 +144,25 @@ def standardise(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (scores - mean) / var.sqrt().clamp_min(1e-12) * keep
 
 
-def blend(scores: torch.Tensor, mask: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+def blend(scores: torch.Tensor, mask: torch.Tensor, b: Rows, weight: float) -> torch.Tensor:
     """Click scores blended with item-item scores: (1 - w) z(scores) + w z(x B), x = mask."""
-    item_item = mask.to(b.dtype) @ b
-    return (1.0 - weight) * standardise(scores.to(b.dtype), mask) + weight * standardise(item_item, mask)
+    item_item = b.scores(mask)
+    return (1.0 - weight) * standardise(scores.to(item_item.dtype), mask) + weight * standardise(item_item, mask)
+
+
+def blends(cfg: dict, own: Rows | None, grid_rows: dict[float, Rows]):
+    """(the run's own blend or None, {grid group: blend}), a blend being (B's rows, weight) as
+    `train.evaluate` takes them; own: B's rows at click_mix.lam, grid_rows: at each grid lam
+    (final evaluation only)."""
+    mine = (own, float(cfg["click_mix"]["weight"])) if active(cfg) and own is not None else None
+    return mine, {name: (grid_rows[lam], w) for name, w, lam in grid(cfg) if lam in grid_rows}
 
 
 def pooled(cfg: dict, train_mask: torch.Tensor):
-    """(B, weight) from these users' own Gram matrix (centralised or local-only runs), or None
-    when the run blends nothing."""
-    if not active(cfg):
-        return None
-    b = ease_of_part(*gram_part(train_mask), train_mask.shape[1], float(cfg["click_mix"]["lam"]))
-    return torch.from_numpy(b).to(train_mask.device), float(cfg["click_mix"]["weight"])
+    """`blends` from these users' own Gram matrix (centralised or local-only runs)."""
+    if not needed(cfg):
+        return None, {}
+    items, block = gram_part(train_mask)
+    solve = lambda lam: rows_of_part(items, block, train_mask.shape[1], lam, train_mask.device)  # noqa: E731
+    own = solve(float(cfg["click_mix"]["lam"])) if active(cfg) else None
+    return blends(cfg, own, {lam: solve(lam) for lam in grid_lams(cfg)})

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FedMTLError
+from .itemitem import GRID_PREFIX
 from .results import read_jsonl
 from .sweep import ERROR_FILE
 
@@ -93,7 +94,7 @@ class Report:
         return _mean_std(vals)
 
     def headline_table(self) -> str:
-        metrics = [m for m in self.metrics if not _is_tail(m)]
+        metrics = [m for m in self.metrics if not _is_tail(m) and not _is_grid(m)]
         head = ["configuration", "runs"] + metrics
         lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for g in self.groups:
@@ -107,6 +108,12 @@ class Report:
 
 def _is_tail(metric: str) -> bool:
     return metric.rsplit("_", 1)[-1] in ("p10", "p90")
+
+
+def _is_grid(metric: str) -> bool:
+    """A blend of the click_mix selection grid (mix_w0.1_lam300/click.ndcg@10): in summary.csv
+    and ranked by --select, left out of the Markdown table and the plots."""
+    return metric.startswith(GRID_PREFIX)
 
 
 def _mean_std(vals: list[float]) -> tuple[float | None, float | None]:
@@ -347,7 +354,7 @@ def write_plots(rep: Report) -> list[Path]:
     out = rep.out_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for metric in rep.metrics:
+    for metric in (m for m in rep.metrics if not _is_grid(m)):
         fig, ax = plt.subplots(figsize=(7, 4.2))
         drawn, xs = 0, set()
         for g in rep.groups:
@@ -416,6 +423,10 @@ def write_markdown(rep: Report, path: Path) -> None:
              f"{done} of {len(runs)} runs complete, {len(rep.groups)} configurations. Mean ± sample std over "
              "the finished runs (seeds) of each final test metric; every metric, the p10/p90 client tails "
              "included, is in summary.csv.", "", rep.headline_table(), ""]
+    blends = sorted({m.split("/", 1)[0] for m in rep.metrics if _is_grid(m)})
+    if blends:
+        lines += [f"The final evaluations also scored {len(blends)} click blends of a click_mix grid; their "
+                  "metrics are in summary.csv and `python -m fedmtl.report PATH --select` ranks them.", ""]
     bad = [r for r in runs if r.status != "complete"]
     if bad:
         lines += ["## Runs not in the table", ""]
@@ -463,28 +474,45 @@ LOWER_IS_BETTER = ("rmse", "mae", "logloss")
 def select(rep: Report, metrics=SELECT_METRICS) -> list[dict]:
     """Model selection on validation: every (configuration, evaluated round) is a candidate
     (the round is early stopping), scored by its mean over seeds of each metric; candidates
-    are ranked per metric (1 = best) and ordered by their mean rank over the metrics."""
+    are ranked per metric (1 = best, ties share a rank) and ordered by their mean rank over
+    the metrics. Each blend of a click_mix grid (scored in the final evaluation) is a
+    candidate too: its click metrics are the blend's, the other tasks' are its run's."""
     used = [m for m in metrics if m in rep.metrics]
+    blends = sorted({m.split("/", 1)[0] for m in rep.metrics if _is_grid(m)})
     cands = []
     for g in rep.groups:
         runs = g.complete
         if not runs:
             continue
-        curves = {m: [r.curve(m) for r in runs] for m in used}
-        rounds = set.intersection(*(set(c) for m in used for c in curves[m])) if used else set()
-        for rnd in sorted(rounds):
-            vals = {m: sum(c[rnd] for c in curves[m]) / len(runs) for m in used}
-            if not all(math.isfinite(v) for v in vals.values()):
-                continue  # a diverged run is no candidate
-            cands.append({"configuration": g.label, "round": rnd, "values": vals, "runs": len(runs)})
+        for blend in [None, *blends]:
+            name = lambda m: m if blend is None or f"{blend}/{m}" not in rep.metrics else f"{blend}/{m}"  # noqa: E731
+            if blend is not None and all(name(m) == m for m in used):
+                continue  # the blend changes none of the metrics ranked
+            curves = {m: [r.curve(name(m)) for r in runs] for m in used}
+            rounds = set.intersection(*(set(c) for m in used for c in curves[m])) if used else set()
+            label = g.label if blend is None else f"{g.label} {grid_overrides(blend)}".replace("all runs ", "")
+            for rnd in sorted(rounds):
+                vals = {m: sum(c[rnd] for c in curves[m]) / len(runs) for m in used}
+                if not all(math.isfinite(v) for v in vals.values()):
+                    continue  # a diverged run is no candidate
+                cands.append({"configuration": label, "round": rnd, "values": vals, "runs": len(runs)})
     for m in used:
-        lower = m.rsplit(".", 1)[-1] in LOWER_IS_BETTER
-        order = sorted(range(len(cands)), key=lambda k: cands[k]["values"][m] * (1 if lower else -1))
-        for rank, k in enumerate(order, 1):
+        sign = 1 if m.rsplit(".", 1)[-1] in LOWER_IS_BETTER else -1
+        order = sorted(range(len(cands)), key=lambda k: cands[k]["values"][m] * sign)
+        rank, prev = 0, None
+        for pos, k in enumerate(order, 1):
+            if cands[k]["values"][m] != prev:
+                rank, prev = pos, cands[k]["values"][m]
             cands[k].setdefault("ranks", {})[m] = rank
     for c in cands:
         c["mean_rank"] = sum(c["ranks"].values()) / max(len(used), 1)
     return sorted(cands, key=lambda c: (c["mean_rank"], c["round"]))
+
+
+def grid_overrides(blend: str) -> str:
+    """mix_w0.1_lam300 -> click_mix.weight=0.1 click_mix.lam=300 (the overrides that make it the run's blend)."""
+    w, lam = blend[len(GRID_PREFIX) + 1:].split("_lam")
+    return f"click_mix.weight={w} click_mix.lam={lam}"
 
 
 def on_validation(rep: Report) -> bool:
@@ -512,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select", action="store_true",
                     help="rank every (configuration, round) by its mean rank over RMSE, AUC, HR@10 and NDCG@10 "
                          "(model selection and early stopping; run it on split.validation=true runs)")
+    ap.add_argument("--by", default=None, metavar="M1,M2",
+                    help=f"the metrics --select ranks by (default: those of {','.join(SELECT_METRICS)} the runs have)")
     args = ap.parse_args(argv)
     try:
         rep = write_report(args.path, args.out, plots=not args.no_plots)
@@ -528,7 +558,14 @@ def main(argv: list[str] | None = None) -> int:
         if not on_validation(rep):
             print("fedmtl: warning: some runs were scored on TEST (split.validation=false); select on "
                   "validation runs only", file=sys.stderr)
-        cands = select(rep)
+        by = SELECT_METRICS if args.by is None else [m.strip() for m in args.by.split(",") if m.strip()]
+        unknown = [] if args.by is None else [m for m in by if m not in rep.metrics]
+        if unknown or not by:
+            print(f"fedmtl: error: --by {args.by}: {unknown[0] if unknown else 'no metric'} is not a metric of these "
+                  f"runs (they have: {', '.join(m for m in rep.metrics if not _is_grid(m) and not _is_tail(m))})",
+                  file=sys.stderr)
+            return 2
+        cands = select(rep, by)
         print("\nselection (validation metric, its rank; best mean rank first):")
         print(selection_table(cands))
         if cands:

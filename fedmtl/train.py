@@ -145,10 +145,12 @@ def _optimizer(cfg: TrainConfig, shared: list, personal: list):
 
 
 @torch.no_grad()
-def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item_item=None) -> dict:
+def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item_item=None,
+             mixes: dict | None = None) -> dict:
     """Additive metric parts (see `metrics.combine`) of this data's test interactions.
 
-    item_item: (B, weight) blends EASE item-item scores into the click ranking (itemitem.py)."""
+    item_item: (B's `Rows`, weight) blends EASE item-item scores into the click ranking
+    (itemitem.py); mixes: {group: (Rows, weight)}, more blends scored as "group/click.*"."""
     model.eval()
     if hasattr(model, "attach"):  # reference scorers (transfer.py) have no history to attach
         model.attach(data)
@@ -171,18 +173,22 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item
     if "click" in tasks:
         users = torch.arange(len(data.users), device=u.device)
         ir = model.item_reps()
-        hr_all, nd_all = [], []
+        rankers = {"": item_item, **{f"{g}/": m for g, m in (mixes or {}).items()}}
+        hr_all: dict = {p: [] for p in rankers}
+        nd_all: dict = {p: [] for p in rankers}
         mask = data.train_mask()
         lists = data.test_lists()
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
-            scores = model.all_item_scores(users[sl], "click", ir)
-            if item_item is not None:
-                scores = blend(scores, mask[sl], item_item[0].to(scores.device), item_item[1])
-            hr, nd = M.rank_metrics(scores, mask[sl], lists[sl], k)
-            hr_all.append(hr)
-            nd_all.append(nd)
+            head = model.all_item_scores(users[sl], "click", ir)
+            for prefix, mix in rankers.items():
+                scores = head if mix is None else blend(head, mask[sl], mix[0], mix[1])
+                hr, nd = M.rank_metrics(scores, mask[sl], lists[sl], k)
+                hr_all[prefix].append(hr)
+                nd_all[prefix].append(nd)
         has_test = np.array([len(x) > 0 for x in lists])
-        hr, nd = np.concatenate(hr_all)[has_test], np.concatenate(nd_all)[has_test]
-        part.update({"click.n": int(has_test.sum()), "click.hr": float(hr.sum()), "click.ndcg": float(nd.sum())})
+        for prefix in rankers:
+            hr, nd = np.concatenate(hr_all[prefix])[has_test], np.concatenate(nd_all[prefix])[has_test]
+            part.update({f"{prefix}click.n": int(has_test.sum()), f"{prefix}click.hr": float(hr.sum()),
+                         f"{prefix}click.ndcg": float(nd.sum())})
     return part

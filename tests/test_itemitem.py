@@ -60,8 +60,24 @@ def test_ease_solved_on_the_parts_items_equals_ease_on_the_whole_gram():
     mask = random_mask(n_users=4, n_items=15, p=0.25, seed=5)  # a few users: most items unseen
     items, block = itemitem.gram_part(mask)
     assert len(items) < 15
-    np.testing.assert_allclose(itemitem.ease_of_part(items, block, 15, 2.0), itemitem.ease(itemitem.gram(mask), 2.0),
-                               rtol=1e-5, atol=1e-7)
+    whole = itemitem.ease(itemitem.gram(mask), 2.0)
+    part = itemitem.rows_of_part(items, block, 15, 2.0)
+    np.testing.assert_array_equal(part.items.numpy(), items)
+    np.testing.assert_allclose(part.rows.numpy(), whole[items], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(part.scores(mask).numpy(), mask.float().numpy() @ whole, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_give_the_same_scores_as_the_whole_b_and_refuse_users_with_items_they_lack():
+    mask = random_mask(n_users=6, n_items=12, p=0.3, seed=2)
+    b = itemitem.ease(itemitem.gram(mask), 3.0)
+    items, _ = itemitem.gram_part(mask[:3])
+    rows = itemitem.Rows.of(b, items)
+    assert rows.rows.shape == (len(items), 12)
+    np.testing.assert_allclose(rows.scores(mask[:3]).numpy(), mask[:3].float().numpy() @ b, rtol=1e-5, atol=1e-6)
+    outside = torch.zeros(1, 12, dtype=torch.bool)
+    outside[0, [i for i in range(12) if i not in set(items.tolist())][0]] = True
+    with pytest.raises(ValueError, match="miss items these users have"):
+        rows.scores(outside)
 
 
 def test_ease_has_a_zero_diagonal_and_ranks_the_co_occurring_item_first():
@@ -93,7 +109,7 @@ def test_standardise_gives_each_row_mean_0_and_std_1_over_its_candidates():
 
 def test_blend_with_weight_0_keeps_the_heads_ranking_and_a_large_weight_fixes_a_wrong_one():
     mask = two_tastes()
-    b = torch.from_numpy(itemitem.ease(itemitem.gram(mask), lam=1.0))
+    b = itemitem.Rows.of(itemitem.ease(itemitem.gram(mask), lam=1.0))
     # The held-out truth: a first-taste user (who has 0 and 1) clicks 2.
     user = torch.zeros(1, 10, dtype=torch.bool)
     user[0, [0, 1]] = True
@@ -108,15 +124,48 @@ def test_blend_with_weight_0_keeps_the_heads_ranking_and_a_large_weight_fixes_a_
 
 def test_click_mix_config_is_checked():
     cfg = compose(["click_mix.weight=0.3"])
-    assert cfg["click_mix"] == {"weight": 0.3, "lam": 500.0}
-    assert itemitem.active(cfg)
+    assert cfg["click_mix"] == {"weight": 0.3, "lam": 500.0, "grid_weight": [], "grid_lam": []}
+    assert itemitem.active(cfg) and itemitem.grid(cfg) == []
     assert not itemitem.active(compose(["click_mix.weight=0.3", "tasks=[rating]"]))
     assert not itemitem.active(compose([]))
     for bad, words in (("click_mix.weight=1.0", "must be < 1"), ("click_mix.weight=-0.1", "must be >= 0"),
                        ("click_mix.lam=0", "must be > 0"), ("+click_mix.k=3", "unknown key"),
-                       ("click_mix.weight=abc", "expected a number")):
+                       ("click_mix.weight=abc", "expected a number"),
+                       ("click_mix.grid_weight=[0,1.0]", r"grid_weight\[1\]=1.0: must be in \[0, 1\)"),
+                       ("click_mix.grid_lam=[300,-1]", r"grid_lam\[1\]=-1: must be > 0"),
+                       ("click_mix.grid_lam=[a]", r"grid_lam\[0\]='a': expected a number"),
+                       ("click_mix.grid_lam=300", "expected a list of numbers"),
+                       ("click_mix.grid_weight=[0.1]", "give both")):
         with pytest.raises(ConfigError, match=words):
             compose([bad])
     with pytest.raises(ConfigError, match="privacy=central_dp: the clients' item Gram parts are summed in the clear"):
         compose(["click_mix.weight=0.3", "privacy=central_dp"])
     compose(["click_mix.weight=0.3", "privacy=central_dp", "mode=centralized"])  # nothing is sent there
+    with pytest.raises(ConfigError, match="click_mix.grid_\\* with privacy=secagg"):
+        compose(["click_mix.grid_weight=[0.1]", "click_mix.grid_lam=[300]", "privacy=secagg"])
+
+
+def test_the_grid_names_every_weight_and_lam_and_needs_the_gram():
+    cfg = compose(["click_mix.grid_weight=[0,0.1]", "click_mix.grid_lam=[300,500.5]"])
+    assert not itemitem.active(cfg) and itemitem.needed(cfg)
+    assert itemitem.grid(cfg) == [("mix_w0_lam300", 0.0, 300.0), ("mix_w0.1_lam300", 0.1, 300.0),
+                                  ("mix_w0_lam500.5", 0.0, 500.5), ("mix_w0.1_lam500.5", 0.1, 500.5)]
+    assert itemitem.grid_lams(cfg) == [300.0, 500.5]
+
+
+@pytest.mark.parametrize("mode", ["centralized", "local"])
+def test_a_baseline_scores_the_grid_in_its_final_evaluation_as_metric_groups(tmp_path, mode):
+    from fedmtl.simulate import run
+
+    tiny = ["dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=2", "device=cpu",
+            f"mode={mode}", "click_mix.lam=5"]
+    plain = run(compose(tiny), tmp_path / "plain")["metrics"]
+    grid = ["click_mix.weight=0.5", "click_mix.grid_weight=[0,0.5]", "click_mix.grid_lam=[5,50]"]
+    mixed = run(compose(tiny + grid), tmp_path / "mixed")["metrics"]
+    names = {k.split("/")[0] for k in mixed if k.startswith(itemitem.GRID_PREFIX)}
+    assert names == {"mix_w0_lam5", "mix_w0.5_lam5", "mix_w0_lam50", "mix_w0.5_lam50"}
+    for key in ("click.ndcg@10", "click.hr@10"):
+        assert mixed[f"mix_w0.5_lam5/{key}"] == pytest.approx(mixed[key])  # the run's own blend
+        assert mixed[f"mix_w0_lam5/{key}"] == pytest.approx(plain[key])  # weight 0: the head's ranking
+        assert mixed[f"mix_w0_lam50/{key}"] == pytest.approx(plain[key])
+    assert mixed["rating.rmse"] == plain["rating.rmse"]

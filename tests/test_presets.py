@@ -9,6 +9,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from fedmtl import itemitem
 from fedmtl.config import CONF_DIR, SIMULATIONS_DIR, compose
 from fedmtl.errors import ConfigError
 
@@ -26,7 +27,22 @@ def test_the_federated_preset_is_the_readme_setting():
     assert (cfg["average_last"], cfg["server_lr"]["schedule"]) == (10, "constant")
     assert cfg["exchange"] == {"name": "sparse", "pad_rows": 200, "dtype": "int8"}
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 2.0, "like": 1.0}}
-    assert cfg["click_mix"] == {"weight": 0.1, "lam": 300.0}
+    assert cfg["click_mix"] == {"weight": 0.1, "lam": 300.0, "grid_weight": [], "grid_lam": []}
+
+
+def test_the_click_mix_selection_preset_trains_the_preset_on_validation_and_scores_a_grid_holding_it():
+    fed = compose(["experiment=ml100k_federated", PATH])
+    jobs = sweep_jobs("ml100k_select_click_mix")
+    assert jobs == [["seed=0"], ["seed=1"], ["seed=2"]]
+    for job in jobs:
+        cfg = compose(["experiment=ml100k_select_click_mix", PATH, *job])
+        assert cfg["split"]["validation"] and cfg["click_mix"]["weight"] == 0
+        grid = {(w, lam) for _, w, lam in itemitem.grid(cfg)}
+        assert (fed["click_mix"]["weight"], fed["click_mix"]["lam"]) in grid and (0.0, 300.0) in grid
+        # everything that shapes training is the preset's
+        for key in ("num_rounds", "num_clients", "strategy", "train", "exchange", "weighting", "model",
+                    "server_decay", "average_last", "local_epochs"):
+            assert cfg[key] == fed[key], key
 
 
 @pytest.mark.parametrize("preset, mode, epochs, lr, l2, decay", [("ml100k_centralized", "centralized", 12, 0.002, 0.0, 0.001),

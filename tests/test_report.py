@@ -96,3 +96,29 @@ def test_select_warns_when_runs_were_scored_on_test(tmp_path, capsys):
     _run_with(tmp_path / "a", ["num_rounds=1"], {"rating.rmse": [1.0]})
     assert main([str(tmp_path), "--select", "--no-plots"]) == 0
     assert "TEST" in capsys.readouterr().err
+
+
+def test_select_ranks_each_blend_of_a_click_mix_grid_with_ties_sharing_a_rank(tmp_path, capsys):
+    from fedmtl.report import main, select
+
+    v = ["split.validation=true", "num_rounds=2", "click_mix.grid_weight=[0,0.1]", "click_mix.grid_lam=[300]"]
+    for seed, (nd_head, nd_w0, nd_w01) in enumerate([(0.20, 0.20, 0.26), (0.22, 0.22, 0.24)]):
+        folder = tmp_path / f"s{seed}"
+        _run_with(folder, [*v, f"seed={seed}"], {"rating.rmse": [1.0, 0.9], "click.ndcg@10": [0.1, nd_head]})
+        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        rows[-1]["test"].update({"mix_w0_lam300/click.ndcg@10": nd_w0, "mix_w0.1_lam300/click.ndcg@10": nd_w01})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+        (folder / "summary.json").write_text(json.dumps({"metrics": rows[-1]["test"]}))
+    rep = write_report(tmp_path, plots=False)
+    assert "mix_w0.1_lam300/click.ndcg@10" not in rep.headline_table()  # the grid stays out of the table
+    cands = select(rep)
+    best = cands[0]
+    assert (best["configuration"], best["round"]) == ("click_mix.weight=0.1 click_mix.lam=300", 2)
+    assert best["values"] == {"rating.rmse": 0.9, "click.ndcg@10": pytest.approx(0.25)}
+    assert best["ranks"] == {"rating.rmse": 1, "click.ndcg@10": 1}  # every round-2 candidate ties on RMSE
+    tied = [c for c in cands if c["round"] == 2 and c is not best]
+    assert [c["ranks"]["click.ndcg@10"] for c in tied] == [2, 2]  # the head and w 0: the same ranking
+    assert main([str(tmp_path), "--select", "--no-plots", "--by", "click.ndcg@10"]) == 0
+    assert "selected: click_mix.weight=0.1 click_mix.lam=300 at round 2" in capsys.readouterr().out
+    assert main([str(tmp_path), "--select", "--no-plots", "--by", "click.ndcg"]) == 2
+    assert "--by click.ndcg: click.ndcg is not a metric of these runs" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from .. import transfer
-from ..itemitem import gram_part
+from ..itemitem import Rows, blends, gram_part
 from ..model import get_arrays, shared_names
 from ..schedule import client_round
 from ..tasks import click_candidates
@@ -29,6 +29,15 @@ def _client_data(cfg, context: Context):
 def train_config(cfg: dict) -> TrainConfig:
     prox = cfg["strategy"].get("proximal_mu", 0.0) if cfg["strategy"]["name"] == "fedprox" else 0.0
     return make_train_config(cfg, cfg["local_epochs"], prox)
+
+
+def item_item_blends(cfg: dict, record: ArrayRecord, device):
+    """click_mix: (the run's blend, {grid group: blend}) from the rows of B the server sent
+    ("b": at click_mix.lam; "grid@<lam>": the selection grid's, final evaluation only)."""
+    items = torch.from_numpy(record["items"].numpy()).to(device)
+    rows = lambda key: Rows(items, torch.from_numpy(record[key].numpy()).to(device))  # noqa: E731
+    grid = {float(k.split("@", 1)[1]): rows(k) for k in record if k.startswith("grid@")}
+    return blends(cfg, rows("b") if "b" in record else None, grid)
 
 
 def make_client_app(cfg: dict | None = None) -> ClientApp:
@@ -71,11 +80,10 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         model = client_model(run_cfg, data, context.state, pid)
         load_shared(model, msg.content["arrays"])
         transfer.client_view(model, run_cfg)
-        item_item = None
-        if "item_item" in msg.content:  # click_mix: the server's EASE weights (itemitem.py)
-            b = torch.from_numpy(msg.content["item_item"]["b"].numpy()).to(data.train_u.device)
-            item_item = (b, float(run_cfg["click_mix"]["weight"]))
-        part = evaluate(model, data, run_cfg["tasks"], item_item=item_item)
+        item_item, mixes = None, None
+        if "item_item" in msg.content:  # click_mix: rows of the server's EASE weights (itemitem.py)
+            item_item, mixes = item_item_blends(run_cfg, msg.content["item_item"], data.train_u.device)
+        part = evaluate(model, data, run_cfg["tasks"], item_item=item_item, mixes=mixes)
         part.update(transfer.item_parts(model, data, run_cfg["tasks"], transfer.hidden_items(run_cfg)))
         part["num-examples"] = int(len(data.test_u))
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)

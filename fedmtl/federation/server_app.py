@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from .. import checkpoint, itemitem
@@ -112,14 +112,48 @@ class TailAverage:
         self.mean, self.count = state.get("mean"), int(state.get("count", 0))
 
 
+class ItemItem:
+    """click_mix on the server (itemitem.py): EASE's B per lam, and the items each node's
+    Gram part named, so that each evaluation message carries only the rows of B that the
+    node's users need (x_u B reads the rows of u's items)."""
+
+    def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict):
+        self.cfg, self.node_items, self.n_items = cfg, node_items, gram.shape[0]
+        lam = float(cfg["click_mix"]["lam"])
+        self.own = itemitem.ease(gram, lam) if itemitem.active(cfg) else None
+        self.grid = {g: itemitem.ease(gram, g) for g in itemitem.grid_lams(cfg)}
+        if self.own is not None and lam in self.grid:
+            self.grid[lam] = self.own
+
+    def attach(self, msgs: list, final: bool) -> int:
+        """Put B's rows into evaluation messages ("b": the run's blend; "grid@<lam>": the
+        selection grid's, in the final evaluation); the bytes this adds."""
+        total = 0
+        for m in msgs:
+            items = self.node_items.get(m.metadata.dst_node_id)
+            if items is None:  # no Gram part from this node: the whole B
+                items = np.arange(self.n_items, dtype=np.int64)
+            arrays = {"items": Array(items)}
+            if self.own is not None:
+                arrays["b"] = Array(np.ascontiguousarray(self.own[items]))
+            if final:
+                arrays.update({f"grid@{lam:g}": Array(np.ascontiguousarray(b[items])) for lam, b in self.grid.items()})
+            if len(arrays) > 1:
+                rec = ArrayRecord(arrays)
+                # A strategy's messages share one RecordDict: each gets its own (same records, plus its rows)
+                m.content = RecordDict({**dict(m.content.items()), "item_item": rec})
+                total += rec.count_bytes()
+        return total
+
+
 def item_item_round(grid: Grid, cfg: dict, strategy):
     """click_mix (itemitem.py), before round 1: ask every connected client for its users'
-    item Gram part, add the parts up and solve EASE's B. Returns (B's record, the bytes the
-    parts took up), or (None, 0) when the run blends nothing.
+    item Gram part, add the parts up and solve EASE. Returns (an `ItemItem`, the bytes the
+    parts took up), or (None, 0) when the run blends nothing and scores no selection grid.
     Parts come in the clear (config.py allows click_mix only with privacy=none)."""
-    if not itemitem.active(cfg):
+    if not itemitem.needed(cfg):
         return None, 0
-    from flwr.app import Message, RecordDict
+    from flwr.app import Message
     from flwr.common import MessageType
 
     t0 = time.time()
@@ -129,33 +163,27 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
                     message_type=MessageType.QUERY) for n in nodes]
     n_items = int(federation_for(cfg).meta["n_items"])
     gram = np.zeros((n_items, n_items), dtype=np.float64)
-    ok = up = 0
+    up, node_items = 0, {}
     for r in grid.send_and_receive(msgs, timeout=cfg["round_timeout"]):
         if r.has_error() or "gram" not in r.content:
             continue
         up += r.content["gram"].count_bytes()
+        items = r.content["gram"]["items"].numpy()
         try:
-            itemitem.add_part(gram, r.content["gram"]["items"].numpy(), r.content["gram"]["block"].numpy())
+            itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())
         except ValueError as e:
             raise RoundFailure(f"item Gram: node {r.metadata.src_node_id} sent a bad part: {e}") from None
-        ok += 1
+        node_items[r.metadata.src_node_id] = np.asarray(items, dtype=np.int64)
+    ok = len(node_items)
     if ok == 0:
         raise RoundFailure(f"item Gram: none of the {len(msgs)} clients sent its part "
-                           "(click_mix.weight > 0 needs them)")
-    b = itemitem.ease(gram, float(cfg["click_mix"]["lam"]))
+                           "(click_mix needs them)")
+    ii = ItemItem(cfg, gram, node_items)
     log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
-            "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %g) solved in %.1fs", ok,
-            len(msgs), up / 1e6, cfg["click_mix"]["lam"], time.time() - t0)
-    return ArrayRecord({"b": Array(b)}), up
-
-
-def with_item_item(msgs: list, record) -> int:
-    """Attach EASE's B (click_mix) to evaluation messages; the bytes this adds."""
-    if record is None:
-        return 0
-    for m in msgs:
-        m.content["item_item"] = record
-    return record.count_bytes() * len(msgs)
+            "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %s) solved in %.1fs", ok,
+            len(msgs), up / 1e6, ", ".join(f"{lam:g}" for lam in sorted({*ii.grid, float(cfg['click_mix']['lam'])})),
+            time.time() - t0)
+    return ii, up
 
 
 def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
@@ -198,7 +226,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             privacy.load_state_dict(ckpt.extra["privacy"])
         if ckpt.extra.get("tail_average"):
             tail.load_state_dict(ckpt.extra["tail_average"])
-    item_item, gram_up = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, sent with every evaluation
+    item_item, gram_up = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, rows sent with evaluations
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
     for rnd in range(first, n_rounds + 1):
@@ -232,7 +260,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             seed_sampling(cfg, "evaluate", rnd)
             emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), egrid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
-            row["bytes_down"] += with_item_item(emsgs, item_item)
+            if item_item is not None:
+                row["bytes_down"] += item_item.attach(emsgs, final=rnd == n_rounds)
             ereplies = by_node(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
             row["failed_evaluate"] = len(emsgs) - sum(1 for r in ereplies if not r.has_error())
@@ -255,7 +284,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         # The budget ended the run between evaluations: evaluate the last released model.
         rnd = history[-1]["round"]
         emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), grid))
-        with_item_item(emsgs, item_item)
+        if item_item is not None:
+            item_item.attach(emsgs, final=True)
         ev = strategy.aggregate_evaluate(rnd, list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
         last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
