@@ -125,6 +125,11 @@ class ItemItem:
         if self.own is not None and lam in self.grid:
             self.grid[lam] = self.own
 
+    def lams(self) -> list[float]:
+        """The lams solved: the run's blend's and the grid's."""
+        own = {float(self.cfg["click_mix"]["lam"])} if self.own is not None else set()
+        return sorted(own | set(self.grid))
+
     def attach(self, msgs: list, final: bool) -> int:
         """Put B's rows into evaluation messages ("b": the run's blend; "grid@<lam>": the
         selection grid's, in the final evaluation); the bytes this adds."""
@@ -181,7 +186,7 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
     ii = ItemItem(cfg, gram, node_items)
     log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
             "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %s) solved in %.1fs", ok,
-            len(msgs), up / 1e6, ", ".join(f"{lam:g}" for lam in sorted({*ii.grid, float(cfg['click_mix']['lam'])})),
+            len(msgs), up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),
             time.time() - t0)
     return ii, up
 
