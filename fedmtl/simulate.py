@@ -34,7 +34,21 @@ def metrics_table(metrics: dict, tasks) -> str:
     for task, key, label in ROWS:
         if task in tasks and key in metrics and metrics[key] is not None:
             lines.append(f"| {task} | {label} | {metrics[key]:.4f} |")
+    lines += grid_lines(metrics)
     return "\n".join(lines)
+
+
+def grid_lines(metrics: dict) -> list[str]:
+    """The click_mix grid's best blends by NDCG@10 (the table names them; summary.json holds them all)."""
+    from .itemitem import GRID_PREFIX
+
+    key = "/click.ndcg@10"
+    blends = sorted(((v, k[:-len(key)]) for k, v in metrics.items() if k.startswith(GRID_PREFIX) and k.endswith(key)),
+                    reverse=True)
+    if not blends:
+        return []
+    return [f"| click | NDCG@10, blend {name[len(GRID_PREFIX):]} (click_mix grid, best {i + 1} of {len(blends)}) "
+            f"| {v:.4f} |" for i, (v, name) in enumerate(blends[:3])]
 
 
 def quiet_frameworks(verbose: bool) -> None:

@@ -16,7 +16,7 @@ from fedmtl.federation.client_app import make_client_app
 from fedmtl.federation.server_app import item_item_round
 from fedmtl.federation.strategies import build_strategy
 from fedmtl.itemitem import ease, gram, gram_part
-from fedmtl.simulate import run
+from fedmtl.simulate import metrics_table, run
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=2", "device=cpu"]
 
@@ -79,6 +79,10 @@ def test_a_grid_run_scores_every_blend_once_in_the_final_evaluation(tmp_path):
         assert mixed[f"mix_w0.6_lam5/{key}"] == mixed[key]  # the run's own blend, scored twice
         assert mixed[f"mix_w0_lam50/{key}"] == plain[key]  # weight 0: the click head's ranking
     assert "mix_w0.6_lam50/click.ndcg@10" in mixed
+    best = max((v, k) for k, v in mixed.items() if k.startswith("mix_") and k.endswith("ndcg@10"))
+    name = best[1].split("/")[0][len("mix_"):]
+    assert f"| click | NDCG@10, blend {name} (click_mix grid, best 1 of 4) | {best[0]:.4f} |" \
+        in metrics_table(mixed, ["click"])  # the run's final table names the best blends
     rows = [json.loads(x) for x in (tmp_path / "grid" / "metrics.jsonl").read_text().splitlines()]
     assert [any(k.startswith("mix_") for k in r["test"]) for r in rows] == [False, True]  # final round only
     assert rows[1]["bytes_down"] > rows[0]["bytes_down"]  # the grid's rows went down with it
