@@ -54,6 +54,13 @@ def grid_name(weight: float, lam: float) -> str:
     return f"{GRID_PREFIX}w{weight:g}_lam{lam:g}"
 
 
+def grid_overrides(name: str) -> str:
+    """`grid_name`'s inverse as overrides: mix_w0.1_lam300 -> click_mix.weight=0.1 click_mix.lam=300
+    (what makes that blend a run's own)."""
+    w, lam = name[len(GRID_PREFIX) + 1:].split("_lam")
+    return f"click_mix.weight={w} click_mix.lam={lam}"
+
+
 def needed(cfg: dict) -> bool:
     """Whether the run needs the item Gram (a blend, or a selection grid)."""
     return active(cfg) or bool(grid(cfg))
@@ -146,8 +153,20 @@ def standardise(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def blend(scores: torch.Tensor, mask: torch.Tensor, b: Rows, weight: float) -> torch.Tensor:
     """Click scores blended with item-item scores: (1 - w) z(scores) + w z(x B), x = mask."""
-    item_item = b.scores(mask)
-    return (1.0 - weight) * standardise(scores.to(item_item.dtype), mask) + weight * standardise(item_item, mask)
+    return blended(scores, mask, {"": (b, weight)})[""]
+
+
+def blended(scores: torch.Tensor, mask: torch.Tensor, mixes: dict) -> dict[str, torch.Tensor]:
+    """`blend` for each {name: (Rows, weight)} of `mixes`: z(scores) once, and z(x B) once per
+    Rows (the blends of a grid share one Rows per lam)."""
+    out, z_ii, z_head = {}, {}, None
+    for name, (b, weight) in mixes.items():
+        if id(b) not in z_ii:
+            z_ii[id(b)] = standardise(b.scores(mask), mask)
+        if z_head is None:
+            z_head = standardise(scores.to(z_ii[id(b)].dtype), mask)
+        out[name] = (1.0 - weight) * z_head + weight * z_ii[id(b)]
+    return out
 
 
 def blends(cfg: dict, own: Rows | None, grid_rows: dict[float, Rows]):
@@ -163,6 +182,13 @@ def pooled(cfg: dict, train_mask: torch.Tensor):
     if not needed(cfg):
         return None, {}
     items, block = gram_part(train_mask)
-    solve = lambda lam: rows_of_part(items, block, train_mask.shape[1], lam, train_mask.device)  # noqa: E731
-    own = solve(float(cfg["click_mix"]["lam"])) if active(cfg) else None
-    return blends(cfg, own, {lam: solve(lam) for lam in grid_lams(cfg)})
+    return blends(cfg, *solve_each(cfg, lambda lam: rows_of_part(items, block, train_mask.shape[1], lam,
+                                                                 train_mask.device)))
+
+
+def solve_each(cfg: dict, solve):
+    """(solve(click_mix.lam) when the run blends, else None; {grid lam: solve(lam)}), each lam
+    solved once (the run's own lam is often one of the grid's)."""
+    own = float(cfg["click_mix"]["lam"]) if active(cfg) else None
+    done = {lam: solve(lam) for lam in sorted({*grid_lams(cfg), *([] if own is None else [own])})}
+    return (None if own is None else done[own]), {lam: done[lam] for lam in grid_lams(cfg)}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FedMTLError
-from .itemitem import GRID_PREFIX
+from .itemitem import GRID_PREFIX, grid_overrides
 from .results import read_jsonl
 from .sweep import ERROR_FILE
 
@@ -507,12 +507,6 @@ def select(rep: Report, metrics=SELECT_METRICS) -> list[dict]:
     for c in cands:
         c["mean_rank"] = sum(c["ranks"].values()) / max(len(used), 1)
     return sorted(cands, key=lambda c: (c["mean_rank"], c["round"]))
-
-
-def grid_overrides(blend: str) -> str:
-    """mix_w0.1_lam300 -> click_mix.weight=0.1 click_mix.lam=300 (the overrides that make it the run's blend)."""
-    w, lam = blend[len(GRID_PREFIX) + 1:].split("_lam")
-    return f"click_mix.weight={w} click_mix.lam={lam}"
 
 
 def on_validation(rep: Report) -> bool:

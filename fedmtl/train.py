@@ -13,7 +13,7 @@ import torch
 
 from . import metrics as M
 from .data import ClientData
-from .itemitem import blend
+from .itemitem import blended
 from .tasks import LIKE_THRESHOLD, choose_rows, click_candidates, losses as task_losses
 
 
@@ -181,9 +181,9 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
             head = model.all_item_scores(users[sl], "click", ir)
-            for prefix, mix in rankers.items():
-                scores = head if mix is None else blend(head, mask[sl], mix[0], mix[1])
-                hr, nd = M.rank_metrics(scores, mask[sl], lists[sl], k)
+            mixed = blended(head, mask[sl], {p: m for p, m in rankers.items() if m is not None})
+            for prefix in rankers:
+                hr, nd = M.rank_metrics(mixed.get(prefix, head), mask[sl], lists[sl], k)
                 hr_all[prefix].append(hr)
                 nd_all[prefix].append(nd)
         has_test = np.array([len(x) > 0 for x in lists])

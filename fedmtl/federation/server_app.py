@@ -119,11 +119,7 @@ class ItemItem:
 
     def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict):
         self.cfg, self.node_items, self.n_items = cfg, node_items, gram.shape[0]
-        lam = float(cfg["click_mix"]["lam"])
-        self.own = itemitem.ease(gram, lam) if itemitem.active(cfg) else None
-        self.grid = {g: itemitem.ease(gram, g) for g in itemitem.grid_lams(cfg)}
-        if self.own is not None and lam in self.grid:
-            self.grid[lam] = self.own
+        self.own, self.grid = itemitem.solve_each(cfg, lambda lam: itemitem.ease(gram, lam))
 
     def lams(self) -> list[float]:
         """The lams solved: the run's blend's and the grid's."""
