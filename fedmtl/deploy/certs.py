@@ -13,7 +13,7 @@ writes into OUT_DIR:
                               (`flower-supernode --auth-supernode-private-key`,
                               `flwr supernode register supernode-K.pub`)
 
-Private keys are written with mode 0600. A real deployment uses certificates from
+Private keys are created with mode 0600 (never readable by others, not even while written). A real deployment uses certificates from
 its own CA; this only makes a trial of Flower's TLS and SuperNode authentication
 possible on any machine (it needs the `cryptography` package Flower depends on).
 """
@@ -35,10 +35,21 @@ DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
+    """Write `data` to a new temporary file beside `path`, then rename it over `path`.
+    A private file is created with mode 0600 by the open call itself (O_CREAT|O_EXCL),
+    so no moment exists at which its bytes are readable by others (the umask can only
+    narrow it further); it is never written wider and narrowed afterwards. O_EXCL and
+    O_NOFOLLOW refuse a file or link planted at the temporary name."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    if private:
-        os.chmod(tmp, 0o600)
+    tmp.unlink(missing_ok=True)  # a leftover of an interrupted run
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 
