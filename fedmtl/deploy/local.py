@@ -36,6 +36,35 @@ class DeploymentError(FedMTLError):
     """The local deployment could not start or its run did not finish."""
 
 
+# every Flower command this harness or Flower itself starts by name (the SuperLink and
+# SuperNodes start flower-superexec, which starts flwr-serverapp / flwr-clientapp)
+FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr", "flwr-serverapp",
+                   "flwr-clientapp")
+
+
+def find_flower(names=FLOWER_COMMANDS, path: str | None = None) -> list[Path]:
+    """The folders that hold Flower's commands: beside the running interpreter first
+    (a virtual environment's bin/, found even when the environment is not activated),
+    then on `path` (default: $PATH). A missing command is a DeploymentError in one line."""
+    here = Path(sys.executable).parent  # not resolved: a venv's python links to the base one
+    path = os.environ.get("PATH", os.defpath) if path is None else path
+    found, missing = [], []
+    for name in names:
+        exe = here / name
+        if not (exe.is_file() and os.access(exe, os.X_OK)):
+            hit = shutil.which(name, path=path)
+            exe = Path(hit) if hit else None
+        if exe is None:
+            missing.append(name)
+        elif exe.parent not in found:
+            found.append(exe.parent)
+    if missing:
+        raise DeploymentError(f"Flower's {', '.join(missing)} not found beside {sys.executable} nor on PATH: "
+                              f"install Flower 1.41 for this Python ({sys.executable} -m pip install "
+                              f"'flwr==1.41.*') or run with the Python of the environment that has it")
+    return found
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -76,6 +105,9 @@ class LocalDeployment:
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port(host)
         self.env = dict(os.environ, FLWR_HOME=str(self.home), **(env or {}))
+        # Flower's commands by name, for this process and for the ones Flower starts itself
+        bins = [str(d) for d in find_flower(path=self.env.get("PATH", os.defpath))]
+        self.env["PATH"] = os.pathsep.join([*bins, self.env.get("PATH", os.defpath)])
         # subprocesses import this fedmtl (the FAB's copy is the same code)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH", "")) if p)
         self.env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
