@@ -4,7 +4,7 @@
 | none           | -                                             | the strategy as configured                       |
 | central_dp     | -                                             | DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping |
 | client_clip_dp | fixedclipping_mod / adaptiveclipping_mod      | DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping |
-| local_dp       | LocalDpMod (clip + Gaussian noise per client) | the strategy as configured                       |
+| local_dp       | SecureLocalDpMod (clip + noise per client)    | the strategy as configured                       |
 | secagg         | secaggplus_mod (legacy records, legacy.py)    | SecAggPlusWorkflow: only the masked sum          |
 | secagg_dp      | secaggplus_mod + fixedclipping_mod + noise    | SecAggPlusWorkflow (distributed DP)              |
 
@@ -12,12 +12,21 @@ The DP modes aggregate with uniform client weights (each client reports
 `num-examples` = 1 with its update), because the noise `z * C / m` that Flower adds to the mean of m
 clipped updates protects one client only when every client weighs the same.
 
+Secret randomness: every noise draw of these modes (and adaptive clipping's noisy
+count) comes from the OS CSPRNG (fedmtl/secure_random.py), never from `seed`; so does
+the choice of the clients a DP round samples (server_app.secret_sampling). Nothing in
+the run folder regenerates them.
+
 Accounting (`Ledger`): every released aggregate is one Gaussian event in Flower's
-`RdpAccountant` (user level). With every client in every round: no amplification,
-add-or-remove-one neighbours, multiplier z. With a sample of m of N clients
-(Flower samples without replacement): sampled-without-replacement, replace-one
-neighbours, whose sensitivity is 2C, so the multiplier given is z / 2. The
-epsilon at `privacy.delta` goes into metrics.jsonl every round;
+`RdpAccountant` (user level), each with the neighbouring relation it assumes:
+- every client in every round: no amplification, add-or-remove-one, multiplier z;
+- a secret sample of m of N clients (without replacement): replace-one neighbours,
+  whose sensitivity is 2C, so the multiplier given is z / 2; amplification by
+  sampling holds only because the sample comes from the OS CSPRNG;
+- local_dp: each client's own upload is the release; any two clipped updates differ
+  by up to 2C (replace-one), so the multiplier is the noise std over 2C (and the
+  noise is scaled to 2C unless `privacy.sensitivity` says otherwise).
+The epsilon at `privacy.delta` goes into metrics.jsonl every round;
 `privacy.target_epsilon` stops the run before the round that would exceed it, or
 picks z for `num_rounds` when `privacy.noise_multiplier` is null.
 """
@@ -30,14 +39,15 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 from flwr.client.mod.utils import make_ffn
 from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import strategy as fs
-from flwr.supercore.differential_privacy import add_gaussian_noise_inplace
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
                                                SamplingMethod)
 
+from .. import secure_random
 from ..errors import ConfigError
 from ..federation_names import DP_MODES, SECAGG_MODES
 
@@ -52,9 +62,24 @@ def sample_size(cfg: dict) -> int:
     return min(n, max(int(n * cfg["fraction_train"]), min(cfg["min_train_clients"], n)))
 
 
+def local_dp_sensitivity(p: dict) -> float:
+    """The L2 sensitivity local DP's noise is scaled to: `privacy.sensitivity`, or 2C.
+
+    Local DP protects a client's whole update against anyone who sees it: any two
+    clipped updates differ by at most 2C (replace-one), not C (add-or-remove-one)."""
+    return float(p.get("sensitivity") or 2 * float(p["clipping_norm"]))
+
+
+def local_dp_std(p: dict) -> float:
+    """The std of a local_dp client's noise: sensitivity * sqrt(2 ln(1.25/delta)) / epsilon
+    (the classic Gaussian mechanism's calibration; the epsilon reported is RDP's, below)."""
+    return local_dp_sensitivity(p) * math.sqrt(2 * math.log(1.25 / p["delta"])) / p["epsilon"]
+
+
 def local_dp_multiplier(p: dict) -> float:
-    """LocalDpMod's noise std over the sensitivity: sqrt(2 ln(1.25/delta)) / epsilon."""
-    return math.sqrt(2 * math.log(1.25 / p["delta"])) / p["epsilon"]
+    """local_dp's noise multiplier for the accountant: std over 2C, the replace-one
+    sensitivity of a clipped update (whatever `privacy.sensitivity` says)."""
+    return local_dp_std(p) / (2 * float(p["clipping_norm"]))
 
 
 # --- accounting ----------------------------------------------------------------------------------
@@ -76,6 +101,16 @@ class Ledger:
                                   else NeighboringRelation.ADD_OR_REMOVE_ONE),
             sampling_method=SamplingMethod.WITHOUT_REPLACEMENT if self.amplified else SamplingMethod.NO_AMPLIFICATION)
         self.accountant = RdpAccountant(self.config)
+        self.spent: list[float] = []  # the multiplier of every release, as configured (before z / 2)
+
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation the reported epsilon is for, in words."""
+        if self.local:
+            return "replace-one: any two clipped updates of one client (sensitivity 2C)"
+        if self.amplified:
+            return "replace-one user, secret sampling without replacement"
+        return "add-or-remove-one user"
 
     def event(self, noise_multiplier: float) -> GaussianPrivacyEvent:
         z = noise_multiplier / 2 if self.amplified else noise_multiplier
@@ -83,6 +118,17 @@ class Ledger:
 
     def spend(self, noise_multiplier: float) -> None:
         self.accountant.compose(self.event(noise_multiplier))
+        self.spent.append(float(noise_multiplier))
+
+    def epsilon_known_sample(self) -> float:
+        """Epsilon against a party that knows which clients each round sampled (the server
+        always does: it sent them the round): the same releases without amplification."""
+        if not self.amplified:
+            return self.epsilon()
+        known = Ledger(1, 1, self.delta)
+        for z in self.spent:
+            known.spend(z)
+        return known.epsilon()
 
     def would_exceed(self, noise_multiplier: float, target_epsilon: float) -> bool:
         return self.accountant.would_exceed(self.event(noise_multiplier), max_epsilon=target_epsilon)
@@ -130,8 +176,7 @@ class ServerPrivacy:
         self.secure_round = None
         self.stopped: str | None = None
         m, n = sample_size(cfg), cfg["num_clients"]
-        if self.mode in DP_MODES:
-            np.random.seed(cfg["seed"] % 2**32)  # Flower's DP wrappers and mods draw from NumPy's global RNG
+        if self.mode in DP_MODES:  # the noise itself comes from the OS CSPRNG (secure_random), never `seed`
             self.ledger = Ledger(n, m, float(self.p["delta"]), local=self.mode == "local_dp")
             if self.mode == "local_dp":
                 self.noise_multiplier = local_dp_multiplier(self.p)
@@ -172,6 +217,8 @@ class ServerPrivacy:
             self.ledger.spend(z)
         out.update({"epsilon": self.ledger.epsilon(), "delta": self.ledger.delta, "noise_multiplier": z,
                     "releases": self.ledger.releases})
+        if self.ledger.amplified:
+            out["epsilon_known_sample"] = self.ledger.epsilon_known_sample()
         clip = getattr(self.strategy, "clipping_norm", None)
         if clip is not None:
             out["clipping_norm"] = float(clip)
@@ -182,22 +229,43 @@ class ServerPrivacy:
         if self.ledger is not None:
             out.update({"epsilon": self.ledger.epsilon(), "delta": self.ledger.delta,
                         "noise_multiplier": self.noise_multiplier, "releases": self.ledger.releases,
-                        "accounting": "rdp, " + self.ledger.config.sampling_method.value})
+                        "accounting": "rdp, " + self.ledger.config.sampling_method.value,
+                        "relation": self.ledger.relation})
+            if self.ledger.amplified:
+                out["epsilon_known_sample"] = self.ledger.epsilon_known_sample()
         if self.stopped:
             out["stopped"] = self.stopped
         return out
 
     def state_dict(self) -> dict:
         """What a resumed run needs: the accountant's ledger and an adaptive clipping bound."""
-        return {"ledger": self.ledger.accountant.state_dict() if self.ledger else None, "stopped": self.stopped,
+        return {"ledger": self.ledger.accountant.state_dict() if self.ledger else None,
+                "spent": list(self.ledger.spent) if self.ledger else [], "stopped": self.stopped,
                 "clipping_norm": getattr(self.strategy, "clipping_norm", None)}
 
     def load_state_dict(self, state: dict) -> None:
         if self.ledger is not None and state.get("ledger"):
             self.ledger.accountant.load_state_dict(state["ledger"])
+            self.ledger.spent = [float(z) for z in state.get("spent", [])]
         if state.get("clipping_norm") is not None and hasattr(self.strategy, "clipping_norm"):
             self.strategy.clipping_norm = float(state["clipping_norm"])
         self.stopped = state.get("stopped")
+
+
+class SecureNoise:
+    """Flower's DP wrappers with their two noise draws taken from the OS CSPRNG
+    (fedmtl/secure_random.py): the Gaussian noise on the aggregate and adaptive clipping's
+    noisy clipped count. Flower draws both from NumPy's global RNG, which anyone who knows
+    (or guesses) its seed can replay and subtract."""
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        nds = aggregated.to_numpy_ndarrays()
+        secure_random.add_gaussian_inplace(nds, compute_stdv(self.noise_multiplier, self.clipping_norm,
+                                                             self.num_sampled_clients))
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(aggregated.keys(), nds)})
+
+    def _noisy_fraction(self, count: int, total: int) -> float:
+        return secure_random.normal(count, self.clipped_count_stddev) / float(total)
 
 
 class UnclippedFractionUpdate:
@@ -215,10 +283,11 @@ def wrap_strategy(strategy, p: dict, noise_multiplier: float, num_sampled: int, 
     side = "ServerSide" if mode == "central_dp" else "ClientSide"
     try:
         if p["clipping"] == "fixed":
-            cls = getattr(fs, f"DifferentialPrivacy{side}FixedClipping")
+            base = getattr(fs, f"DifferentialPrivacy{side}FixedClipping")
+            cls = type(base.__name__, (SecureNoise, base), {"__doc__": base.__doc__})
             return cls(strategy, noise_multiplier, float(p["clipping_norm"]), num_sampled)
         base = getattr(fs, f"DifferentialPrivacy{side}AdaptiveClipping")
-        cls = type(base.__name__, (UnclippedFractionUpdate, base), {"__doc__": base.__doc__})
+        cls = type(base.__name__, (SecureNoise, UnclippedFractionUpdate, base), {"__doc__": base.__doc__})
         return cls(strategy, noise_multiplier, num_sampled, initial_clipping_norm=float(p["clipping_norm"]),
                    target_clipped_quantile=float(p["target_clipped_quantile"]), clip_norm_lr=float(p["clip_norm_lr"]),
                    clipped_count_stddev=p.get("clipped_count_stddev"))
@@ -238,8 +307,43 @@ def uniform_weight_mod(msg: Message, ctx: Context, call_next) -> Message:
     return reply
 
 
+def only_weight_mod(msg: Message, ctx: Context, call_next) -> Message:
+    """local_dp: the reply's metrics say only weight 1: the example count and the
+    training losses are functions of the client's data that no noise covers."""
+    reply = call_next(msg, ctx)
+    if reply.has_content() and "metrics" in reply.content:
+        reply.content["metrics"] = MetricRecord({WEIGHT_KEY: 1.0})
+    return reply
+
+
+class SecureLocalDpMod(LocalDpMod):
+    """Flower's LocalDpMod (clip the update to C, add Gaussian noise to it), with the noise
+    from the OS CSPRNG (secure_random) and the std of `local_dp_std`."""
+
+    def __init__(self, clipping_norm: float, std: float):
+        super().__init__(clipping_norm, 0.0, 1.0, 1.0)
+        self.std = std
+
+    def __call__(self, msg: Message, ctx: Context, call_next) -> Message:
+        if len(msg.content.array_records) != 1:
+            raise ValueError("local_dp: the training message must hold exactly one ArrayRecord")
+        sent = next(iter(msg.content.array_records.values()))
+        reply = call_next(msg, ctx)
+        if reply.has_error():
+            return reply
+        key, record = next(iter(reply.content.array_records.items()))
+        if list(record.keys()) != list(sent.keys()):
+            raise ValueError("local_dp: the reply's arrays are not the ones sent")
+        nds = record.to_numpy_ndarrays()
+        compute_clip_model_update(nds, sent.to_numpy_ndarrays(), self.clipping_norm)
+        secure_random.add_gaussian_inplace(nds, self.std)
+        reply.content[key] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), nds)})
+        return reply
+
+
 class GaussianNoiseMod:
-    """Add N(0, std^2) to every uploaded array (the client's share of distributed DP noise)."""
+    """Add N(0, std^2) to every uploaded array (the client's share of distributed DP noise),
+    drawn from the OS CSPRNG (secure_random)."""
 
     def __init__(self, std: float):
         self.std = std
@@ -250,7 +354,7 @@ class GaussianNoiseMod:
             return reply
         for key, record in list(reply.content.array_records.items()):
             nds = record.to_numpy_ndarrays()
-            add_gaussian_noise_inplace(nds, self.std)
+            secure_random.add_gaussian_inplace(nds, self.std)
             reply.content[key] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), nds)})
         return reply
 
@@ -271,8 +375,7 @@ def _chain(cfg_json: str) -> tuple:
     if mode == "client_clip_dp":
         return (uniform_weight_mod, fixedclipping_mod if p["clipping"] == "fixed" else adaptiveclipping_mod)
     if mode == "local_dp":
-        sens = p.get("sensitivity") or p["clipping_norm"]
-        return (LocalDpMod(float(p["clipping_norm"]), float(sens), float(p["epsilon"]), float(p["delta"])),)
+        return (only_weight_mod, SecureLocalDpMod(float(p["clipping_norm"]), local_dp_std(p)))
     if mode in SECAGG_MODES:
         from flwr.client.mod import secaggplus_mod
 

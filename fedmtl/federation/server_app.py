@@ -16,9 +16,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from .. import checkpoint, itemitem
+from .. import checkpoint, itemitem, secure_random
 from ..data import federation_for
 from ..errors import DivergedError
+from ..federation_names import DP_MODES
 from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
@@ -54,10 +55,42 @@ def check_finite(arrays: ArrayRecord, rnd: int) -> None:
                                 "server rate; rounds before it are in metrics.jsonl and checkpoint/")
 
 
+def secret_sampling(cfg: dict, phase: str = "train") -> bool:
+    """Whether this phase's sample must be secret: training rounds of the DP modes, whose
+    accounting claims amplification by sampling (an adversary who can replay the sample
+    from `seed` gets no amplification)."""
+    return phase == "train" and (cfg.get("privacy") or {}).get("name", "none") in DP_MODES
+
+
 def seed_sampling(cfg: dict, phase: str, rnd: int) -> None:
     """Flower's strategies sample nodes with Python's `random`: reseed it from (seed, phase,
-    round) so which clients train in a round does not depend on how often the run evaluates."""
-    random.seed(f"fedmtl-{phase}-{cfg['seed']}-{rnd}")
+    round) so which clients train in a round does not depend on how often the run evaluates.
+    Under a DP mode a training round's `random` is seeded from the OS CSPRNG instead (and
+    the nodes come in a CSPRNG order, `SecretOrder`)."""
+    if secret_sampling(cfg, phase):
+        random.seed(secure_random.seed_bits())
+    else:
+        random.seed(f"fedmtl-{phase}-{cfg['seed']}-{rnd}")
+
+
+class SecretOrder:
+    """The grid with its node ids in an order drawn from the OS CSPRNG. Flower's strategies
+    take `random.sample` positions of that list: whatever the positions, the nodes at them
+    are then a uniform sample that no seed can replay."""
+
+    def __init__(self, grid):
+        self._grid = grid
+
+    def get_node_ids(self):
+        return secure_random.shuffled(self._grid.get_node_ids())
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def sampling_grid(cfg: dict, grid):
+    """The grid a strategy samples a training round from (secret under the DP modes)."""
+    return SecretOrder(grid) if secret_sampling(cfg) else grid
 
 
 def by_node(replies) -> list:
@@ -191,7 +224,8 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     """One plain training round: (new arrays or None, train metrics, the metrics.jsonl row,
     the reason the round was skipped or None)."""
     train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
-    tgrid = wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd, "train")
+    tgrid = sampling_grid(cfg, wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], rnd,
+                                              "train"))
     seed_sampling(cfg, "train", rnd)
     msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
     down = sum(m.content["arrays"].count_bytes() for m in msgs)

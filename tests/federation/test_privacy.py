@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.client.mod.utils import make_ffn
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 from scipy.stats import norm
@@ -36,6 +38,14 @@ def identity():
 
 def rows(out) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def round_arrays(out) -> dict:
+    """The shared arrays of the run's last checkpointed round."""
+    from fedmtl.federation.checkpoint import FOLDER, LATEST
+    root = out / FOLDER
+    folder = root / json.loads((root / LATEST).read_text())["dir"]
+    return pickle.loads((folder / "server.pkl").read_bytes())["arrays"]
 
 
 # --- clipping ----------------------------------------------------------------------------------
@@ -82,9 +92,14 @@ def test_without_privacy_the_updates_are_not_clipped(tmp_path, aggregated_update
     assert min(norms) > 0.05  # so the bound above is a real constraint
 
 
+def chain(mods):
+    """The client mods as one mod, in the order the train handler runs them."""
+    return lambda msg, ctx, handler: make_ffn(handler, list(mods))(msg, ctx)
+
+
 def test_local_dp_clips_before_it_adds_noise(identity):
     cfg = compose(TINY + ["privacy=local_dp", "privacy.clipping_norm=0.5", "privacy.epsilon=1e9"])
-    (mod,) = client_mods(cfg)  # Flower's LocalDpMod; epsilon huge = no noise to speak of
+    mod = chain(client_mods(cfg))  # clip and noise (epsilon huge = no noise to speak of)
     sent = np.zeros(1000, np.float32)
     updated = np.full(1000, 3.0, np.float32)
     out = _through(mod, sent, updated)
@@ -118,7 +133,7 @@ def _through(mod, sent: np.ndarray, updated: np.ndarray, config: dict | None = N
 def test_server_noise_has_std_z_times_clip_over_m(identity, mode):
     z, clip, m = 1.3, 0.7, 6
     cfg = compose(TINY + [f"privacy={mode}", f"privacy.noise_multiplier={z}", f"privacy.clipping_norm={clip}"])
-    privacy = ServerPrivacy(cfg, build_strategy(cfg))  # seeds NumPy's global RNG from cfg.seed
+    privacy = ServerPrivacy(cfg, build_strategy(cfg))  # the noise comes from the OS CSPRNG
     current = ArrayRecord({"w": Array(np.zeros(200_000, np.float32))})
     msgs = list(privacy.strategy.configure_train(1, current, ConfigRecord({}), _Grid(m)))
     update = np.zeros(200_000, np.float32)
@@ -131,23 +146,37 @@ def test_server_noise_has_std_z_times_clip_over_m(identity, mode):
     assert noise.std() == pytest.approx(z * clip / m, rel=0.01)  # sd of the estimate: 0.16%
 
 
-def test_local_dp_noise_has_the_gaussian_mechanism_std(identity):
+def test_local_dp_noise_has_the_gaussian_mechanism_std_for_sensitivity_2c(identity):
+    """Any two clipped updates differ by up to 2C, so the noise is scaled to 2C; the
+    accountant's multiplier is the std over 2C."""
     cfg = compose(TINY + ["privacy=local_dp", "privacy.clipping_norm=2.0", "privacy.epsilon=4.0",
                           "privacy.delta=1e-6"])
-    np.random.seed(0)
-    (mod,) = client_mods(cfg)
+    mod = chain(client_mods(cfg))
     zeros, update = np.zeros(200_000, np.float32), np.zeros(200_000, np.float32)
     update[0] = 0.01  # (Flower's clipping divides by the norm: an all-zero update would fail)
     noise = _through(mod, zeros, update)[1:].astype(np.float64)
-    expected = 2.0 * math.sqrt(2 * math.log(1.25 / 1e-6)) / 4.0
+    expected = 2 * 2.0 * math.sqrt(2 * math.log(1.25 / 1e-6)) / 4.0
     assert noise.std() == pytest.approx(expected, rel=0.01)
-    assert local_dp_multiplier(cfg["privacy"]) * 2.0 == pytest.approx(expected)
+    assert local_dp_multiplier(cfg["privacy"]) * 2 * 2.0 == pytest.approx(expected)
+
+
+def test_local_dp_reply_says_nothing_but_weight_1(identity):
+    """The example count and the losses are functions of the client's data no noise covers."""
+    cfg = compose(TINY + ["privacy=local_dp"])
+    msg = Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(10, np.float32))}),
+                              "config": ConfigRecord({})}), dst_node_id=1000, message_type="train")
+
+    def handler(m, ctx):
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(10, np.float32))}),
+                                   "metrics": MetricRecord({"num-examples": 57, "loss.rating": 0.9})}), reply_to=m)
+
+    reply = chain(client_mods(cfg))(msg, None, handler)
+    assert dict(reply.content["metrics"]) == {"num-examples": 1.0}
 
 
 def test_distributed_noise_sums_to_the_central_std(identity):
     cfg = compose(TINY + ["privacy=secagg_dp", "privacy.noise_multiplier=0.9", "privacy.clipping_norm=0.4"])
     std = distributed_noise_std(cfg, 0.9)
-    np.random.seed(1)
     zeros = np.zeros(100_000, np.float32)
     shares = [_through(GaussianNoiseMod(std), zeros, zeros).astype(np.float64) for _ in range(6)]
     mean = np.mean(shares, axis=0)  # what the SecAgg+ mean of six clients holds
@@ -229,10 +258,11 @@ def test_target_epsilon_stops_before_the_round_that_would_exceed_it_and_keeps_th
     assert len(lines) == 1 and stopped["rounds"] == 1
     assert stopped["privacy"]["epsilon"] <= 6 and "target_epsilon=6" in stopped["privacy"]["stopped"]
     assert "rating.rmse" in stopped["metrics"]
-    one_round = run(compose(TINY + ["num_rounds=1", "privacy=central_dp"]), tmp_path / "one")
-    a, b = torch.load(tmp_path / "stopped" / "model_shared.pt"), torch.load(tmp_path / "one" / "model_shared.pt")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert stopped["metrics"] == pytest.approx(one_round["metrics"])
+    assert stopped["metrics"] == pytest.approx(lines[0]["test"])  # the evaluated model is round 1's release
+    saved = torch.load(tmp_path / "stopped" / "model_shared.pt")
+    released = round_arrays(tmp_path / "stopped")  # round 1's aggregate, as checkpointed
+    assert saved.keys() == released.keys()
+    assert all(np.array_equal(saved[k].numpy(), released[k]) for k in saved)
 
 
 def test_without_a_noise_multiplier_the_target_picks_it(tmp_path):
