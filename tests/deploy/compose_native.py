@@ -3,10 +3,13 @@
 Each service becomes its image's entrypoint (flower-superlink, flower-supernode,
 flower-superexec, or the service's own script) with the compose file's command,
 in dependency order, with: service host names -> 127.0.0.1, each service's port ->
-a free port, /app -> a copy of the app, /app/results -> a local folder, /certs ->
-certificates from docker/certs/generate.sh's generator, and one FLWR_HOME per
-service (as each container has its own). So the exact flags, scripts and process
-isolation layout of the compose files are exercised, without images or a network.
+a free port, /app -> a copy of the app, /app/results -> a local folder, and one
+FLWR_HOME per service (as each container has its own). /certs is per service, as in
+the containers: a folder holding copies of exactly the files the service's `volumes`
+bind from ./certs (made by docker/certs/generate.sh's generator), so a flag naming a
+file the service does not mount fails here as it would in Docker. So the exact flags,
+mounts, scripts and process isolation layout of the compose files are exercised,
+without images or a network.
 
     python tests/deploy/compose_native.py [--tls] [WORKDIR]
 """
@@ -35,14 +38,43 @@ TINY = ("num_clients=3 num_rounds=2 min_train_clients=2 round_timeout=300 datase
         "dataset.mean_interactions=12 local_epochs=1 model.dim=8")
 
 
+def volume(vol) -> dict:
+    """A compose volume entry in long form: {type, source, target, read_only}."""
+    if isinstance(vol, dict):
+        return {"type": vol.get("type", "volume"), "source": vol["source"], "target": vol["target"],
+                "read_only": bool(vol.get("read_only", False))}
+    src, target, *mode = vol.split(":")
+    return {"type": "bind" if src.startswith((".", "/")) else "volume", "source": src, "target": target,
+            "read_only": "ro" in mode}
+
+
+def _depends(value) -> dict:
+    return dict(value) if isinstance(value, dict) else {name: {"condition": "service_started"} for name in value}
+
+
 def services(tls: bool) -> dict:
-    base = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
-    out = {k: dict(v) for k, v in base.items()}
-    if tls:
-        for name, svc in yaml.safe_load((DOCKER / "compose.tls.yaml").read_text())["services"].items():
+    """The services of compose.yaml, with compose.tls.yaml laid over it when `tls`, merged
+    as `docker compose -f a -f b` merges them: `command` and `entrypoint` replaced,
+    `environment` maps merged, `volumes` merged by target, `ports` appended,
+    `depends_on` united. Volumes come out in long form (see `volume`)."""
+    files = ["compose.yaml", "compose.tls.yaml"] if tls else ["compose.yaml"]
+    out: dict[str, dict] = {}
+    for f in files:
+        for name, svc in yaml.safe_load((DOCKER / f).read_text())["services"].items():
             cur = out.setdefault(name, {})
             for k, v in svc.items():
-                cur[k] = {**cur[k], **v} if isinstance(v, dict) and isinstance(cur.get(k), dict) else v
+                if k == "volumes":
+                    vols = {m["target"]: m for m in cur.get("volumes", [])}
+                    vols.update({m["target"]: m for m in map(volume, v)})
+                    cur[k] = list(vols.values())
+                elif k == "ports":
+                    cur[k] = [*cur.get("ports", []), *v]
+                elif k == "depends_on":
+                    cur[k] = {**_depends(cur.get(k, [])), **_depends(v)}
+                elif isinstance(v, dict) and isinstance(cur.get(k), dict):
+                    cur[k] = {**cur[k], **v}
+                else:
+                    cur[k] = v
     return out
 
 
@@ -64,25 +96,43 @@ class NativeCompose(LocalDeployment):
         return next(Path(s["build"]["dockerfile"]).name for s in self.svcs.values()
                     if s.get("build") and s.get("image") == svc["image"])
 
-    def _map(self, arg: str) -> str:
+    def mounts(self, name: str) -> list[tuple[str, str]]:
+        """(source relative to docker/, target in the container) of each bind mount."""
+        return [(v["source"], v["target"]) for v in self.svcs[name].get("volumes", [])]
+
+    def cert_dir(self, name: str) -> Path:
+        """This service's /certs: copies of exactly the certificate files it mounts."""
+        d = self.work / "mounts" / name / "certs"
+        if not d.exists():
+            d.mkdir(parents=True)
+            for src, target in self.mounts(name):
+                if src.startswith("./certs/"):
+                    assert target == "/certs/" + src.removeprefix("./certs/"), (name, src, target)
+                    shutil.copy2(self.certs / src.removeprefix("./certs/"), d / Path(target).name)
+        return d
+
+    def _map(self, arg: str, name: str) -> str:
         arg = str(arg)
-        for name in self.svcs:
-            arg = re.sub(rf"^{re.escape(name)}:\d+$", f"127.0.0.1:{self.ports[name]}", arg)
+        for other in self.svcs:
+            arg = re.sub(rf"^{re.escape(other)}:\d+$", f"127.0.0.1:{self.ports[other]}", arg)
         if arg == "0.0.0.0":
             return "127.0.0.1"
-        arg = arg.replace("/app/results", str(self.results)).replace("/certs", str(self.certs))
+        arg = arg.replace("/app/results", str(self.results))
+        if "/certs" in arg:
+            arg = arg.replace("/certs", str(self.cert_dir(name)))
         return arg.replace("/app/docker/", str(DOCKER) + "/").replace("/app", str(self.app))
 
     def command(self, name: str) -> list[str]:
         svc = self.svcs[name]
-        head = [self._map(a) for a in svc["entrypoint"]] if "entrypoint" in svc else [ENTRYPOINTS[self._dockerfile(svc)]]
-        args = [self._map(a) for a in svc.get("command", [])]
+        head = ([self._map(a, name) for a in svc["entrypoint"]] if "entrypoint" in svc
+                else [ENTRYPOINTS[self._dockerfile(svc)]])
+        args = [self._map(a, name) for a in svc.get("command", [])]
         if "--port" in args:  # this service's own port
             args[args.index("--port") + 1] = str(self.ports[name])
         return head + args
 
     def environment(self, name: str) -> dict:
-        env = {k: self._map(_interp(v, {"OVERRIDES": self.overrides, **os.environ}))
+        env = {k: self._map(_interp(v, {"OVERRIDES": self.overrides, **os.environ}), name)
                for k, v in (self.svcs[name].get("environment") or {}).items()}
         env["FLWR_HOME"] = str(self.work / f"home-{name}")
         env["APP_DIR"] = str(self.app)

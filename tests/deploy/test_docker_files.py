@@ -1,8 +1,10 @@
 """docker/: no Docker engine runs in CI, so the files are checked statically: the
-compose files parse, every service builds from a Dockerfile that exists and starts
-FROM Flower's official image of the installed Flower version, every command is
-accepted by the real Flower command's own argument parser, the scripts and paths it
-names exist, and the experiment's overrides compose."""
+compose files parse, every service runs an image built from a Dockerfile that exists
+and starts FROM Flower's official image of the installed Flower version, every
+command is accepted by the real Flower command's own argument parser, the scripts and
+paths it names exist, the experiment's overrides compose, each container mounts only
+the certificate files it needs (the CA key none, each SuperNode only its own key), and
+published ports bind to 127.0.0.1 unless FEDMTL_BIND says otherwise."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import flwr
 import pytest
 import yaml
 
+from compose_native import _interp, services
 from fedmtl.config import compose
+from fedmtl.deploy.certs import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -28,18 +32,8 @@ def load(name):
 
 
 def merged():
-    """compose.yaml with compose.tls.yaml laid over it (services merged key by key,
-    `command` replaced, maps merged, as `docker compose -f a -f b` does)."""
-    base, over = load("compose.yaml"), load("compose.tls.yaml")
-    out = {k: dict(v) for k, v in base["services"].items()}
-    for name, svc in over["services"].items():
-        cur = out.setdefault(name, {})
-        for k, v in svc.items():
-            if isinstance(v, dict) and isinstance(cur.get(k), dict):
-                cur[k] = {**cur[k], **v}
-            else:
-                cur[k] = v
-    return out
+    """compose.yaml with compose.tls.yaml laid over it, as `docker compose -f a -f b` does."""
+    return services(tls=True)
 
 
 def parser_for(dockerfile: str):
@@ -64,25 +58,41 @@ def test_dockerfiles_start_from_flowers_images_and_copy_what_exists(dockerfile):
     assert "-e ." in text  # editable: fedmtl finds conf/ next to its package
 
 
-@pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.tls.yaml"]])
-def test_compose_services_run_real_commands(files):
-    services = load("compose.yaml")["services"] if len(files) == 1 else merged()
+def image_dockerfile(services: dict, name: str) -> Path:
+    """The Dockerfile the service's image is built from: its own `build`, or the build of
+    the service that builds the same image (compose builds an image once, by tag)."""
+    svc = services[name]
+    builders = [s for s in services.values() if s.get("build")]
+    assert svc.get("build") or svc.get("image"), f"{name}: neither build nor image"
+    if not svc.get("build"):
+        builders = [s for s in builders if s.get("image") == svc["image"]]
+        assert builders, f"{name}: image {svc['image']} is built by no service (it would be pulled)"
+    build = svc.get("build") or builders[0]["build"]
+    path = (DOCKER / build["context"] / build["dockerfile"]).resolve()
+    assert path.is_file(), f"{name}: {path} does not exist"
+    # every service that builds this tag builds it from the same Dockerfile
+    assert {(DOCKER / s["build"]["context"] / s["build"]["dockerfile"]).resolve() for s in builders
+            if s.get("image") == svc.get("image")} <= {path}, name
+    return path
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["compose.yaml", "compose.yaml+compose.tls.yaml"])
+def test_compose_services_run_real_commands(tls):
+    services = merged() if tls else services_of()
     assert {"superlink", "serverapp", "experiment"} <= services.keys()
     nodes = sorted(s for s in services if s.startswith("supernode-"))
     assert len(nodes) >= 2 and len([s for s in services if s.startswith("clientapp-")]) == len(nodes)
-    parts = set()
+    parts, checked = set(), set()
     for name, svc in services.items():
-        build = svc.get("build")
-        dockerfile = build["dockerfile"] if build else None
-        if dockerfile is None:  # an image built by another service
-            dockerfile = next(s["build"]["dockerfile"] for s in services.values()
-                              if s.get("build") and s.get("image") == svc["image"])
-        assert (DOCKER / build["context"] / dockerfile).is_file() if build else True
-        dockerfile = Path(dockerfile).name
+        dockerfile = image_dockerfile(services, name).name
+        assert dockerfile in BASES, f"{name}: built from {dockerfile}"
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on {dep}, which is no service"
         if "entrypoint" in svc:  # a script inside the image
             script = svc["entrypoint"][0].removeprefix("/app/")
             assert (ROOT / script).is_file() and (ROOT / script).stat().st_mode & 0o111, script
-            assert f"COPY --chown=app:app docker/" in (DOCKER / dockerfile).read_text()
+            assert f"COPY --chown=app:app {Path(script).parent}/" in (DOCKER / dockerfile).read_text()
+            checked.add(name)
             continue
         args = parser_for(dockerfile).parse_args([str(a) for a in svc["command"]])  # SystemExit if a flag is wrong
         if dockerfile == "supernode.Dockerfile":
@@ -90,21 +100,98 @@ def test_compose_services_run_real_commands(files):
             parts.add(int(cfg["partition-id"]))
             assert int(cfg["num-partitions"]) == len(nodes)
             assert args.superlink == "superlink:8000" and args.isolation == "process"
-            if args.auth_supernode_private_key:
-                assert args.auth_supernode_private_key.startswith("/certs/")
+            assert bool(args.auth_supernode_private_key) == tls and bool(args.root_certificates) == tls
+            assert args.insecure != tls
+            if tls:
+                assert args.auth_supernode_private_key == f"/certs/{name}"  # its own key, no other
                 assert svc["depends_on"]["register"]["condition"] == "service_completed_successfully"
         if dockerfile == "superexec.Dockerfile":
             host = args.runtime_api_address.split(":")[0]
             assert host in services, f"{name} dials {host}, which is no service"
+            assert host in svc.get("depends_on", {}), f"{name} dials {host} but does not depend on it"
         if dockerfile == "superlink.Dockerfile":
             assert args.isolation == "process" and args.port == 8000
-            if args.enable_supernode_auth:
-                assert args.ssl_certfile and args.ssl_keyfile and args.ssl_ca_certfile
-        for vol in svc.get("volumes", []):
-            src = vol.split(":")[0]
-            assert src.startswith("./"), vol
-            assert (DOCKER / src).is_dir() or src == "./results", vol
+            assert args.enable_supernode_auth == tls and args.insecure != tls
+            if tls:
+                assert (args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile) == (
+                    "/certs/ca.crt", "/certs/server.pem", "/certs/server.key")
+        checked.add(name)
+    assert checked == set(services)  # every service, with or without its own `build`
     assert parts == set(range(len(nodes)))
+
+
+def services_of():
+    return services(tls=False)
+
+
+def named_cert_files(svc: dict) -> set[str]:
+    """The /certs/... files a service names in its command, entrypoint or environment."""
+    words = [*map(str, svc.get("command", [])), *map(str, svc.get("entrypoint", [])),
+             *map(str, (svc.get("environment") or {}).values())]
+    return {w.removeprefix("/certs/") for w in words if w.startswith("/certs/")}
+
+
+def cert_mounts(svc: dict) -> dict[str, dict]:
+    return {m["source"].removeprefix("./certs/"): m for m in svc.get("volumes", [])
+            if m["source"].startswith("./certs")}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["compose.yaml", "compose.yaml+compose.tls.yaml"])
+def test_each_container_mounts_only_the_files_it_needs(tls, tmp_path):
+    svcs = merged() if tls else services_of()
+    nodes = sorted(s for s in svcs if s.startswith("supernode-"))
+    pubs = {f"{n}.pub" for n in nodes}
+    expected = {name: set() for name in svcs}
+    if tls:
+        expected.update({"superlink": {"ca.crt", "server.pem", "server.key"}, "serverapp": {"ca.crt"},
+                         "experiment": {"ca.crt"}, "register": {"ca.crt", *pubs},
+                         **{n: {"ca.crt", n} for n in nodes}})
+    made = {p.name for p in generate(tmp_path, sans=["superlink"], supernodes=len(nodes)).values()}
+    for name, svc in svcs.items():
+        mounts = cert_mounts(svc)
+        assert set(mounts) == expected[name], f"{name} mounts {sorted(mounts)}"
+        for file, m in mounts.items():
+            assert file in made, f"{name}: ./certs/{file} is not a file the generator writes"
+            assert "/" not in file, f"{name}: mounts a folder of certificates ({file}), not single files"
+            assert m["type"] == "bind" and m["read_only"], f"{name}: ./certs/{file} is not a read-only bind"
+            assert m["target"] == f"/certs/{file}", f"{name}: ./certs/{file} mounted at {m['target']}"
+        # every certificate file it names is mounted; the register script reads the .pub files by glob
+        assert named_cert_files(svc) <= set(mounts), f"{name} names files it does not mount"
+        unused = set(mounts) - named_cert_files(svc) - (pubs if name == "register" else set())
+        assert not unused, f"{name} mounts {sorted(unused)} and never names them"
+        for m in svc.get("volumes", []):  # whatever else: the results folder only, and only where written
+            if not m["source"].startswith("./certs"):
+                assert (m["source"], m["target"]) == ("./results", "/app/results") and name == "serverapp", (name, m)
+    everything = [m["source"] for svc in svcs.values() for m in svc.get("volumes", [])]
+    assert not any("ca.key" in src or src.rstrip("/") in ("./certs", "certs") for src in everything)
+    private = {"server.key", *nodes}  # each private key in exactly one container, its owner's
+    owners = {f: [n for n, svc in svcs.items() if f in cert_mounts(svc)] for f in private}
+    if tls:
+        assert owners == {"server.key": ["superlink"], **{n: [n] for n in nodes}}
+
+
+def published(svc: dict, env: dict) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each published port, with ${VAR:-default}
+    filled in from `env` as compose does."""
+    out = []
+    for p in svc.get("ports", []):
+        if isinstance(p, dict):
+            out.append((str(p.get("host_ip", "")), str(p.get("published", "")), str(p["target"])))
+            continue
+        parts = _interp(p, env).split(":")
+        out.append(tuple([""] * (3 - len(parts)) + parts))
+    return out
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["compose.yaml", "compose.yaml+compose.tls.yaml"])
+def test_ports_are_published_on_loopback_unless_fedmtl_bind_says_otherwise(tls):
+    svcs = merged() if tls else services_of()
+    ports = {name: published(svc, {}) for name, svc in svcs.items() if svc.get("ports")}
+    assert ports == {"superlink": [("127.0.0.1", "8000", "8000")]}  # nothing else is reachable from the host
+    assert published(svcs["superlink"], {"FEDMTL_BIND": "0.0.0.0"}) == [("0.0.0.0", "8000", "8000")]
+    assert published(svcs["superlink"], {"FEDMTL_BIND": "10.0.0.1"}) == [("10.0.0.1", "8000", "8000")]
+    for name, svc in svcs.items():  # no raw host networking that would bypass the bind
+        assert svc.get("network_mode") != "host", name
 
 
 def test_the_experiment_overrides_compose():
