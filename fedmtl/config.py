@@ -152,6 +152,8 @@ def validate(cfg: dict) -> dict:
     check_server_lr(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
     check_privacy(cfg)
+    from .federation.floor import check_config as check_floor
+    check_floor(cfg)  # client_floor: what the clients themselves accept
     _check_click_mix(cfg)
     _choice(cfg, "backend.name", BACKENDS)
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
@@ -177,6 +179,7 @@ def validate(cfg: dict) -> dict:
     _number(cfg, "train.weight_decay", lo=0)
     _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
     _check_faults_and_resume(cfg)
+    _check_robust(cfg)
     if cfg.get("baseline_epochs") is not None:
         _number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
@@ -217,6 +220,19 @@ def _check_click_mix(cfg: dict) -> None:
         what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
         raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
                           "(no clipping, noise or SecAgg+ yet); set click_mix.weight=0 and no grid")
+
+
+def _check_robust(cfg: dict) -> None:
+    """The robust block: what the server accepts from a client (federation/replies.py)."""
+    robust = _block(cfg, "robust", {"max_abs_update": 100.0, "max_weight": None, "max_update_norm": None,
+                                    "on_large_update": "reject"})
+    _number(cfg, "robust.max_abs_update", lo=0, lo_open=True)
+    for key in ("max_weight", "max_update_norm"):
+        if robust[key] is not None:
+            _number(cfg, f"robust.{key}", lo=0, lo_open=True)
+    if robust["max_weight"] is not None and robust["max_weight"] < 1:
+        raise ConfigError(f"robust.max_weight={robust['max_weight']}: must be >= 1 (a client reports at least 1)")
+    _choice(cfg, "robust.on_large_update", ("reject", "clip"))
 
 
 def _check_faults_and_resume(cfg: dict) -> None:

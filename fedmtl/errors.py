@@ -15,3 +15,8 @@ class DataError(FedMTLError):
 
 class DivergedError(FedMTLError):
     """Training produced non-finite weights (a learning rate too high for the data)."""
+
+
+class PrivacyRefused(FedMTLError):
+    """A client refuses a request below its own privacy floor (federation/floor.py); its
+    message starts with "fedmtl refused:", which the server counts as `failed_by: refused`."""

@@ -15,9 +15,10 @@ from ..schedule import client_round
 from ..tasks import click_candidates
 from ..train import TrainConfig, evaluate, train_config as make_train_config
 from .deployment import node_data
-from .faults import before_training
+from .faults import before_training, inject_reply_mod
 from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
                            save_weighting, shared_record, sparse_rows)
+from .floor import check_gram, client_floor
 from .privacy import client_privacy_mod
 
 
@@ -44,7 +45,9 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
     """A ClientApp bound to `cfg` (simulation), or reading it from the run config (deployment)."""
     app = ClientApp()
 
-    @app.train(mods=[client_privacy_mod(cfg)])  # privacy= mods on the train handler only (privacy.py)
+    # privacy= mods on the train handler only (privacy.py); inject_reply_mod, outermost, does nothing
+    # unless the node config asks for injected hostile replies (faults.py, tests)
+    @app.train(mods=[inject_reply_mod, client_privacy_mod(cfg)])
     def train(msg: Message, context: Context) -> Message:
         run_cfg = config_from_context(context, cfg)
         torch.set_num_threads(1)
@@ -88,13 +91,15 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         part["num-examples"] = int(len(data.test_u))
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
 
-    @app.query()
+    @app.query(mods=[inject_reply_mod])
     def query(msg: Message, context: Context) -> Message:
         """Load this client's code and data (engine/ray.py: the warm-up before round 1); asked
         for "gram", also reply with its users' item Gram part (click_mix, itemitem.py)."""
         torch.set_num_threads(1)
-        _, data = _client_data(config_from_context(context, cfg), context)
+        run_cfg = config_from_context(context, cfg)
+        _, data = _client_data(run_cfg, context)
         if "config" in msg.content and msg.content["config"].get("query") == "gram":
+            check_gram(client_floor(context.node_config, cfg), run_cfg)  # the part names its items: floor.py
             items, block = gram_part(data.train_mask())
             return Message(RecordDict({"gram": ArrayRecord({"items": Array(items), "block": Array(block)})}),
                            reply_to=msg)

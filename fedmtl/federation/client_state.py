@@ -32,8 +32,27 @@ def config_from_context(context: Context, bound: dict | None) -> dict:
         return bound
     rc = context.run_config
     if rc.get("fedmtl-config"):
-        return json.loads(str(rc["fedmtl-config"]))
+        return json.loads(_validated_json(str(rc["fedmtl-config"])))
     return _composed(str(rc.get("overrides", "")))
+
+
+@lru_cache(maxsize=4)
+def _validated_json(text: str) -> str:
+    """A run config's `fedmtl-config` (a whole config as JSON, written by the server's
+    side), checked like a command line before this client uses any of it."""
+    from ..config import validate
+    from ..errors import ConfigError
+
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"run config fedmtl-config: not a JSON config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"run config fedmtl-config: expected a JSON object, got {type(cfg).__name__}")
+    try:
+        return json.dumps(validate(cfg))
+    except ConfigError as e:
+        raise ConfigError(f"run config fedmtl-config: {e}") from None
 
 
 @lru_cache(maxsize=4)

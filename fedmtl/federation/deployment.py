@@ -16,6 +16,9 @@ Node config keys (`flower-supernode --node-config '...'`):
 |                  | node then trains on exactly the users in those files             |
 | dataset-path     | optional: where this machine keeps the data set's files          |
 |                  | (MovieLens); replaces the run's `dataset.path` on this node       |
+| privacy-floor, answer-gram, send-sparse, min-noise-multiplier                        |
+|                  | optional: this node's own privacy floor (floor.py); the run      |
+|                  | config, which the server writes, never lowers it                 |
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ log = logging.getLogger("fedmtl")
 class RoundStopped(FedMTLError):
     """The deployed run stopped before its last round (the message says why)."""
 
-NODE_KEYS = ("partition-id", "num-partitions", "split-path", "dataset-path")
+NODE_KEYS = ("partition-id", "num-partitions", "split-path", "dataset-path", "privacy-floor", "answer-gram",
+             "send-sparse", "min-noise-multiplier")
 
 
 def _node_int(context: Context, key: str) -> int | None:

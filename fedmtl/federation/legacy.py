@@ -102,6 +102,10 @@ class _CountingGrid:
         self.up += sum(_bytes(r.content) for r in ok)
         self.stages[stage] = [len(messages), len(ok)]
         self.failed_by[stage] = faults.round_counts(messages, replies)["failed_by"]
+        if stage == Stage.SETUP:  # a client's floor refuses at the first stage (floor.py)
+            from .failures import check_refusals
+            check_refusals("SecAgg+ setup", messages, replies, "the clients' privacy floors do not accept this "
+                           "run's privacy mode or noise")
         return replies
 
     def counts(self) -> dict:
@@ -110,7 +114,7 @@ class _CountingGrid:
         (setup, key sharing or training: each stage is sent only to the previous one's survivors)."""
         sampled = self.stages.get(Stage.SETUP, [0, 0])[0]
         answered = self.stages.get(Stage.COLLECT_MASKED_VECTORS, [0, 0])[1]
-        by = {"dropped": 0, "error": 0, "late": 0}
+        by = dict.fromkeys(faults.FAILURE_KINDS, 0)
         for stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS):
             for k, v in self.failed_by.get(stage, {}).items():
                 by[k] += v

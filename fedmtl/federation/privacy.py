@@ -365,6 +365,36 @@ def distributed_noise_std(cfg: dict, noise_multiplier: float) -> float:
     return noise_multiplier * float(cfg["privacy"]["clipping_norm"]) / math.sqrt(sample_size(cfg))
 
 
+def secagg_dp_multiplier(cfg: dict) -> float:
+    """secagg_dp's z as the clients compute it: privacy.noise_multiplier, or picked from the
+    budget for num_rounds as the server does."""
+    p = cfg["privacy"]
+    if p.get("noise_multiplier") is not None:
+        return float(p["noise_multiplier"])
+    return calibrate_noise(Ledger(cfg["num_clients"], sample_size(cfg), float(p["delta"])),
+                           float(p["target_epsilon"]), cfg["num_rounds"])
+
+
+@lru_cache(maxsize=8)
+def _own_noise(cfg_json: str) -> float | None:
+    cfg = json.loads(cfg_json)
+    mode = cfg["privacy"]["name"]
+    if mode == "local_dp":
+        return local_dp_multiplier(cfg["privacy"])
+    return secagg_dp_multiplier(cfg) if mode == "secagg_dp" else None
+
+
+def own_noise_multiplier(cfg: dict) -> float | None:
+    """The multiplier z of the noise a client adds itself in this run (local_dp: its std over
+    2C; secagg_dp: the z its share is cut from), None in the modes where it adds none."""
+    return _own_noise(_chain_key(cfg))
+
+
+def _chain_key(cfg: dict) -> str:
+    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks")
+    return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
+
+
 @lru_cache(maxsize=8)
 def _chain(cfg_json: str) -> tuple:
     cfg = json.loads(cfg_json)
@@ -381,29 +411,31 @@ def _chain(cfg_json: str) -> tuple:
 
         from .legacy import LegacyFitMod, blind_fitres_mod
         chain = [blind_fitres_mod, secaggplus_mod, LegacyFitMod(cfg)]
-        if mode == "secagg_dp":
-            z = p.get("noise_multiplier")
-            if z is None:  # the clients pick z from the budget as the server does (they never trust its z)
-                z = calibrate_noise(Ledger(cfg["num_clients"], sample_size(cfg), float(p["delta"])),
-                                    float(p["target_epsilon"]), cfg["num_rounds"])
-            chain += [GaussianNoiseMod(distributed_noise_std(cfg, float(z))), fixedclipping_mod]
+        if mode == "secagg_dp":  # z: the client's floor checked it (floor.check_train)
+            chain += [GaussianNoiseMod(distributed_noise_std(cfg, secagg_dp_multiplier(cfg))), fixedclipping_mod]
         return tuple(chain)
     return ()
 
 
 def client_mods(cfg: dict) -> tuple:
     """The Flower mods of the train handler for this run's privacy mode."""
-    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks")
-    return _chain(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True))
+    return _chain(_chain_key(cfg))
 
 
 def client_privacy_mod(bound: dict | None):
-    """One mod for the train handler that applies the run's privacy mods, chosen from the
-    run's config (bound in simulation, read from the run config when deployed)."""
+    """One mod for the train handler: first the client's own floor (floor.py: a request
+    below it is refused), then the run's privacy mods, chosen from the run's config (bound
+    in simulation, read from the run config when deployed)."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
     from .client_state import config_from_context
+    from .floor import check_train, client_floor
 
     def privacy_mod(msg: Message, ctx: Context, call_next) -> Message:
-        mods = client_mods(config_from_context(ctx, bound))
+        cfg = config_from_context(ctx, bound)
+        check_train(client_floor(ctx.node_config, bound), cfg, RECORD_KEY_CONFIGS in msg.content,
+                    own_noise_multiplier(cfg))
+        mods = client_mods(cfg)
         return make_ffn(call_next, list(mods))(msg, ctx) if mods else call_next(msg, ctx)
 
     return privacy_mod
