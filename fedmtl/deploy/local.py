@@ -91,13 +91,15 @@ class LocalDeployment:
     """SuperLink + SuperNodes + `flwr run` as child processes; use as a context manager."""
 
     def __init__(self, workdir: str | Path, num_nodes: int = 2, *, tls: bool = False, auth: bool = False,
-                 node_config: list[str] | None = None, host: str = "127.0.0.1", env: dict | None = None):
+                 node_config: list[str] | None = None, node_args: list[str] | None = None,
+                 host: str = "127.0.0.1", env: dict | None = None):
         if auth and not tls:
             raise DeploymentError("SuperNode authentication needs TLS (Flower refuses --enable-supernode-auth "
                                   "with --insecure): use --tls --auth")
         self.work = Path(workdir).resolve()
         self.num_nodes, self.tls, self.auth, self.host = num_nodes, tls, auth, host
         self.node_config = node_config or [f"partition-id={k} num-partitions={num_nodes}" for k in range(num_nodes)]
+        self.node_args = list(node_args or [])  # more flower-supernode flags, for every node
         self.home = self.work / "flwr-home"
         self.app = self.work / "app"
         self.logs = self.work / "logs"
@@ -149,7 +151,7 @@ class LocalDeployment:
         cmd += ["--root-certificates", str(self.certs / "ca.crt")] if self.tls else ["--insecure"]
         if self.auth:
             cmd += ["--auth-supernode-private-key", str(self.certs / f"supernode-{k}")]
-        return cmd
+        return cmd + self.node_args
 
     def start(self, timeout: float = 90) -> "LocalDeployment":
         self.work.mkdir(parents=True, exist_ok=True)

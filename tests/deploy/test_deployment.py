@@ -127,3 +127,26 @@ def test_tls_with_supernode_authentication_refuses_an_unregistered_node(deployme
                                  "--max-retries", "1", "--max-wait-time", "5"])
     plain.wait(timeout=60)
     assert plain.returncode != 0 and dep.connected_nodes() == 1
+
+
+def test_a_supernode_with_trusted_entities_refuses_an_unsigned_app(deployment, tmp_path):
+    """Flower 1.41's only switch that restricts what a SuperNode runs: with
+    --trusted-entities it runs only a FAB signed by one of the listed Ed25519 keys
+    (signatures come with apps fetched from Flower Hub). An app sent with `flwr run .`
+    carries none, so the node answers with an error and runs none of its code; the
+    run stops with the node's reason."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pub = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    trusted = tmp_path / "trusted-entities.yaml"
+    trusted.write_text(f"fpk_fedmtl_test: '{pub} publisher'\n")
+    dep = deployment(1, node_args=["--trusted-entities", str(trusted)])
+    out = tmp_path / "run"
+    run_id = dep.submit(["num_clients=1", "num_rounds=1", "min_train_clients=1", "round_timeout=60",
+                         "on_client_failure=stop", *TINY], out)
+    assert dep.wait_run(run_id, timeout=180, out_dir=out) == "finished:failed"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 0 and "The FAB could not be verified" in summary["stopped"]
+    assert "The FAB could not be verified" in dep.log("supernode-0")
