@@ -92,3 +92,24 @@ def check_replies(cfg: dict, rnd: int, stage: str, msgs, replies) -> None:
         raise RoundFailure(f"round {rnd} {stage}: {len(reasons)} of {len(msgs)} node(s) failed or gave no reply "
                            f"within round_timeout={cfg['round_timeout']:g}s ({first}); stopping "
                            "(on_client_failure=stop)")
+
+
+def refusal_reason(replies) -> str | None:
+    """The first refusal's reason (`fedmtl refused: ...`, a client's privacy floor), or None."""
+    from .faults import REFUSED, refused
+
+    for r in replies:
+        if refused(r):
+            reason = r.error.reason
+            return reason[reason.index(REFUSED):].splitlines()[0][:200]
+    return None
+
+
+def check_refusals(what: str, msgs, replies, because: str) -> None:
+    """Stop the run when every client asked refused (below its privacy floor): going on
+    would only repeat the refusals. `because`: what the floors do not accept."""
+    from .faults import refused
+
+    replies = list(replies)
+    if msgs and len(replies) == len(msgs) and all(refused(r) for r in replies):
+        raise RoundFailure(f"{what}: all {len(msgs)} clients refused ({refusal_reason(replies)}); {because}")

@@ -19,8 +19,12 @@ faults, and a test can recompute exactly which clients failed:
 
 A round whose answers are fewer than the strategy's minimum (`min_train_clients`,
 at least 1) is skipped: the global arrays and the strategy's state stay as they
-were and metrics.jsonl records the reason. No Flower import here: the config
+were and metrics.jsonl records the reason. No Flower import at module level: the config
 check uses this module.
+
+`inject_reply_mod` injects hostile replies (node config `inject-reply=KIND`): a client that
+sends a weight of 1e9, a NaN, a wrong shape, a row index outside the catalogue, ... so that
+tests and robustness experiments can show the server leaving it out (replies.py).
 """
 
 from __future__ import annotations
@@ -159,15 +163,29 @@ def quiet_injected_drops() -> None:
         flwr_log.addFilter(_HideInjected())
 
 
-def round_counts(sent, replies) -> dict:
+FAILURE_KINDS = ("dropped", "refused", "error", "invalid", "late")
+REFUSED = "fedmtl refused:"  # in the reason of a client's refusal (a request below its privacy floor)
+
+
+def refused(reply) -> bool:
+    """Whether an error reply is a client's refusal (its privacy floor), not a crash."""
+    reason = (reply.error.reason or "") if reply.has_error() else ""
+    return REFUSED in reason and MARK not in reason
+
+
+def round_counts(sent, replies, invalid: int = 0) -> dict:
     """How many clients were sampled, answered and failed, and why they failed:
-    `dropped` (injected), `error` (any other exception), `late` (no reply by the timeout)."""
+    `dropped` (injected), `refused` (below the client's privacy floor), `error` (any other
+    exception), `invalid` (a reply that failed replies.py's checks: `invalid` of the replies
+    without error), `late` (no reply by the timeout)."""
     replies = list(replies)
     errors = [r for r in replies if r.has_error()]
     dropped = sum(MARK in (r.error.reason or "") for r in errors)
-    sampled, answered = len(sent), len(replies) - len(errors)
+    refusals = sum(refused(r) for r in errors)
+    sampled, answered = len(sent), len(replies) - len(errors) - invalid
     return {"sampled": sampled, "answered": answered, "failed": sampled - answered,
-            "failed_by": {"dropped": dropped, "error": len(errors) - dropped, "late": sampled - len(replies)}}
+            "failed_by": {"dropped": dropped, "refused": refusals, "error": len(errors) - dropped - refusals,
+                          "invalid": invalid, "late": sampled - len(replies)}}
 
 
 def quorum(cfg: dict) -> int:
@@ -183,3 +201,120 @@ def skip_reason(counts: dict, cfg: dict) -> str | None:
     by = ", ".join(f"{v} {k}" for k, v in counts["failed_by"].items() if v)
     return (f"only {counts['answered']} of {counts['sampled']} clients answered ({by or 'none failed'}); "
             f"fewer than min_train_clients={need}")
+
+
+# --- injected hostile replies (tests and robustness experiments) -----------------------------
+
+INJECT_KEY = "inject-reply"  # node config: this node tampers with its replies (inject_reply_mod)
+TRAIN_FAULTS = {
+    "weight": "num-examples = 1e9 (the attacker becomes the FedAvg mean)",
+    "negative-weight": "num-examples = -5",
+    "nan": "a NaN in the first float array",
+    "shape": "the first array loses its last row (sparse: ::rows_delta its last column)",
+    "missing-key": "the last array left out",
+    "extra-key": "an array the server did not send",
+    "row-negative": "sparse: row index -1 (the last item, were it used as an index)",
+    "row-past": "sparse: a row index one past the catalogue",
+    "row-duplicate": "sparse: the first row index twice",
+    "truncated": "sparse: ::dense_delta one value short",
+    "scale": "sparse int8: a row scale of 1e30",
+    "boost": "the update times 50 (within the per-value bound; robust.max_update_norm's case)",
+}
+GRAM_FAULTS = {
+    "gram-nan": "a NaN in the Gram block",
+    "gram-negative": "a negative co-occurrence count",
+    "gram-asymmetric": "block[0, 1] != block[1, 0]",
+}
+BOOST = 50.0
+
+
+def _first(arrays: dict, pred) -> str:
+    for k, v in arrays.items():
+        if pred(v):
+            return k
+    raise ValueError(f"{INJECT_KEY}: no array to tamper with")
+
+
+def tamper_train(kind: str, arrays: dict, metrics: dict, sent: dict) -> None:
+    """Edit a training reply (arrays and metrics by name, NumPy and numbers) in place as
+    `kind` (TRAIN_FAULTS) says; `sent`: the arrays the server sent."""
+    packed = "::rows" in arrays
+    if kind == "weight":
+        metrics["num-examples"] = 1e9
+    elif kind == "negative-weight":
+        metrics["num-examples"] = -5.0
+    elif kind == "nan":
+        k = _first(arrays, lambda v: v.dtype.kind == "f" and v.size)
+        arrays[k] = arrays[k].copy()
+        arrays[k].flat[0] = np.nan
+    elif kind == "shape":
+        if packed:
+            arrays["::rows_delta"] = np.ascontiguousarray(arrays["::rows_delta"][:, :-1])
+        else:
+            k = _first(arrays, lambda v: v.ndim >= 1 and v.shape[0] > 1)
+            arrays[k] = np.ascontiguousarray(arrays[k][:-1])
+    elif kind == "missing-key":
+        arrays.pop(list(arrays)[-1])
+    elif kind == "extra-key":
+        arrays["encoder.backdoor"] = np.zeros(3, np.float32)
+    elif kind in ("row-negative", "row-past", "row-duplicate"):
+        rows = arrays["::rows"].astype(np.int64)
+        n_items = int(sent["encoder.item_emb.weight"].shape[0])
+        rows[0] = {"row-negative": -1, "row-past": n_items, "row-duplicate": rows[-1]}[kind]
+        arrays["::rows"] = rows if kind == "row-negative" else rows.astype(arrays["::rows"].dtype)
+    elif kind == "truncated":
+        arrays["::dense_delta"] = np.ascontiguousarray(arrays["::dense_delta"][:-1])
+    elif kind == "scale":
+        arrays["::rows_scale"] = arrays["::rows_scale"].copy()
+        arrays["::rows_scale"][0, 0] = 1e30
+    elif kind == "boost":
+        if not packed:
+            for k, v in arrays.items():
+                arrays[k] = np.asarray(sent[k] + BOOST * (v.astype(np.float64) - sent[k]), dtype=v.dtype)
+        else:
+            scaled = ("::rows_scale", "::dense_scale") if "::rows_scale" in arrays else ("::rows_delta", "::dense_delta")
+            for k in scaled:
+                arrays[k] = np.asarray(arrays[k] * BOOST, dtype=arrays[k].dtype)
+    else:
+        raise ValueError(f"{INJECT_KEY}={kind!r}: not a training fault")
+
+
+def tamper_gram(kind: str, items: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A Gram part (itemitem.gram_part) edited as `kind` (GRAM_FAULTS) says."""
+    block = np.array(block, copy=True)
+    if kind == "gram-nan":
+        block[0, 0] = np.nan
+    elif kind == "gram-negative":
+        block[0, 0] = -1
+    elif kind == "gram-asymmetric":
+        block[0, 1] += 1
+    else:
+        raise ValueError(f"{INJECT_KEY}={kind!r}: not a Gram fault")
+    return items, block
+
+
+def inject_reply_mod(msg, ctx, call_next):
+    """A Flower mod for fault injection in tests and robustness experiments: a node whose
+    node config holds `inject-reply=KIND` (TRAIN_FAULTS, GRAM_FAULTS) sends what a hostile
+    client would, on every training reply (or Gram part) it gives. The server must leave
+    such a reply out (replies.py); nothing here runs unless the node's operator asks."""
+    kind = ctx.node_config.get(INJECT_KEY)
+    reply = call_next(msg, ctx)
+    if not kind or reply.has_error():
+        return reply
+    if kind not in TRAIN_FAULTS and kind not in GRAM_FAULTS:
+        raise ConfigError(f"node-config {INJECT_KEY}={kind!r}: expected one of {[*TRAIN_FAULTS, *GRAM_FAULTS]}")
+    from flwr.app import Array, ArrayRecord, MetricRecord
+
+    content = reply.content
+    if kind in GRAM_FAULTS and "gram" in content:
+        items, block = tamper_gram(kind, content["gram"]["items"].numpy(), content["gram"]["block"].numpy())
+        content["gram"] = ArrayRecord({"items": Array(items), "block": Array(block)})
+    elif kind in TRAIN_FAULTS and "arrays" in content and "metrics" in content and "arrays" in msg.content:
+        arrays = {k: v.numpy() for k, v in content["arrays"].items()}
+        metrics = dict(content["metrics"])
+        sent = {k: v.numpy().astype(np.float64) for k, v in msg.content["arrays"].items()}
+        tamper_train(kind, arrays, metrics, sent)
+        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        content["metrics"] = MetricRecord(metrics)
+    return reply

@@ -26,8 +26,9 @@ from ..results import append_jsonl
 from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
-from .failures import RoundFailure, check_replies, needed_nodes, wait_for_nodes
+from .failures import RoundFailure, check_refusals, check_replies, needed_nodes, wait_for_nodes
 from .privacy import ServerPrivacy
+from .replies import screen_gram, screen_train
 from .strategies import build_strategy, decay_arrays, set_server_rate
 
 log = logging.getLogger("fedmtl")
@@ -198,15 +199,13 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
     n_items = int(federation_for(cfg).meta["n_items"])
     gram = np.zeros((n_items, n_items), dtype=np.float64)
     up, node_items = 0, {}
-    for r in grid.send_and_receive(msgs, timeout=cfg["round_timeout"]):
-        if r.has_error() or "gram" not in r.content:
-            continue
+    replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
+    check_refusals("item Gram", msgs, replies, "the clients' privacy floors do not answer item Gram queries "
+                   "(click_mix needs them: set click_mix.weight=0 and no grid)")
+    for r in screen_gram(n_items, replies):  # replies.py: well-formed parts only, one log line per other
         up += r.content["gram"].count_bytes()
         items = r.content["gram"]["items"].numpy()
-        try:
-            itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())
-        except ValueError as e:
-            raise RoundFailure(f"item Gram: node {r.metadata.src_node_id} sent a bad part: {e}") from None
+        itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())
         node_items[r.metadata.src_node_id] = np.asarray(items, dtype=np.int64)
     ok = len(node_items)
     if ok == 0:
@@ -230,14 +229,19 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
     down = sum(m.content["arrays"].count_bytes() for m in msgs)
     replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
+    check_refusals(f"round {rnd} train", msgs, replies, "the clients' privacy floors do not accept this run's "
+                   f"privacy={cfg['privacy']['name']}")
     check_replies(cfg, rnd, "train", msgs, replies)
-    ok = [r for r in replies if not r.has_error()]
+    kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies)  # replies.py: the strategy sees valid ones only
+    ok = [r for r in kept if not r.has_error()]
     up = _bytes(r.content["arrays"] for r in ok)
-    counts = faults.round_counts(msgs, replies)
+    counts = faults.round_counts(msgs, replies, invalid)
     skipped = faults.skip_reason(counts, cfg)
-    agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, replies)
+    agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, kept)
     row = {"round": rnd, **counts, "bytes_down": int(down), "bytes_up": int(up),
            "bytes_up_per_client": int(up / max(len(ok), 1))}
+    if (cfg.get("robust") or {}).get("on_large_update") == "clip" and cfg["robust"].get("max_update_norm"):
+        row["clipped"] = clipped
     return agg, train_metrics, row, skipped
 
 

@@ -100,7 +100,7 @@ def test_metrics_jsonl_counts_exactly_the_injected_drops(dropped):
         drops = planned(cfg, r["round"], DROP)
         assert r["sampled"] == 10
         assert r["failed"] == drops and r["answered"] == 10 - drops
-        assert r["failed_by"] == {"dropped": drops, "error": 0, "late": 0}
+        assert r["failed_by"] == {"dropped": drops, "refused": 0, "error": 0, "invalid": 0, "late": 0}
         assert "skipped" not in r
     assert sum(r["failed"] for r in rows) > 0, "the seeded plan injected no drop: the test would prove nothing"
 
@@ -166,7 +166,7 @@ def test_stragglers_past_the_round_timeout_are_counted_late(tmp_path):
     run(cfg, tmp_path)
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     for r, n_late, n_drop in zip(rows, late, drops):
-        assert r["failed_by"] == {"dropped": n_drop, "error": 0, "late": n_late}
+        assert r["failed_by"] == {"dropped": n_drop, "refused": 0, "error": 0, "invalid": 0, "late": n_late}
         assert r["answered"] == 6 - n_late - n_drop
 
 
@@ -192,7 +192,7 @@ def test_on_ray_stalled_clients_get_actors_of_their_own(tmp_path, caplog, untrai
     assert "plus 2 for clients that stall" in caplog.text
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     for r, n_late, n_drop in zip(rows, late, drops):
-        assert r["failed_by"] == {"dropped": n_drop, "error": 0, "late": n_late}
+        assert r["failed_by"] == {"dropped": n_drop, "refused": 0, "error": 0, "invalid": 0, "late": n_late}
         assert r["answered"] == 6 - n_late - n_drop and "skipped" not in r
     before = untrained_metrics(cfg)
     for task in cfg["tasks"]:
@@ -262,7 +262,7 @@ def test_secagg_counts_the_injected_drops_and_aggregates_the_survivors(tmp_path,
     for r, n_drop, (rnd, sent, got) in zip(rows, drops, secure_rounds):
         assert r["round"] == rnd
         assert (r["sampled"], r["answered"], r["failed"]) == (6, 6 - n_drop, n_drop)
-        assert r["failed_by"] == {"dropped": n_drop, "error": 0, "late": 0}
+        assert r["failed_by"] == {"dropped": n_drop, "refused": 0, "error": 0, "invalid": 0, "late": 0}
         # SecAgg+'s dropout tolerance: the survivors' masks came off and the round aggregated
         assert r["secagg"]["aggregated"] and r["secagg"]["unmasked_by"] == 6 - n_drop and "skipped" not in r
         assert got is not None and moved(sent, got) > 1e-3  # the weights really changed
@@ -331,7 +331,7 @@ def test_secagg_counts_stragglers_late_and_aggregates_the_rest(tmp_path, secure_
     assert (planned(cfg, 1, LATE), planned(cfg, 1, DROP)) == (1, 1)
     run(cfg, tmp_path)
     (row,) = read_jsonl(tmp_path / "metrics.jsonl")
-    assert row["failed_by"] == {"dropped": 1, "error": 0, "late": 1} and row["answered"] == 4
+    assert row["failed_by"] == {"dropped": 1, "refused": 0, "error": 0, "invalid": 0, "late": 1} and row["answered"] == 4
     assert row["secagg"]["aggregated"] and row["secagg"]["unmasked_by"] == 4
     (_, sent, got), = secure_rounds
     assert got is not None and moved(sent, got) > 1e-3

@@ -1,0 +1,428 @@
+"""Replies checked before they reach a strategy: what one client sends can neither crash
+the ServerApp nor corrupt the global model.
+
+Flower's strategies trust their replies: a weight of 1e9 makes one client the model, a
+negative weight or a NaN poisons the mean, a row index of -1 writes the last item, a
+wrong shape or a truncated packed array raises inside the ServerApp. So every training
+reply is checked here against what the server sent and what the run allows
+(`validate_train_reply`), and every item Gram part against what a part can be
+(`validate_gram_part`). A reply that fails is a failed client (metrics.jsonl's
+`failed_by: invalid`) with one log line naming the node and the problem; the round
+aggregates the rest (server_app.train_round).
+
+What a training reply must be (`Rules`, from the config, once per run):
+
+- one ArrayRecord `arrays` and one MetricRecord `metrics`, nothing else;
+- `exchange=dense`: the arrays sent, same names in the same order, same shapes and dtypes;
+  `exchange=sparse`: the packed keys of sparse.py with consistent lengths (`::rows` against
+  the rows of `::rows_delta`, its width the sum of the row tables' widths, `::dense_delta`
+  the total size of the other arrays, the int8 scales one per row), in `exchange.dtype`;
+- every value finite; row indices in [0, n_items) and unique;
+- every coordinate of the update (weights minus what was sent; sparse: the decoded update)
+  at most `robust.max_abs_update` in absolute value (int8: scale x 127 too). local_dp adds
+  Gaussian noise of a known std: its bound grows by 10 such stds (a legitimate
+  coordinate passes 10 sigma with probability 1.5e-23);
+- `robust.max_update_norm` (optional): the update's L2 norm over all arrays at most this;
+  beyond it the reply is refused (`on_large_update=reject`) or scaled down to it (`clip`);
+- `num-examples` (the strategies' weight) a finite number in [1, max_weight], max_weight
+  being `robust.max_weight` or else the largest client's training-example count in the
+  federation; exactly 1 in the modes whose clients report a uniform weight (the DP modes);
+- metrics among those the client step reports (`num-examples`, `loss.<task>`, `weight.<task>`,
+  and Flower's `norm_bit`, 0 or 1, which adaptive client-side clipping needs), finite numbers.
+  A privacy mode may leave some out (local_dp sends the weight alone); Flower's FedAvg refuses
+  a round whose replies differ in their metric keys, so the strategy gets each valid reply's
+  metrics restricted to the keys all of them hold (`common_metrics`).
+
+A Gram part (click_mix, itemitem.py): `items` 1-d integers, unique, in [0, n_items); `block`
+(k, k) for its k items, finite non-negative integers, symmetric, no co-occurrence count
+above either item's own count (its diagonal).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .failures import RoundFailure
+from .sparse import DENSE_DELTA, DENSE_SCALE, ROWS_DELTA, ROWS_KEY, ROWS_SCALE, layout
+
+log = logging.getLogger("fedmtl")
+
+WEIGHT_KEY = "num-examples"
+NORM_BIT = "norm_bit"  # flwr.clientapp.mod.adaptiveclipping_mod's metric
+LARGE_UPDATE = ("reject", "clip")
+NOISE_SIGMAS = 10.0
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What this run accepts from a client."""
+
+    exchange: str = "dense"
+    dtype: str = "float32"  # exchange.dtype (sparse)
+    max_weight: float = 1.0
+    fixed_weight: float | None = None  # the DP modes' uniform weight
+    max_abs_update: float = 100.0
+    max_update_norm: float | None = None
+    on_large_update: str = "reject"
+    metrics: frozenset = frozenset({WEIGHT_KEY})  # the keys a reply may hold
+    required: frozenset = frozenset({WEIGHT_KEY})  # and must hold
+
+
+def largest_client(cfg: dict) -> float:
+    """The largest number of training examples a client of this federation holds."""
+    from ..data import federation_for
+
+    fed = federation_for(cfg)
+    counts = fed.split.train.groupby("user").size()
+    return float(max(int(counts.reindex(users).fillna(0).sum()) for users in fed.clients))
+
+
+UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # privacy.py: their clients report 1
+
+
+def _noise_allowance(cfg: dict) -> float:
+    """How far local_dp's Gaussian noise may move a coordinate: NOISE_SIGMAS stds of the largest
+    noise its mod may add (sensitivity 2C, the replace-one relation, covers either choice)."""
+    p = cfg.get("privacy") or {}
+    if p.get("name") != "local_dp":
+        return 0.0
+    from .privacy import local_dp_multiplier
+
+    sens = max(float(p.get("sensitivity") or 0.0), 2.0 * float(p["clipping_norm"]))
+    return NOISE_SIGMAS * sens * local_dp_multiplier(p)
+
+
+def expected_metrics(cfg: dict) -> tuple[frozenset, frozenset]:
+    """(the metric keys a training reply may hold, those it must hold)."""
+    allowed = {WEIGHT_KEY, NORM_BIT} | {f"{k}.{t}" for t in cfg["tasks"] for k in ("loss", "weight")}
+    p = cfg.get("privacy") or {}
+    adaptive = p.get("name") == "client_clip_dp" and p.get("clipping") == "adaptive"
+    return frozenset(allowed), frozenset({WEIGHT_KEY, NORM_BIT} if adaptive else {WEIGHT_KEY})
+
+
+@lru_cache(maxsize=8)
+def _rules(cfg_json: str) -> Rules:
+    cfg = json.loads(cfg_json)
+    robust, ex = cfg.get("robust") or {}, cfg.get("exchange") or {}
+    mode = (cfg.get("privacy") or {}).get("name", "none")
+    allowed, required = expected_metrics(cfg)
+    max_weight, max_norm = robust.get("max_weight"), robust.get("max_update_norm")
+    return Rules(exchange=ex.get("name", "dense"), dtype=ex.get("dtype", "float32"),
+                 max_weight=float(max_weight) if max_weight is not None else largest_client(cfg),
+                 fixed_weight=1.0 if mode in UNIFORM_WEIGHT_MODES else None,
+                 max_abs_update=float(robust.get("max_abs_update", 100.0)) + _noise_allowance(cfg),
+                 max_update_norm=float(max_norm) if max_norm is not None else None,
+                 on_large_update=robust.get("on_large_update", "reject"), metrics=allowed, required=required)
+
+
+def rules_for(cfg: dict) -> Rules:
+    """The run's `Rules`, computed once per run (the largest client's count reads the split)."""
+    return _rules(json.dumps(cfg, sort_keys=True, default=str))
+
+
+class Invalid(Exception):
+    """What is wrong with a reply, in a few words."""
+
+
+def _fmt(x) -> str:
+    return f"{float(x):.4g}"
+
+
+def _decode(record, key: str) -> np.ndarray:
+    try:
+        return record[key].numpy()
+    except Exception as e:  # foreign serialisation, bytes that are no .npy, pickled objects
+        raise Invalid(f"{key} is unreadable ({type(e).__name__})") from None
+
+
+def _finite(name: str, v: np.ndarray) -> None:
+    if v.dtype.kind not in "iuf":
+        raise Invalid(f"{name} has dtype {v.dtype}, not a number")
+    if v.dtype.kind == "f" and not np.isfinite(v).all():
+        raise Invalid(f"{name} holds {int((~np.isfinite(v)).sum())} NaN/inf values")
+
+
+def _bounded(name: str, upd: np.ndarray, bound: float, what: str = "an update of") -> None:
+    if upd.size:
+        top = float(np.abs(upd).max())
+        if not top <= bound:
+            raise Invalid(f"{name} holds {what} {_fmt(top)} > robust.max_abs_update={bound:g}")
+
+
+def _records(content):
+    arrays, metrics = content.array_records, content.metric_records
+    extra = [k for k in content.keys() if k not in ("arrays", "metrics")]
+    if list(arrays) != ["arrays"] or list(metrics) != ["metrics"] or extra:
+        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in content.keys()) or "nothing"
+        raise Invalid(f"expected an ArrayRecord 'arrays' and a MetricRecord 'metrics', got {got}")
+    return arrays["arrays"], metrics["metrics"]
+
+
+def _check_metrics(metrics, rules: Rules) -> None:
+    keys = set(metrics.keys())
+    missing, extra = sorted(rules.required - keys), sorted(keys - rules.metrics)
+    if missing:
+        raise Invalid(f"metric {missing[0]} is missing")
+    if extra:
+        raise Invalid(f"metric {extra[0][:60]} is not one a client reports")
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise Invalid(f"metric {k}={v!r} is not a finite number")
+    if NORM_BIT in keys and metrics[NORM_BIT] not in (0, 1):
+        raise Invalid(f"metric {NORM_BIT}={metrics[NORM_BIT]!r} is not 0 or 1")
+    w = float(metrics[WEIGHT_KEY])
+    if rules.fixed_weight is not None:
+        if w != rules.fixed_weight:
+            raise Invalid(f"{WEIGHT_KEY}={_fmt(w)}; this privacy mode's clients report {rules.fixed_weight:g}")
+    elif not 1.0 <= w <= rules.max_weight:
+        raise Invalid(f"{WEIGHT_KEY}={_fmt(w)} outside [1, {rules.max_weight:g}] (the largest client's examples)")
+
+
+def _check_keys(got: list[str], want: list[str], ordered: bool) -> None:
+    if (got == want) if ordered else (set(got) == set(want)):
+        return
+    missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
+    if missing:
+        raise Invalid(f"array {missing[0]} is missing" + (f" ({len(missing)} in all)" if len(missing) > 1 else ""))
+    if extra:
+        raise Invalid(f"array {extra[0][:60]} was not sent" + (f" ({len(extra)} such)" if len(extra) > 1 else ""))
+    raise Invalid("arrays not in the order sent")
+
+
+def dense_update(record, sent: dict[str, np.ndarray], rules: Rules) -> dict[str, np.ndarray]:
+    """A dense reply's update (weights minus sent, float64), checked."""
+    _check_keys(list(record.keys()), list(sent), ordered=True)
+    upd = {}
+    for k, ref in sent.items():
+        v = _decode(record, k)
+        if v.shape != ref.shape or v.dtype != ref.dtype:
+            raise Invalid(f"{k} is {v.dtype}{list(v.shape)}, sent as {ref.dtype}{list(ref.shape)}")
+        _finite(k, v)
+        upd[k] = v.astype(np.float64) - ref.astype(np.float64)
+        _bounded(k, upd[k], rules.max_abs_update)
+    return upd
+
+
+def _packed_width(shapes: dict[str, tuple]) -> tuple[int, int, int, int]:
+    """(row-table width, dense values, dense scale rows, catalogue size) of what was sent."""
+    dense_names, row_names = layout(shapes)
+    width = sum(int(np.prod(shapes[n][1:])) for n in row_names)
+    size = sum(int(np.prod(shapes[n])) for n in dense_names)
+    srows = sum(shapes[n][0] if len(shapes[n]) > 1 else 1 for n in dense_names)
+    n_items = min((shapes[n][0] for n in row_names), default=0)
+    return width, size, srows, n_items
+
+
+def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rows, {name: update}) of a packed sparse reply, checked before sparse.unpack reads it."""
+    from .sparse import unpack
+
+    int8 = rules.dtype == "int8"
+    want = [ROWS_KEY, ROWS_DELTA, DENSE_DELTA] + ([ROWS_SCALE, DENSE_SCALE] if int8 else [])
+    _check_keys(list(record.keys()), want, ordered=False)
+    shapes = {k: v.shape for k, v in sent.items()}
+    width, size, srows, n_items = _packed_width(shapes)
+    n_tables = len(layout(shapes)[1])
+    v = {k: _decode(record, k) for k in want}
+    rows = v[ROWS_KEY]
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise Invalid(f"{ROWS_KEY} is {rows.dtype}{list(rows.shape)}, not a list of row indices")
+    if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= n_items):
+        bad = int(rows.min()) if int(rows.min()) < 0 else int(rows.max())
+        raise Invalid(f"{ROWS_KEY} names row {bad}, outside the catalogue's 0..{n_items - 1}")
+    if len(np.unique(rows)) != len(rows):
+        raise Invalid(f"{ROWS_KEY} names {len(rows) - len(np.unique(rows))} row(s) twice")
+    expect = {ROWS_DELTA: (len(rows), width), DENSE_DELTA: (size,)}
+    if int8:
+        expect.update({ROWS_SCALE: (len(rows), n_tables), DENSE_SCALE: (srows,)})
+    for k, shape in expect.items():
+        if v[k].shape != shape:
+            raise Invalid(f"{k} has shape {list(v[k].shape)}, the arrays sent need {list(shape)}")
+        _finite(k, v[k])
+    for k in (ROWS_DELTA, DENSE_DELTA):
+        if v[k].size and v[k].dtype != np.dtype(rules.dtype):
+            raise Invalid(f"{k} is {v[k].dtype}, exchange.dtype is {rules.dtype}")
+    if int8:
+        for k in (ROWS_SCALE, DENSE_SCALE):
+            if v[k].dtype.kind != "f":
+                raise Invalid(f"{k} is {v[k].dtype}, expected float scales")
+            if v[k].size and float(v[k].min()) < 0:
+                raise Invalid(f"{k} holds a negative scale {_fmt(v[k].min())}")
+            if v[k].size and not float(v[k].max()) * 127 <= rules.max_abs_update:
+                raise Invalid(f"{k} holds {_fmt(v[k].max())}: it decodes to up to {_fmt(float(v[k].max()) * 127)} "
+                              f"> robust.max_abs_update={rules.max_abs_update:g}")
+    else:
+        for k in (ROWS_DELTA, DENSE_DELTA):
+            _bounded(k, v[k], rules.max_abs_update)
+    try:
+        rows, upd = unpack(v, shapes)
+    except Exception as e:  # the checks above should leave nothing here; never let it reach the strategy
+        raise Invalid(f"the packed update does not unpack ({type(e).__name__}: {e})") from None
+    for k, u in upd.items():
+        _bounded(k, u, rules.max_abs_update, "a decoded update of")
+    return rows, upd
+
+
+def _norm(upd: dict[str, np.ndarray]) -> float:
+    return float(math.sqrt(sum(float(np.square(u).sum()) for u in upd.values())))
+
+
+def validate_train_reply(content, sent: dict[str, np.ndarray], rules: Rules) -> str | None:
+    """What is wrong with a training reply's content (a few words), or None when the
+    strategy may take it. `sent`: the arrays the server sent, by name. A norm above
+    robust.max_update_norm is a problem only with on_large_update=reject."""
+    try:
+        arrays, metrics = _records(content)
+        _check_metrics(metrics, rules)
+        upd = (sparse_update(arrays, sent, rules)[1] if rules.exchange == "sparse"
+               else dense_update(arrays, sent, rules))
+        if rules.max_update_norm is not None and rules.on_large_update == "reject":
+            norm = _norm(upd)
+            if not norm <= rules.max_update_norm:
+                return f"update norm {_fmt(norm)} > robust.max_update_norm={rules.max_update_norm:g}"
+    except Invalid as e:
+        return str(e)
+    except Exception as e:  # anything a check did not foresee is still the client's problem, not the run's
+        return f"unreadable reply ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def clip_update(content, sent: dict[str, np.ndarray], rules: Rules):
+    """(content, the norm before) with the update scaled down to robust.max_update_norm, for a
+    reply that `validate_train_reply` passed; (content, None) when within the bound. Dense:
+    the weights become sent + update x factor; sparse: the deltas (int8: the scales) times
+    the factor."""
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    if rules.max_update_norm is None:
+        return content, None
+    record = content["arrays"]
+    if rules.exchange == "sparse":
+        upd = sparse_update(record, sent, rules)[1]
+    else:
+        upd = dense_update(record, sent, rules)
+    norm = _norm(upd)
+    if norm <= rules.max_update_norm:
+        return content, None
+    factor = rules.max_update_norm / norm
+    if rules.exchange == "sparse":
+        scaled = {k: record[k].numpy() for k in record.keys()}
+        for k in ((ROWS_SCALE, DENSE_SCALE) if rules.dtype == "int8" else (ROWS_DELTA, DENSE_DELTA)):
+            scaled[k] = np.asarray(scaled[k] * factor, dtype=scaled[k].dtype)
+    else:
+        scaled = {k: np.asarray(sent[k].astype(np.float64) + upd[k] * factor, dtype=sent[k].dtype) for k in sent}
+    out = RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in scaled.items()}),
+                      "metrics": content["metrics"]})
+    return out, norm
+
+
+def common_metrics(replies) -> None:
+    """Restrict the metrics of valid replies (in place) to the keys all of them hold, which
+    Flower's FedAvg requires of a round (it raises otherwise)."""
+    from flwr.app import MetricRecord
+
+    replies = [r for r in replies if not r.has_error()]
+    if not replies:
+        return
+    common = set.intersection(*(set(r.content["metrics"].keys()) for r in replies))
+    for r in replies:
+        m = r.content["metrics"]
+        if set(m.keys()) != common:
+            r.content["metrics"] = MetricRecord({k: v for k, v in m.items() if k in common})
+
+
+def validate_gram_part(content, n_items: int) -> str | None:
+    """What is wrong with a client's item Gram part (itemitem.gram_part), or None."""
+    try:
+        if list(content.keys()) != ["gram"] or list(content.array_records) != ["gram"]:
+            return f"expected one ArrayRecord 'gram', got {', '.join(content.keys()) or 'nothing'}"
+        record = content["gram"]
+        _check_keys(sorted(record.keys()), ["block", "items"], ordered=True)
+        items, block = _decode(record, "items"), _decode(record, "block")
+        if items.ndim != 1 or items.dtype.kind not in "iu":
+            return f"items is {items.dtype}{list(items.shape)}, not a list of item indices"
+        if items.size and (int(items.min()) < 0 or int(items.max()) >= n_items):
+            bad = int(items.min()) if int(items.min()) < 0 else int(items.max())
+            return f"items names item {bad}, outside the catalogue's 0..{n_items - 1}"
+        if len(np.unique(items)) != len(items):
+            return f"items names {len(items) - len(np.unique(items))} item(s) twice"
+        k = len(items)
+        if block.shape != (k, k):
+            return f"block has shape {list(block.shape)}, its {k} items need [{k}, {k}]"
+        _finite("block", block)
+        if block.size and float(block.min()) < 0:
+            return f"block holds a negative count {_fmt(block.min())}"
+        if not np.array_equal(block, np.round(block)):
+            return "block holds counts that are not whole numbers"
+        if not np.array_equal(block, block.T):
+            return "block is not symmetric"
+        diag = np.diag(block)
+        if (block > np.minimum(diag[:, None], diag[None, :])).any():
+            return "block counts a pair of items more often than one of its items"
+    except Invalid as e:
+        return str(e)
+    except Exception as e:
+        return f"unreadable part ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
+    """A training round's replies as the strategy may take them: (error replies and valid
+    replies, in their order, valid ones clipped where robust.on_large_update=clip; how many
+    were invalid; how many were clipped). One WARNING line per invalid reply; under
+    on_client_failure=stop the first one stops the run."""
+    rules = rules_for(cfg)
+    sent_to = {m.metadata.dst_node_id: m.content["arrays"] for m in msgs}
+    decoded: dict[int, dict[str, np.ndarray]] = {}  # the messages of a round share one record: decode it once
+
+    def sent(node: int) -> dict[str, np.ndarray]:
+        record = sent_to.get(node) or next(iter(sent_to.values()))
+        if id(record) not in decoded:
+            decoded[id(record)] = {k: v.numpy() for k, v in record.items()}
+        return decoded[id(record)]
+
+    kept, invalid, clipped = [], 0, 0
+    for r in replies:
+        if r.has_error():
+            kept.append(r)
+            continue
+        node = r.metadata.src_node_id
+        problem = validate_train_reply(r.content, sent(node), rules)
+        if problem is not None:
+            if cfg.get("on_client_failure", "continue") == "stop":
+                raise RoundFailure(f"round {rnd} train: node {node} sent an invalid reply ({problem}); stopping "
+                                   "(on_client_failure=stop)")
+            log.warning("round %d: node %d sent an invalid reply (%s); left out of the aggregate", rnd, node, problem)
+            invalid += 1
+            continue
+        if rules.max_update_norm is not None and rules.on_large_update == "clip":
+            r.content, norm = clip_update(r.content, sent(node), rules)
+            if norm is not None:
+                clipped += 1
+                log.info("round %d: node %d's update norm %.4g clipped to robust.max_update_norm=%g", rnd, node,
+                         norm, rules.max_update_norm)
+        kept.append(r)
+    common_metrics(kept)
+    return kept, invalid, clipped
+
+
+def screen_gram(n_items: int, replies) -> list:
+    """The Gram replies that carry a valid part (in their order); one WARNING line for each
+    that does not (error replies are left out silently: the caller counts them)."""
+    kept = []
+    for r in replies:
+        if r.has_error():
+            continue
+        problem = validate_gram_part(r.content, n_items)
+        if problem is not None:
+            log.warning("item Gram: node %d sent an invalid part (%s); left out of the Gram", r.metadata.src_node_id,
+                        problem)
+            continue
+        kept.append(r)
+    return kept

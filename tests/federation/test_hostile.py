@@ -1,0 +1,294 @@
+"""fedmtl/federation/replies.py: a hostile client can neither crash nor corrupt a run.
+
+Each case drives one tampering client (partition HOSTILE, node config `inject-reply=KIND`,
+faults.inject_reply_mod) through a real two-round run on the in-process engine. The run
+finishes, metrics.jsonl counts the client as `failed_by: invalid` in every round, a WARNING
+names the node and the problem, and the final model is the one of the same run in which
+that client fails every round (it raises instead of tampering): its reply left no trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from fedmtl.config import compose
+from fedmtl.engine.inprocess import NODE_ID_OFFSET
+from fedmtl.errors import ConfigError
+from fedmtl.federation import replies as rp
+from fedmtl.federation.failures import RoundFailure
+from fedmtl.federation.faults import GRAM_FAULTS, INJECT_KEY, TRAIN_FAULTS
+from fedmtl.results import read_jsonl
+from fedmtl.simulate import run
+
+TINY = ["dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=2", "local_epochs=1",
+        "device=cpu", "model.dim=8", "save_model=true", "checkpoint_every=0"]
+HOSTILE = 2
+NODE = NODE_ID_OFFSET + HOSTILE
+SPARSE = ["exchange=sparse", "exchange.pad_rows=5"]
+SETTINGS = {
+    "dense": [],
+    "sparse_f32": SPARSE + ["exchange.dtype=float32"],
+    "sparse_int8": SPARSE + ["exchange.dtype=int8"],
+    "gram": ["click_mix.weight=0.5", "click_mix.lam=5"],
+    "norm": ["robust.max_update_norm=2"],  # honest updates here have norms near 0.37; "boost" x50 near 18
+}
+CASES = [  # (setting, inject-reply, what the log line must say)
+    ("dense", "weight", "num-examples=1e+09 outside"),
+    ("dense", "negative-weight", "num-examples=-5 outside"),
+    ("dense", "nan", "NaN/inf"),
+    ("dense", "shape", "sent as float32"),
+    ("dense", "missing-key", "is missing"),
+    ("dense", "extra-key", "encoder.backdoor was not sent"),
+    ("sparse_f32", "nan", "::rows_delta holds 1 NaN/inf"),
+    ("sparse_f32", "shape", "::rows_delta has shape"),
+    ("sparse_f32", "row-negative", "row -1, outside"),
+    ("sparse_f32", "row-past", "row 30, outside"),
+    ("sparse_f32", "row-duplicate", "twice"),
+    ("sparse_f32", "truncated", "::dense_delta has shape"),
+    ("sparse_int8", "scale", "::rows_scale holds 1e+30"),
+    ("sparse_int8", "nan", "NaN/inf"),
+    ("sparse_int8", "weight", "num-examples=1e+09"),
+    ("norm", "boost", "> robust.max_update_norm=2"),
+    ("gram", "gram-nan", "NaN/inf"),
+    ("gram", "gram-negative", "negative count"),
+    ("gram", "gram-asymmetric", "not symmetric"),
+]
+
+
+class Hostile:
+    """The ClientApp, with partition HOSTILE tampering (`inject-reply=KIND`) or failing
+    (`fail-train`, `fail-query`: it does its work, so its personal state moves on as a
+    tampering client's does, then raises instead of replying to that message type)."""
+
+    def __init__(self, app, kind: str):
+        self.app, self.kind = app, kind
+
+    def __call__(self, msg, ctx):
+        if int(ctx.node_config["partition-id"]) != HOSTILE:
+            return self.app(msg, ctx)
+        if not self.kind.startswith("fail-"):
+            ctx.node_config[INJECT_KEY] = self.kind
+            return self.app(msg, ctx)
+        reply = self.app(msg, ctx)
+        if msg.metadata.message_type == self.kind[len("fail-"):]:
+            raise RuntimeError("the hostile client fails instead")
+        return reply
+
+
+def hostile_run(monkeypatch, tmp_path, overrides: list[str], kind: str) -> tuple[dict, list[dict], dict]:
+    """(summary, metrics.jsonl rows, final shared model) of a run with partition HOSTILE as `kind`."""
+    import fedmtl.federation.client_app as ca
+
+    real = ca.make_client_app
+    with monkeypatch.context() as m:
+        m.setattr(ca, "make_client_app", lambda cfg=None: Hostile(real(cfg), kind))
+        out = tmp_path / kind
+        summary = run(compose(TINY + overrides), out)
+    model = {k: v.numpy() for k, v in torch.load(out / "model_shared.pt", weights_only=True).items()}
+    return summary, read_jsonl(out / "metrics.jsonl"), model
+
+
+@pytest.fixture(scope="module")
+def baselines():
+    return {}  # setting -> the run in which the hostile client fails every round
+
+
+def test_every_injected_fault_has_a_case():
+    assert {k for _, k, _ in CASES} == set(TRAIN_FAULTS) | set(GRAM_FAULTS)
+
+
+@pytest.mark.parametrize("setting, kind, said", CASES, ids=[f"{s}-{k}" for s, k, _ in CASES])
+def test_a_hostile_reply_is_a_failed_client_and_leaves_no_trace(setting, kind, said, monkeypatch, tmp_path,
+                                                                baselines, caplog):
+    gram = setting == "gram"
+    if setting not in baselines:
+        baselines[setting] = hostile_run(monkeypatch, tmp_path, SETTINGS[setting],
+                                         "fail-query" if gram else "fail-train")
+    base_summary, base_rows, base_model = baselines[setting]
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        summary, rows, model = hostile_run(monkeypatch, tmp_path, SETTINGS[setting], kind)
+    assert summary["rounds"] == 2 and "stopped" not in summary["privacy"]
+    bad = [r.getMessage() for r in caplog.records if f"node {NODE} sent an invalid" in r.getMessage()]
+    assert bad and all(said in line for line in bad), (said, bad)
+    if gram:  # once, before round 1; training is untouched
+        assert len(bad) == 1 and "left out of the Gram" in bad[0]
+        assert [r["failed_by"]["invalid"] for r in rows] == [0, 0]
+    else:
+        assert len(bad) == 2 and all(line.startswith(("round 1:", "round 2:")) for line in bad)
+        assert [r["failed_by"]["invalid"] for r in rows] == [1, 1]
+        assert [r["answered"] for r in rows] == [3, 3]
+        assert [r["failed_by"]["error"] for r in base_rows] == [1, 1]  # the baseline really lost the client
+    assert model.keys() == base_model.keys()
+    for k in model:
+        np.testing.assert_array_equal(model[k], base_model[k], err_msg=k)
+    assert summary["metrics"] == base_summary["metrics"]
+
+
+def test_the_server_s_own_checks_see_the_attack_a_run_without_them_would_take(monkeypatch, tmp_path):
+    """The same boosted client under a bound that lets it through changes the model: the
+    equality above is the checks' doing, not a client whose tampering had no effect."""
+    _, _, base = hostile_run(monkeypatch, tmp_path, [], "fail-train")
+    _, rows, boosted = hostile_run(monkeypatch, tmp_path, [], "boost")
+    assert [r["failed_by"]["invalid"] for r in rows] == [0, 0]
+    assert any(not np.array_equal(boosted[k], base[k]) for k in base)
+
+
+def test_clip_scales_a_large_update_down_and_keeps_the_client(monkeypatch, tmp_path):
+    _, _, base = hostile_run(monkeypatch, tmp_path, ["robust.max_update_norm=2"], "fail-train")
+    _, rows, clipped = hostile_run(monkeypatch, tmp_path, ["robust.max_update_norm=2", "robust.on_large_update=clip"],
+                                   "boost")
+    assert [r["clipped"] for r in rows] == [1, 1]  # the hostile client alone: honest norms are near 0.37
+    assert [r["failed_by"]["invalid"] for r in rows] == [0, 0] and [r["answered"] for r in rows] == [4, 4]
+    assert any(not np.array_equal(clipped[k], base[k]) for k in base)
+
+
+def _reply(arrays: dict, weight: float = 5.0) -> RecordDict:
+    return RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                       "metrics": MetricRecord({"num-examples": weight, "loss.rating": 0.5})})
+
+
+def test_clip_update_keeps_the_direction_and_sets_the_norm_to_the_bound():
+    rng = np.random.default_rng(0)
+    sent = {"a": rng.normal(size=(6, 4)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    delta = {k: rng.normal(size=v.shape) for k, v in sent.items()}
+    scale = 10.0 / np.sqrt(sum(np.square(d).sum() for d in delta.values()))
+    reply = _reply({k: (sent[k] + scale * delta[k]).astype(np.float32) for k in sent})
+    rules = rp.Rules(max_weight=10, max_update_norm=2.0, on_large_update="clip",
+                     metrics=frozenset({"num-examples", "loss.rating"}))
+    assert rp.validate_train_reply(reply, sent, rules) is None  # clip: a large norm is not a problem
+    out, norm = rp.clip_update(reply, sent, rules)
+    assert norm == pytest.approx(10.0, rel=1e-5)
+    upd = {k: out["arrays"][k].numpy().astype(np.float64) - sent[k] for k in sent}
+    assert np.sqrt(sum(np.square(u).sum() for u in upd.values())) == pytest.approx(2.0, rel=1e-5)
+    for k in sent:  # same direction: update = 0.2 x the client's
+        np.testing.assert_allclose(upd[k], 0.2 * scale * delta[k], atol=1e-5)
+    small = _reply({k: (sent[k] + 0.01 * delta[k]).astype(np.float32) for k in sent})
+    assert rp.clip_update(small, sent, rules) == (small, None)
+    rejecting = rp.Rules(max_weight=10, max_update_norm=2.0, metrics=rules.metrics)
+    assert "update norm 10 > robust.max_update_norm=2" in rp.validate_train_reply(reply, sent, rejecting)
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c.__setitem__("extra", MetricRecord({"x": 1.0})), "got arrays (ArrayRecord), metrics (MetricRecord), extra"),
+    (lambda c: c.__setitem__("metrics", MetricRecord({"loss.rating": 0.5})), "metric num-examples is missing"),
+    (lambda c: c.__setitem__("metrics", MetricRecord({"num-examples": 5.0, "spy": 1.0})), "metric spy is not one"),
+    (lambda c: c.__setitem__("metrics", MetricRecord({"num-examples": 5.0, "loss.rating": float("inf")})),
+     "metric loss.rating=inf is not a finite number"),
+    (lambda c: c.__setitem__("metrics", MetricRecord({"num-examples": 11.0})), "num-examples=11 outside [1, 10]"),
+    (lambda c: c["arrays"].__setitem__("a", Array(dtype="float32", shape=(2, 2), stype="numpy.ndarray", data=b"junk")),
+     "a is unreadable"),
+    (lambda c: c["arrays"].__setitem__("a", Array(np.zeros((2, 2), np.float64))), "a is float64[2, 2], sent as float32"),
+    (lambda c: c["arrays"].__setitem__("a", Array(np.full((2, 2), 101, np.float32))), "a holds an update of 101"),
+])
+def test_a_malformed_dense_reply_is_named_in_a_few_words(edit, said):
+    sent = {"a": np.zeros((2, 2), np.float32)}
+    content = _reply({"a": np.ones((2, 2), np.float32)})
+    rules = rp.Rules(max_weight=10, metrics=frozenset({"num-examples", "loss.rating"}))
+    assert rp.validate_train_reply(content, sent, rules) is None
+    edit(content)
+    assert said in rp.validate_train_reply(content, sent, rules)
+
+
+def test_the_dp_modes_accept_weight_1_only():
+    sent = {"a": np.zeros(3, np.float32)}
+    rules = rp.Rules(max_weight=10, fixed_weight=1.0, metrics=frozenset({"num-examples", "loss.rating"}))
+    assert rp.validate_train_reply(_reply({"a": np.ones(3, np.float32)}, 1.0), sent, rules) is None
+    assert "this privacy mode's clients report 1" in rp.validate_train_reply(_reply({"a": np.ones(3, np.float32)}, 2.0),
+                                                                             sent, rules)
+    for mode in ("central_dp", "client_clip_dp", "local_dp"):
+        assert rp.rules_for(compose(TINY + [f"privacy={mode}"])).fixed_weight == 1.0
+    assert rp.rules_for(compose(TINY)).fixed_weight is None
+
+
+def test_max_weight_is_the_largest_client_s_training_examples():
+    from fedmtl.data import federation_for
+
+    cfg = compose(TINY)
+    fed = federation_for(cfg)
+    assert rp.rules_for(cfg).max_weight == max(fed.partition_data(p).n_train for p in range(4))
+    assert rp.rules_for(compose(TINY + ["robust.max_weight=7"])).max_weight == 7.0
+
+
+@pytest.mark.parametrize("items, block, said", [
+    ([0, 1], [[2, 1], [1, 2]], None),
+    ([0, 1], [[2, 1], [1, np.nan]], "NaN/inf"),
+    ([0, 1], [[2, -1], [-1, 2]], "negative count"),
+    ([0, 1], [[2, 1], [0, 2]], "not symmetric"),
+    ([0, 1], [[2, 1.5], [1.5, 2]], "not whole numbers"),
+    ([0, 1], [[1, 2], [2, 3]], "more often than one of its items"),
+    ([0, 0], [[2, 1], [1, 2]], "twice"),
+    ([0, 30], [[2, 1], [1, 2]], "item 30, outside the catalogue's 0..29"),
+    ([0, 1], [[2, 1, 0], [1, 2, 0]], "block has shape [2, 3]"),
+    ([[0, 1]], [[2, 1], [1, 2]], "not a list of item indices"),
+])
+def test_a_gram_part_must_be_what_gram_part_makes(items, block, said):
+    content = RecordDict({"gram": ArrayRecord({"items": Array(np.asarray(items, np.int64)),
+                                               "block": Array(np.asarray(block, np.float32))})})
+    problem = rp.validate_gram_part(content, 30)
+    assert problem is None if said is None else said in problem
+
+
+def test_every_client_refusing_stops_the_run_with_one_line(monkeypatch, tmp_path):
+    import fedmtl.federation.client_app as ca
+
+    def refusing(cfg=None):
+        def app(msg, ctx):
+            raise RuntimeError("fedmtl refused: privacy=none is below this client's floor (secagg)")
+        return app
+
+    monkeypatch.setattr(ca, "make_client_app", refusing)
+    with pytest.raises(RoundFailure, match=r"^round 1 train: all 4 clients refused \(fedmtl refused: privacy=none is "
+                                           r"below this client's floor \(secagg\)\); the clients' privacy floors do "
+                                           r"not accept this run's privacy=none$"):
+        run(compose(TINY), tmp_path / "train")
+    with pytest.raises(RoundFailure, match=r"^item Gram: all 4 clients refused \(fedmtl refused: .*\); the clients' "
+                                           r"privacy floors do not answer item Gram queries"):
+        run(compose(TINY + SETTINGS["gram"]), tmp_path / "gram")
+
+
+def test_some_clients_refusing_are_counted_and_the_round_goes_on(monkeypatch, tmp_path):
+    import fedmtl.federation.client_app as ca
+
+    real = ca.make_client_app
+
+    def some_refuse(cfg=None):
+        app = real(cfg)
+
+        def wrapped(msg, ctx):
+            if int(ctx.node_config["partition-id"]) == HOSTILE and msg.metadata.message_type == "train":
+                raise RuntimeError("fedmtl refused: privacy=none is below this client's floor (secagg)")
+            return app(msg, ctx)
+        return wrapped
+
+    monkeypatch.setattr(ca, "make_client_app", some_refuse)
+    run(compose(TINY), tmp_path)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["failed_by"] for r in rows] == [{"dropped": 0, "refused": 1, "error": 0, "invalid": 0, "late": 0}] * 2
+
+
+def test_an_invalid_reply_under_on_client_failure_stop_ends_the_run(monkeypatch, tmp_path):
+    import fedmtl.federation.client_app as ca
+
+    real = ca.make_client_app
+    monkeypatch.setattr(ca, "make_client_app", lambda cfg=None: Hostile(real(cfg), "nan"))
+    with pytest.raises(RoundFailure, match=rf"^round 1 train: node {NODE} sent an invalid reply \(.*NaN/inf.*\); "
+                                           r"stopping \(on_client_failure=stop\)$"):
+        run(compose(TINY + ["on_client_failure=stop"]), tmp_path)
+
+
+@pytest.mark.parametrize("override, said", [
+    ("robust.max_abs_update=0", "robust.max_abs_update=0: must be > 0"),
+    ("robust.max_update_norm=-1", "robust.max_update_norm=-1: must be > 0"),
+    ("robust.on_large_update=drop", "robust.on_large_update=drop: expected one of ['reject', 'clip']"),
+    ("robust.max_weight=0.5", "robust.max_weight=0.5: must be >= 1"),
+    ("+robust.typo=1", "robust.typo: unknown key"),
+])
+def test_bad_robust_settings_are_one_line_config_errors(override, said):
+    with pytest.raises(ConfigError) as e:
+        compose([override])
+    assert said in str(e.value) and "\n" not in str(e.value)
