@@ -268,10 +268,10 @@ def attack_run(cfg: dict, record: list, fed, summary: dict) -> dict:
         bias, emb, pres, rnorm = {}, {}, {}, {}
         for node, (sent, reply, _) in ups.items():
             delta, rows, row_deltas = upload_delta(sent, reply)
-            if BIAS in delta:
-                bias[node] = attacks.bias_change(delta[BIAS], rating_col, like_col)
+            if BIAS in delta:  # an upload as trained: an untouched entry moved by exactly 0
+                bias[node] = attacks.bias_change(delta[BIAS], rating_col, like_col, tol=0.0)
             if rows is None and EMB in delta:
-                emb[node] = attacks.emb_norm(delta[EMB])
+                emb[node] = attacks.emb_norm(delta[EMB], tol=0.0)
             if rows is not None:
                 pres[node] = attacks.row_presence(rows, n_items)
                 rnorm[node] = attacks.row_norm(row_deltas, rows, n_items)
