@@ -12,6 +12,9 @@ writes into OUT_DIR:
                               an EC P-384 key pair per SuperNode in OpenSSH format
                               (`flower-supernode --auth-supernode-private-key`,
                               `flwr supernode register supernode-K.pub`)
+    superexec-NAME.secret     with --superexec-secret NAME (repeat): 32 random bytes (hex)
+                              from the OS CSPRNG that a SuperLink or SuperNode and its
+                              flower-superexec share (--superexec-auth-secret-file)
 
 Private keys are created with mode 0600 (never readable by others, not even while written). A real deployment uses certificates from
 its own CA; this only makes a trial of Flower's TLS and SuperNode authentication
@@ -24,6 +27,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -73,8 +77,10 @@ def _pem_key(key) -> bytes:
                              serialization.NoEncryption())
 
 
-def generate(out_dir: str | Path, sans=(), supernodes: int = 2, days: int = 3650) -> dict[str, Path]:
-    """Write the CA, the SuperLink's certificate and `supernodes` key pairs; return their paths."""
+def generate(out_dir: str | Path, sans=(), supernodes: int = 2, days: int = 3650,
+             superexec_secrets=()) -> dict[str, Path]:
+    """Write the CA, the SuperLink's certificate, `supernodes` key pairs and one SuperExec
+    secret per name in `superexec_secrets`; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
@@ -120,6 +126,9 @@ def generate(out_dir: str | Path, sans=(), supernodes: int = 2, days: int = 3650
         paths[f"supernode-{k}.pub"] = out / f"supernode-{k}.pub"
         _write(paths[f"supernode-{k}"], priv, private=True)
         _write(paths[f"supernode-{k}.pub"], pub + f" supernode-{k}\n".encode())
+    for name in superexec_secrets:
+        paths[f"superexec-{name}.secret"] = out / f"superexec-{name}.secret"
+        _write(paths[f"superexec-{name}.secret"], secrets.token_hex(32).encode(), private=True)
     return paths
 
 
@@ -130,8 +139,10 @@ def main(argv=None) -> None:
                    help="another DNS name or IP address the SuperLink is reached at (repeat)")
     p.add_argument("--supernodes", type=int, default=2, help="how many SuperNode key pairs (default 2)")
     p.add_argument("--days", type=int, default=3650)
+    p.add_argument("--superexec-secret", action="append", default=[], metavar="NAME",
+                   help="write superexec-NAME.secret, a SuperExec shared secret (repeat)")
     a = p.parse_args(argv)
-    paths = generate(a.out_dir, a.san, a.supernodes, a.days)
+    paths = generate(a.out_dir, a.san, a.supernodes, a.days, a.superexec_secret)
     for name in sorted(paths):
         print(f"{name:16s} {paths[name]}")
 

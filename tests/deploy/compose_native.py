@@ -151,7 +151,8 @@ class NativeCompose(LocalDeployment):
         copy_app(self.app)
         if self.tls:
             from fedmtl.deploy.certs import generate
-            generate(self.certs, sans=["superlink"], supernodes=self.num_nodes)
+            generate(self.certs, sans=["superlink"], supernodes=self.num_nodes,
+                     superexec_secrets=["superlink", *(f"supernode-{k}" for k in range(self.num_nodes))])
         self.port = self.ports["superlink"]
         self.home = self.work / "home-superlink"  # `ours()` finds processes by FLWR_HOME: see stop()
         self.start_service("superlink")

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedmtl.deploy import certs
 
-PRIVATE = {"ca.key", "server.key", "supernode-0", "supernode-1"}
+PRIVATE = {"ca.key", "server.key", "supernode-0", "supernode-1", "superexec-superlink.secret"}
 PUBLIC = {"ca.crt", "server.pem", "supernode-0.pub", "supernode-1.pub"}
 
 
@@ -45,7 +45,7 @@ def test_private_keys_are_born_0600_and_never_narrowed(tmp_path, monkeypatch, pe
     monkeypatch.setattr(certs.os, "chmod", no_chmod)
     monkeypatch.setattr(certs.os, "fchmod", no_chmod, raising=False)
     monkeypatch.setattr(Path, "chmod", no_chmod)
-    paths = certs.generate(tmp_path / "c", supernodes=2)
+    paths = certs.generate(tmp_path / "c", supernodes=2, superexec_secrets=["superlink"])
 
     assert {p.name for p in paths.values()} == PRIVATE | PUBLIC
     assert set(born) == PRIVATE | PUBLIC  # every file went through the one creating call
@@ -55,6 +55,9 @@ def test_private_keys_are_born_0600_and_never_narrowed(tmp_path, monkeypatch, pe
     for name in PUBLIC:  # certificates and public keys must stay readable by the services
         assert stat.S_IMODE((tmp_path / "c" / name).stat().st_mode) == 0o644, name
     assert not list((tmp_path / "c").glob(".*.tmp"))
+    secret = (tmp_path / "c" / "superexec-superlink.secret").read_bytes()
+    assert len(secret) == 64 and secret != certs.generate(tmp_path / "d", superexec_secrets=["superlink"])[
+        "superexec-superlink.secret"].read_bytes()  # fresh from the OS CSPRNG each time
 
 
 def test_regenerating_replaces_a_world_readable_key_with_a_0600_one(tmp_path):

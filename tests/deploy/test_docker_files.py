@@ -143,10 +143,14 @@ def test_each_container_mounts_only_the_files_it_needs(tls, tmp_path):
     pubs = {f"{n}.pub" for n in nodes}
     expected = {name: set() for name in svcs}
     if tls:
-        expected.update({"superlink": {"ca.crt", "server.pem", "server.key"}, "serverapp": {"ca.crt"},
-                         "experiment": {"ca.crt"}, "register": {"ca.crt", *pubs},
-                         **{n: {"ca.crt", n} for n in nodes}})
-    made = {p.name for p in generate(tmp_path, sans=["superlink"], supernodes=len(nodes)).values()}
+        link_secret = "superexec-superlink.secret"
+        expected.update({"superlink": {"ca.crt", "server.pem", "server.key", link_secret},
+                         "serverapp": {"ca.crt", link_secret}, "experiment": {"ca.crt"},
+                         "register": {"ca.crt", *pubs},
+                         **{n: {"ca.crt", n, f"superexec-{n}.secret"} for n in nodes},
+                         **{n.replace("supernode", "clientapp"): {f"superexec-{n}.secret"} for n in nodes}})
+    made = {p.name for p in generate(tmp_path, sans=["superlink"], supernodes=len(nodes),
+                                     superexec_secrets=["superlink", *nodes]).values()}
     for name, svc in svcs.items():
         mounts = cert_mounts(svc)
         assert set(mounts) == expected[name], f"{name} mounts {sorted(mounts)}"
@@ -168,6 +172,15 @@ def test_each_container_mounts_only_the_files_it_needs(tls, tmp_path):
     owners = {f: [n for n, svc in svcs.items() if f in cert_mounts(svc)] for f in private}
     if tls:
         assert owners == {"server.key": ["superlink"], **{n: [n] for n in nodes}}
+        # each SuperExec secret is shared by exactly one pair: a Runtime API and its SuperExec
+        shares = {f: sorted(n for n, svc in svcs.items() if f in cert_mounts(svc))
+                  for f in ["superexec-superlink.secret", *(f"superexec-{n}.secret" for n in nodes)]}
+        assert shares == {"superexec-superlink.secret": ["serverapp", "superlink"],
+                          **{f"superexec-{n}.secret": sorted([n, n.replace("supernode", "clientapp")])
+                             for n in nodes}}
+        for name, svc in svcs.items():  # and the flag that names it is given on both sides
+            if any(f.startswith("superexec-") for f in cert_mounts(svc)):
+                assert "--superexec-auth-secret-file" in svc["command"], name
 
 
 def published(svc: dict, env: dict) -> list[tuple[str, str, str]]:
