@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .. import transfer
-from ..itemitem import Rows, blends, gram_part
-from ..model import get_arrays, shared_names
-from ..schedule import client_round
-from ..tasks import click_candidates
-from ..train import TrainConfig, evaluate, train_config as make_train_config
+from ..client_step import evaluate_client, run_setup, train_client, train_config  # noqa: F401 (train_config: tests)
+from ..itemitem import gram_part
 from .deployment import node_data
 from .faults import before_training, inject_reply_mod
-from .client_state import (client_model, client_weighting, config_from_context, load_shared, save_personal,
-                           save_weighting, shared_record, sparse_rows)
+from .client_state import config_from_context, shared_values, state_values, store_state
 from .floor import check_gram, client_floor
 from .privacy import client_privacy_mod
 
@@ -25,20 +18,6 @@ from .privacy import client_privacy_mod
 def _client_data(cfg, context: Context):
     """(partition id, this client's data): its partition, or a deployed node's own files."""
     return node_data(cfg, context)
-
-
-def train_config(cfg: dict) -> TrainConfig:
-    prox = cfg["strategy"].get("proximal_mu", 0.0) if cfg["strategy"]["name"] == "fedprox" else 0.0
-    return make_train_config(cfg, cfg["local_epochs"], prox)
-
-
-def item_item_blends(cfg: dict, record: ArrayRecord, device):
-    """click_mix: (the run's blend, {grid group: blend}) from the rows of B the server sent
-    ("b": at click_mix.lam; "grid@<lam>": the selection grid's, final evaluation only)."""
-    items = torch.from_numpy(record["items"].numpy()).to(device)
-    rows = lambda key: Rows(items, torch.from_numpy(record[key].numpy()).to(device))  # noqa: E731
-    grid = {float(k.split("@", 1)[1]): rows(k) for k in record if k.startswith("grid@")}
-    return blends(cfg, rows("b") if "b" in record else None, grid)
 
 
 def make_client_app(cfg: dict | None = None) -> ClientApp:
@@ -55,23 +34,10 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         before_training(run_cfg, server_round, int(context.node_config["partition-id"]),  # faults.*
                         sent_at=msg.metadata.created_at)
         pid, data = _client_data(run_cfg, context)
-        model = client_model(run_cfg, data, context.state, pid)
-        load_shared(model, msg.content["arrays"])
-        transfer.client_view(model, run_cfg)  # new items: features only, never trained
-        weighting = client_weighting(run_cfg, context.state)
-        seed = run_cfg["seed"] * 7_919 + server_round * 100_003 + pid
-        tcfg, rows, received = train_config(run_cfg), sparse_rows(run_cfg, data, model.n_items, seed), None
-        if rows is not None:  # exchange=sparse: the click loss runs over the rows it will send
-            received = get_arrays(model, shared_names(model, run_cfg["aggregate"]))
-            tcfg = replace(tcfg, candidates=click_candidates(rows, data.train_i.cpu().numpy(), model.n_items,
-                                                             data.train_i.device))
-        result = client_round(model, data, run_cfg["tasks"], weighting, tcfg, run_cfg, seed=seed)
-        save_personal(model, run_cfg, context.state)
-        save_weighting(weighting, context.state)
-        metrics = {"num-examples": result.num_examples}
-        metrics.update({f"loss.{t}": v for t, v in result.losses.items()})
-        metrics.update({f"weight.{t}": v for t, v in result.weights.items()})
-        return Message(RecordDict({"arrays": shared_record(model, run_cfg, received, rows, seed),
+        upload, metrics, state = train_client(run_setup(run_cfg), pid, data, shared_values(msg.content["arrays"]),
+                                              state_values(context.state), server_round)
+        store_state(context.state, state)
+        return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in upload.items()}),
                                    "metrics": MetricRecord(metrics)}),
                        reply_to=msg)
 
@@ -80,15 +46,11 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         run_cfg = config_from_context(context, cfg)
         torch.set_num_threads(1)
         pid, data = _client_data(run_cfg, context)
-        model = client_model(run_cfg, data, context.state, pid)
-        load_shared(model, msg.content["arrays"])
-        transfer.client_view(model, run_cfg)
-        item_item, mixes = None, None
+        item_item = None
         if "item_item" in msg.content:  # click_mix: rows of the server's EASE weights (itemitem.py)
-            item_item, mixes = item_item_blends(run_cfg, msg.content["item_item"], data.train_u.device)
-        part = evaluate(model, data, run_cfg["tasks"], item_item=item_item, mixes=mixes)
-        part.update(transfer.item_parts(model, data, run_cfg["tasks"], transfer.hidden_items(run_cfg)))
-        part["num-examples"] = int(len(data.test_u))
+            item_item = {k: v.numpy() for k, v in msg.content["item_item"].items()}
+        part = evaluate_client(run_setup(run_cfg), pid, data, shared_values(msg.content["arrays"]),
+                               state_values(context.state), item_item)
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)
 
     @app.query(mods=[inject_reply_mod])

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, RecordDict
 
-from ..config import resolve_device
-from ..data import ClientData, federation_for
+from .. import client_step
+from ..client_step import sparse_rows  # noqa: F401 (the ClientApp's and tests' name for it)
+from ..data import ClientData
 from ..weighting import build_weighting
-from ..model import build_model, get_arrays, personal_names, set_arrays, shared_names
-from ..tasks import choose_rows
+from ..model import get_arrays, personal_names, set_arrays, shared_names
 
-PERSONAL_KEY = "personal"
-WEIGHTING_KEY = "weighting"
+PERSONAL_KEY, WEIGHTING_KEY = client_step.PERSONAL, client_step.WEIGHTING  # a node's Context.state keys
 
 
 def config_from_context(context: Context, bound: dict | None) -> dict:
@@ -69,37 +68,11 @@ def _composed(overrides: str) -> dict:
     return json.loads(_composed_json(overrides))
 
 
-@lru_cache(maxsize=8)
-def _template(cfg_key: str, n_users: int, device: str):
-    cfg = json.loads(cfg_key)
-    fed = federation_for(cfg)
-    model = build_model(cfg["model"], cfg["tasks"], n_users, np.zeros((n_users, len(fed.dataset.user_cards)), np.int64),
-                        fed.meta, cfg["seed"]).to(device)
-    init = {n: p.detach().clone() for n, p in model.named_parameters()}
-    return model, init
-
-
-def model_key(cfg: dict) -> str:
-    keys = ("dataset", "split", "num_clients", "seed", "model", "tasks")
-    return json.dumps({k: cfg[k] for k in keys}, sort_keys=True)
-
-
 def client_model(cfg: dict, data: ClientData, state: RecordDict, pid: int):
     """The template model loaded with this client's personal parameters (or their
-    seeded initial values on the client's first round)."""
-    device = resolve_device(cfg)
-    model, init = _template(model_key(cfg), len(data.users), device)
-    with torch.no_grad():
-        model.personal.user_cat = torch.as_tensor(data.user_cat, device=device)
-        if PERSONAL_KEY in state:
-            set_arrays(model, {k: v.numpy() for k, v in state[PERSONAL_KEY].items()})
-        else:
-            for n, p in model.named_parameters():
-                p.copy_(init[n])
-            gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + pid)
-            std = cfg["model"].get("init_std", 0.1)
-            model.personal.user_emb.weight.copy_(torch.randn(model.personal.user_emb.weight.shape, generator=gen) * std)
-    return model
+    seeded initial values on the client's first round): client_step.client_model."""
+    personal = {k: v.numpy() for k, v in state[PERSONAL_KEY].items()} if PERSONAL_KEY in state else None
+    return client_step.client_model(client_step.run_setup(cfg), data, personal, pid)
 
 
 def save_personal(model, cfg: dict, state: RecordDict) -> None:
@@ -107,38 +80,39 @@ def save_personal(model, cfg: dict, state: RecordDict) -> None:
     state[PERSONAL_KEY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def sparse_rows(cfg: dict, data: ClientData, n_items: int, seed: int) -> np.ndarray | None:
-    """exchange=sparse: this round's row set (own items + pad rows), fixed before training
-    because the click loss runs over it; None for exchange=dense."""
-    ex = cfg.get("exchange", {}) or {}
-    if ex.get("name", "dense") != "sparse":
-        return None
-    return choose_rows(data.train_i.cpu().numpy(), n_items, int(ex.get("pad_rows", 0)),
-                       np.random.default_rng([seed, 1]))
-
-
 def shared_record(model, cfg: dict, received: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
                   seed: int = 0) -> ArrayRecord:
-    """What a client uploads: the shared parameters, dense, or (exchange=sparse, `rows`
-    given) its update on them since `received`, row tables restricted to `rows` (sparse.py)."""
-    arrays = get_arrays(model, shared_names(model, cfg["aggregate"]))
-    if rows is not None:
-        from .sparse import sparse_payload
-        ex = cfg.get("exchange", {}) or {}
-        arrays = sparse_payload(arrays, received, rows, model.n_items,
-                                ex.get("dtype", "float32"), np.random.default_rng([seed, 2]))
+    """What a client uploads (client_step.upload_arrays), as a record."""
+    arrays = client_step.upload_arrays(get_arrays(model, shared_names(model, cfg["aggregate"])), cfg, received, rows,
+                                       model.n_items, seed)
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
 _last_decoded: list = [None, None]  # (record, arrays): the record every client of a round shares
 
 
-def load_shared(model, record: ArrayRecord) -> None:
-    """Load the server's arrays. In one process every sampled client receives the same
+def shared_values(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The server's arrays as NumPy. In one process every sampled client receives the same
     record object, so it is decoded once per round instead of once per client."""
     if _last_decoded[0] is not record:
         _last_decoded[0], _last_decoded[1] = record, {k: v.numpy() for k, v in record.items()}
-    set_arrays(model, _last_decoded[1])
+    return _last_decoded[1]
+
+
+def load_shared(model, record: ArrayRecord) -> None:
+    """Load the server's arrays into `model`."""
+    set_arrays(model, shared_values(record))
+
+
+def state_values(state: RecordDict) -> dict:
+    """A node's Context.state as client_step's plain state."""
+    return {key: {k: v.numpy() for k, v in state[key].items()} for key in (PERSONAL_KEY, WEIGHTING_KEY) if key in state}
+
+
+def store_state(state: RecordDict, values: dict) -> None:
+    """client_step's plain state back into a node's Context.state."""
+    for key, arrays in values.items():
+        state[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
 def client_weighting(cfg: dict, state: RecordDict):
