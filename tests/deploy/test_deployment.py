@@ -106,6 +106,46 @@ def test_killed_supernode_stops_the_run_with_a_clear_message(deployment, tmp_pat
     assert "on_client_failure=stop" in dep.run_log(run_id)
 
 
+def test_a_tampering_supernode_is_left_out_and_the_deployed_run_finishes(deployment, tmp_path, monkeypatch):
+    """SuperNode 1 sends every training reply with an array one row short (node config
+    inject-reply, faults.inject_reply_mod): once, that raised inside the ServerApp and ended
+    the deployed run. Now the SuperLink's run finishes, node 1 is counted invalid in both
+    rounds, and the model is the simulation's in which client 1 fails every round."""
+    import numpy as np
+    import torch
+
+    import fedmtl.federation.client_app as ca
+
+    dep = deployment(2, node_config=["partition-id=0 num-partitions=2",
+                                     'partition-id=1 num-partitions=2 inject-reply="shape"'])
+    out = tmp_path / "run"
+    overrides = ["num_clients=2", "num_rounds=2", "min_train_clients=1", "min_evaluate_clients=1", *TINY]
+    run_id = dep.submit(overrides, out)
+    status = dep.wait_run(run_id, timeout=240, out_dir=out)
+    assert status == "finished:completed", dep.run_log(run_id)[-3000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["answered"] == 1 and r["failed_by"]["invalid"] == 1 and r["failed"] == 1 for r in rows), rows
+    assert dep.run_log(run_id).count("sent an invalid reply (encoder.") == 2
+    real = ca.make_client_app
+
+    def client_1_fails(cfg=None):
+        app = real(cfg)
+
+        def handle(msg, ctx):
+            reply = app(msg, ctx)  # its personal state moves on as the tampering node's did
+            if int(ctx.node_config["partition-id"]) == 1 and msg.metadata.message_type == "train":
+                raise RuntimeError("client 1 fails")
+            return reply
+        return handle
+
+    monkeypatch.setattr(ca, "make_client_app", client_1_fails)
+    run(compose(overrides), tmp_path / "sim")
+    deployed, sim = (torch.load(p / "model_shared.pt", weights_only=True) for p in (out, tmp_path / "sim"))
+    for k in sim:
+        np.testing.assert_allclose(deployed[k].numpy(), sim[k].numpy(), atol=1e-6, err_msg=k)
+
+
 def test_tls_with_supernode_authentication_refuses_an_unregistered_node(deployment, tmp_path):
     """TLS on every API and --enable-supernode-auth: the registered SuperNode is let in,
     one with a key nobody registered is refused (Flower's exit code 305)."""
