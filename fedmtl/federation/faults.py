@@ -272,8 +272,8 @@ def tamper_train(kind: str, arrays: dict, metrics: dict, sent: dict) -> None:
             for k, v in arrays.items():
                 arrays[k] = np.asarray(sent[k] + BOOST * (v.astype(np.float64) - sent[k]), dtype=v.dtype)
         else:
-            scaled = ("::rows_scale", "::dense_scale") if "::rows_scale" in arrays else ("::rows_delta", "::dense_delta")
-            for k in scaled:
+            int8 = "::rows_scale" in arrays  # int8: the scales carry the magnitude
+            for k in ("::rows_scale", "::dense_scale") if int8 else ("::rows_delta", "::dense_delta"):
                 arrays[k] = np.asarray(arrays[k] * BOOST, dtype=arrays[k].dtype)
     else:
         raise ValueError(f"{INJECT_KEY}={kind!r}: not a training fault")

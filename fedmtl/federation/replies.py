@@ -23,7 +23,8 @@ What a training reply must be (`Rules`, from the config, once per run):
   Gaussian noise of a known std: its bound grows by 10 such stds (a legitimate
   coordinate passes 10 sigma with probability 1.5e-23);
 - `robust.max_update_norm` (optional): the update's L2 norm over all arrays at most this;
-  beyond it the reply is refused (`on_large_update=reject`) or scaled down to it (`clip`);
+  beyond it the reply is refused (`on_large_update=reject`) or scaled down to it (`clip`).
+  The update as received: under local_dp its noise counts too;
 - `num-examples` (the strategies' weight) a finite number in [1, max_weight], max_weight
   being `robust.max_weight` or else the largest client's training-example count in the
   federation; exactly 1 in the modes whose clients report a uniform weight (the DP modes);
@@ -55,7 +56,6 @@ log = logging.getLogger("fedmtl")
 
 WEIGHT_KEY = "num-examples"
 NORM_BIT = "norm_bit"  # flwr.clientapp.mod.adaptiveclipping_mod's metric
-LARGE_UPDATE = ("reject", "clip")
 NOISE_SIGMAS = 10.0
 
 
@@ -87,15 +87,13 @@ UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # privacy.p
 
 
 def _noise_allowance(cfg: dict) -> float:
-    """How far local_dp's Gaussian noise may move a coordinate: NOISE_SIGMAS stds of the largest
-    noise its mod may add (sensitivity 2C, the replace-one relation, covers either choice)."""
+    """How far local_dp's Gaussian noise may move a value: NOISE_SIGMAS of its stds."""
     p = cfg.get("privacy") or {}
     if p.get("name") != "local_dp":
         return 0.0
-    from .privacy import local_dp_multiplier
+    from .privacy import local_dp_std
 
-    sens = max(float(p.get("sensitivity") or 0.0), 2.0 * float(p["clipping_norm"]))
-    return NOISE_SIGMAS * sens * local_dp_multiplier(p)
+    return NOISE_SIGMAS * local_dp_std(p)
 
 
 def expected_metrics(cfg: dict) -> tuple[frozenset, frozenset]:

@@ -174,7 +174,8 @@ def test_clip_update_keeps_the_direction_and_sets_the_norm_to_the_bound():
 
 
 @pytest.mark.parametrize("edit, said", [
-    (lambda c: c.__setitem__("extra", MetricRecord({"x": 1.0})), "got arrays (ArrayRecord), metrics (MetricRecord), extra"),
+    (lambda c: c.__setitem__("extra", MetricRecord({"x": 1.0})),
+     "got arrays (ArrayRecord), metrics (MetricRecord), extra"),
     (lambda c: c.__setitem__("metrics", MetricRecord({"loss.rating": 0.5})), "metric num-examples is missing"),
     (lambda c: c.__setitem__("metrics", MetricRecord({"num-examples": 5.0, "spy": 1.0})), "metric spy is not one"),
     (lambda c: c.__setitem__("metrics", MetricRecord({"num-examples": 5.0, "loss.rating": float("inf")})),
@@ -182,7 +183,8 @@ def test_clip_update_keeps_the_direction_and_sets_the_norm_to_the_bound():
     (lambda c: c.__setitem__("metrics", MetricRecord({"num-examples": 11.0})), "num-examples=11 outside [1, 10]"),
     (lambda c: c["arrays"].__setitem__("a", Array(dtype="float32", shape=(2, 2), stype="numpy.ndarray", data=b"junk")),
      "a is unreadable"),
-    (lambda c: c["arrays"].__setitem__("a", Array(np.zeros((2, 2), np.float64))), "a is float64[2, 2], sent as float32"),
+    (lambda c: c["arrays"].__setitem__("a", Array(np.zeros((2, 2), np.float64))),
+     "a is float64[2, 2], sent as float32"),
     (lambda c: c["arrays"].__setitem__("a", Array(np.full((2, 2), 101, np.float32))), "a holds an update of 101"),
 ])
 def test_a_malformed_dense_reply_is_named_in_a_few_words(edit, said):
