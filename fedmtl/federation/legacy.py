@@ -26,15 +26,35 @@ import time
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key as SAKey, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key as SAKey, Stage
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from ..errors import ConfigError, DivergedError
 from . import faults
 
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
 LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipping range
+MAX_SATURATION = 1e-3  # a round whose quantised values sat at +-clipping_range more often stops the run
+
+
+def extra_names(cfg: dict) -> list[str]:
+    """What travels masked after the shared arrays: under secagg the mean training losses and
+    the clients' saturation figure; nothing under secagg_dp (both would be un-noised)."""
+    return [] if cfg["privacy"]["name"] == "secagg_dp" else ["losses", "saturation"]
+
+
+def check_threshold(p: dict) -> None:
+    """Every client's SecAggGuard refuses a reconstruction threshold not above half of the share
+    holders (secagg_guard.py: two disjoint groups of holders would give a server both secrets
+    of a client): say so before the run starts, not once every client has refused."""
+    n, t = p["num_shares"], p["reconstruction_threshold"]
+    if isinstance(t, float) and t <= 0.5 or isinstance(n, int) and isinstance(t, int) and t != 1 and 2 * t <= n:
+        raise ConfigError(f"privacy.reconstruction_threshold={t}: must be above half of num_shares={n} (the "
+                          "clients' SecAgg+ guard refuses less: a server could rebuild a client's secrets)")
 
 
 def _legacy_sample(cfg: dict) -> dict:
@@ -121,24 +141,124 @@ class _CountingGrid:
         return {"sampled": sampled, "answered": answered, "failed": sampled - answered, "failed_by": by}
 
 
+def check_release(recon: list, m: int, q: int) -> str | None:
+    """Why the unmasked modular sum `recon` ([weight factor, arrays...]) cannot be a sum of
+    `m` clients' quantised vectors, or None. Each client sends integers in [0, q] (its
+    clipped value and its weight factor round(w / max_weight * q)), so every coordinate of
+    an honest sum lies in [0, m * q] and the weight factor is above 0; anything else is a
+    tampered masked vector or an m * q that overflowed the modulus."""
+    factor = int(np.asarray(recon[0]).ravel()[0])
+    outside = sum(int(((a < 0) | (a > m * q)).sum()) for a in (np.asarray(x) for x in recon[1:]))
+    total = sum(int(np.asarray(x).size) for x in recon[1:])
+    if not 0 < factor <= m * q or outside:
+        return (f"SecAgg+ round refused: after unmasking, {outside} of {total} coordinates (weight factor {factor}) "
+                f"lie outside [0, {m} * quantization_range]: a client tampered with its masked vector, or the "
+                "modular sum overflowed")
+    return None
+
+
+def dequantise(recon: list, m: int, clip: float, q: int) -> list[np.ndarray]:
+    """The weighted mean from the unmasked sum: SecAggPlusWorkflow.unmask_stage's arithmetic,
+    done out of place. Flower's in-place `vec += offset; vec *= 1/total_weight` is a no-op
+    for a 0-d array (its dequantize turns one into a NumPy scalar): the heads' 0-d offsets
+    came back as sum(w_i x_i) + (m - 1) * clipping_range (7536 at 943 clients, issue 24 item 8)."""
+    factor = int(np.asarray(recon[0]).ravel()[0])
+    step = 2 * clip / q
+    return [(np.asarray(a, dtype=np.float64) * step - m * clip) * (q / factor) for a in recon[1:]]
+
+
 def _quorum_workflow(quorum: int, **kwargs):
-    """Flower's SecAggPlusWorkflow, stopped before unmasking when fewer than `quorum` masked
-    vectors arrived (min_train_clients, as a plain round's rule): the server then never
-    learns that round's sum. It keeps the round's protocol state (threshold, shares) to
-    say why a round did not aggregate."""
+    """Flower's SecAggPlusWorkflow, with four changes:
+
+    - it stops before unmasking when fewer than `quorum` masked vectors arrived
+      (min_train_clients, as a plain round's rule): the server then never learns that
+      round's sum; it keeps the round's protocol state (threshold, shares) to say why;
+    - the neighbour ring is shuffled with the OS CSPRNG (Flower shuffles with the global
+      `random`, which fedmtl seeds from `seed`);
+    - unmasking checks the sum before releasing it (check_release: a tampered vector or an
+      overflow refuses the round: nothing is released) and dequantises out of place (0-d arrays);
+    - the released arrays and the unmasked integer sum stay on `last_release` for the checks
+      that follow (saturation)."""
+    import secrets
+
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+    from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import (get_parameters_shape, parameters_addition,
+                                                                     parameters_mod, parameters_subtraction)
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
     from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key as WKey
+    from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
     class QuorumSecAggPlusWorkflow(SecAggPlusWorkflow):
         def setup_stage(self, grid, context, state) -> bool:
-            self.last_state = state
-            return super().setup_stage(grid, context, state)
+            self.last_state, self.last_release, self.refused = state, None, None
+            ok = super().setup_stage(grid, context, state)
+            if state.nid_to_neighbours:  # the ring again, from the OS CSPRNG (Flower's ring rule)
+                ring = sorted(state.sampled_node_ids)
+                secrets.SystemRandom().shuffle(ring)
+                half, n = state.num_shares >> 1, len(ring)
+                state.nid_to_neighbours = {nid: {ring[(i + o) % n] for o in range(-half, half + 1)}
+                                           for i, nid in enumerate(ring)}
+                ok = ok and self._check_threshold(state)
+            return ok
 
         def collect_masked_vectors_stage(self, grid, context, state) -> bool:
             ok = super().collect_masked_vectors_stage(grid, context, state)
             return ok and len(state.active_node_ids) >= quorum
 
+        def unmask_stage(self, grid, context, state) -> bool:
+            """Flower 1.41's unmask_stage (Apache-2.0), with check_release before anything is
+            released and dequantise out of place."""
+            current_round = context.state.config_records[MAIN_CONFIGS_RECORD][WKey.CURRENT_ROUND]
+            active, dead = state.active_node_ids, state.sampled_node_ids - state.active_node_ids
+
+            def make(nid: int) -> Message:
+                nb = state.nid_to_neighbours[nid]
+                record = ConfigRecord({SAKey.STAGE: Stage.UNMASK, SAKey.ACTIVE_NODE_ID_LIST: list(nb & active),
+                                       SAKey.DEAD_NODE_ID_LIST: list(nb & dead)})
+                return Message(RecordDict({RECORD_KEY_CONFIGS: record}), dst_node_id=nid,
+                               message_type=MessageType.TRAIN, group_id=str(current_round))
+
+            msgs = grid.send_and_receive([make(nid) for nid in active], timeout=self.timeout)
+            state.active_node_ids = {m.metadata.src_node_id for m in msgs if not m.has_error()}
+            shares: dict[int, list[bytes]] = {nid: [] for nid in state.sampled_node_ids}
+            for msg in msgs:
+                if msg.has_error():
+                    state.failures.append(Exception(msg.error))
+                    continue
+                res = msg.content.config_records[RECORD_KEY_CONFIGS]
+                for owner, share in zip(res[SAKey.NODE_ID_LIST], res[SAKey.SHARE_LIST], strict=True):
+                    if owner in shares:  # a reply naming a node outside the round is ignored
+                        shares[owner].append(share)
+            masked = state.aggregate_ndarrays
+            del state.aggregate_ndarrays
+            shapes = get_parameters_shape(masked)
+            for nid, share_list in shares.items():
+                if len(share_list) < state.threshold:
+                    return False  # SecAggRound says why (too few shares)
+                secret = combine_shares(share_list)
+                if nid in active:  # the self mask of a client whose vector is in the sum
+                    masked = parameters_subtraction(masked, pseudo_rand_gen(secret, state.mod_range, shapes))
+                    continue
+                for other in state.nid_to_neighbours[nid] - {nid}:  # a dropped client's pairwise masks
+                    key = generate_shared_key(bytes_to_private_key(secret),
+                                              bytes_to_public_key(state.nid_to_publickeys[other][0]))
+                    mask = pseudo_rand_gen(key, state.mod_range, shapes)
+                    masked = (parameters_addition if nid > other else parameters_subtraction)(masked, mask)
+            recon = parameters_mod(masked, state.mod_range)
+            m, q = len(active), state.quantization_range
+            self.refused = check_release(recon, m, q)
+            if self.refused:
+                return False
+            arrays = [np.asarray(a) for a in dequantise(recon, m, state.clipping_range, q)]
+            self.last_release = {"sum": recon[1:], "active": m}
+            context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+                ndarrays_to_parameters(arrays), True)
+            return True
+
     wf = QuorumSecAggPlusWorkflow(**kwargs)
-    wf.last_state = None
+    wf.last_state = wf.last_release = wf.refused = None
     return wf
 
 
@@ -150,6 +270,7 @@ class SecAggRound:
         from flwr.server.strategy import FedAvg as LegacyFedAvg
 
         p = cfg["privacy"]
+        check_threshold(p)
         self.cfg, self.tasks = cfg, list(cfg["tasks"])
         self.names: list[str] = []
         self.strategy = LegacyFedAvg(**_legacy_sample(cfg), fraction_evaluate=0.0, accept_failures=True,
@@ -177,6 +298,8 @@ class SecAggRound:
     def _halt_reason(self, counting: _CountingGrid, counts: dict) -> str:
         """Why SecAgg+ stopped without an aggregate, in one line: too few answers for
         min_train_clients (as in a plain round), else too few for SecAgg+ itself."""
+        if self.workflow.refused:
+            return self.workflow.refused
         quorum = faults.skip_reason(counts, self.cfg)
         if quorum is not None:
             return quorum
@@ -209,22 +332,61 @@ class SecAggRound:
         row = {"round": rnd, **counts, "bytes_down": counting.down, "bytes_up": counting.up,
                "bytes_up_per_client": int(counting.up / max(counts["sampled"], 1)),
                "secagg": {"stages": counting.stages, "aggregated": got is not sent}}
-        if got is sent:  # SecAgg+ halted (too few vectors, clients or shares): nothing was aggregated
-            return None, {}, row, self._halt_reason(counting, counts)
+        if got is sent:  # SecAgg+ halted (too few vectors, clients or shares) or refused the sum
+            reason = self._halt_reason(counting, counts)
+            if self.workflow.refused:
+                row["secagg"]["refused"] = reason
+            return None, {}, row, reason
         nds = parameters_to_ndarrays(compat.arrayrecord_to_parameters(got, keep_input=True))
-        metrics = {}
-        if len(nds) == len(self.names) + 1:  # secagg: the masked mean losses ride along
-            metrics = {f"loss.{t}": float(v) * LOSS_SCALE for t, v in zip(self.tasks, nds.pop())}
-        out = ArrayRecord({k: Array(np.asarray(v, dtype=dtypes[k])) for k, v in zip(self.names, nds)})
-        row["secagg"]["unmasked_by"] = unmasked
+        extras = extra_names(self.cfg)
+        tail = dict(zip(extras, nds[len(self.names):]))
+        saturated = self._saturation(tail) if len(nds) == len(self.names) + len(extras) else None
+        row["secagg"].update({"unmasked_by": unmasked, "saturated": saturated})
+        if saturated is None:  # the clients' own figure is not a fraction: a tampered vector
+            reason = ("SecAgg+ round refused: the released saturation figure is not a fraction in [0, 1] "
+                      "(a tampered masked vector)")
+            row["secagg"].update({"aggregated": False, "refused": reason})
+            return None, {}, row, reason
+        metrics = {f"loss.{t}": float(v) * LOSS_SCALE for t, v in zip(self.tasks, tail.get("losses", []))}
+        if saturated > MAX_SATURATION:
+            p = self.cfg["privacy"]
+            raise ConfigError(
+                f"privacy.clipping_range={p['clipping_range']}: in round {rnd}, {saturated:.2%} of the values SecAgg+ "
+                f"quantised sat at +-{p['clipping_range']} (at most {MAX_SATURATION:.1%} allowed), so the aggregate "
+                "would be wrong; raise privacy.clipping_range (the quantisation step grows with it)")
+        shapes = {k: a.numpy().shape for k, a in arrays.items()}
+        out = ArrayRecord({k: Array(np.asarray(v, dtype=dtypes[k]).reshape(shapes[k]))
+                           for k, v in zip(self.names, nds)})
         return out, metrics, row, None
+
+    def _saturation(self, tail: dict) -> float | None:
+        """The fraction of released values that sat at +-clipping_range when quantised. Under
+        secagg every client counts its own (weighted as its values are) and the count travels
+        masked; under secagg_dp it would travel un-noised, so the server counts the coordinates
+        where every client sat at the bound (its sum at an end of the window). None: the
+        clients' figure is not a fraction (tampered)."""
+        if "saturation" in tail:
+            v = float(np.asarray(tail["saturation"]).ravel()[0])
+            tol = 1e-3  # quantisation error of a value in [0, 1]
+            return min(max(v, 0.0), 1.0) if -tol <= v <= 1 + tol else None
+        rel = self.workflow.last_release
+        q = int(self.cfg["privacy"]["quantization_range"])
+        ends = sum(int(((a <= 0) | (a >= rel["active"] * q)).sum()) for a in rel["sum"])
+        return ends / max(sum(int(np.asarray(a).size) for a in rel["sum"]), 1)
 
 
 # --- client ---------------------------------------------------------------------------------------
 
 
 class LegacyFitMod:
-    """Legacy FitIns -> the train handler's message -> legacy FitRes (for secaggplus_mod)."""
+    """Legacy FitIns -> the train handler's message -> legacy FitRes (for secaggplus_mod).
+
+    The FitRes holds the shared arrays (0-d ones as shape (1,): see dequantise), then under
+    secagg the mean losses / LOSS_SCALE and this client's saturation figure: the fraction of
+    its values that secaggplus_mod will clip at +-clipping_range once multiplied by its
+    weight factor (the server gets the weighted mean of these fractions, nothing else).
+    A non-finite update is not sent (the client fails; SecAgg+ treats it as dropped), and a
+    weight above the round's max_weight is lowered to it (Flower only warns, then overflows)."""
 
     def __init__(self, cfg: dict):
         p = cfg["privacy"]
@@ -251,10 +413,17 @@ class LegacyFitMod:
         if reply.has_error():
             return reply
         arrays, metrics = reply.content["arrays"], reply.content["metrics"]
-        out = [arrays[n].numpy() for n in names]
-        if not self.dp:  # distributed DP noises only the arrays; the losses would go un-noised
+        out = [np.atleast_1d(arrays[n].numpy()) for n in names]
+        bad = [n for n, a in zip(names, out) if not np.isfinite(a).all()]
+        if bad:
+            raise DivergedError(f"this client's update holds NaN/inf in {bad[0]}: not sent")
+        sa = SecAggPlusState(**ctx.state.config_records[RECORD_KEY_STATE])
+        weight = 1 if self.dp else min(int(metrics["num-examples"]), int(sa.max_weight))
+        if not self.dp:  # distributed DP noises only the arrays; these would go un-noised
             out.append(np.array([metrics.get(f"loss.{t}", 0.0) / LOSS_SCALE for t in self.tasks]))
-        weight = 1 if self.dp else int(metrics["num-examples"])
+            factor = round(weight / sa.max_weight * sa.target_range) / sa.target_range  # secaggplus_mod's
+            at_bound = sum(int((np.abs(a * factor) >= sa.clipping_range).sum()) for a in out)
+            out.append(np.array([at_bound / sum(a.size for a in out)]))
         fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(out), weight, {})
         return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 

@@ -410,7 +410,8 @@ def _chain(cfg_json: str) -> tuple:
         from flwr.client.mod import secaggplus_mod
 
         from .legacy import LegacyFitMod, blind_fitres_mod
-        chain = [blind_fitres_mod, secaggplus_mod, LegacyFitMod(cfg)]
+        from .secagg_guard import SecAggGuard
+        chain = [blind_fitres_mod, SecAggGuard(), secaggplus_mod, LegacyFitMod(cfg)]
         if mode == "secagg_dp":  # z: the client's floor checked it (floor.check_train)
             chain += [GaussianNoiseMod(distributed_noise_std(cfg, secagg_dp_multiplier(cfg))), fixedclipping_mod]
         return tuple(chain)

@@ -15,7 +15,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from fedmtl.config import compose
 from fedmtl.engine.inprocess import InProcessGrid
-from fedmtl.federation import client_app
+from fedmtl import client_step
 from fedmtl.federation.server_app import initial_arrays
 from fedmtl.federation_names import PRIVACY
 from fedmtl.simulate import run
@@ -82,14 +82,14 @@ def test_no_single_client_update_reaches_the_server(tmp_path, traffic):
 
 def test_a_client_dropping_out_mid_round_still_gives_the_survivors_fedavg(tmp_path, monkeypatch,
                                                                           quantisation_bound):
-    original = client_app.client_round
+    original = client_step.client_round
 
     def crashing(model, data, tasks, weighting, tcfg, cfg, seed):
         if seed == 1 * 100_003 + 2:  # client 2 in round 1 (seed 0): dies after SecAgg+ key sharing
             raise RuntimeError("client 2 lost its connection")
         return original(model, data, tasks, weighting, tcfg, cfg, seed)
 
-    monkeypatch.setattr(client_app, "client_round", crashing)
+    monkeypatch.setattr(client_step, "client_round", crashing)
     secure = run(compose(TINY + ["num_rounds=2", "privacy=secagg"]), tmp_path / "secure")
     lines = [json.loads(x) for x in (tmp_path / "secure" / "metrics.jsonl").read_text().splitlines()]
     first = lines[0]
@@ -106,14 +106,14 @@ def test_a_client_dropping_out_mid_round_still_gives_the_survivors_fedavg(tmp_pa
 
 
 def test_too_many_dropouts_skip_the_round_and_say_so(tmp_path, monkeypatch):
-    original = client_app.client_round
+    original = client_step.client_round
 
     def crashing(model, data, tasks, weighting, tcfg, cfg, seed):
         if seed % 100_003 in (1, 2, 3, 4):  # four of six: fewer than the 3 shares a survivor needs
             raise RuntimeError("lost")
         return original(model, data, tasks, weighting, tcfg, cfg, seed)
 
-    monkeypatch.setattr(client_app, "client_round", crashing)
+    monkeypatch.setattr(client_step, "client_round", crashing)
     summary = run(compose(SECURE), tmp_path)
     row = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert row["answered"] == 2 and row["secagg"]["aggregated"] is False
@@ -140,7 +140,7 @@ def test_personal_parameters_never_leave_a_client_in_any_mode(tmp_path, traffic,
         configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
         if configs is not None and Key.MASKED_PARAMETERS in configs:
             got = [bytes_to_ndarray(b).shape for b in configs[Key.MASKED_PARAMETERS]]
-            extra = 1 if mode == "secagg" else 0  # the masked mean losses
+            extra = 2 if mode == "secagg" else 0  # the masked mean losses and saturation figure
             assert got[1:1 + len(shapes)] == list(shapes.values())  # after SecAgg+'s weight factor
             assert len(got) == 1 + len(shapes) + extra
             uploads += 1
