@@ -424,3 +424,60 @@ def screen_gram(n_items: int, replies) -> list:
             continue
         kept.append(r)
     return kept
+
+
+def validate_evaluate_reply(content) -> str | None:
+    """What is wrong with a client's evaluation reply (a MetricRecord 'metrics' of finite
+    numbers or lists of them, a test count >= 0, parts that metrics.combine can pool), or None."""
+    from ..metrics import combine
+
+    metrics, extra = content.metric_records, [k for k in content.keys() if k != "metrics"]
+    if list(metrics) != ["metrics"] or extra:
+        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in content.keys()) or "nothing"
+        return f"expected one MetricRecord 'metrics', got {got}"
+    part = dict(metrics["metrics"])
+    for k, v in part.items():
+        values = v if isinstance(v, list) else [v]
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in values):
+            return f"metric {k[:60]} is not finite numbers"
+    n = part.get(WEIGHT_KEY)
+    if n is None or not 0 <= n:
+        return f"{WEIGHT_KEY}={n!r}: expected a test count >= 0"
+    try:
+        combine([part])
+    except Exception as e:  # noqa: BLE001 -- any way a part breaks the pooling makes it invalid
+        return f"its metric parts do not pool ({type(e).__name__}: {str(e)[:80]})"
+    return None
+
+
+def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
+    """An evaluation's replies as the strategy may take them: (error replies and valid ones,
+    in their order; how many were invalid). A valid reply must also hold the metric keys
+    most replies hold (Flower's mean raises on a round whose replies differ). One WARNING
+    line per invalid reply; the evaluation pools the rest."""
+    from collections import Counter
+
+    ok, kept, invalid = [], [], 0
+    for r in replies:
+        if r.has_error():
+            kept.append(r)
+            continue
+        problem = validate_evaluate_reply(r.content)
+        if problem is None:
+            ok.append(r)
+            kept.append(r)
+            continue
+        log.warning("round %d: node %d sent an invalid evaluation (%s); left out", rnd, r.metadata.src_node_id,
+                    problem)
+        invalid += 1
+    if ok:
+        usual = Counter(frozenset(r.content["metrics"].keys()) for r in ok).most_common(1)[0][0]
+        for r in ok:
+            keys = frozenset(r.content["metrics"].keys())
+            if keys != usual:
+                odd = sorted(keys ^ usual)[0]
+                log.warning("round %d: node %d sent an invalid evaluation (metric %s is %s the others'); left out",
+                            rnd, r.metadata.src_node_id, odd[:60], "not among" if odd in keys else "missing from")
+                kept.remove(r)
+                invalid += 1
+    return kept, invalid

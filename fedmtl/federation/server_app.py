@@ -28,7 +28,7 @@ from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import RoundFailure, check_refusals, check_replies, needed_nodes, wait_for_nodes
 from .privacy import ServerPrivacy
-from .replies import screen_gram, screen_train
+from .replies import screen_evaluate, screen_gram, screen_train
 from .strategies import build_strategy, decay_arrays, set_server_rate
 
 log = logging.getLogger("fedmtl")
@@ -303,6 +303,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
                 row["bytes_down"] += item_item.attach(emsgs, final=rnd == n_rounds)
             ereplies = by_node(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"]))
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
+            ereplies, row["invalid_evaluate"] = screen_evaluate(rnd, ereplies)  # replies.py
             row["failed_evaluate"] = len(emsgs) - sum(1 for r in ereplies if not r.has_error())
             ev = strategy.aggregate_evaluate(rnd, ereplies)
             if ev is not None:
@@ -325,7 +326,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), grid))
         if item_item is not None:
             item_item.attach(emsgs, final=True)
-        ev = strategy.aggregate_evaluate(rnd, list(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
+        ereplies, _ = screen_evaluate(rnd, by_node(grid.send_and_receive(emsgs, timeout=cfg["round_timeout"])))
+        ev = strategy.aggregate_evaluate(rnd, ereplies)
         last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
         final = tail.model(arrays)  # average_last: the averaged model, the one evaluated

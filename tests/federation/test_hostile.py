@@ -294,3 +294,53 @@ def test_bad_robust_settings_are_one_line_config_errors(override, said):
     with pytest.raises(ConfigError) as e:
         compose([override])
     assert said in str(e.value) and "\n" not in str(e.value)
+
+
+class HostileEvaluation:
+    """The ClientApp, with partition HOSTILE sending a malformed evaluation reply (`kind`), or
+    failing its evaluations (`fail`)."""
+
+    def __init__(self, app, kind: str):
+        self.app, self.kind = app, kind
+
+    def __call__(self, msg, ctx):
+        reply = self.app(msg, ctx)
+        if int(ctx.node_config["partition-id"]) != HOSTILE or msg.metadata.message_type != "evaluate":
+            return reply
+        if self.kind == "fail":
+            raise RuntimeError("the hostile client fails its evaluation instead")
+        metrics = dict(reply.content["metrics"])
+        if self.kind == "no-metrics":
+            reply.content = RecordDict({"arrays": ArrayRecord({"x": Array(np.zeros(2, np.float32))})})
+        elif self.kind == "extra-metric":
+            reply.content["metrics"] = MetricRecord({**metrics, "rating.se_sum_backdoor": 1.0})
+        elif self.kind == "missing-metric":
+            reply.content["metrics"] = MetricRecord({k: v for k, v in metrics.items() if not k.startswith("like.")})
+        elif self.kind == "nan":
+            reply.content["metrics"] = MetricRecord({k: float("nan") if k.startswith("rating.") else v
+                                                     for k, v in metrics.items()})
+        elif self.kind == "bad-bins":
+            reply.content["metrics"] = MetricRecord({k: [-5] if k == "like.pos_bins" else v
+                                                     for k, v in metrics.items()})
+        return reply
+
+
+@pytest.mark.parametrize("kind", ["no-metrics", "extra-metric", "missing-metric", "nan", "bad-bins"])
+def test_a_malformed_evaluation_is_left_out_and_the_server_goes_on(kind, monkeypatch, tmp_path, caplog):
+    import fedmtl.federation.client_app as ca
+
+    real = ca.make_client_app
+
+    def evaluated(k):
+        with monkeypatch.context() as m:
+            m.setattr(ca, "make_client_app", lambda cfg=None: HostileEvaluation(real(cfg), k))
+            summary = run(compose(TINY), tmp_path / k)
+        return summary, read_jsonl(tmp_path / k / "metrics.jsonl")
+
+    base, _ = evaluated("fail")
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        summary, rows = evaluated(kind)
+    assert summary["rounds"] == 2
+    assert [r["invalid_evaluate"] for r in rows] == [1, 1] and [r["failed_evaluate"] for r in rows] == [1, 1]
+    assert any(f"node {NODE} sent an invalid evaluation" in r.getMessage() for r in caplog.records)
+    assert summary["metrics"] == pytest.approx(base["metrics"])  # the other three clients' figures, as if it failed
