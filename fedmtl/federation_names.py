@@ -5,7 +5,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi"
 PRIVACY = ("none", "central_dp", "client_clip_dp", "local_dp", "secagg", "secagg_dp")
 DP_MODES = ("central_dp", "client_clip_dp", "local_dp", "secagg_dp")  # accounted with an RDP accountant
 SECAGG_MODES = ("secagg", "secagg_dp")  # SecAgg+ on Flower's legacy workflow (federation/legacy.py)
-BACKENDS = ("inprocess", "ray")
+BACKENDS = ("inprocess", "ray", "cohort")
 # The server step size of the strategies that have one (FedOpt family, FedAvgM): the rate
 # `server_lr.schedule` moves from round to round.
 SERVER_RATE = {"fedadam": "eta", "fedyogi": "eta", "fedadagrad": "eta", "fedavgm": "server_learning_rate"}

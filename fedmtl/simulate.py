@@ -107,6 +107,12 @@ def run_federated(cfg: dict, num_clients: int) -> dict:
         on_disk = state == "disk" or (state == "auto" and num_clients >= bcfg.get("disk_from_clients", 5000))
         run_inprocess(server_app, client_app, num_clients, workers=bcfg.get("workers", 1),
                       state_dir=cfg["output_dir"] if on_disk else None)
+    elif backend == "cohort":  # inprocess, with each round's training as one batch (engine/cohort.py)
+        from .engine.cohort import run_cohort
+        bcfg = cfg["backend"]
+        state = bcfg.get("state", "auto")
+        on_disk = state == "disk" or (state == "auto" and num_clients >= bcfg.get("disk_from_clients", 5000))
+        run_cohort(server_app, client_app, num_clients, cfg, state_dir=cfg["output_dir"] if on_disk else None)
     else:
         from .engine.ray import run_ray
         from .federation.faults import ray_extra_actors
