@@ -57,6 +57,49 @@ def check_threshold(p: dict) -> None:
                           "clients' SecAgg+ guard refuses less: a server could rebuild a client's secrets)")
 
 
+def mask_prg(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """SecAgg+'s mask generator, keyed by the whole secret: a ChaCha20 keystream under
+    SHA-256(secret), 8 bytes per value, reduced mod num_range (a power of 2, as Flower requires).
+
+    Flower 1.41's `pseudo_rand_gen` XOR-folds the 32-byte secret to a 32-bit seed of NumPy's
+    MT19937, so every mask has one of 2**32 seeds. A server that lists a client as dropped
+    (or whose masked vector came after the timeout) legitimately rebuilds that client's
+    pairwise masks; what is left on its vector is the self mask, and 2**32 seeds, each
+    checked on four values against the quantised window [0, Q], recover the client's update
+    (163 core-hours in a plain Python loop, far less in C). Same signature, same shapes;
+    installed for both sides by `_install_mask_prg`."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    sizes = [int(np.prod(d)) if len(d) else 1 for d in dimensions_list]
+    key = hashlib.sha256(b"fedmtl secagg mask\0" + bytes(seed)).digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(8 * sum(sizes)))
+    values = np.frombuffer(stream, dtype="<u8")
+    values = (values & np.uint64(num_range - 1) if num_range & (num_range - 1) == 0
+              else values % np.uint64(num_range)).astype(np.int64)
+    out, at = [], 0
+    for d, size in zip(dimensions_list, sizes):
+        out.append(values[at:at + size].reshape(d).copy())
+        at += size
+    return out
+
+
+def _install_mask_prg() -> None:
+    """The clients' secaggplus_mod draws its masks from `mask_prg` (its module's
+    `pseudo_rand_gen`); the server's unmask stage (_quorum_workflow) calls mask_prg itself.
+    Both sides of a fedmtl run import this module before SecAgg+ runs (privacy._chain,
+    SecAggRound). A peer with Flower's own generator cannot unmask with ours: its round is
+    refused by check_release, never silently wrong."""
+    import importlib
+
+    mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+    mod.pseudo_rand_gen = mask_prg
+
+
+_install_mask_prg()
+
+
 def _legacy_sample(cfg: dict) -> dict:
     n = cfg["num_clients"]
     return dict(fraction_fit=cfg["fraction_train"], min_fit_clients=min(cfg["min_train_clients"], n),
@@ -185,7 +228,6 @@ def _quorum_workflow(quorum: int, **kwargs):
     from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
     from flwr.common.secure_aggregation.ndarrays_arithmetic import (get_parameters_shape, parameters_addition,
                                                                      parameters_mod, parameters_subtraction)
-    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
     from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key as WKey
     from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
@@ -239,12 +281,12 @@ def _quorum_workflow(quorum: int, **kwargs):
                     return False  # SecAggRound says why (too few shares)
                 secret = combine_shares(share_list)
                 if nid in active:  # the self mask of a client whose vector is in the sum
-                    masked = parameters_subtraction(masked, pseudo_rand_gen(secret, state.mod_range, shapes))
+                    masked = parameters_subtraction(masked, mask_prg(secret, state.mod_range, shapes))
                     continue
                 for other in state.nid_to_neighbours[nid] - {nid}:  # a dropped client's pairwise masks
                     key = generate_shared_key(bytes_to_private_key(secret),
                                               bytes_to_public_key(state.nid_to_publickeys[other][0]))
-                    mask = pseudo_rand_gen(key, state.mod_range, shapes)
+                    mask = mask_prg(key, state.mod_range, shapes)
                     masked = (parameters_addition if nid > other else parameters_subtraction)(masked, mask)
             recon = parameters_mod(masked, state.mod_range)
             m, q = len(active), state.quantization_range

@@ -1,5 +1,5 @@
 """SecAgg+ at several hundred clients (one user each, as MovieLens-100k's 943) gives plain
-FedAvg's aggregate within the quantisation step, with aggregate=all (the heads' 0-d offsets,
+FedAvg's aggregate within the quantisation step (and FedAvg's own float32 rounding), with aggregate=all (the heads' 0-d offsets,
 which Flower's unmask stage released as sum + (m - 1) * clipping_range: issue 24 item 8) and
 aggregate=encoder. About 40 s on 2 cores."""
 
@@ -28,10 +28,13 @@ def test_secagg_at_several_hundred_clients_is_fedavg_within_the_quantisation_ste
     a, b = torch.load(tmp_path / "plain" / "model_shared.pt"), torch.load(tmp_path / "secure" / "model_shared.pt")
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     bound = quantisation_bound(secure_cfg, list(range(N)))
+    # Flower's plain FedAvg adds the N weighted float32 arrays one by one in float32: its own
+    # error is up to N * 2**-24 * |x| (about 7e-6 measured on the rating offset, |x| = 3.5).
+    tolerance = {k: bound + N * 2**-24 * float(a[k].abs().max()) for k in a}
     diffs = {k: float((a[k].double() - b[k].double()).abs().max()) for k in a}
-    worst = max(diffs, key=diffs.get)
-    assert diffs[worst] <= bound, (worst, diffs[worst], bound)
-    assert diffs[worst] > 0  # it went through SecAgg+'s quantisation
+    worst = max(diffs, key=lambda k: diffs[k] / tolerance[k])
+    assert diffs[worst] <= tolerance[worst], (worst, diffs[worst], tolerance[worst])
+    assert max(diffs.values()) > 0  # it went through SecAgg+'s quantisation
     assert max(float(a[k].abs().max()) for k in a) > 100 * bound
     row = json.loads((tmp_path / "secure" / "metrics.jsonl").read_text())
     assert row["answered"] == row["sampled"] == N and row["secagg"]["aggregated"]

@@ -1,0 +1,70 @@
+"""SecAgg+'s secret randomness (legacy.py): masks keyed by the whole secret, not by Flower's
+32-bit fold of it, and a neighbour ring drawn from the OS CSPRNG, not from `seed`."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+from fedmtl.config import compose
+from fedmtl.engine.inprocess import InProcessGrid
+from fedmtl.federation.legacy import mask_prg
+from fedmtl.simulate import run
+
+SHAPES = [(3, 4), (), (7,)]
+
+
+def test_flowers_mask_has_only_32_bits_of_seed_and_ours_uses_the_whole_secret():
+    a = bytes(range(32))
+    b = bytes(x ^ 0xFF if i in (0, 4) else x for i, x in enumerate(a))  # same XOR fold, another secret
+    flower_a, flower_b = pseudo_rand_gen(a, 2**32, SHAPES), pseudo_rand_gen(b, 2**32, SHAPES)
+    assert all(np.array_equal(x, y) for x, y in zip(flower_a, flower_b))  # Flower: one mask for both
+    ours_a, ours_b = mask_prg(a, 2**32, SHAPES), mask_prg(b, 2**32, SHAPES)
+    assert not any(np.array_equal(x, y) for x, y in zip(ours_a, ours_b))
+    assert all(np.array_equal(x, y) for x, y in zip(ours_a, mask_prg(a, 2**32, SHAPES)))  # masks cancel: same key, same mask
+    assert [x.shape for x in ours_a] == SHAPES and all(x.dtype == np.int64 for x in ours_a)
+
+
+def test_our_masks_are_uniform_over_the_modulus():
+    values = mask_prg(b"k" * 32, 2**32, [(200_000,)])[0]
+    assert values.min() >= 0 and values.max() < 2**32
+    assert abs(values.mean() / 2**32 - 0.5) < 0.005
+    counts = np.bincount((values >> 28).astype(int), minlength=16)  # top 4 bits: 16 equal bins
+    assert counts.min() > 0.95 * len(values) / 16
+
+
+def test_the_clients_secaggplus_mod_draws_its_masks_from_ours():
+    mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+    assert mod.pseudo_rand_gen is mask_prg
+
+
+def neighbour_rings(monkeypatch, tmp_path, runs: int) -> list[dict]:
+    """Each run's neighbour sets, as the share-keys stage sends them (one message per node,
+    keyed by its neighbours' ids)."""
+    original = InProcessGrid.send_and_receive
+    rings: list[dict] = []
+
+    def recording(self, messages, *, timeout=None):
+        messages = list(messages)
+        for m in messages:
+            configs = m.content.config_records.get(RECORD_KEY_CONFIGS)
+            if configs is not None and configs.get(Key.STAGE) == Stage.SHARE_KEYS:
+                rings[-1][m.metadata.dst_node_id] = frozenset(k for k in configs if k != Key.STAGE)
+        return original(self, messages, timeout=timeout)
+
+    monkeypatch.setattr(InProcessGrid, "send_and_receive", recording)
+    cfg = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=10", "device=cpu", "num_rounds=1",
+           "privacy=secagg", "privacy.num_shares=3", "privacy.reconstruction_threshold=2"]
+    for i in range(runs):
+        rings.append({})
+        run(compose(cfg), tmp_path / str(i))
+    return rings
+
+
+def test_two_runs_with_the_same_seed_draw_different_neighbour_rings(monkeypatch, tmp_path):
+    first, second = neighbour_rings(monkeypatch, tmp_path, 2)
+    assert len(first) == len(second) == 10 and all(len(v) == 3 for v in first.values())
+    assert first != second  # 9!/2 rings of 10 nodes: equal by chance once in 181440
