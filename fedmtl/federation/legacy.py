@@ -13,9 +13,35 @@ client (`secaggplus_mod`). Here:
   plaintext weight and metrics of the FitRes, so each client's reply to the server
   holds only masked integers.
 
-The server learns the weighted mean of the shared arrays (weights: example counts,
-or 1 under secagg_dp) and, under `secagg`, the mean training losses, which travel as
-one more masked array. Values are clipped to +-`clipping_range` and quantised to
+What fedmtl changes in Flower's SecAgg+ (`_quorum_workflow`, `LegacyFitMod`, `mask_prg`,
+and the client's `secagg_guard.SecAggGuard`): the unmasked sum is checked before release
+(every coordinate of a sum of m honest quantised vectors lies in [0, m * Q]; outside it
+the round is refused and nothing is released), dequantised out of place (Flower's
+in-place arithmetic skipped 0-d arrays: aggregate=all's head offsets came back as
+sum + (m - 1) * clipping_range, issue 24 item 8), its saturation reported
+(`secagg.saturated` in metrics.jsonl; above MAX_SATURATION the run stops and names
+privacy.clipping_range); masks come from the whole 32-byte secret (Flower: a 32-bit
+seed), the neighbour ring from the OS CSPRNG (Flower: the seeded global `random`).
+
+What SecAgg+ protects (for docs/privacy.md). Under `privacy=secagg` the server receives
+from each client only integers masked with pairwise and self masks, and learns the
+weighted mean of the round's shared arrays (weights: example counts, clipped values
+quantised to 2 * clipping_range / quantization_range), the weighted mean training
+losses and the weighted fraction of clipped values; under `secagg_dp` it learns only the
+plain mean of clipped, Gaussian-noised updates. It never sees one client's update, item
+set, likes, loss or example count, provided that (1) it does not collude with
+`reconstruction_threshold` of a client's `num_shares` share holders, (2) enough clients
+answer that the sum mixes several of them (min_train_clients; one survivor's "sum" is its
+update), and (3) for a server that deviates from the protocol: each client's guard refuses
+a node named both active and dropped and a threshold not above half the share holders,
+which stops the split of one client's secrets within what a single client can see; Flower
+1.41 has no consistency round, so a server that tells different clients different
+dropout lists, or invents dropouts, is limited only by that threshold rule. SecAgg+ does
+not hide the sum itself (a round of two clients, or the difference of two rounds over
+nested samples, gives one client's contribution; only secagg_dp bounds that), and it
+does not validate inputs: a client can send any value in [-clipping_range,
+clipping_range] with any weight up to max_weight, and offsets that keep the sum inside
+its window are not detected. Values are clipped to +-`clipping_range` and quantised to
 `quantization_range` levels; m clients need m * quantization_range <= 2**32.
 """
 
@@ -211,7 +237,7 @@ def dequantise(recon: list, m: int, clip: float, q: int) -> list[np.ndarray]:
 
 
 def _quorum_workflow(quorum: int, **kwargs):
-    """Flower's SecAggPlusWorkflow, with four changes:
+    """Flower's SecAggPlusWorkflow, with these changes (and its masks from mask_prg):
 
     - it stops before unmasking when fewer than `quorum` masked vectors arrived
       (min_train_clients, as a plain round's rule): the server then never learns that
@@ -456,13 +482,14 @@ class LegacyFitMod:
             return reply
         arrays, metrics = reply.content["arrays"], reply.content["metrics"]
         out = [np.atleast_1d(arrays[n].numpy()) for n in names]
-        bad = [n for n, a in zip(names, out) if not np.isfinite(a).all()]
+        if not self.dp:  # distributed DP noises only the arrays; these would go un-noised
+            out.append(np.array([metrics.get(f"loss.{t}", 0.0) / LOSS_SCALE for t in self.tasks]))
+        bad = [n for n, a in zip([*names, "the losses"], out) if not np.isfinite(a).all()]
         if bad:
             raise DivergedError(f"this client's update holds NaN/inf in {bad[0]}: not sent")
         sa = SecAggPlusState(**ctx.state.config_records[RECORD_KEY_STATE])
         weight = 1 if self.dp else min(int(metrics["num-examples"]), int(sa.max_weight))
-        if not self.dp:  # distributed DP noises only the arrays; these would go un-noised
-            out.append(np.array([metrics.get(f"loss.{t}", 0.0) / LOSS_SCALE for t in self.tasks]))
+        if not self.dp:
             factor = round(weight / sa.max_weight * sa.target_range) / sa.target_range  # secaggplus_mod's
             at_bound = sum(int((np.abs(a * factor) >= sa.clipping_range).sum()) for a in out)
             out.append(np.array([at_bound / sum(a.size for a in out)]))

@@ -106,3 +106,23 @@ def test_flowers_dequantize_drops_the_offset_of_a_0d_array_and_ours_does_not():
     assert float(ours[0]) == pytest.approx(0.25) and float(ours[1][0]) == pytest.approx(0.25)
     assert check_release(recon, m, q) is None
     assert "outside" in check_release([recon[0], recon[1] + m * q], m, q)
+
+
+def test_a_client_whose_update_is_not_finite_does_not_send_it_and_the_round_goes_on(tmp_path, monkeypatch):
+    from fedmtl import client_step
+
+    original = client_step.client_round
+
+    def diverging(model, data, tasks, weighting, tcfg, cfg, seed):
+        result = original(model, data, tasks, weighting, tcfg, cfg, seed)
+        if seed % 100_003 == 2:  # client 2 in round 1: a NaN in its shared item table
+            model.encoder.item_emb.weight.data[0, 0] = float("nan")
+        return result
+
+    monkeypatch.setattr(client_step, "client_round", diverging)
+    run(compose(SECURE), tmp_path)
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert (row["sampled"], row["answered"]) == (6, 5) and row["failed_by"]["error"] == 1
+    assert row["secagg"]["aggregated"] and row["secagg"]["saturated"] == 0.0
+    saved = torch.load(tmp_path / "model_shared.pt")
+    assert all(torch.isfinite(v).all() for v in saved.values())
