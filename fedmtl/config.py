@@ -177,7 +177,7 @@ def validate(cfg: dict) -> dict:
     _number(cfg, "train.lr", lo=0, lo_open=True)
     _number(cfg, "train.l2", lo=0)
     _number(cfg, "train.weight_decay", lo=0)
-    _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+    _check_split(cfg)
     _check_faults_and_resume(cfg)
     _check_robust(cfg)
     if cfg.get("baseline_epochs") is not None:
@@ -194,6 +194,27 @@ def validate(cfg: dict) -> dict:
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda: no CUDA device is visible to torch (use device=auto or cpu)")
     return cfg
+
+
+def _check_split(cfg: dict) -> None:
+    """split=per_user | leave_one_out (conf/split/) and eval.negatives (fedmtl/data/loo.py)."""
+    name = cfg["split"].setdefault("name", "per_user")
+    _choice(cfg, "split.name", ("per_user", "leave_one_out"))
+    if name == "per_user":
+        _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+        return
+    cfg.setdefault("eval", {}).setdefault("negatives", 99)
+    _number(cfg, "eval.negatives", lo=1, integer=True)
+    if cfg["split"].get("validation"):
+        raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
+                          "(the second latest interaction); the reported round is chosen on it")
+    if "click" not in cfg["tasks"]:
+        raise ConfigError(f"split=leave_one_out with tasks={cfg['tasks']}: its figures are click HR@10 and NDCG@10 "
+                          "(the reported round is chosen on validation HR@10); add click to tasks")
+    t = cfg.get("transfer") or {}
+    if t.get("new_users") or t.get("new_items"):
+        raise ConfigError("split=leave_one_out with transfer.new_users or transfer.new_items: held-out users and "
+                          "items are built on split=per_user only")
 
 
 def _check_click_mix(cfg: dict) -> None:

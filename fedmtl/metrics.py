@@ -10,7 +10,9 @@ final figures, so every mode is scored by the same code.
   (`AUC_BINS` bins on the predicted probability; exact up to ties within a
   bin), and mean logloss.
 - click: full-ranking HR@10 and NDCG@10 over every item the user has not
-  interacted with in train, averaged over users.
+  interacted with in train, averaged over users; under split=leave_one_out, the held-out
+  item ranked among its sampled negatives (`sampled_rank_metrics`), and the validation
+  item's figures as "valid/click.*".
 Spread: the 10th and 90th percentile over clients of RMSE, logloss and NDCG@10.
 """
 
@@ -85,6 +87,17 @@ def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor, test_lists: lis
         idcg = discounts[: min(len(items), k)].sum()
         ndcg[u] = float((rel * discounts[: len(rel)]).sum() / idcg)
     return hr, ndcg
+
+
+def sampled_rank_metrics(scores: torch.Tensor, cand: torch.Tensor, k: int = 10):
+    """Per-user hit@k and NDCG@k of a held-out item ranked among sampled negatives
+    (split=leave_one_out). scores: [U, n_items]; cand: [U, 1 + N], the held-out item then its
+    negatives (a row of -1: no held-out item, scored 0). rank = 1 + the negatives scoring at
+    least as high (a tie ranks the negative ahead); NDCG@k = 1 / log2(1 + rank) within the top k."""
+    s = scores.gather(1, cand.clamp(min=0)).double()
+    rank = 1 + (s[:, 1:] >= s[:, :1]).sum(1).cpu().numpy()
+    hit = (rank <= k) & (cand[:, 0] >= 0).cpu().numpy()
+    return hit.astype(np.float64), np.where(hit, 1.0 / np.log2(1.0 + rank), 0.0)
 
 
 def _percentiles(values: list[float]) -> tuple[float, float]:

@@ -86,6 +86,10 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
         if fed.holdout:  # transfer.new_users / new_items: cold-start evaluations
             from .transfer import after_run
             result["transfer"] = after_run(cfg, fed, out_dir, result)
+    if cfg["split"].get("name") == "leave_one_out":  # the test figures of the best validation round (data/loo.py)
+        from .data.loo import reported
+        from .results import read_jsonl
+        result.update(reported(read_jsonl(out_dir / "metrics.jsonl"), result["metrics"]))
     summary = {"mode": cfg["mode"], "tasks": cfg["tasks"], "dataset": fed.dataset.name,
                "num_clients": len(fed.clients), "wall_seconds": round(time.time() - t0, 2), **result}
     write_json(out_dir / "summary.json", summary)
@@ -147,8 +151,9 @@ def main(dcfg: DictConfig) -> dict | None:
         if not in_sweep():
             raise
         return record_failure(out_dir, e)
+    chosen = f", round {summary['selected_round']} by {summary['selected_by']}" if summary.get("selected_by") else ""
     print(f"\nfinal test metrics ({summary['mode']}, {summary['num_clients']} clients, "
-          f"{summary['wall_seconds']}s) -> {out_dir}")
+          f"{summary['wall_seconds']}s{chosen}) -> {out_dir}")
     print(metrics_table(summary["metrics"], cfg["tasks"]))
     return summary
 

@@ -178,17 +178,26 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item
         nd_all: dict = {p: [] for p in rankers}
         mask = data.train_mask()
         lists = data.test_lists()
+        cand = getattr(data, "cand", None)  # split=leave_one_out: ranked among sampled negatives
+        if cand is not None:
+            rankers["valid/"] = item_item  # its validation item, scored like the test item
+            hr_all["valid/"], nd_all["valid/"] = [], []
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
             head = model.all_item_scores(users[sl], "click", ir)
             mixed = blended(head, mask[sl], {p: m for p, m in rankers.items() if m is not None})
             for prefix in rankers:
-                hr, nd = M.rank_metrics(mixed.get(prefix, head), mask[sl], lists[sl], k)
+                if cand is None:
+                    hr, nd = M.rank_metrics(mixed.get(prefix, head), mask[sl], lists[sl], k)
+                else:
+                    hr, nd = M.sampled_rank_metrics(mixed.get(prefix, head),
+                                                    cand["valid" if prefix == "valid/" else "test"][sl], k)
                 hr_all[prefix].append(hr)
                 nd_all[prefix].append(nd)
         has_test = np.array([len(x) > 0 for x in lists])
         for prefix in rankers:
-            hr, nd = np.concatenate(hr_all[prefix])[has_test], np.concatenate(nd_all[prefix])[has_test]
-            part.update({f"{prefix}click.n": int(has_test.sum()), f"{prefix}click.hr": float(hr.sum()),
+            has = has_test if prefix != "valid/" else (cand["valid"][:, 0] >= 0).cpu().numpy()
+            hr, nd = np.concatenate(hr_all[prefix])[has], np.concatenate(nd_all[prefix])[has]
+            part.update({f"{prefix}click.n": int(has.sum()), f"{prefix}click.hr": float(hr.sum()),
                          f"{prefix}click.ndcg": float(nd.sum())})
     return part

@@ -49,6 +49,7 @@ class ClientData:
     test_u: torch.Tensor
     test_i: torch.Tensor
     test_r: torch.Tensor
+    cand: dict | None = None  # split=leave_one_out: {"test"|"valid": [users, 1 + N] held-out item, negatives}
 
     @property
     def n_train(self) -> int:
@@ -57,6 +58,8 @@ class ClientData:
     def to(self, device) -> "ClientData":
         for f in ("train_u", "train_i", "train_r", "test_u", "test_i", "test_r"):
             setattr(self, f, getattr(self, f).to(device))
+        if self.cand is not None:
+            self.cand = {k: v.to(device) for k, v in self.cand.items()}
         return self
 
     def train_mask(self) -> torch.Tensor:
@@ -113,6 +116,8 @@ class Federation:
             train_i=torch.as_tensor(ti, dtype=torch.long), train_r=torch.as_tensor(tr),
             test_u=torch.as_tensor(loc(su) if len(su) else su.astype(np.int64)),
             test_i=torch.as_tensor(si, dtype=torch.long), test_r=torch.as_tensor(sr),
+            cand=None if self.split.candidates is None else
+            {k: torch.as_tensor(v[users], dtype=torch.long) for k, v in self.split.candidates.items()},
         )
 
     def partition_data(self, pid: int) -> ClientData:
@@ -127,6 +132,8 @@ class Federation:
 def build_federation(cfg: dict) -> Federation:
     dataset = load_dataset(cfg["dataset"])
     scfg = cfg.get("split", {}) or {}
+    if scfg.get("name") == "leave_one_out":  # the published protocol (loo.py)
+        return Federation(dataset, loo_split(cfg, dataset), cfg["num_clients"], cfg["seed"])
     if scfg.get("path"):
         split = split_mod.read(scfg["path"], dataset)
     else:
@@ -143,6 +150,23 @@ def build_federation(cfg: dict) -> Federation:
     return Federation(dataset, split, cfg["num_clients"], cfg["seed"], holdout)
 
 
+def loo_split(cfg: dict, dataset: Dataset) -> Split:
+    """split=leave_one_out: computed, or taken back from split.path (with its candidates)."""
+    from . import loo
+
+    scfg = cfg["split"]
+    if scfg.get("path"):
+        split = split_mod.read(scfg["path"], dataset, keep_unseen_items=True)
+        split.valid = loo.read_valid(scfg["path"], dataset)
+        split.candidates = loo.read_candidates(scfg["path"], dataset, split)
+        return split
+    split = loo.leave_one_out(dataset.interactions)
+    negatives = int((cfg.get("eval") or {}).get("negatives", 99))
+    seed = scfg.get("seed") if scfg.get("seed") is not None else cfg["seed"]
+    split.candidates = loo.draw_candidates(split, dataset.n_items, dataset.n_users, negatives, seed)
+    return split
+
+
 @lru_cache(maxsize=2)
 def _cached(key: str) -> Federation:
     return build_federation(json.loads(key))
@@ -151,5 +175,5 @@ def _cached(key: str) -> Federation:
 def federation_for(cfg: dict) -> Federation:
     """The federation of `cfg`, built once per process (clients of a simulation share it;
     each client only ever reads its own partition from it)."""
-    keys = ("dataset", "split", "num_clients", "seed", "transfer")
+    keys = ("dataset", "split", "num_clients", "seed", "transfer", "eval")
     return _cached(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str))

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class Split:
     train: pd.DataFrame
     test: pd.DataFrame
+    valid: pd.DataFrame | None = None  # split=leave_one_out's validation items (loo.py)
+    candidates: dict | None = None  # eval.negatives: {"test"|"valid": [n_users, 1 + N] held-out item, negatives}
 
 
 def per_user_split(inter: pd.DataFrame, seed: int, train_frac: float = 0.8) -> Split:
@@ -58,10 +60,13 @@ def carve_validation(split: Split, seed: int, train_frac: float = 0.8) -> Split:
 
 
 def write(split: Split, dataset: Dataset, folder: str | Path) -> None:
-    """Write train.tsv and test.tsv with the data set's raw ids (user item rating ts)."""
+    """Write train.tsv and test.tsv with the data set's raw ids (user item rating ts); a
+    leave-one-out split also valid.tsv and its candidates (loo.py)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", split.train), ("test", split.test)):
+    for name, part in (("train", split.train), ("test", split.test), ("valid", split.valid)):
+        if part is None:
+            continue
         out = pd.DataFrame({
             "user": dataset.raw_user_ids[part["user"].to_numpy()],
             "item": dataset.raw_item_ids[part["item"].to_numpy()],
@@ -71,6 +76,9 @@ def write(split: Split, dataset: Dataset, folder: str | Path) -> None:
         tmp = folder / f".{name}.tsv.tmp"
         out.to_csv(tmp, sep="\t", header=False, index=False, float_format="%g")
         tmp.replace(folder / f"{name}.tsv")
+    if split.candidates is not None:
+        from .loo import write_candidates
+        write_candidates(split.candidates, dataset, folder)
 
 
 def read_part(path: Path) -> pd.DataFrame:
