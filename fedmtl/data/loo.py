@@ -1,10 +1,12 @@
 """The published federated protocol (PROTOCOL.md: NCF, PFedRec, CoFedRec): leave-one-out
 with sampled negatives.
 
-- Every rating is a positive interaction. Per user, in timestamp order with ties broken by
-  file order (a later line is later), the latest interaction is the test item, the second
-  latest the validation item, the rest train. Users with fewer than 3 interactions cannot
-  have all three and are dropped with a warning.
+- Every rating is a positive interaction. Per user, the latest interaction by timestamp is
+  the test item, the second latest the validation item, the rest train. Ties are broken by
+  file order as the published code does (PFedRec's data.py: pandas
+  `rank(method='first', ascending=False)` on the timestamps): among equal timestamps the
+  line earlier in the file counts as the later interaction. Users with fewer than 3
+  interactions cannot have all three and are dropped with a warning.
 - Candidates (`split=leave_one_out`, `eval.negatives=N`): for each user, N test negatives
   and N other validation negatives, drawn once, uniformly and without replacement, from the
   items the user never interacted with (train, validation or test), from a generator seeded
@@ -35,9 +37,10 @@ PARTS = ("test", "valid")
 def leave_one_out(inter: pd.DataFrame) -> Split:
     """Per user: latest interaction test, second latest validation, the rest train (train keeps log order)."""
     inter = inter.reset_index(drop=True)
-    order = np.lexsort((np.arange(len(inter)), inter["ts"].to_numpy(), inter["user"].to_numpy()))
+    # (user, ts, reversed line) order: the last row of a user is its latest, the earliest line on a tie
+    order = np.lexsort((-np.arange(len(inter)), inter["ts"].to_numpy(), inter["user"].to_numpy()))
     users = inter["user"].to_numpy()[order]
-    last = np.r_[users[1:] != users[:-1], True]  # the last row of each user in (user, ts, line) order
+    last = np.r_[users[1:] != users[:-1], True]
     second = np.r_[last[1:], False] & ~last
     counts = np.bincount(users)
     small = counts[users] < 3
@@ -148,12 +151,13 @@ def read_valid(folder: str | Path, dataset: Dataset) -> pd.DataFrame:
 
 
 def select_round(rows: list[dict], key: str = "valid/click.hr@10") -> tuple[int, dict] | None:
-    """(round, its evaluation) of the metrics.jsonl rows with the best validation `key`
-    (the earliest such round on a tie); None when no row has it."""
+    """(round, its evaluation) of the metrics.jsonl rows with the best validation `key`; on a
+    tie the later round, as PFedRec's train.py (`val_hit_ratio >= best_val_hr`); None when no
+    row has it."""
     best = None
     for row in rows:
         ev = row.get("test") or {}
-        if key in ev and ev[key] is not None and (best is None or ev[key] > best[1][key]):
+        if key in ev and ev[key] is not None and (best is None or ev[key] >= best[1][key]):
             best = (int(row["round"]), ev)
     return best
 

@@ -27,8 +27,8 @@ def pairs(df) -> list[tuple[int, int]]:
     return sorted(zip(df["user"].tolist(), df["item"].tolist()))
 
 
-# user 0: items 5 (ts 30), 6 (ts 10), 7 (ts 30), 8 (ts 20): latest ts 30 twice -> the later line (7)
-#   is test, the earlier (5) validation, 6 and 8 train.
+# user 0: items 5 (ts 30), 6 (ts 10), 7 (ts 30), 8 (ts 20): latest ts 30 twice -> the earlier line (5)
+#   is test (as pandas' rank(method='first', ascending=False) in PFedRec's code), 7 validation, 6 and 8 train.
 # user 1: 1 (ts 50), 2 (ts 40), 3 (ts 40), 4 (ts 60): test 4, then ts 50 -> validation 1.
 # user 2: 9 and 10 only: fewer than 3 interactions, dropped.
 RULE_LOG = [(0, 5, 4, 30), (1, 1, 3, 50), (0, 6, 2, 10), (1, 2, 5, 40), (0, 7, 1, 30), (2, 9, 4, 1),
@@ -37,19 +37,24 @@ RULE_LOG = [(0, 5, 4, 30), (1, 1, 3, 50), (0, 6, 2, 10), (1, 2, 5, 40), (0, 7, 1
 
 def test_latest_is_test_second_latest_is_validation_ties_by_file_order(caplog):
     sp = loo.leave_one_out(log(RULE_LOG))
-    assert pairs(sp.test) == [(0, 7), (1, 4)]
-    assert pairs(sp.valid) == [(0, 5), (1, 1)]
+    assert pairs(sp.test) == [(0, 5), (1, 4)]
+    assert pairs(sp.valid) == [(0, 7), (1, 1)]
     assert pairs(sp.train) == [(0, 6), (0, 8), (1, 2), (1, 3)]
     assert "1 users with fewer than 3 interactions dropped" in caplog.text
     # ratings travel with their rows (every rating a positive; rating and like still scored on them)
-    assert sp.test.set_index("item")["rating"].to_dict() == {7: 1.0, 4: 2.0}
+    assert sp.test.set_index("item")["rating"].to_dict() == {5: 4.0, 4: 2.0}
 
 
 def test_ties_follow_file_order_not_item_id():
-    # the same log with user 0's two ts-30 lines swapped: now 5 is the later line, so test
+    # the same log with user 0's two ts-30 lines swapped: now 7 comes first in the file, so test
     swapped = [RULE_LOG[4], *RULE_LOG[1:4], RULE_LOG[0], *RULE_LOG[5:]]
     sp = loo.leave_one_out(log(swapped))
-    assert (0, 5) in pairs(sp.test) and (0, 7) in pairs(sp.valid)
+    assert (0, 7) in pairs(sp.test) and (0, 5) in pairs(sp.valid)
+    # the published code's own rule, pandas' rank(method='first', ascending=False), agrees
+    df = log(swapped)
+    rank = df.groupby("user")["ts"].rank(method="first", ascending=False)
+    assert pairs(df[(rank == 1) & (df["user"] < 2)]) == pairs(sp.test)
+    assert pairs(df[(rank == 2) & (df["user"] < 2)]) == pairs(sp.valid)
 
 
 def tiny_split(n_items=300):
@@ -119,9 +124,10 @@ def test_the_reported_round_is_the_best_validation_hr_not_the_last():
             {"round": 2, "test": {"click.hr@10": 0.50, "valid/click.hr@10": 0.60}},
             {"round": 4, "test": {"click.hr@10": 0.55, "valid/click.hr@10": 0.70}},
             {"round": 6, "test": {"click.hr@10": 0.90, "valid/click.hr@10": 0.65}},
-            {"round": 8, "test": {"click.hr@10": 0.99, "valid/click.hr@10": 0.70}}]  # a tie: the earlier wins
+            {"round": 8, "test": {"click.hr@10": 0.52, "valid/click.hr@10": 0.70}},  # a tie: the later wins
+            {"round": 10, "test": {"click.hr@10": 0.99, "valid/click.hr@10": 0.66}}]
     rep = loo.reported(rows, rows[-1]["test"])
-    assert rep["selected_round"] == 4 and rep["metrics"]["click.hr@10"] == 0.55
+    assert rep["selected_round"] == 8 and rep["metrics"]["click.hr@10"] == 0.52
     assert rep["metrics_last"]["click.hr@10"] == 0.99 and rep["selected_by"] == "valid/click.hr@10"
 
 
@@ -144,7 +150,7 @@ def test_a_leave_one_out_run_writes_split_candidates_and_the_selected_round(tmp_
     assert len(valid) == 12 and set(valid[0]) == set(range(12))
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all({"click.hr@10", "valid/click.hr@10"} <= set(r["test"]) for r in rows)
-    best = max(rows, key=lambda r: (r["test"]["valid/click.hr@10"], -r["round"]))
+    best = max(rows, key=lambda r: (r["test"]["valid/click.hr@10"], r["round"]))
     assert summary["selected_round"] == best["round"]
     assert summary["metrics"] == pytest.approx(best["test"])
     assert json.loads((tmp_path / "summary.json").read_text())["selected_round"] == best["round"]
