@@ -16,7 +16,7 @@ Node config keys (`flower-supernode --node-config '...'`):
 |                  | node then trains on exactly the users in those files             |
 | dataset-path     | optional: where this machine keeps the data set's files          |
 |                  | (MovieLens); replaces the run's `dataset.path` on this node       |
-| privacy-floor, answer-gram, send-sparse, min-noise-multiplier                        |
+| privacy-floor, answer-gram, send-sparse, min-noise-multiplier, secagg-min-threshold  |
 |                  | optional: this node's own privacy floor (floor.py); the run      |
 |                  | config, which the server writes, never lowers it                 |
 """
@@ -44,7 +44,7 @@ class RoundStopped(FedMTLError):
     """The deployed run stopped before its last round (the message says why)."""
 
 NODE_KEYS = ("partition-id", "num-partitions", "split-path", "dataset-path", "privacy-floor", "answer-gram",
-             "send-sparse", "min-noise-multiplier")
+             "send-sparse", "min-noise-multiplier", "secagg-min-threshold")
 
 
 def _node_int(context: Context, key: str) -> int | None:

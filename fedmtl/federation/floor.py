@@ -11,6 +11,7 @@ when every client of a round refused):
 | gram                   | answer-gram                 | click_mix's item Gram query (false: always; it is only ever answered under privacy=none) |
 | sparse                 | send-sparse                 | exchange=sparse (its row set names the client's items) |
 | min_noise_multiplier   | min-noise-multiplier        | noise it adds itself (local_dp, secagg_dp) below this multiplier z |
+| secagg_min_threshold   | secagg-min-threshold        | a SecAgg+ setup whose reconstruction threshold is below it (secagg_guard.py) |
 
 Which modes a floor accepts (each floor names what it demands of the server):
 
@@ -44,9 +45,9 @@ ACCEPTS = {
     "secagg_dp": ("secagg_dp", "local_dp"),
     "local_dp": ("local_dp",),
 }
-DEFAULTS = {"privacy": "none", "gram": True, "sparse": True, "min_noise_multiplier": 0.0}
+DEFAULTS = {"privacy": "none", "gram": True, "sparse": True, "min_noise_multiplier": 0.0, "secagg_min_threshold": 2}
 NODE_KEYS = {"privacy-floor": "privacy", "answer-gram": "gram", "send-sparse": "sparse",
-             "min-noise-multiplier": "min_noise_multiplier"}
+             "min-noise-multiplier": "min_noise_multiplier", "secagg-min-threshold": "secagg_min_threshold"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Floor:
     gram: bool = True
     sparse: bool = True
     min_noise_multiplier: float = 0.0
+    secagg_min_threshold: int = 2
 
     @classmethod
     def parse(cls, values: dict, where: str) -> "Floor":
@@ -78,7 +80,14 @@ class Floor:
             z = None
         if z is None or not z >= 0:
             raise ConfigError(f"{where}.min_noise_multiplier={v['min_noise_multiplier']!r}: expected a number >= 0")
-        return cls(str(v["privacy"]), v["gram"], v["sparse"], z)
+        t = v["secagg_min_threshold"]
+        try:
+            t_ok = not isinstance(t, bool) and float(t) == int(float(t)) and int(float(t)) >= 2
+        except (TypeError, ValueError):
+            t_ok = False
+        if not t_ok:
+            raise ConfigError(f"{where}.secagg_min_threshold={t!r}: expected an integer >= 2")
+        return cls(str(v["privacy"]), v["gram"], v["sparse"], z, int(float(t)))
 
     def accepts(self, mode: str) -> bool:
         return mode in ACCEPTS[self.privacy]

@@ -434,9 +434,12 @@ def client_privacy_mod(bound: dict | None):
 
     def privacy_mod(msg: Message, ctx: Context, call_next) -> Message:
         cfg = config_from_context(ctx, bound)
-        check_train(client_floor(ctx.node_config, bound), cfg, RECORD_KEY_CONFIGS in msg.content,
-                    own_noise_multiplier(cfg))
+        floor = client_floor(ctx.node_config, bound)
+        check_train(floor, cfg, RECORD_KEY_CONFIGS in msg.content, own_noise_multiplier(cfg))
         mods = client_mods(cfg)
+        if floor.secagg_min_threshold != 2:  # the SecAgg+ guard with this client's own threshold floor
+            from .secagg_guard import SecAggGuard
+            mods = tuple(SecAggGuard(floor.secagg_min_threshold) if isinstance(m, SecAggGuard) else m for m in mods)
         return make_ffn(call_next, list(mods))(msg, ctx) if mods else call_next(msg, ctx)
 
     return privacy_mod

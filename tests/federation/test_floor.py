@@ -46,6 +46,8 @@ def rows(out) -> list[dict]:
      "noise multiplier 0.5, below this client's floor min_noise_multiplier=1"),
     (["privacy=local_dp", "privacy.epsilon=50"], ["client_floor.min_noise_multiplier=0.5"], "noise multiplier"),
     (["click_mix.weight=0.1"], ["client_floor.gram=false"], "item Gram query"),
+    (["privacy=secagg", "privacy.num_shares=5", "privacy.reconstruction_threshold=3"],
+     ["client_floor.secagg_min_threshold=4"], "threshold"),
 ])
 def test_a_run_below_every_clients_floor_stops_with_one_line(tmp_path, server, floor, words):
     with pytest.raises(FedMTLError, match="refused") as e:
@@ -125,8 +127,8 @@ def test_a_gram_query_is_refused_unless_the_floor_and_the_mode_allow_it(identity
 
 def test_a_deployed_client_takes_its_floor_from_its_node_config_never_the_run_config():
     server_says = compose(TINY)  # client_floor.privacy=none in the run config
-    assert client_floor({"privacy-floor": "secagg", "min-noise-multiplier": 0.8}, None) == Floor("secagg", True,
-                                                                                                 True, 0.8)
+    assert client_floor({"privacy-floor": "secagg", "min-noise-multiplier": 0.8, "secagg-min-threshold": 4},
+                        None) == Floor("secagg", True, True, 0.8, 4)
     assert client_floor({}, None) == Floor()  # deployed, nothing set: the defaults, not the server's block
     lowered = dict(server_says, client_floor={"privacy": "none"})
     assert client_floor({"privacy-floor": "secagg_dp"}, lowered).privacy == "secagg_dp"
