@@ -282,9 +282,10 @@ def check_privacy(cfg: dict) -> None:
     if mode == "none":
         return
     strategy = cfg["strategy"]["name"]
-    if mode != "local_dp" and strategy not in ("fedavg", "fedprox"):
-        raise ConfigError(f"privacy={mode} with strategy={strategy}: the noise and SecAgg+ are calibrated to a "
-                          "plain mean of the updates; use strategy=fedavg or fedprox")
+    if mode != "local_dp" and strategy in ("fedmedian", "fedtrimmedavg"):
+        raise ConfigError(f"privacy={mode} with strategy={strategy}: the noise and SecAgg+ work on a plain mean of "
+                          "the updates, not a median or trimmed mean; use fedavg, fedprox, fedavgm or the FedOpt "
+                          "family (their server step runs on the released mean)")
     if mode in ("central_dp", "client_clip_dp"):
         _choice(cfg, "privacy.clipping", ("fixed", "adaptive"))
     if mode in DP_MODES:

@@ -186,11 +186,31 @@ class ServerPrivacy:
                          self.p["target_epsilon"], cfg["num_rounds"])
             else:
                 self.noise_multiplier = float(self.p["noise_multiplier"])
+        # A server optimiser (FedOpt family, FedAvgM) steps from the mean a mode releases:
+        # the DP wrapper or SecAgg+ computes a plain mean, the optimiser is post-processing.
+        from .strategies import averager, server_optimizer
+        self.optimizer = server_optimizer(cfg) if self.mode in ("central_dp", "client_clip_dp", *SECAGG_MODES) \
+            else None
+        if self.optimizer is not None:
+            self.strategy = strategy = averager(cfg)
         if self.mode in ("central_dp", "client_clip_dp"):
             self.strategy = wrap_strategy(strategy, self.p, self.noise_multiplier, m, self.mode)
+            if self.optimizer is not None:
+                self.strategy = StepAfterRelease(self.strategy, self.optimizer)
         if self.mode in SECAGG_MODES:
             from .legacy import SecAggRound
             self.secure_round = SecAggRound(cfg)
+
+    def server_step(self, rnd: int, sent, mean):
+        """The new model from SecAgg+'s released mean of a round that sent `sent`: the server
+        optimiser's step from it, or the mean itself; then server_decay."""
+        if self.optimizer is not None:
+            from .strategies import step_from
+            return step_from(self.optimizer, rnd, sent, mean)[0]  # KeepDtypes decays it
+        if self.cfg.get("server_decay"):
+            from .strategies import decay_arrays
+            return decay_arrays(mean, self.cfg["server_decay"])
+        return mean
 
     def stop_reason(self, rnd: int) -> str | None:
         """Why round `rnd` must not run (its release would exceed privacy.target_epsilon), or None."""
@@ -266,6 +286,42 @@ class SecureNoise:
 
     def _noisy_fraction(self, count: int, total: int) -> float:
         return secure_random.normal(count, self.clipped_count_stddev) / float(total)
+
+
+class StepAfterRelease:
+    """central_dp / client_clip_dp under a server optimiser: Flower's DP wrapper around a
+    plain FedAvg releases the noised mean, and the optimiser (FedAdam, FedYogi,
+    FedAdagrad, FedAvgM) steps from that release. Wrapping the optimiser itself, as
+    Flower's wrappers would, noises the optimiser's *output* while its moments see the
+    un-noised mean: no longer a Gaussian mechanism on the clients' updates."""
+
+    def __init__(self, private, optimizer):
+        self.strategy, self.optimizer = private, optimizer
+
+    @property
+    def clipping_norm(self):
+        return self.strategy.clipping_norm
+
+    @clipping_norm.setter
+    def clipping_norm(self, value):
+        self.strategy.clipping_norm = value
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._sent = arrays
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        from .strategies import step_from
+        mean, metrics = self.strategy.aggregate_train(server_round, replies)
+        if mean is None:
+            return None, metrics
+        return step_from(self.optimizer, server_round, self._sent, mean, metrics)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 class UnclippedFractionUpdate:

@@ -29,7 +29,7 @@ from .client_state import config_from_context
 from .failures import RoundFailure, check_refusals, check_replies, needed_nodes, wait_for_nodes
 from .privacy import ServerPrivacy
 from .replies import screen_evaluate, screen_gram, screen_train
-from .strategies import build_strategy, decay_arrays, set_server_rate
+from .strategies import build_strategy, set_server_rate
 
 log = logging.getLogger("fedmtl")
 
@@ -277,8 +277,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
             seed_sampling(cfg, "train", rnd)
             agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
-            if agg is not None and cfg.get("server_decay"):  # legacy FedAvg: no KeepDtypes mixin
-                agg = decay_arrays(agg, cfg["server_decay"])
+            if agg is not None:  # the server optimiser's step from the released mean, then server_decay
+                agg = privacy.server_step(rnd, arrays, agg)
         else:
             agg, train_metrics, row, skipped = train_round(strategy, grid, cfg, rnd, arrays)
         if agg is not None:

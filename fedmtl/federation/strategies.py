@@ -132,19 +132,33 @@ def server_rate(cfg: dict, rnd: int) -> float | None:
 
 
 def set_server_rate(strategy, cfg: dict, rnd: int) -> float | None:
-    """Give the strategy (or the one a wrapper holds) its rate for round `rnd`."""
+    """Give the strategy (or the optimiser or strategy a privacy wrapper holds) its rate for round `rnd`."""
     rate = server_rate(cfg, rnd)
     if rate is not None:
-        inner = getattr(strategy, "strategy", strategy)  # a DifferentialPrivacy* wrapper holds the strategy
+        inner = getattr(strategy, "optimizer", None) or getattr(strategy, "strategy", strategy)
         setattr(inner, SERVER_RATE[cfg["strategy"]["name"]], rate)
     return rate
 
 
-def build_strategy(cfg: dict):
-    scfg = dict(cfg["strategy"])
-    name = scfg.pop("name")
-    cls = strategy_class(name, (cfg.get("exchange") or {}).get("name", "dense"))
-    common = dict(
+class GivenMean(fs.FedAvg):
+    """A plain mean a privacy mode already released (DP-noised by Flower's wrapper, or
+    SecAgg+'s unmasked sum), put where FedAvg's own mean would be. A server optimiser
+    built over it (FedAdam's `super().aggregate_train`) then steps from that release:
+    post-processing, which changes neither what the server sees nor epsilon (DP-FedAdam,
+    Reddi et al. 2021; Andrew et al. 2021)."""
+
+    given: tuple | None = None  # (ArrayRecord, MetricRecord): set before each aggregate_train
+
+    def aggregate_train(self, server_round, replies):
+        given, self.given = self.given, None
+        return given if given is not None else (None, None)
+
+
+SERVER_OPTIMIZERS = tuple(SERVER_RATE)  # the strategies whose server step is more than a mean
+
+
+def _common(cfg: dict) -> dict:
+    return dict(
         fraction_train=cfg["fraction_train"],
         fraction_evaluate=cfg["fraction_evaluate"],
         min_train_nodes=min(cfg["min_train_clients"], cfg["num_clients"]),
@@ -152,6 +166,49 @@ def build_strategy(cfg: dict):
         min_available_nodes=min(cfg["min_train_clients"], cfg["num_clients"]),
         evaluate_metrics_aggr_fn=evaluate_aggregation,
     )
+
+
+def averager(cfg: dict):
+    """A plain FedAvg with the run's sampling: what a privacy mode clips, noises or sums
+    under a server optimiser (`server_optimizer`)."""
+    strategy = strategy_class("fedavg")(**_common(cfg))
+    strategy.server_decay = 0.0  # the optimiser applies it, after its step
+    return strategy
+
+
+def server_optimizer(cfg: dict):
+    """The run's server optimiser (FedOpt family, FedAvgM) stepping from a given mean
+    (`GivenMean`), with its dtypes and server_decay kept; None for strategies whose
+    server step is the mean itself."""
+    if cfg["strategy"]["name"] not in SERVER_OPTIMIZERS:
+        return None
+    return build_strategy(cfg, given_mean=True)
+
+
+def prime(optimizer, arrays: ArrayRecord) -> None:
+    """What a server optimiser's configure_train records of the arrays it sends (without
+    sampling): FedOpt's current arrays, FedAvgM's first model, KeepDtypes' dtypes."""
+    optimizer._sent_dtypes = {k: a.dtype for k, a in arrays.items()}
+    if isinstance(optimizer, fs.fedopt.FedOpt):
+        optimizer.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+    elif isinstance(optimizer, fs.FedAvgM) and optimizer.current_arrays is None:
+        optimizer.current_arrays = arrays
+
+
+def step_from(optimizer, server_round: int, arrays: ArrayRecord, mean: ArrayRecord, metrics=None):
+    """The optimiser's new model from the released `mean` of a round that sent `arrays`."""
+    prime(optimizer, arrays)
+    optimizer.given = (mean, metrics if metrics is not None else MetricRecord({}))
+    return optimizer.aggregate_train(server_round, [])
+
+
+def build_strategy(cfg: dict, given_mean: bool = False):
+    scfg = dict(cfg["strategy"])
+    name = scfg.pop("name")
+    cls = strategy_class(name, (cfg.get("exchange") or {}).get("name", "dense"))
+    if given_mean:
+        cls = type(cls.__name__, (cls, GivenMean), {"__doc__": cls.__doc__})
+    common = _common(cfg)
     if issubclass(cls, fs.fedopt.FedOpt):
         common["eta_l"] = cfg["train"]["lr"]  # Flower only records it: the clients' rate is train.lr
     try:
