@@ -190,3 +190,15 @@ def test_a_candidate_file_with_a_wrong_held_out_item_names_its_line(tmp_path):
     (tmp_path / "test_candidates.tsv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"test_candidates.tsv:3: held-out item .* is not user 2's test item"):
         loo.read_candidates(tmp_path, ds, sp)
+
+
+def test_the_published_protocol_presets_are_the_readme_recipes_on_the_leave_one_out_split():
+    path = "dataset.path=/nowhere/ml-100k"  # composing never reads the data
+    fed, cent = compose(["experiment=ml100k_federated", path]), compose(["experiment=ml100k_centralized", path])
+    for preset, base, tasks in (("ml100k_loo_click", fed, ["click"]),
+                                ("ml100k_loo_multitask", fed, ["rating", "click", "like"]),
+                                ("ml100k_loo_centralized", cent, ["rating", "click", "like"])):
+        cfg = compose([f"experiment={preset}", path])
+        assert cfg["split"]["name"] == "leave_one_out" and cfg["eval"]["negatives"] == 99
+        assert cfg["tasks"] == tasks
+        assert {k for k in base if cfg.get(k) != base[k]} <= {"split", "tasks", "eval"}, preset
