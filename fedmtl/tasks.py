@@ -43,7 +43,9 @@ def choose_rows(touched: np.ndarray, n_items: int, pad_rows: int, rng: np.random
     touched = np.unique(np.asarray(touched, dtype=np.int64))
     if pad_rows <= 0:
         return touched
-    others = np.setdiff1d(np.arange(n_items), touched)
+    free = np.ones(n_items, bool)
+    free[touched] = False
+    others = np.flatnonzero(free)  # np.setdiff1d(np.arange(n_items), touched), without its sort
     pad = rng.choice(others, size=min(pad_rows, len(others)), replace=False)
     return np.sort(np.concatenate([touched, pad]))
 
