@@ -32,11 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .client_step import (PERSONAL, WEIGHTING, RunSetup, client_seed, init_user_emb, sparse_rows, train_metrics,
-                          upload_arrays)
+from .client_step import PERSONAL, WEIGHTING, RunSetup, client_seed, init_user_emb, sparse_rows, train_metrics
 from .data import ClientData
 from .model import personal_names, shared_names
-from .sparse_codec import ROW_TABLES
+from .sparse_codec import ROW_TABLES, sparse_payloads
 from .tasks import LIKE_THRESHOLD, choose_rows
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as train._optimizer uses them
@@ -145,9 +144,11 @@ def _chunks(clients: list[_Client], cfg: dict, budget_mb: float, dim: int, hidde
 
 
 def _bgather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """table [C, N, ...], idx [C, M] -> [C, M, ...]: each client's rows of its own table."""
-    ar = torch.arange(table.shape[0], device=table.device).unsqueeze(1)
-    return table[ar, idx]
+    """table [C, N, ...], idx [C, M] -> [C, M, ...]: each client's rows of its own table
+    (torch.gather: its backward is a scatter_add, not an accumulating index_put)."""
+    rest = table.shape[2:]
+    full = idx.reshape(*idx.shape, *[1] * len(rest)).expand(*idx.shape, *rest)
+    return torch.gather(table, 1, full)
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -188,9 +189,16 @@ class _Chunk:
             for k, c in enumerate(clients):
                 off[k, :len(c.rows)] = c.offset
             self.offset = torch.as_tensor(off, device=dev)
-        self.item_cat = torch.as_tensor(meta["item_cat"], device=dev)[self.rows]  # [C, R, F]
+        # an item's side features as one [C, R, F] matrix: one-hot of each field, then its genres;
+        # times the matching [C, F, d] stack of field tables and genre weights = their embedding sum
+        cat = torch.as_tensor(meta["item_cat"], device=dev)[self.rows]  # [C, R, fields]
+        feats = [torch.nn.functional.one_hot(cat[..., f], card).to(torch.float32)
+                 for f, card in enumerate(meta["item_cards"])]
         multi = meta["item_multi"]
-        self.item_multi = torch.as_tensor(multi, dtype=torch.float32, device=dev)[self.rows] if multi.shape[1] else None
+        if multi.shape[1]:
+            feats.append(torch.as_tensor(multi, dtype=torch.float32, device=dev)[self.rows])
+        self.item_feats = torch.cat(feats, -1) if feats else None
+        self.n_item_fields, self.has_genres = len(meta["item_cards"]), bool(multi.shape[1])
         ucat = np.zeros((C, U, max(len(meta["user_cards"]), 0)), np.int64)
         for k, c in enumerate(clients):
             ucat[k, :len(c.job.data.users)] = c.job.data.user_cat
@@ -204,6 +212,7 @@ class _Chunk:
                 P[n] = self._personal(n, init[n], U)
             P[n] = P[n].detach().clone().contiguous().requires_grad_(True)
         self.P = P
+        self.layers = int(cfg["model"].get("layers", 1))
         self.anchor = ({n: P[n].detach().clone() for n in self.shared_names}
                        if setup.tcfg.prox_mu > 0 else None)
 
@@ -226,45 +235,59 @@ class _Chunk:
             vals.append(v.to(torch.float32))
         return torch.stack(vals).to(dev)
 
-    def losses(self, u, il, r, mask, counts) -> tuple[dict, torch.Tensor]:
-        """Each task's mean loss per client [C] and the regulariser [C] of one padded step."""
-        cfg, P, tasks = self.setup.cfg, self.P, self.setup.cfg["tasks"]
-        layers = int(cfg["model"].get("layers", 1))
-        # items: every row a client holds (model.item_reps restricted to its rows)
+    def item_reps(self) -> torch.Tensor:
+        """[C, R, d]: model.item_reps of every row each client holds."""
+        P = self.P
         x = P["encoder.item_emb.weight"]
-        for f in range(self.item_cat.shape[-1]):
-            x = x + _bgather(P[f"encoder.item_fields.{f}.weight"], self.item_cat[..., f])
-        if self.item_multi is not None:
-            x = x + _linear(self.item_multi, P["encoder.item_genres.weight"], None)
-        ir = _tower(P, "encoder.item_tower", x, layers)  # [C, R, d]
-        # users of the batch's pairs (model.user_reps)
+        if self.item_feats is not None:
+            tables = [P[f"encoder.item_fields.{f}.weight"] for f in range(self.n_item_fields)]
+            if self.has_genres:
+                tables.append(P["encoder.item_genres.weight"].transpose(1, 2))
+            x = x + torch.bmm(self.item_feats, torch.cat(tables, 1))
+        return _tower(P, "encoder.item_tower", x, self.layers)
+
+    def user_reps(self) -> torch.Tensor:
+        """[C, U, d]: model.user_reps of each client's users (once a user, not once a pair)."""
+        P = self.P
         feats = 0
         for f in range(self.user_cat.shape[-1]):
-            feats = feats + _bgather(P[f"encoder.user_fields.{f}.weight"], _bgather(self.user_cat[..., f], u))
-        xu = _bgather(P["personal.user_emb.weight"], u) + feats
-        ur = _tower(P, "encoder.user_tower", xu, layers)  # [C, B, d]
-        ubias_all = _bgather(P["personal.user_bias.weight"], u)  # [C, B, T]
-        ibias_all = P["encoder.item_bias.weight"]  # [C, R, T]
+            feats = feats + _bgather(P[f"encoder.user_fields.{f}.weight"], self.user_cat[..., f])
+        return _tower(P, "encoder.user_tower", P["personal.user_emb.weight"] + feats, self.layers)
+
+    def losses(self, u, il, r, mask, counts) -> tuple[dict, torch.Tensor]:
+        """Each task's mean loss per client [C] and the regulariser [C] of one padded step.
+
+        The pairs' scores are tasks.losses's; the click softmax's logits are computed once per
+        user (every pair of a user has the same row of logits) and each pair reads its own."""
+        P, tasks = self.P, self.setup.cfg["tasks"]
+        ir = self.item_reps()  # [C, R, d]
+        hu = self.user_reps()  # [C, U, d]
+        C, U, R = hu.shape[0], hu.shape[1], ir.shape[1]
+        ir_pairs = _bgather(ir, il) if any(t in ("rating", "like") for t in tasks) else None  # [C, B, d]
         denom = counts.clamp(min=1.0)
         out = {}
         for t, task in enumerate(tasks):
-            uu = torch.bmm(ur, P[f"personal.heads.{task}.proj"])
-            ubias = ubias_all[..., t] + P[f"personal.heads.{task}.offset"].unsqueeze(1)
-            ibias = ibias_all[..., t]
+            uu = torch.bmm(hu, P[f"personal.heads.{task}.proj"])  # [C, U, d]
+            ubias = P["personal.user_bias.weight"][..., t] + P[f"personal.heads.{task}.offset"].unsqueeze(1)  # [C, U]
+            ibias = P["encoder.item_bias.weight"][..., t]  # [C, R]
             if task in ("rating", "like"):
-                s = (uu * _bgather(ir, il)).sum(-1) + ubias + _bgather(ibias, il)
+                s = (_bgather(uu, u) * ir_pairs).sum(-1) + _bgather(ubias, u) + _bgather(ibias, il)
                 if task == "rating":
                     per = (s - r) ** 2
                 else:
                     per = torch.nn.functional.binary_cross_entropy_with_logits(
                         s, (r >= LIKE_THRESHOLD).float(), reduction="none")
             else:
-                logits = torch.bmm(uu, ir.transpose(1, 2)) + ibias.unsqueeze(1) + self.offset.unsqueeze(1)
-                per = -torch.log_softmax(logits, -1).gather(-1, il.unsqueeze(-1)).squeeze(-1)
+                logits = torch.bmm(uu, ir.transpose(1, 2)) + ibias.unsqueeze(1) + self.offset.unsqueeze(1)  # [C, U, R]
+                lse = torch.logsumexp(logits, -1)  # [C, U]
+                target = torch.gather(logits.reshape(C, U * R), 1, u * R + il)  # [C, B]
+                per = _bgather(lse, u) - target
             out[task] = (per * mask).sum(1) / denom
-        l2 = self.setup.tcfg.l2
-        reg = l2 * (((_bgather(P["personal.user_emb.weight"], u).pow(2).sum(-1) * mask).sum(1) / denom)
-                    + ((_bgather(P["encoder.item_emb.weight"], il).pow(2).sum(-1) * mask).sum(1) / denom))
+        # the L2 on the rows a batch touches, as each row's squared norm times its count in the batch
+        cu = torch.zeros((C, U), device=mask.device).scatter_add_(1, u, mask)
+        ci = torch.zeros((C, R), device=mask.device).scatter_add_(1, il, mask)
+        reg = self.setup.tcfg.l2 * ((P["personal.user_emb.weight"].pow(2).sum(-1) * cu).sum(1) / denom
+                                    + (P["encoder.item_emb.weight"].pow(2).sum(-1) * ci).sum(1) / denom)
         if self.anchor is not None:
             mu = self.setup.tcfg.prox_mu
             reg = reg + 0.5 * mu * sum((P[k] - a).pow(2).flatten(1).sum(1) for k, a in self.anchor.items())
@@ -396,29 +419,136 @@ def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job]
 
 
 def _finish(setup: RunSetup, chunk: _Chunk, shared: dict[str, np.ndarray], stats, n_items: int) -> dict:
+    """Every client's (upload, metrics, state) of a trained chunk."""
     cfg = setup.cfg
     model, _ = setup.template(1)
     pnames, snames = personal_names(model, cfg["aggregate"]), shared_names(model, cfg["aggregate"])
     P = {n: p.detach().cpu().numpy() for n, p in chunk.P.items()}
-    out = {}
-    for k, c in enumerate(chunk.clients):
-        nu = len(c.job.data.users)
-        personal = {n: np.array(P[n][k, :nu] if n.startswith("personal.user_") else P[n][k]) for n in pnames}
-        arrays = {}
+    clients = chunk.clients
+    sparse = clients[0].send_rows is not None
+    if sparse:  # the updates of every client at once (sparse_codec.sparse_payloads: sparse_payload's arrays)
+        R = max(len(c.send_rows) for c in clients)
+        rd = {}
         for n in snames:
-            if n in ROW_TABLES:
-                full = shared[n].copy()
-                full[c.rows] = P[n][k, :len(c.rows)]
-                arrays[n] = full
-            else:
-                arrays[n] = np.array(P[n][k])
-        state = {PERSONAL: personal}
+            if n in ROW_TABLES:  # send_rows is the row set the chunk holds (rows == send_rows)
+                rd[n] = P[n][:, :R].astype(np.float64) - shared[n][chunk.rows.cpu().numpy()[:, :R]].astype(np.float64)
+        dd = {n: P[n].astype(np.float64) - shared[n].astype(np.float64) for n in snames if n not in ROW_TABLES}
+        uploads = sparse_payloads(rd, dd, [c.send_rows for c in clients], n_items,
+                                  (cfg.get("exchange") or {}).get("dtype", "float32"),
+                                  [np.random.default_rng([c.seed, 2]) for c in clients])
+    out = {}
+    for k, c in enumerate(clients):
+        nu = len(c.job.data.users)
+        state = {PERSONAL: {n: np.array(P[n][k, :nu] if n.startswith("personal.user_") else P[n][k]) for n in pnames}}
         if WEIGHTING in c.job.state:
             state[WEIGHTING] = c.job.state[WEIGHTING]
         sums, wsum = stats[k]
         steps = max(len(c.perms) * int(math.ceil(c.n / setup.tcfg.batch_size)), 1)
         metrics = train_metrics(c.n, {t: sums[t] / steps for t in cfg["tasks"]},
                                 {t: wsum[t] / steps for t in cfg["tasks"]})
-        upload = upload_arrays(arrays, cfg, shared, c.send_rows, n_items, c.seed)
+        if sparse:
+            upload = uploads[k]
+        else:
+            upload = {}
+            for n in snames:
+                if n in ROW_TABLES:
+                    full = shared[n].copy()
+                    full[c.rows] = P[n][k, :len(c.rows)]
+                    upload[n] = full
+                else:
+                    upload[n] = np.array(P[n][k])
         out[id(c.job)] = (upload, metrics, state)
+    return out
+
+
+class _Scorer:
+    """One client's model for `train.evaluate`, from representations computed once for the whole
+    cohort: its users' tower outputs, the items' (every client evaluates the same shared model)."""
+
+    def __init__(self, tasks, hu, ubias, heads, ir, item_bias):
+        self.tasks, self.hu, self.ubias, self.heads, self.ir, self.item_bias = tasks, hu, ubias, heads, ir, item_bias
+
+    def eval(self):
+        return self
+
+    def item_reps(self):
+        return self.ir
+
+    def pair_scores(self, users, items):
+        """MultiTaskRecommender.pair_scores."""
+        out = {}
+        for t, task in enumerate(self.tasks):
+            proj, offset = self.heads[task]
+            out[task] = ((self.hu[t][users] @ proj) * self.ir[t][items]).sum(-1) + offset \
+                + self.ubias[users][:, t] + self.item_bias[items][:, t]
+        return out
+
+    def all_item_scores(self, users, task, item_reps=None):
+        """MultiTaskRecommender.all_item_scores."""
+        t = self.tasks.index(task)
+        proj, offset = self.heads[task]
+        ir = item_reps if item_reps is not None else self.ir
+        u = self.hu[t][users] @ proj
+        return u @ ir[t].T + self.item_bias[:, t] + self.ubias[users][:, t:t + 1] + offset
+
+
+@dataclass
+class EvalJob:
+    """One client's evaluation request: `item_item`, click_mix's rows of B for it (or None)."""
+
+    pid: int
+    data: ClientData
+    state: dict
+    item_item: dict | None = None
+
+
+@torch.no_grad()
+def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[EvalJob]) -> list[dict]:
+    """Every job's metric parts, as client_step.evaluate_client gives them: the shared model's
+    item representations once for all, every client's users through the user tower at once,
+    then each client's own metrics (train.evaluate) from those."""
+    import copy
+
+    from .client_step import item_item_blends
+    from .model import set_arrays
+    from .train import evaluate
+
+    cfg, dev = setup.cfg, setup.device
+    tasks = cfg["tasks"]
+    template, init = setup.template(1)
+    model = copy.deepcopy(template)
+    set_arrays(model, shared)
+    model.eval()
+    ir = model.item_reps()
+    item_bias = model.encoder.item_bias.weight
+    personal = []
+    for j in jobs:
+        saved = j.state.get(PERSONAL)
+        n = len(j.data.users)
+        p = {k: torch.as_tensor(v, device=dev) for k, v in saved.items()} if saved is not None else {
+            "personal.user_emb.weight": init_user_emb(cfg, j.pid, (n, init["personal.user_emb.weight"].shape[1])).to(dev),
+            "personal.user_bias.weight": torch.zeros((n, len(tasks)), device=dev)}
+        personal.append(p)
+    emb = torch.cat([p["personal.user_emb.weight"] for p in personal])
+    ucat = torch.as_tensor(np.concatenate([j.data.user_cat for j in jobs]), device=dev)
+    hu_all = model.encoder.user_tower(emb + model.encoder.user_features(ucat))
+    out, start = [], 0
+    for j, p in zip(jobs, personal):
+        n = len(j.data.users)
+        heads = {}
+        for task in tasks:
+            pk, ok = f"personal.heads.{task}.proj", f"personal.heads.{task}.offset"
+            if pk in p:
+                heads[task] = (p[pk], p[ok])
+            elif j.state.get(PERSONAL) is None and pk in personal_names(model, cfg["aggregate"]):
+                heads[task] = (init[pk], init[ok])  # a client's first evaluation: the initial heads
+            else:
+                heads[task] = (model.personal.heads[task].proj, model.personal.heads[task].offset)
+        scorer = _Scorer(tasks, [h[start:start + n] for h in hu_all], p["personal.user_bias.weight"], heads, ir,
+                         item_bias)
+        start += n
+        blend, mixes = (None, None) if j.item_item is None else item_item_blends(cfg, j.item_item, dev)
+        part = evaluate(scorer, j.data, tasks, item_item=blend, mixes=mixes)
+        part["num-examples"] = int(len(j.data.test_u))
+        out.append(part)
     return out

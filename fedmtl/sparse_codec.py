@@ -90,3 +90,109 @@ def unpack(payload: dict[str, np.ndarray], shapes: dict[str, tuple]) -> tuple[np
     if pos != len(flat) or col != q_rows.shape[1]:
         raise ValueError(f"exchange=sparse: an upload of {len(flat)} dense values does not fit the {pos} sent")
     return rows, out
+
+
+def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, np.ndarray], rows: list[np.ndarray],
+                    n_items: int, dtype: str, rngs: list[np.random.Generator]) -> list[dict[str, np.ndarray]]:
+    """`sparse_payload` of many clients at once, the same arrays bit for bit: row_deltas
+    {row table: [C, R, ...] float64 update of each client's rows, padded to the longest row set},
+    dense_deltas {name: [C, ...] float64 update}, rows[c] client c's row set, rngs[c] its rounding
+    generator (each client's draws come from its own stream in sparse_payload's order)."""
+    C = len(rows)
+    dense_names, row_names = layout({**row_deltas, **dense_deltas})
+    lens = np.array([len(r) for r in rows])
+    R = int(lens.max()) if C else 0
+    rd = [row_deltas[n].reshape(C, R, -1) for n in row_names]  # (client, row, columns) per row table
+    dd = [dense_deltas[n].reshape(C, *_as_rows(dense_deltas[n][0]).shape) for n in dense_names]
+    widths = [d.shape[2] for d in rd]
+    dense_sizes = [d.shape[1] * d.shape[2] for d in dd]
+    noise_rows = [np.zeros(d.shape) for d in rd]
+    noise_dense = np.zeros((C, sum(dense_sizes)))
+    if dtype == "int8":  # each client's uniforms, drawn in sparse_payload's order from its own stream
+        for c in range(C):
+            u = rngs[c].random(int(lens[c]) * sum(widths) + sum(dense_sizes))
+            pos = 0
+            for t, w in enumerate(widths):
+                noise_rows[t][c, :lens[c]] = u[pos:pos + lens[c] * w].reshape(lens[c], w)
+                pos += lens[c] * w
+            noise_dense[c] = u[pos:]
+
+    def enc(delta, noise):  # encode() over a leading client axis
+        if dtype == "float32":
+            return np.asarray(delta, dtype=np.float32), None
+        if dtype == "float16":
+            return np.asarray(delta, dtype=np.float16), None
+        scale = np.abs(delta).max(axis=-1) / 127.0
+        x = np.divide(delta, np.where(scale > 0, scale, 1.0)[..., None])  # encode's operations, in place
+        np.add(x, noise, out=x)
+        np.floor(x, out=x)
+        np.clip(x, -127, 127, out=x)
+        return x.astype(np.int8), np.asarray(scale, dtype=np.float32)
+
+    rows_enc = [enc(d, u) for d, u in zip(rd, noise_rows)]
+    dense_enc, pos = [], 0
+    for d, size in zip(dd, dense_sizes):
+        dense_enc.append(enc(d, noise_dense[:, pos:pos + size].reshape(d.shape)))
+        pos += size
+    out = []
+    for c in range(C):
+        n = int(lens[c])
+        p = {ROWS_KEY: np.asarray(rows[c], dtype=np.int64).astype(_index_dtype(n_items))}
+        p[ROWS_DELTA] = (np.concatenate([q[c, :n] for q, _ in rows_enc], axis=1) if rows_enc
+                         else np.zeros((n, 0)))
+        p[DENSE_DELTA] = (np.concatenate([q[c].ravel() for q, _ in dense_enc]) if dense_enc
+                          else np.zeros(0, np.float32))
+        if dtype == "int8":
+            p[ROWS_SCALE] = (np.stack([s[c, :n] for _, s in rows_enc], axis=1) if rows_enc
+                             else np.zeros((n, 0), np.float32))
+            p[DENSE_SCALE] = (np.concatenate([s[c] for _, s in dense_enc]) if dense_enc
+                              else np.zeros(0, np.float32))
+        out.append(p)
+    return out
+
+
+# --- exchange=sparse under SecAgg+: row-wise averaging from two secure sums -------------------
+
+
+ROW_COUNT = "row_count"  # the extra masked array: each client's 0/1 indicator of the rows it sent
+
+
+def dense_rows(payload: dict[str, np.ndarray], shapes: dict[str, tuple]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A packed sparse upload as SecAgg+ can sum it: every shared array's update at full size
+    (row tables zero outside the client's rows) and the 0/1 indicator of its rows."""
+    rows, upd = unpack(payload, shapes)
+    _, row_names = layout(shapes)
+    out = {}
+    for name, shape in shapes.items():
+        if name in row_names:
+            full = np.zeros(shape, np.float64)
+            full[rows] = upd[name]
+            out[name] = full
+        else:
+            out[name] = upd[name]
+    n_rows = max((shapes[n][0] for n in row_names), default=0)
+    indicator = np.zeros(n_rows, np.float64)
+    indicator[rows] = 1.0
+    return out, indicator
+
+
+def rowwise_mean(current: dict[str, np.ndarray], mean_update: dict[str, np.ndarray], mean_indicator: np.ndarray,
+                 smallest: float) -> dict[str, np.ndarray]:
+    """The new shared arrays from SecAgg+'s means of the clients' weighted updates and row
+    indicators: each row of a row table moves by sum_i w_i u_i[r] / sum_i w_i 1[r sent by i]
+    (the ratio of the two means: the common 1 / sum_i w_i cancels), as SparseFedAvg's mean
+    over the clients that sent the row; rows nobody sent stay; other arrays move by the mean.
+    `smallest`: the smallest positive mean indicator one sender can give (below half of it, a
+    row counts as unsent: quantisation error, not a client)."""
+    _, row_names = layout(current)
+    sent = mean_indicator > smallest / 2
+    out = {}
+    for name, cur in current.items():
+        if name in row_names:
+            new = cur.astype(np.float64).copy()
+            share = mean_indicator[sent].reshape(-1, *[1] * (cur.ndim - 1))
+            new[sent] += mean_update[name][sent] / share
+            out[name] = new.astype(cur.dtype)
+        else:
+            out[name] = np.asarray(cur + mean_update[name], dtype=cur.dtype)  # asarray: 0-d stays an array
+    return out

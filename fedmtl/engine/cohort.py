@@ -1,13 +1,14 @@
-"""backend=cohort: the in-process grid, with a round's training messages trained as one batch.
+"""backend=cohort: the in-process grid, with a round's clients as one batched computation.
 
 `CohortGrid` is `InProcessGrid` (the same node ids, the same per-node `Context`, the same
 client-state checkpoints) except that `send_and_receive` hands every plain training
 message of a round at once to `cohort_train.train_cohort`, which trains all those clients
-as one batched computation, and answers each with the reply the ClientApp would have given
-(the same arrays and metrics, to float tolerance; tests/engine/test_cohort.py). Everything
-else goes through the ClientApp exactly as under backend=inprocess: evaluation and query
-messages, SecAgg+ messages, a request below a client's own privacy floor (it refuses it),
-and every training message of a run whose knobs the batch does not implement
+as one batched computation, and every evaluation message at once to
+`cohort_train.evaluate_cohort`, and answers each with the reply the ClientApp would have
+given (the same arrays and metrics, to float tolerance; tests/engine/test_cohort.py).
+Everything else goes through the ClientApp exactly as under backend=inprocess: query
+messages, SecAgg+ messages, a training request below a client's own privacy floor (it
+refuses it), and every message of a run whose knobs the batch does not implement
 (`cohort_train.unbatched`: the run says which, once, at start-up).
 
 It uses the machine's cores through torch's threads (`backend.threads`, 0 = every core
@@ -17,12 +18,15 @@ clients are trained in chunks of about `backend.chunk_mb` of tensors.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import uuid
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.constant import SType
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -34,6 +38,26 @@ from ..errors import FedMTLError
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle
 
 log = logging.getLogger("fedmtl")
+
+
+_HEADERS: dict = {}
+
+
+def fast_array(a: np.ndarray) -> Array:
+    """Array(a), the same bytes (np.save's), with the .npy header made once per dtype and shape
+    (np.save's header formatting is most of the cost of a small array)."""
+    a = np.ascontiguousarray(a) if a.ndim else a
+    key = (a.dtype.str, a.shape)
+    head = _HEADERS.get(key)
+    if head is None:
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(a.shape, a.dtype), allow_pickle=False)
+        head = _HEADERS.setdefault(key, buf.getvalue()[:len(buf.getvalue()) - a.nbytes])
+    return Array(dtype=str(a.dtype), shape=tuple(int(d) for d in a.shape), stype=SType.NUMPY, data=head + a.tobytes())
+
+
+def _record(arrays: dict) -> ArrayRecord:
+    return ArrayRecord({k: fast_array(v) for k, v in arrays.items()})
 
 
 def _threads(n: int) -> int:
@@ -54,6 +78,7 @@ class CohortGrid(InProcessGrid):
         self.threads = _threads(int(bcfg.get("threads", 0) or 0))
         self.chunk_mb = float(bcfg.get("chunk_mb", 1024))
         self.reasons = cohort_train.unbatched(cfg)
+        self.data: dict[int, object] = {}  # partition id -> its ClientData (states in memory only)
         self.refused = self._floor_refuses()
         if self.reasons:
             log.info("backend=cohort: training goes client by client through the ClientApp (not batched: %s)",
@@ -79,13 +104,17 @@ class CohortGrid(InProcessGrid):
         """A plain training request this engine may train in the batch (else: the ClientApp)."""
         from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-        if self.reasons or self.refused or msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
+        if self.reasons or not msg.has_content():
             return False
         node = msg.metadata.dst_node_id
         c = msg.content
-        if not NODE_ID_OFFSET <= node < NODE_ID_OFFSET + self.states.num_nodes or RECORD_KEY_CONFIGS in c:
+        if not NODE_ID_OFFSET <= node < NODE_ID_OFFSET + self.states.num_nodes or "arrays" not in c:
             return False
-        return "arrays" in c and "config" in c and "server-round" in c["config"]
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            return True
+        if self.refused or msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS in c:
+            return False
+        return "config" in c and "server-round" in c["config"]
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
@@ -95,11 +124,12 @@ class CohortGrid(InProcessGrid):
         replies: dict[int, Message | None] = {}
         if batch:
             try:
-                replies.update(self._train_batch(batch))
+                replies.update(self._train_batch([m for m in batch if m.metadata.message_type == MessageType.TRAIN]))
+                replies.update(self._evaluate_batch([m for m in batch if m.metadata.message_type != MessageType.TRAIN]))
             except FedMTLError:
                 raise
             except Exception as ex:  # noqa: BLE001 the batch failed: each client on its own, as inprocess
-                log.warning("backend=cohort: the batched round failed (%s: %s); its %d clients go through the "
+                log.warning("backend=cohort: the batched round failed (%s: %s); its %d messages go through the "
                             "ClientApp", type(ex).__name__, ex, len(batch))
                 replies = {}
         for m in messages:
@@ -108,33 +138,74 @@ class CohortGrid(InProcessGrid):
         self.states.commit()
         return [replies[id(m)] for m in messages if replies[id(m)] is not None]
 
-    def _train_batch(self, msgs: list[Message]) -> dict[int, Message]:
-        from ..federation.client_state import shared_values, state_values, store_state
+    def _client(self, m: Message):
+        """(the message's node Context, partition id, its ClientData)."""
         from ..federation.deployment import node_data
 
-        setup = run_setup(self.cfg)
-        groups: dict[int, list] = {}  # messages sharing one arrays record (every message of a round, usually)
+        ctx = self.states.get(m.metadata.dst_node_id)
+        pid = m.metadata.dst_node_id - NODE_ID_OFFSET
+        data = self.data.get(pid)
+        if data is None:
+            pid, data = node_data(self.cfg, ctx)
+            if self.states.db is None:  # bounded memory (state on disk): read each round
+                self.data[pid] = data
+        return ctx, pid, data
+
+    @staticmethod
+    def _groups(msgs: list[Message]) -> list[list[Message]]:
+        """Messages sharing one arrays record (every message of a round, usually)."""
+        groups: dict[int, list] = {}
         for m in msgs:
             groups.setdefault(id(m.content["arrays"]), []).append(m)
+        return list(groups.values())
+
+    def _evaluate_batch(self, msgs: list[Message]) -> dict[int, Message]:
+        from ..federation.client_state import shared_values, state_values
+
         out = {}
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            for group in groups.values():
+            for group in self._groups(msgs):
+                jobs = []
+                for m in group:
+                    ctx, pid, data = self._client(m)
+                    ii = ({k: v.numpy() for k, v in m.content["item_item"].items()} if "item_item" in m.content
+                          else None)
+                    jobs.append(cohort_train.EvalJob(pid, data, state_values(ctx.state), ii))
+                parts = cohort_train.evaluate_cohort(run_setup(self.cfg), shared_values(group[0].content["arrays"]),
+                                                     jobs)
+                for m, part in zip(group, parts):
+                    reply = Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=m)
+                    reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+                    out[id(m)] = reply
+        finally:
+            torch.set_num_threads(prev)
+        return out
+
+    def _train_batch(self, msgs: list[Message]) -> dict[int, Message]:
+        from ..federation.client_state import shared_values, state_values
+
+        setup = run_setup(self.cfg)
+        out = {}
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for group in self._groups(msgs):
                 shared = shared_values(group[0].content["arrays"])
                 jobs, ctxs = [], []
                 for m in group:
-                    ctx = self.states.get(m.metadata.dst_node_id)
-                    pid, data = node_data(self.cfg, ctx)
+                    ctx, pid, data = self._client(m)
                     jobs.append(cohort_train.Job(pid, data, state_values(ctx.state),
                                                  int(m.content["config"]["server-round"])))
                     ctxs.append(ctx)
                 results = cohort_train.train_cohort(setup, shared, jobs, self.chunk_mb)
                 for m, ctx, (upload, metrics, state) in zip(group, ctxs, results):
-                    store_state(ctx.state, state)
+                    for key, arrays in state.items():  # client_state.store_state
+                        ctx.state[key] = _record(arrays)
                     self.states.put(m.metadata.dst_node_id, ctx)
-                    reply = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in upload.items()}),
-                                                "metrics": MetricRecord(metrics)}), reply_to=m)
+                    reply = Message(RecordDict({"arrays": _record(upload), "metrics": MetricRecord(metrics)}),
+                                    reply_to=m)
                     reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
                     out[id(m)] = reply
         finally:

@@ -1,9 +1,11 @@
 """backend=cohort trains a round's clients as one batch and gives backend=inprocess's results.
 
 Tolerance: the batch sums in another order than one client at a time (batched matmuls, masked
-means), so parameters differ from the per-client path by float32 rounding (about 1e-6 after a
-round, tests/engine: test_batched_round_matches_train_client); every final metric and every
-round's mean training loss must agree to 1e-4 (absolute and relative).
+means, one softmax normaliser per user), so its parameters differ from the per-client path by
+float32 rounding, which Adam's normalised steps can grow to about 1e-5 in a round; the test of
+one round allows 1e-4 on every uploaded and personal array (an int8 update may round one value
+to the neighbouring level: one step of its row's scale), and every final metric and every
+round's mean training loss must agree to 1e-4 (absolute and relative) after 3 rounds.
 """
 
 import logging
@@ -22,7 +24,8 @@ TOL = 1e-4
 
 RECIPE = ["aggregate=all", "exchange=sparse", "exchange.pad_rows=8", "strategy=fedadam", "strategy.eta=0.05",
           "train.optimizer=sgd", "train.shared_lr=0.05", "train.lr=0.02", "train.l2=0.25", "server_decay=0.01",
-          "average_last=2", "weighting.weights={click: 2.0}"]
+          "average_last=2", "weighting.weights={click: 2.0}", "click_mix.weight=0.1", "click_mix.lam=300",
+          "click_mix.grid_weight=[0.2]", "click_mix.grid_lam=[100]"]
 
 FAMILIES = {  # one per knob family the batch implements
     "default": [],  # aggregate=encoder, exchange=dense, FedAvg, Adam, softmax click over every item
@@ -63,6 +66,7 @@ def test_cohort_matches_inprocess(tmp_path, family, caplog):
     ref, ref_rows = _run(tmp_path, "inprocess", ov)
     got, got_rows = _run(tmp_path, "cohort", ov + ["backend=cohort"])
     assert "each round's clients train as one batch" in caplog.text
+    assert "go through the ClientApp" not in caplog.text  # nothing fell back
     assert_close(ref, got)
     assert len(ref_rows) == len(got_rows)
     for a, b in zip(_train_losses(ref_rows), _train_losses(got_rows)):
@@ -87,11 +91,57 @@ def test_batched_round_matches_train_client():
     for (ua, ma, sa), (ub, mb, sb) in zip(ref, got):
         assert ua.keys() == ub.keys() and sa["personal"].keys() == sb["personal"].keys()
         for k in ua:
-            np.testing.assert_allclose(ub[k], ua[k], atol=1e-5, rtol=0, err_msg=k)
+            assert ua[k].dtype == ub[k].dtype, k
+            np.testing.assert_allclose(ub[k], ua[k], atol=1e-4, rtol=0, err_msg=k)
         for k in sa["personal"]:
-            np.testing.assert_allclose(sb["personal"][k], sa["personal"][k], atol=1e-5, rtol=0, err_msg=k)
+            np.testing.assert_allclose(sb["personal"][k], sa["personal"][k], atol=1e-4, rtol=0, err_msg=k)
         assert ma["num-examples"] == mb["num-examples"]
         assert_close(ma, mb, 1e-5)
+
+
+@pytest.mark.parametrize("aggregate", ["encoder", "all"])
+def test_batched_evaluation_matches_evaluate_client(aggregate):
+    """Every client's metric parts (fresh clients and trained ones) as evaluate_client's."""
+    from fedmtl.client_step import evaluate_client, run_setup, train_client
+    from fedmtl.cohort_train import EvalJob, evaluate_cohort
+    from fedmtl.data import federation_for
+    from fedmtl.model import get_arrays, shared_names
+
+    cfg = dict(compose(SMALL + ["num_clients=8", f"aggregate={aggregate}"]), output_dir="x")
+    setup = run_setup(cfg)
+    fed = federation_for(cfg)
+    model, _ = setup.template(1)
+    shared = get_arrays(model, shared_names(model, aggregate))
+    states = [{}] * 4 + [train_client(setup, p, fed.partition_data(p), shared, {}, 1)[2] for p in range(4, 8)]
+    ref = [evaluate_client(setup, p, fed.partition_data(p), shared, states[p]) for p in range(8)]
+    got = evaluate_cohort(setup, shared, [EvalJob(p, fed.partition_data(p), states[p]) for p in range(8)])
+    for a, b in zip(ref, got):
+        assert_close(a, b, 1e-5)
+
+
+def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
+    """sparse_payloads (many clients at once) sends exactly what sparse_payload sends for each."""
+    from fedmtl.sparse_codec import sparse_payload, sparse_payloads
+
+    rng = np.random.default_rng(0)
+    shapes = {"encoder.item_emb.weight": (50, 4), "encoder.item_bias.weight": (50, 3), "a.w": (5, 4), "a.b": (5,),
+              "h.off": ()}
+    sent = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    trained = [{k: (v + rng.normal(size=v.shape) * 0.01).astype(np.float32) for k, v in sent.items()} for _ in range(4)]
+    rows = [np.sort(rng.choice(50, size=n, replace=False)) for n in (10, 3, 20, 7)]
+    for dtype in ("int8", "float16", "float32"):
+        ref = [sparse_payload(trained[c], sent, rows[c], 50, dtype, np.random.default_rng([c, 2])) for c in range(4)]
+        rd = {}
+        for n in ("encoder.item_emb.weight", "encoder.item_bias.weight"):
+            rd[n] = np.zeros((4, 20, *shapes[n][1:]))
+            for c in range(4):
+                rd[n][c, :len(rows[c])] = trained[c][n][rows[c]].astype(np.float64) - sent[n][rows[c]]
+        dd = {n: np.stack([trained[c][n].astype(np.float64) - sent[n] for c in range(4)]) for n in ("a.w", "a.b", "h.off")}
+        got = sparse_payloads(rd, dd, rows, 50, dtype, [np.random.default_rng([c, 2]) for c in range(4)])
+        for a, b in zip(ref, got):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (dtype, k)
 
 
 @pytest.mark.parametrize("knob", [["weighting=uncertainty"], ["model=mmoe"], ["privacy=central_dp"]],
