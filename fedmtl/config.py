@@ -132,9 +132,10 @@ def validate(cfg: dict) -> dict:
                 and _get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
-        if _get(cfg, "privacy.name") != "none":
-            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: clipping, noise and SecAgg+ "
-                              "work on the whole dense update of every client; use exchange=dense")
+        if _get(cfg, "privacy.name") not in ("none", "secagg"):
+            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: clipping and noise work on "
+                              "the whole dense update of every client; use exchange=dense (privacy=secagg takes "
+                              "sparse: row-wise averaging from two secure sums)")
     cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
     _choice(cfg, "aggregate", AGGREGATE)
     _choice(cfg, "device", DEVICES)

@@ -9,7 +9,7 @@ when every client of a round refused):
 | floor key              | node-config key (SuperNode) | what it refuses                               |
 | privacy                | privacy-floor               | training under a mode the floor does not accept (table below) |
 | gram                   | answer-gram                 | click_mix's item Gram query (false: always; it is only ever answered under privacy=none) |
-| sparse                 | send-sparse                 | exchange=sparse (its row set names the client's items) |
+| sparse                 | send-sparse                 | exchange=sparse in the clear (its row set names the client's items; under SecAgg+ the rows travel masked) |
 | min_noise_multiplier   | min-noise-multiplier        | noise it adds itself (local_dp, secagg_dp) below this multiplier z |
 | secagg_min_threshold   | secagg-min-threshold        | a SecAgg+ setup whose reconstruction threshold is below it (secagg_guard.py) |
 
@@ -124,7 +124,7 @@ def check_train(floor: Floor, cfg: dict, secagg_message: bool, noise_multiplier:
     if mode in SECAGG_MODES and not secagg_message:
         _refuse(f"privacy={mode} but the training request is not a SecAgg+ message (the update would go in the clear)")
     exchange = (cfg.get("exchange") or {}).get("name", "dense")
-    if exchange == "sparse" and not floor.sparse:
+    if exchange == "sparse" and not floor.sparse and mode not in SECAGG_MODES:  # under SecAgg+ rows travel masked
         _refuse("exchange=sparse names this client's items; its floor does not send sparse rows (sparse=false)")
     if noise_multiplier is not None and noise_multiplier < floor.min_noise_multiplier:
         _refuse(f"privacy={mode} asks for noise multiplier {noise_multiplier:.4g}, below this client's floor "

@@ -60,6 +60,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from ..errors import ConfigError, DivergedError
+from ..sparse_codec import ROW_COUNT, dense_rows, rowwise_mean
 from . import faults
 
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
@@ -67,10 +68,18 @@ LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipp
 MAX_SATURATION = 1e-3  # a round whose quantised values sat at +-clipping_range more often stops the run
 
 
+def secure_rows(cfg: dict) -> bool:
+    """exchange=sparse under SecAgg+: each client sends its row update at full size (zero off
+    its rows) and its 0/1 row indicator; the server gets only the two sums (sparse_codec)."""
+    return (cfg.get("exchange") or {}).get("name", "dense") == "sparse"
+
+
 def extra_names(cfg: dict) -> list[str]:
-    """What travels masked after the shared arrays: under secagg the mean training losses and
-    the clients' saturation figure; nothing under secagg_dp (both would be un-noised)."""
-    return [] if cfg["privacy"]["name"] == "secagg_dp" else ["losses", "saturation"]
+    """What travels masked after the shared arrays: with exchange=sparse the row indicator;
+    under secagg the mean training losses and the clients' saturation figure; nothing more
+    under secagg_dp (both would be un-noised)."""
+    rows = [ROW_COUNT] if secure_rows(cfg) else []
+    return rows + ([] if cfg["privacy"]["name"] == "secagg_dp" else ["losses", "saturation"])
 
 
 def check_threshold(p: dict) -> None:
@@ -423,6 +432,13 @@ class SecAggRound:
                 f"quantised sat at +-{p['clipping_range']} (at most {MAX_SATURATION:.1%} allowed), so the aggregate "
                 "would be wrong; raise privacy.clipping_range (the quantisation step grows with it)")
         shapes = {k: a.numpy().shape for k, a in arrays.items()}
+        if secure_rows(self.cfg):  # the means of updates and row indicators -> row-wise averages
+            current = {k: arrays[k].numpy() for k in self.names}
+            mean_upd = {k: np.asarray(v, np.float64).reshape(shapes[k]) for k, v in zip(self.names, nds)}
+            smallest = 1.0 / (max_weight(self.cfg) * max(counts["answered"], 1))  # one sender of weight 1
+            new = rowwise_mean(current, mean_upd, np.asarray(tail[ROW_COUNT], np.float64), smallest)
+            row["secagg"]["rows_sent"] = int((np.asarray(tail[ROW_COUNT]) > smallest / 2).sum())
+            return ArrayRecord({k: Array(new[k]) for k in self.names}), metrics, row, None
         out = ArrayRecord({k: Array(np.asarray(v, dtype=dtypes[k]).reshape(shapes[k]))
                            for k, v in zip(self.names, nds)})
         return out, metrics, row, None
@@ -461,6 +477,7 @@ class LegacyFitMod:
         self.dp = p["name"] == "secagg_dp"
         self.clipping_norm = float(p["clipping_norm"]) if self.dp else None
         self.tasks = list(cfg["tasks"])
+        self.rows = secure_rows(cfg)
 
     def __call__(self, msg: Message, ctx: Context, call_next) -> Message:
         content = msg.content
@@ -481,10 +498,16 @@ class LegacyFitMod:
         if reply.has_error():
             return reply
         arrays, metrics = reply.content["arrays"], reply.content["metrics"]
-        out = [np.atleast_1d(arrays[n].numpy()) for n in names]
+        if self.rows:  # a packed sparse update: full-size updates and the row indicator (sparse_codec)
+            full, indicator = dense_rows({k: v.numpy() for k, v in arrays.items()},
+                                         {n: a.shape for n, a in zip(names, nds)})
+            out = [np.atleast_1d(full[n]) for n in names] + [indicator]
+        else:
+            out = [np.atleast_1d(arrays[n].numpy()) for n in names]
         if not self.dp:  # distributed DP noises only the arrays; these would go un-noised
             out.append(np.array([metrics.get(f"loss.{t}", 0.0) / LOSS_SCALE for t in self.tasks]))
-        bad = [n for n, a in zip([*names, "the losses"], out) if not np.isfinite(a).all()]
+        labels = [*names, *([ROW_COUNT] if self.rows else []), "the losses"]
+        bad = [n for n, a in zip(labels, out) if not np.isfinite(a).all()]
         if bad:
             raise DivergedError(f"this client's update holds NaN/inf in {bad[0]}: not sent")
         sa = SecAggPlusState(**ctx.state.config_records[RECORD_KEY_STATE])

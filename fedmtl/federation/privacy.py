@@ -447,7 +447,7 @@ def own_noise_multiplier(cfg: dict) -> float | None:
 
 
 def _chain_key(cfg: dict) -> str:
-    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks")
+    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks", "exchange")
     return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
 
 
