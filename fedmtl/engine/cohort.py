@@ -11,8 +11,10 @@ messages, SecAgg+ messages, a training request below a client's own privacy floo
 refuses it), and every message of a run whose knobs the batch does not implement
 (`cohort_train.unbatched`: the run says which, once, at start-up).
 
-It uses the machine's cores through torch's threads (`backend.threads`, 0 = every core
-this process may use), and `device=cuda` puts the whole batch on the GPU. A round's
+It uses torch's threads (`backend.threads`, 0 = every core this process may use; the
+default 1, because on a machine whose cores are busy with other work more threads wait for
+one another: 2-5x slower on this project's 2 shared cores), and `device=cuda` puts the
+whole batch on the GPU (not measured: no GPU was at hand). A round's
 clients are trained in chunks of about `backend.chunk_mb` of tensors.
 """
 
@@ -34,7 +36,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from .. import cohort_train
 from ..client_step import run_setup
-from ..errors import FedMTLError
+from ..errors import ConfigError, FedMTLError
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle
 
 log = logging.getLogger("fedmtl")
@@ -43,21 +45,39 @@ log = logging.getLogger("fedmtl")
 _HEADERS: dict = {}
 
 
+class _Decoded(Array):
+    """An Array (the same dtype, shape and bytes) that also keeps the NumPy array it was made from:
+    in this process, whoever reads it (the server's screening and aggregation, the next round's
+    state) gets a copy of that instead of parsing the bytes again. It pickles as a plain Array."""
+
+    def numpy(self) -> np.ndarray:
+        return self.__dict__["_ndarray"].copy()
+
+    def __reduce__(self):
+        return (Array, (self.dtype, self.shape, self.stype, self.data))
+
+
 def fast_array(a: np.ndarray) -> Array:
-    """Array(a), the same bytes (np.save's), with the .npy header made once per dtype and shape
-    (np.save's header formatting is most of the cost of a small array)."""
-    a = np.ascontiguousarray(a) if a.ndim else a
+    """Array(a): np.save's bytes, with the .npy header made once per dtype and shape (np.save's
+    header formatting is most of the cost of a small array)."""
+    a = np.ascontiguousarray(a) if a.ndim else np.array(a)
     key = (a.dtype.str, a.shape)
     head = _HEADERS.get(key)
     if head is None:
         buf = io.BytesIO()
         np.save(buf, np.zeros(a.shape, a.dtype), allow_pickle=False)
         head = _HEADERS.setdefault(key, buf.getvalue()[:len(buf.getvalue()) - a.nbytes])
-    return Array(dtype=str(a.dtype), shape=tuple(int(d) for d in a.shape), stype=SType.NUMPY, data=head + a.tobytes())
+    out = _Decoded(dtype=str(a.dtype), shape=tuple(int(d) for d in a.shape), stype=SType.NUMPY,
+                   data=head + a.tobytes())
+    out.__dict__["_ndarray"] = a
+    return out
 
 
 def _record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord({k: fast_array(v) for k, v in arrays.items()})
+    record = ArrayRecord()  # set item by item: ArrayRecord({...}) would copy each into a plain Array
+    for k, v in arrays.items():
+        record[k] = fast_array(v)
+    return record
 
 
 def _threads(n: int) -> int:
@@ -75,8 +95,12 @@ class CohortGrid(InProcessGrid):
         super().__init__(client_app, num_nodes, run_id=run_id, run_config=run_config, workers=1, state_dir=state_dir)
         self.cfg = cfg
         bcfg = cfg.get("backend") or {}
-        self.threads = _threads(int(bcfg.get("threads", 0) or 0))
-        self.chunk_mb = float(bcfg.get("chunk_mb", 1024))
+        threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb", 1024)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"backend.threads={threads!r}: expected an integer >= 0 (0: every core)")
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or chunk <= 0:
+            raise ConfigError(f"backend.chunk_mb={chunk!r}: expected a number of MB > 0")
+        self.threads, self.chunk_mb = _threads(threads), float(chunk)
         self.reasons = cohort_train.unbatched(cfg)
         self.data: dict[int, object] = {}  # partition id -> its ClientData (states in memory only)
         self.refused = self._floor_refuses()

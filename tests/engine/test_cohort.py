@@ -179,3 +179,12 @@ def test_a_client_floor_refusal_is_the_client_apps(tmp_path):
         except Exception as e:  # noqa: BLE001 the run stops with the refusal
             errors.append(str(e))
     assert len(errors) == 2 and "refused" in errors[1] and errors[0] == errors[1].replace("cohort", "inprocess")
+
+
+@pytest.mark.parametrize("bad", ["backend.threads=-1", "backend.chunk_mb=0", "backend.threads=two"])
+def test_bad_backend_options_are_one_line(tmp_path, bad):
+    from fedmtl.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _run(tmp_path, "bad", ["backend=cohort", bad])
+    assert bad.split("=")[0] in str(e.value) and "\n" not in str(e.value)
