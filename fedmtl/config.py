@@ -238,10 +238,11 @@ def _check_click_mix(cfg: dict) -> None:
                           "or neither")
     privacy = _get(cfg, "privacy.name")
     from .itemitem import needed
-    if needed(cfg) and cfg["mode"] == "federated" and privacy != "none":
+    if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg"):
         what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
-        raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
-                          "(no clipping, noise or SecAgg+ yet); set click_mix.weight=0 and no grid")
+        raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear, "
+                          "or by SecAgg+ under privacy=secagg (no clipping or noise for them yet); set "
+                          "click_mix.weight=0 and no grid")
 
 
 def _check_robust(cfg: dict) -> None:

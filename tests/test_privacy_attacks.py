@@ -107,6 +107,6 @@ def test_released_noise_is_not_what_np_random_seed_draws(tmp_path, mode, attack)
 def test_refused_combination_is_reported_with_the_configs_reason(tmp_path):
     args = SimpleNamespace(dataset="synthetic", data=None, clients=CLIENTS, rounds=1, seed=0, aggregate="auto",
                            workers=1, no_probe=True, set=[])
-    row = bench.run_one(args, "secagg", "sparse", 0.0, tmp_path)
+    row = bench.run_one(args, "central_dp", "sparse", 0.0, tmp_path)
     assert "exchange=sparse" in row["refused"]
     assert "refused by config: exchange=sparse" in bench.table([row])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -18,6 +19,15 @@ from .privacy import client_privacy_mod
 def _client_data(cfg, context: Context):
     """(partition id, this client's data): its partition, or a deployed node's own files."""
     return node_data(cfg, context)
+
+
+ITEM_ROWS_KEY = "item_item_rows"  # a client's own rows of EASE's B, kept from the whole B (secure Gram)
+
+
+def own_rows(record: dict, data) -> dict:
+    """The rows of the whole B (and the grid's) for this client's train items: what x_u B reads."""
+    items = torch.nonzero(data.train_mask().any(dim=0)).flatten().cpu().numpy().astype(np.int64)
+    return {"items": items, **{k: np.ascontiguousarray(v[items]) for k, v in record.items() if k != "whole"}}
 
 
 def make_client_app(cfg: dict | None = None) -> ClientApp:
@@ -49,6 +59,11 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         item_item = None
         if "item_item" in msg.content:  # click_mix: rows of the server's EASE weights (itemitem.py)
             item_item = {k: v.numpy() for k, v in msg.content["item_item"].items()}
+            if "whole" in item_item:  # the whole B (secure Gram): keep only this client's rows, for every evaluation
+                item_item = own_rows(item_item, data)
+                context.state[ITEM_ROWS_KEY] = ArrayRecord({k: Array(v) for k, v in item_item.items()})
+        elif ITEM_ROWS_KEY in context.state:
+            item_item = {k: v.numpy() for k, v in context.state[ITEM_ROWS_KEY].items()}
         part = evaluate_client(run_setup(run_cfg), pid, data, shared_values(msg.content["arrays"]),
                                state_values(context.state), item_item)
         return Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=msg)

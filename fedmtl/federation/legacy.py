@@ -47,6 +47,7 @@ its window are not detected. Values are clipped to +-`clipping_range` and quanti
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 
@@ -63,6 +64,9 @@ from ..errors import ConfigError, DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows, rowwise_mean
 from . import faults
 
+# (the run's whole config, this client's floor) while privacy_mod runs the mods (the mods are built
+# from a few config keys, cached; the secure Gram needs the client's data and floor)
+CURRENT_CLIENT: "contextvars.ContextVar" = contextvars.ContextVar("fedmtl_client", default=(None, None))
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
 LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipping range
 MAX_SATURATION = 1e-3  # a round whose quantised values sat at +-clipping_range more often stops the run
@@ -482,6 +486,8 @@ class LegacyFitMod:
     def __call__(self, msg: Message, ctx: Context, call_next) -> Message:
         content = msg.content
         fitins = compat.recorddict_to_fitins(content, keep_input=True)
+        if GRAM_KEY in fitins.config:  # click_mix's secure item Gram (SecureGram): a chunk of this client's part
+            return self._gram_chunk(msg, ctx, str(fitins.config[GRAM_KEY]))
         names = json.loads(str(fitins.config[NAMES_KEY]))
         nds = parameters_to_ndarrays(fitins.parameters)
         if len(names) != len(nds):
@@ -520,6 +526,26 @@ class LegacyFitMod:
         return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 
+    def _gram_chunk(self, msg: Message, ctx: Context, spec: str) -> Message:
+        from ..errors import PrivacyRefused
+        from .deployment import node_data
+
+        cfg, floor = CURRENT_CLIENT.get()
+        if cfg is None:
+            raise ValueError("secure item Gram: asked outside the train handler's privacy mod")
+        if floor is not None and not floor.gram:
+            raise PrivacyRefused("fedmtl refused: item Gram (secure sum): this client does not send its part "
+                                 "(gram=false)")
+        k, chunks = (int(x) for x in spec.split("/"))
+        _, data = node_data(cfg, ctx)
+        n_items = int(data.n_items) if hasattr(data, "n_items") else int(data.train_mask().shape[1])
+        if not (0 <= k < chunks == gram_chunks(n_items)):
+            raise ValueError(f"secure item Gram: chunk {spec} does not fit {n_items} items")
+        chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks)
+        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([chunk]), 1, {})
+        return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
 def blind_fitres_mod(msg: Message, ctx: Context, call_next) -> Message:
     """After secaggplus_mod has masked the reply, drop its plaintext weight and metrics
     (SecAgg+ carries the weight inside the masked vector)."""
@@ -528,3 +554,114 @@ def blind_fitres_mod(msg: Message, ctx: Context, call_next) -> Message:
         reply.content["fitres.num_examples"] = MetricRecord({"num_examples": 1})
         reply.content["fitres.metrics"] = ConfigRecord({})
     return reply
+
+
+# --- click_mix under SecAgg+: the item Gram as a secure sum ----------------------------------------
+
+GRAM_KEY = "fedmtl-gram"  # a FitIns config key: "k/K", the chunk of the Gram's upper triangle asked for
+GRAM_CHUNK = 1 << 17  # values per chunk: 943 clients' masked chunks are ~1 GB at once on the server
+
+
+def gram_chunks(n_items: int) -> int:
+    return -(-(n_items * (n_items + 1) // 2) // GRAM_CHUNK)
+
+
+_TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def triu_chunk(n_items: int, k: int, chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the k-th of `chunks` slices of the n x n upper triangle (row major)."""
+    if n_items not in _TRIU:
+        _TRIU.clear()
+        _TRIU[n_items] = tuple(a.astype(np.int32) for a in np.triu_indices(n_items))
+    r, c = _TRIU[n_items]
+    lo = k * GRAM_CHUNK
+    return r[lo:lo + GRAM_CHUNK], c[lo:lo + GRAM_CHUNK]
+
+
+def gram_chunk_of(train_mask, n_items: int, k: int, chunks: int) -> np.ndarray:
+    """This client's Gram part (its users' item co-occurrence counts) at the k-th chunk of the
+    upper triangle, as float64 (small integers: SecAgg+ sums them exactly)."""
+    from ..itemitem import gram_part
+
+    items, block = gram_part(train_mask)
+    full = np.zeros((n_items, n_items), np.float32)
+    full[np.ix_(items, items)] = block
+    r, c = triu_chunk(n_items, k, chunks)
+    return full[r, c].astype(np.float64)
+
+
+class SecureGram(SecAggRound):
+    """click_mix's item Gram under privacy=secagg: the clients' parts summed by SecAgg+, one
+    chunk of the upper triangle per SecAgg+ round (before round 1), so the server learns the
+    sum over all clients and no client's items. Every value is a small integer count: with
+    clipping_range a power of two at least the largest client's user count and weight 1,
+    SecAgg+'s quantisation is exact, and the sum is the same matrix the parts in the clear add
+    up to. The clients then get the whole of EASE's B once (the server does not know whose
+    rows are whose) and keep their own rows (server_app.ItemItem)."""
+
+    def __init__(self, cfg: dict):
+        from flwr.server.client_manager import SimpleClientManager
+        from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+        from ..data import federation_for
+
+        p = cfg["privacy"]
+        check_threshold(p)
+        fed = federation_for(cfg)
+        self.cfg, self.tasks, self.names = cfg, [], ["gram"]
+        self.n_items = int(fed.meta["n_items"])
+        self.chunks = gram_chunks(self.n_items)
+        users = max(len(c) for c in fed.clients)
+        self.clip = float(2 ** max(0, int(np.ceil(np.log2(max(users, 1))))))  # a count never exceeds it
+        self.k = 0
+        n = cfg["num_clients"]
+        self.strategy = LegacyFedAvg(fraction_fit=1.0, min_fit_clients=min(cfg["min_train_clients"], n),
+                                     min_available_clients=min(cfg["min_train_clients"], n), fraction_evaluate=0.0,
+                                     accept_failures=True, on_fit_config_fn=self._fit_config,
+                                     fit_metrics_aggregation_fn=lambda _: {})
+        self.workflow = _quorum_workflow(
+            faults.quorum(cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
+            max_weight=1.0, clipping_range=self.clip, quantization_range=int(p["quantization_range"]),
+            timeout=cfg.get("round_timeout"))
+        self.client_manager = SimpleClientManager()
+        self.context = None
+
+    def _fit_config(self, rnd: int) -> dict:
+        return {"server-round": 0, GRAM_KEY: f"{self.k}/{self.chunks}"}
+
+    def gram(self, grid) -> tuple[np.ndarray, int, int]:
+        """(the summed Gram, bytes up, clients summed); RoundFailure when a chunk is not aggregated."""
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+        from .failures import RoundFailure
+
+        if self.context is None:
+            self.context = self._legacy_context(grid)
+        gram = np.zeros((self.n_items, self.n_items), np.float64)
+        up, summed = 0, set()
+        for k in range(self.chunks):
+            self.k = k
+            sent = compat.parameters_to_arrayrecord(ndarrays_to_parameters([np.zeros(1)]), True)
+            state = self.context.state
+            state.array_records[MAIN_PARAMS_RECORD] = sent
+            state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 0,
+                                                                      Key.START_TIME: time.time()})
+            counting = _CountingGrid(grid)
+            self.workflow(counting, self.context)
+            got = state.array_records[MAIN_PARAMS_RECORD]
+            up += counting.up
+            if got is sent:
+                raise RoundFailure(f"secure item Gram: chunk {k + 1} of {self.chunks} not aggregated "
+                                   f"({self._halt_reason(counting, counting.counts())})")
+            m = self.workflow.last_release["active"]
+            summed.add(m)
+            mean = parameters_to_ndarrays(compat.arrayrecord_to_parameters(got, keep_input=True))[0]
+            r, c = triu_chunk(self.n_items, k, self.chunks)
+            gram[r, c] = np.rint(np.asarray(mean, np.float64).ravel() * m)
+        gram = np.triu(gram) + np.triu(gram, 1).T
+        if len(summed) > 1:
+            import logging
+            logging.getLogger("fedmtl").warning("secure item Gram: chunks summed %s clients (dropouts between "
+                                                "chunks)", sorted(summed))
+        return gram, up, min(summed)

@@ -496,6 +496,13 @@ def client_privacy_mod(bound: dict | None):
         if floor.secagg_min_threshold != 2:  # the SecAgg+ guard with this client's own threshold floor
             from .secagg_guard import SecAggGuard
             mods = tuple(SecAggGuard(floor.secagg_min_threshold) if isinstance(m, SecAggGuard) else m for m in mods)
-        return make_ffn(call_next, list(mods))(msg, ctx) if mods else call_next(msg, ctx)
+        if not mods:
+            return call_next(msg, ctx)
+        from .legacy import CURRENT_CLIENT
+        token = CURRENT_CLIENT.set((cfg, floor))  # the secure Gram's chunk needs them (legacy.LegacyFitMod)
+        try:
+            return make_ffn(call_next, list(mods))(msg, ctx)
+        finally:
+            CURRENT_CLIENT.reset(token)
 
     return privacy_mod

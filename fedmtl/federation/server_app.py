@@ -151,9 +151,12 @@ class ItemItem:
     Gram part named, so that each evaluation message carries only the rows of B that the
     node's users need (x_u B reads the rows of u's items)."""
 
-    def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict):
+    def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict, whole_once: bool = False):
         self.cfg, self.node_items, self.n_items = cfg, node_items, gram.shape[0]
         self.own, self.grid = itemitem.solve_each(cfg, lambda lam: itemitem.ease(gram, lam))
+        # secure Gram (privacy=secagg): the server does not know whose items are whose, so each
+        # node gets the whole of B once (and the grid's at the final evaluation) and keeps its rows
+        self.whole_once, self.sent = whole_once, set()
 
     def lams(self) -> list[float]:
         """The lams solved: the run's blend's and the grid's."""
@@ -163,6 +166,8 @@ class ItemItem:
     def attach(self, msgs: list, final: bool) -> int:
         """Put B's rows into evaluation messages ("b": the run's blend; "grid@<lam>": the
         selection grid's, in the final evaluation); the bytes this adds."""
+        if self.whole_once:
+            return self._attach_whole(msgs, final)
         total = 0
         for m in msgs:
             items = self.node_items.get(m.metadata.dst_node_id)
@@ -181,13 +186,54 @@ class ItemItem:
         return total
 
 
+    def _attach_whole(self, msgs: list, final: bool) -> int:
+        """The whole of B ("whole": the client keeps its own rows, client_app) to each node that
+        has not had it, and the grid's to every node at the final evaluation: one record shared
+        by all the messages."""
+        rec, total = None, 0
+        for m in msgs:
+            node = m.metadata.dst_node_id
+            if node in self.sent and not (final and self.grid):
+                continue
+            if rec is None:
+                arrays = {"whole": Array(np.ones(1, np.float32))}
+                if self.own is not None:
+                    arrays["b"] = Array(self.own)
+                if final:
+                    arrays.update({f"grid@{lam:g}": Array(b) for lam, b in self.grid.items()})
+                rec = ArrayRecord(arrays)
+            m.content = RecordDict({**dict(m.content.items()), "item_item": rec})
+            total += rec.count_bytes()
+            self.sent.add(node)
+        return total
+
+
+def secure_item_item_round(grid: Grid, cfg: dict, strategy):
+    """click_mix under privacy=secagg: the item Gram as a SecAgg+ sum of the clients' parts
+    (legacy.SecureGram), EASE solved on it; B goes whole to each node once (ItemItem)."""
+    from .legacy import SecureGram
+
+    t0 = time.time()
+    wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0, "item Gram")
+    secure = SecureGram(cfg)
+    gram, up, summed = secure.gram(grid)
+    ii = ItemItem(cfg, gram, {}, whole_once=True)
+    log.info("click_mix: item Gram summed by SecAgg+ from %d clients in %d chunks (%.1f MB up), EASE (lam %s) "
+             "solved; %.1fs in all", summed, secure.chunks, up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),
+             time.time() - t0)
+    return ii, up
+
+
 def item_item_round(grid: Grid, cfg: dict, strategy):
     """click_mix (itemitem.py), before round 1: ask every connected client for its users'
     item Gram part, add the parts up and solve EASE. Returns (an `ItemItem`, the bytes the
     parts took up), or (None, 0) when the run blends nothing and scores no selection grid.
-    Parts come in the clear (config.py allows click_mix only with privacy=none)."""
+    Parts come in the clear under privacy=none; under secagg, as a SecAgg+ sum (config.py
+    refuses click_mix with the other modes)."""
     if not itemitem.needed(cfg):
         return None, 0
+    if cfg["privacy"]["name"] == "secagg":
+        return secure_item_item_round(grid, cfg, strategy)
     from flwr.app import Message
     from flwr.common import MessageType
 
