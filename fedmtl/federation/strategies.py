@@ -206,7 +206,8 @@ def build_strategy(cfg: dict, given_mean: bool = False):
     scfg = dict(cfg["strategy"])
     name = scfg.pop("name")
     cls = strategy_class(name, (cfg.get("exchange") or {}).get("name", "dense"))
-    if given_mean:
+    if given_mean:  # the mean is given (row-wise already under exchange=sparse): no SparseFedAvg in between
+        cls = strategy_class(name, "dense")
         cls = type(cls.__name__, (cls, GivenMean), {"__doc__": cls.__doc__})
     common = _common(cfg)
     if issubclass(cls, fs.fedopt.FedOpt):

@@ -85,6 +85,20 @@ def test_sparse_under_secagg_trains_the_model_plain_sparse_does(tmp_path, monkey
     assert (40,) in shapes[0]  # the row indicator: one masked count per item
 
 
+def test_fedadam_steps_from_the_secure_row_wise_mean(tmp_path):
+    """The recipe's server step over secure rows: every round aggregates, and the first
+    round's model equals plain sparse FedAdam's to quantisation error."""
+    adam = ["strategy=fedadam", "strategy.eta=0.05", "strategy.tau=0.001", "num_rounds=1"]
+    secure = run(compose(TINY + adam + ["privacy=secagg"]), tmp_path / "secagg")
+    plain = run(compose(TINY + adam), tmp_path / "plain")
+    rows = read_jsonl(tmp_path / "secagg" / "metrics.jsonl")
+    assert all("skipped" not in r and r["secagg"]["aggregated"] for r in rows)
+    a, b = _model(tmp_path / "secagg"), _model(tmp_path / "plain")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-3, err_msg=k)  # Adam: at most eta * quantisation / tau
+    assert secure["metrics"]["rating.rmse"] == pytest.approx(plain["metrics"]["rating.rmse"], abs=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["secagg_dp", "central_dp", "local_dp"])
 def test_sparse_stays_refused_where_clipping_or_noise_work_on_the_dense_update(mode):
     with pytest.raises(ConfigError, match=f"exchange=sparse with privacy={mode}"):
