@@ -129,15 +129,19 @@ def _chunks(clients: list[_Client], cfg: dict, budget_mb: float, dim: int, hidde
     bs = int(cfg["train"]["batch_size"])
     click = "click" in cfg["tasks"]
     order = sorted(clients, key=lambda c: (c.n, len(c.rows)))
-    out, cur, big_b, big_r = [], [], 0, 0
+    out, cur, big = [], [], (0, 0, 0)
+
+    def size(b, r, u):  # bytes a client of the chunk holds in a step: rows, pairs, click logits per user
+        return 4 * (r * (3 * dim + 2 * hidden) * 6 + b * (6 * dim + 2 * hidden) * 4 + (u * r * 5 if click else 0))
+
     for c in order:
-        b, r = max(big_b, min(bs, c.n)), max(big_r, len(c.rows))
-        per = 4 * (r * (3 * dim + 2 * hidden) * 6 + b * (6 * dim + 2 * hidden) * 4 + (b * r * 5 if click else 0))
-        if cur and per * (len(cur) + 1) > budget_mb * 2**20:
+        mine = (min(bs, c.n), len(c.rows), len(c.job.data.users))
+        grown = tuple(max(x, y) for x, y in zip(big, mine))
+        if cur and size(*grown) * (len(cur) + 1) > budget_mb * 2**20:
             out.append(cur)
-            cur, b, r = [], min(bs, c.n), len(c.rows)
+            cur, grown = [], mine
         cur.append(c)
-        big_b, big_r = b, r
+        big = grown
     if cur:
         out.append(cur)
     return out

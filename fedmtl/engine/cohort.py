@@ -15,7 +15,9 @@ It uses torch's threads (`backend.threads`, 0 = every core this process may use;
 default 1, because on a machine whose cores are busy with other work more threads wait for
 one another: 2-5x slower on this project's 2 shared cores), and `device=cuda` puts the
 whole batch on the GPU (not measured: no GPU was at hand). A round's
-clients are trained in chunks of about `backend.chunk_mb` of tensors.
+clients are trained in chunks of about `backend.chunk_mb` of tensors. A batched client's
+reply is never late (round_timeout: the injected stragglers of faults.* go through the
+ClientApp, as every other unbatched knob).
 """
 
 from __future__ import annotations
