@@ -84,7 +84,37 @@ STRATEGY_RANGES = {
 }
 
 
+def _strategy_keys() -> dict[str, set]:
+    """Each strategy's hyper-parameters: the keys of its conf/strategy/<name>.yaml."""
+    import yaml
+
+    out = {}
+    for f in sorted((CONF_DIR / "strategy").glob("*.yaml")):
+        keys = set((yaml.safe_load(f.read_text()) or {}).keys()) - {"name"}
+        out[f.stem] = keys
+    return out
+
+
 def _strategy_options(cfg: dict) -> None:
+    """The strategy's hyper-parameters, in range. A key that belongs to another strategy (a
+    preset's FedAdam eta under `strategy=fedavg`) is dropped with one warning, so that
+    switching the strategy over a preset is one override; a key no strategy has is an error."""
+    import logging
+
+    known = _strategy_keys()
+    name = cfg["strategy"]["name"]
+    own, anyone = known.get(name, set()), set().union(*known.values())
+    for key in list(cfg["strategy"]):
+        if key == "name" or key in own:
+            continue
+        if key in anyone:
+            logging.getLogger("fedmtl").warning("strategy.%s=%s is not a hyper-parameter of strategy=%s (it has %s): "
+                                                "dropped", key, cfg["strategy"][key], name,
+                                                ", ".join(sorted(own)) or "none")
+            del cfg["strategy"][key]
+        else:
+            raise ConfigError(f"strategy.{key}: unknown key for strategy={name} (it takes "
+                              f"{', '.join(sorted(own)) or 'no hyper-parameters'})")
     for key in cfg["strategy"]:
         if key != "name":
             _number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))

@@ -110,3 +110,22 @@ def test_validate_reports_a_missing_key(default):
     del raw["train"]["lr"]
     with pytest.raises(ConfigError, match=r"^train\.lr: missing from the config$"):
         validate(raw)
+
+
+def test_switching_the_strategy_over_a_preset_drops_the_presets_keys_with_a_warning(caplog):
+    """experiment=ml100k_federated sets FedAdam's eta and tau; strategy=fedavg over it used to
+    fail inside Flower ("unexpected keyword argument 'eta'")."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        cfg = compose(["experiment=ml100k_federated", "dataset.path=/nowhere/ml-100k", "strategy=fedavg",
+                       "privacy=secagg"])
+    assert cfg["strategy"] == {"name": "fedavg"}
+    assert any("strategy.eta=0.05 is not a hyper-parameter of strategy=fedavg" in r.getMessage() for r in caplog.records)
+    from fedmtl.federation.strategies import build_strategy
+    assert type(build_strategy(cfg)).__name__ == "FedAvg"
+
+
+def test_a_key_no_strategy_has_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"strategy.bogus: unknown key for strategy=fedadam \(it takes beta_1"):
+        compose(["strategy=fedadam", "+strategy.bogus=1"])
