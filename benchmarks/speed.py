@@ -2,6 +2,8 @@
 
     python benchmarks/speed.py [--ml-path DIR/ml-100k] [--rounds 3] [--skip-ray] [--scale]
                                [--only-exchange | --only-scale | --skip-exchange]
+    python benchmarks/speed.py --recipe-engines --ml-path DIR/ml-100k [--rounds 5] [--skip-workers]
+                               [--extra exchange=dense ...]
 
 Workload: MovieLens-100k sized (943 clients, one user each, full participation,
 2 local epochs; the real data with --ml-path, else synthetic data of the same
@@ -13,7 +15,10 @@ after the first), the time outside rounds (start-up: imports, data, split, Ray
 start; and teardown), and peak RSS; then dense vs sparse upload bytes with the
 test metrics of each, same seed (on MovieLens: whole runs of the default recipe,
 experiment=ml100k_federated; on synthetic data: the workload above); with --scale, peak RSS of a 10,000- and a 100,000-client
-synthetic federation (1% sampled per round, 3 rounds).
+synthetic federation (1% sampled per round, 3 rounds). --recipe-engines: only the default
+MovieLens recipe (experiment=ml100k_federated) under inprocess, inprocess with 2 workers and
+cohort (training and evaluation rounds apart), and how far cohort's final metrics are from
+inprocess's.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ def child(args) -> None:
     if args.engine != "plain":
         result["bytes_up_per_round"] = bytes_up
         result["bytes_up_per_client"] = [r["bytes_up_per_client"] for r in rows]
+        result["evaluated"] = ["test" in r for r in rows]
     print("RESULT " + json.dumps(result))
 
 
@@ -200,6 +206,52 @@ def exchange_table(args, base: list[str], dense: dict | None) -> None:
         print(f"| {label} | {up:,} | {ratio} | {headline(res['metrics'])} |", flush=True)
 
 
+def recipe_engines(args) -> None:
+    """ms per client-round of the default MovieLens recipe (experiment=ml100k_federated, sparse
+    int8 exchange, evaluation every 5 rounds) per engine, training rounds and evaluation rounds
+    apart, peak RSS, and the largest difference of cohort's final metrics from inprocess's."""
+    if not args.ml_path:
+        raise SystemExit("--recipe-engines needs --ml-path DIR/ml-100k (the default recipe is MovieLens-100k's)")
+    base = ["experiment=ml100k_federated", f"dataset.path={args.ml_path}", f"num_rounds={args.rounds}",
+            f"seed={args.seed}", "save_model=false", f"device={args.device}"] + list(args.extra or [])
+    cfg = compose(base)
+    clients = cfg["num_clients"]
+    print(f"# default recipe, {args.rounds} rounds (eval every {cfg['eval_every']} and after the last), "
+          f"{clients} clients, exchange={cfg['exchange']['name']}; overrides: {' '.join(base)}\n")
+    runs = [("inprocess", ["backend=inprocess"]), ("inprocess, 2 workers", ["backend=inprocess", "backend.workers=2"]),
+            ("cohort", ["backend=cohort"]), ("cohort, 2 threads", ["backend=cohort", "backend.threads=2"])]
+    if args.skip_workers:  # one process, one thread each: the engines' own costs
+        runs = [r for r in runs if "2 " not in r[0]]
+    print("| engine | ms / client-round, training rounds | ms / client-round, evaluation rounds | "
+          "ms / client-round, all rounds after the first | wall (s) | peak RSS (MB) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    results = {}
+    for label, ov in runs:
+        res = run_engine("sim", base + ov, label.split(",")[0])
+        results[label] = res
+        secs, ev = res["round_seconds"], res["evaluated"]
+        tr = [s for k, (s, e) in enumerate(zip(secs, ev)) if not e and k > 0] or [s for s, e in zip(secs, ev) if not e]
+        er = [s for s, e in zip(secs, ev) if e]
+        fmt = lambda xs: f"{1000 * sum(xs) / len(xs) / clients:.2f}" if xs else "-"  # noqa: E731
+        wall = res["outside_rounds_s"] + sum(secs)
+        print(f"| {label} | {fmt(tr)} | {fmt(er)} | {ms_per_client_round(res, clients):.2f} | {wall:.1f} | "
+              f"{res['peak_rss_mb']:.0f} |", flush=True)
+    ref, got = results["inprocess"]["metrics"], results["cohort"]["metrics"]
+    diffs = {k: abs(ref[k] - got[k]) for k in ref if isinstance(ref[k], (int, float)) and ref.get(k) is not None}
+    worst = max(diffs, key=diffs.get)
+    print(f"\nspeed-up of cohort over inprocess (training rounds): "
+          f"{_train_ms(results['inprocess'], clients) / _train_ms(results['cohort'], clients):.1f}x; "
+          f"all rounds after the first: "
+          f"{ms_per_client_round(results['inprocess'], clients) / ms_per_client_round(results['cohort'], clients):.1f}x")
+    print(f"final metrics, cohort vs inprocess: largest difference {diffs[worst]:.2g} ({worst}); "
+          f"{headline(ref)} vs {headline(got)}")
+
+
+def _train_ms(res: dict, clients: int) -> float:
+    xs = [s for k, (s, e) in enumerate(zip(res["round_seconds"], res["evaluated"])) if not e and k > 0]
+    return 1000 * sum(xs) / max(len(xs), 1) / clients
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ml-path", help="a MovieLens-100k folder (GroupLens layout); default: synthetic of that size")
@@ -211,6 +263,11 @@ def main() -> None:
     ap.add_argument("--only-scale", action="store_true")
     ap.add_argument("--only-exchange", action="store_true", help="only the dense vs sparse table")
     ap.add_argument("--skip-exchange", action="store_true", help="no dense vs sparse table")
+    ap.add_argument("--recipe-engines", action="store_true",
+                    help="only: inprocess vs cohort on the default MovieLens recipe (needs --ml-path)")
+    ap.add_argument("--skip-workers", action="store_true",
+                    help="--recipe-engines: no 2-worker inprocess run, no 2-thread cohort run")
+    ap.add_argument("--extra", nargs="*", help="--recipe-engines: more overrides (e.g. exchange=dense)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -224,6 +281,8 @@ def main() -> None:
 
     print(f"# fedmtl speed benchmark: {psutil.cpu_count()} CPUs, torch {torch.__version__}, "
           f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
+    if args.recipe_engines:
+        return recipe_engines(args)
     base = workload(args)
     results = {}
     if not (args.only_scale or args.only_exchange):

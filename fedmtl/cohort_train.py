@@ -134,12 +134,16 @@ def _chunks(clients: list[_Client], cfg: dict, budget_mb: float, dim: int, hidde
     def size(b, r, u):  # bytes a client of the chunk holds in a step: rows, pairs, click logits per user
         return 4 * (r * (3 * dim + 2 * hidden) * 6 + b * (6 * dim + 2 * hidden) * 4 + (u * r * 5 if click else 0))
 
+    first = None
     for c in order:
         mine = (min(bs, c.n), len(c.rows), len(c.job.data.users))
         grown = tuple(max(x, y) for x, y in zip(big, mine))
-        if cur and size(*grown) * (len(cur) + 1) > budget_mb * 2**20:
+        # a new chunk when this one would outgrow the budget, or pad its first clients' rows by over 15%
+        if cur and (size(*grown) * (len(cur) + 1) > budget_mb * 2**20 or grown[1] > 1.15 * first[1] + 8):
             out.append(cur)
             cur, grown = [], mine
+        if not cur:
+            first = mine
         cur.append(c)
         big = grown
     if cur:
@@ -183,10 +187,8 @@ class _Chunk:
         R = max(len(c.rows) for c in clients)
         U = max(len(c.job.data.users) for c in clients)
         rows = np.zeros((C, R), np.int64)
-        valid_rows = np.zeros((C, R), bool)
         for k, c in enumerate(clients):
             rows[k, :len(c.rows)] = c.rows
-            valid_rows[k, :len(c.rows)] = True
         self.rows = torch.as_tensor(rows, device=dev)
         if clients[0].offset is not None:
             off = np.full((C, R), -np.inf, np.float32)
