@@ -127,7 +127,7 @@ class CohortGrid(InProcessGrid):
         return False
 
     def _batchable(self, msg: Message) -> bool:
-        """A plain training request this engine may train in the batch (else: the ClientApp)."""
+        """A plain training or evaluation request the batch may answer (else: the ClientApp)."""
         from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
         if self.reasons or not msg.has_content():
@@ -213,7 +213,7 @@ class CohortGrid(InProcessGrid):
         from ..federation.client_state import shared_values, state_values
 
         setup = run_setup(self.cfg)
-        out = {}
+        out, new_states = {}, []
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -227,15 +227,17 @@ class CohortGrid(InProcessGrid):
                     ctxs.append(ctx)
                 results = cohort_train.train_cohort(setup, shared, jobs, self.chunk_mb)
                 for m, ctx, (upload, metrics, state) in zip(group, ctxs, results):
-                    for key, arrays in state.items():  # client_state.store_state
-                        ctx.state[key] = _record(arrays)
-                    self.states.put(m.metadata.dst_node_id, ctx)
                     reply = Message(RecordDict({"arrays": _record(upload), "metrics": MetricRecord(metrics)}),
                                     reply_to=m)
                     reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
                     out[id(m)] = reply
+                    new_states.append((m.metadata.dst_node_id, ctx, {k: _record(a) for k, a in state.items()}))
         finally:
             torch.set_num_threads(prev)
+        for node, ctx, records in new_states:  # only once every reply is made (a failed batch changes no state)
+            for key, record in records.items():  # client_state.store_state
+                ctx.state[key] = record
+            self.states.put(node, ctx)
         return out
 
 

@@ -188,3 +188,27 @@ def test_bad_backend_options_are_one_line(tmp_path, bad):
     with pytest.raises(ConfigError) as e:
         _run(tmp_path, "bad", ["backend=cohort", bad])
     assert bad.split("=")[0] in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_failing_batch_goes_through_the_client_app(tmp_path, caplog, monkeypatch):
+    """A batch that raises: one warning, its clients answered by the ClientApp from the state they
+    had (no half-stored state): the run is inprocess's exactly."""
+    import fedmtl.engine.cohort as cohort
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cohort.cohort_train, "train_cohort", boom)
+    monkeypatch.setattr(cohort.cohort_train, "evaluate_cohort", boom)
+    caplog.set_level(logging.WARNING, logger="fedmtl")
+    got, _ = _run(tmp_path, "cohort", ["backend=cohort"])
+    ref, _ = _run(tmp_path, "inprocess", [])
+    assert ref == got
+    assert "the batched round failed (RuntimeError: boom)" in caplog.text
+
+
+def test_state_on_disk_matches_memory(tmp_path):
+    mem, _ = _run(tmp_path, "mem", RECIPE + ["backend=cohort"])
+    disk, _ = _run(tmp_path, "disk", RECIPE + ["backend=cohort", "backend.state=disk"])
+    assert_close(mem, disk, 1e-9)
+    assert (tmp_path / "disk" / "client_state.sqlite").is_file()
