@@ -245,6 +245,35 @@ def recipe_engines(args) -> None:
           f"{ms_per_client_round(results['inprocess'], clients) / ms_per_client_round(results['cohort'], clients):.1f}x")
     print(f"final metrics, cohort vs inprocess: largest difference {diffs[worst]:.2g} ({worst}); "
           f"{headline(ref)} vs {headline(got)}")
+    arithmetic_floor(base, results, clients)
+
+
+def arithmetic_floor(base: list[str], results: dict, clients: int) -> None:
+    """A training round's matmul FLOPs (as the batch computes them, and as the per-client path
+    does: every item through the item tower each step) at this machine's measured one-thread
+    matmul rate, beside the measured training rounds."""
+    import torch
+
+    from fedmtl.client_step import run_setup
+    from fedmtl.cohort_train import Job, round_flops
+    from fedmtl.data import federation_for
+
+    cfg = dict(compose(base), output_dir=tempfile.mkdtemp(prefix="fedmtl-bench-floor-"))
+    fed = federation_for(cfg)
+    batch, single = round_flops(run_setup(cfg), [Job(p, fed.partition_data(p), {}, 1) for p in range(clients)])
+    torch.set_num_threads(1)
+    a, b = torch.randn(4096, cfg["model"]["dim"]), torch.randn(cfg["model"]["dim"], 64)
+    for _ in range(5):
+        a @ b
+    t0, n = time.time(), 300
+    for _ in range(n):
+        a @ b
+    rate = n * a.shape[0] * a.shape[1] * b.shape[1] * 2 / (time.time() - t0)
+    ms = lambda flops: 1000 * flops / rate / clients  # noqa: E731
+    print(f"\narithmetic floor of a training round (matmuls only, one thread at the measured "
+          f"{rate / 1e9:.1f} GFLOP/s): cohort's batch {batch / 1e9:.1f} GFLOP = {ms(batch):.2f} ms / client-round "
+          f"(measured {_train_ms(results['cohort'], clients):.2f}); the per-client path {single / 1e9:.1f} GFLOP = "
+          f"{ms(single):.2f} ms / client-round (measured {_train_ms(results['inprocess'], clients):.2f})")
 
 
 def _train_ms(res: dict, clients: int) -> float:

@@ -558,3 +558,39 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
         part["num-examples"] = int(len(j.data.test_u))
         out.append(part)
     return out
+
+
+def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
+    """(multiply-add FLOPs of these clients' training round as the batch computes it, padding
+    included; as the per-client path computes it: every item through the item tower each step,
+    click logits per pair), counting the matmuls only (forward, and the backward's two)."""
+    cfg, tcfg = setup.cfg, setup.tcfg
+    m = cfg["model"]
+    d, h, layers = int(m["dim"]), int(m.get("hidden", 64)), int(m.get("layers", 1))
+    meta = _meta(cfg)
+    n_items, feats = int(meta["n_items"]), sum(meta["item_cards"]) + meta["item_multi"].shape[1]
+    tower = 2 * (d * h + (layers - 1) * h * h + h * d) * 3  # per row: forward + two backward products
+    tasks, bs = cfg["tasks"], tcfg.batch_size
+
+    def step(c, rows, b, u, logits):  # c clients, `rows` items through the tower, `logits` click logits each
+        return c * (rows * (tower + 4 * feats * d) + u * tower + ("click" in tasks) * logits * d * 6
+                    + b * d * 12 * len(tasks))
+
+    clients = [_prepare(setup, j, n_items) for j in jobs]
+    padded = 0.0
+    for part in _chunks(clients, cfg, 1024.0, d, h):
+        ns = np.array([c.n for c in part])
+        r, u = max(len(c.rows) for c in part), max(len(c.job.data.users) for c in part)
+        for s in range(int(math.ceil(ns.max() / bs))):
+            padded += tcfg.epochs * step(len(part), r, int(np.clip(ns - s * bs, 0, bs).max()), u, u * r)
+    single = 0.0
+    for c in clients:
+        for s in range(int(math.ceil(c.n / bs))):
+            b = min(bs, c.n - s * bs)
+            single += tcfg.epochs * step(1, n_items, b, len(c.job.data.users), b * len(c.rows))
+    return padded, single
+
+
+def _meta(cfg: dict) -> dict:
+    from .data import federation_for
+    return federation_for(cfg).meta
