@@ -239,10 +239,10 @@ def recipe_engines(args) -> None:
     ref, got = results["inprocess"]["metrics"], results["cohort"]["metrics"]
     diffs = {k: abs(ref[k] - got[k]) for k in ref if isinstance(ref[k], (int, float)) and ref.get(k) is not None}
     worst = max(diffs, key=diffs.get)
+    inp, coh = results["inprocess"], results["cohort"]
     print(f"\nspeed-up of cohort over inprocess (training rounds): "
-          f"{_train_ms(results['inprocess'], clients) / _train_ms(results['cohort'], clients):.1f}x; "
-          f"all rounds after the first: "
-          f"{ms_per_client_round(results['inprocess'], clients) / ms_per_client_round(results['cohort'], clients):.1f}x")
+          f"{_train_ms(inp, clients) / _train_ms(coh, clients):.1f}x; all rounds after the first: "
+          f"{ms_per_client_round(inp, clients) / ms_per_client_round(coh, clients):.1f}x")
     print(f"final metrics, cohort vs inprocess: largest difference {diffs[worst]:.2g} ({worst}); "
           f"{headline(ref)} vs {headline(got)}")
     arithmetic_floor(base, results, clients)

@@ -531,8 +531,9 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
     for j in jobs:
         saved = j.state.get(PERSONAL)
         n = len(j.data.users)
+        dim = init["personal.user_emb.weight"].shape[1]
         p = {k: torch.as_tensor(v, device=dev) for k, v in saved.items()} if saved is not None else {
-            "personal.user_emb.weight": init_user_emb(cfg, j.pid, (n, init["personal.user_emb.weight"].shape[1])).to(dev),
+            "personal.user_emb.weight": init_user_emb(cfg, j.pid, (n, dim)).to(dev),
             "personal.user_bias.weight": torch.zeros((n, len(tasks)), device=dev)}
         personal.append(p)
     emb = torch.cat([p["personal.user_emb.weight"] for p in personal])

@@ -136,7 +136,8 @@ def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
             rd[n] = np.zeros((4, 20, *shapes[n][1:]))
             for c in range(4):
                 rd[n][c, :len(rows[c])] = trained[c][n][rows[c]].astype(np.float64) - sent[n][rows[c]]
-        dd = {n: np.stack([trained[c][n].astype(np.float64) - sent[n] for c in range(4)]) for n in ("a.w", "a.b", "h.off")}
+        dd = {n: np.stack([trained[c][n].astype(np.float64) - sent[n] for c in range(4)])
+              for n in ("a.w", "a.b", "h.off")}
         got = sparse_payloads(rd, dd, rows, 50, dtype, [np.random.default_rng([c, 2]) for c in range(4)])
         for a, b in zip(ref, got):
             assert a.keys() == b.keys()
