@@ -63,12 +63,18 @@ def _template(cfg_key: str, n_users: int, device: str):
 @dataclass(frozen=True)
 class RunSetup:
     """What every client of a run would otherwise re-derive from the config dict: the
-    validated config, its device and train config, and (lazily) the model template."""
+    validated config, its device and train config, and (lazily) the federation's metadata
+    and the model template."""
 
     cfg: dict
     device: torch.device
     tcfg: TrainConfig
     key: str
+
+    @property
+    def meta(self) -> dict:
+        """The federation's metadata: item count, feature cardinalities, item feature tables."""
+        return federation_for(self.cfg).meta
 
     def template(self, n_users: int):
         """(the template model for clients of `n_users` users, its initial parameters)."""

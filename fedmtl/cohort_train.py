@@ -405,12 +405,10 @@ def _train_chunk(setup: RunSetup, chunk: _Chunk) -> list[tuple[dict, dict]]:
 def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = 1024.0
                  ) -> list[tuple[dict, dict, dict]]:
     """Every job's (upload, metrics, new state), as client_step.train_client gives them."""
-    from .data import federation_for
-
     cfg, tcfg = setup.cfg, setup.tcfg
     if tcfg.weight_decay or unbatched(cfg):
         raise ValueError(f"train_cohort: this config is not batched ({'; '.join(unbatched(cfg))})")
-    meta = federation_for(cfg).meta
+    meta = setup.meta
     n_items = int(meta["n_items"])
     clients = [_prepare(setup, j, n_items) for j in jobs]
     results: dict[int, tuple] = {}
@@ -568,7 +566,7 @@ def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
     cfg, tcfg = setup.cfg, setup.tcfg
     m = cfg["model"]
     d, h, layers = int(m["dim"]), int(m.get("hidden", 64)), int(m.get("layers", 1))
-    meta = _meta(cfg)
+    meta = setup.meta
     n_items, feats = int(meta["n_items"]), sum(meta["item_cards"]) + meta["item_multi"].shape[1]
     tower = 2 * (d * h + (layers - 1) * h * h + h * d) * 3  # per row: forward + two backward products
     tasks, bs = cfg["tasks"], tcfg.batch_size
@@ -590,8 +588,3 @@ def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
             b = min(bs, c.n - s * bs)
             single += tcfg.epochs * step(1, n_items, b, len(c.job.data.users), b * len(c.rows))
     return padded, single
-
-
-def _meta(cfg: dict) -> dict:
-    from .data import federation_for
-    return federation_for(cfg).meta
