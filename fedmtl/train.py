@@ -179,9 +179,10 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item
         mask = data.train_mask()
         lists = data.test_lists()
         cand = getattr(data, "cand", None)  # split=leave_one_out: ranked among sampled negatives
-        if cand is not None:
-            rankers["valid/"] = item_item  # its validation item, scored like the test item
-            hr_all["valid/"], nd_all["valid/"] = [], []
+        if cand is not None:  # its validation item, scored like the test item (grid blends: "valid_<group>/")
+            rankers.update({"valid/": item_item, **{f"valid_{g}/": m for g, m in (mixes or {}).items()}})
+            hr_all.update({p: [] for p in rankers if p.startswith("valid")})
+            nd_all.update({p: [] for p in rankers if p.startswith("valid")})
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
             head = model.all_item_scores(users[sl], "click", ir)
@@ -191,12 +192,12 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item
                     hr, nd = M.rank_metrics(mixed.get(prefix, head), mask[sl], lists[sl], k)
                 else:
                     hr, nd = M.sampled_rank_metrics(mixed.get(prefix, head),
-                                                    cand["valid" if prefix == "valid/" else "test"][sl], k)
+                                                    cand["valid" if prefix.startswith("valid") else "test"][sl], k)
                 hr_all[prefix].append(hr)
                 nd_all[prefix].append(nd)
         has_test = np.array([len(x) > 0 for x in lists])
         for prefix in rankers:
-            has = has_test if prefix != "valid/" else (cand["valid"][:, 0] >= 0).cpu().numpy()
+            has = (cand["valid"][:, 0] >= 0).cpu().numpy() if prefix.startswith("valid") else has_test
             hr, nd = np.concatenate(hr_all[prefix])[has], np.concatenate(nd_all[prefix])[has]
             part.update({f"{prefix}click.n": int(has.sum()), f"{prefix}click.hr": float(hr.sum()),
                          f"{prefix}click.ndcg": float(nd.sum())})

@@ -137,7 +137,8 @@ def test_a_leave_one_out_run_writes_split_candidates_and_the_selected_round(tmp_
 
     cfg = validate(compose(["split=leave_one_out", "mode=centralized", "num_clients=4", "dataset.n_users=12",
                             "dataset.n_items=260", "dataset.mean_interactions=12", "baseline_epochs=3",
-                            "eval_every=1", "tasks=[click,rating]", "model.dim=8", "save_model=false"]))
+                            "eval_every=1", "tasks=[click,rating]", "model.dim=8", "save_model=false",
+                            "click_mix.grid_weight=[0,0.5]", "click_mix.grid_lam=[100]"]))
     summary = run(cfg, tmp_path)
     fed = build_federation(cfg)
     split = tmp_path / "split"
@@ -150,6 +151,9 @@ def test_a_leave_one_out_run_writes_split_candidates_and_the_selected_round(tmp_
     assert len(valid) == 12 and set(valid[0]) == set(range(12))
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all({"click.hr@10", "valid/click.hr@10"} <= set(r["test"]) for r in rows)
+    # the final evaluation scores the click_mix grid on validation too (a blend is chosen there, not on test)
+    for w in (0, 0.5):
+        assert {f"mix_w{w:g}_lam100/click.hr@10", f"valid_mix_w{w:g}_lam100/click.hr@10"} <= set(rows[-1]["test"])
     best = max(rows, key=lambda r: (r["test"]["valid/click.hr@10"], r["round"]))
     assert summary["selected_round"] == best["round"]
     assert summary["metrics"] == pytest.approx(best["test"])
