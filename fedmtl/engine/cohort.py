@@ -137,7 +137,11 @@ class CohortGrid(InProcessGrid):
         if not NODE_ID_OFFSET <= node < NODE_ID_OFFSET + self.states.num_nodes or "arrays" not in c:
             return False
         if msg.metadata.message_type == MessageType.EVALUATE:
-            return True
+            # click_mix's whole B (the secure Gram's), or the rows a client kept from it: the ClientApp's
+            from ..federation.client_app import ITEM_ROWS_KEY
+            if "item_item" in c:
+                return "whole" not in c["item_item"]
+            return ITEM_ROWS_KEY not in self.states.get(node).state
         if self.refused or msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS in c:
             return False
         return "config" in c and "server-round" in c["config"]
