@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.runs:
         if "=" not in spec:
             raise SystemExit(f"published: --runs {spec!r}: expected NAME=GLOB")
-        name, pattern = spec.split("=", 1)
+        name, pattern = spec.rsplit("=", 1)  # a name may hold "=" (experiment=...), a folder glob rarely does
         hrs, nds, seeds = fedmtl_rows(pattern)
         if not hrs:
             print(f"published: --runs {name}: no finished run matches {pattern}", file=sys.stderr)
