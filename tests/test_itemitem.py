@@ -141,8 +141,9 @@ def test_click_mix_config_is_checked():
     with pytest.raises(ConfigError, match="privacy=central_dp: the clients' item Gram parts are summed in the clear"):
         compose(["click_mix.weight=0.3", "privacy=central_dp"])
     compose(["click_mix.weight=0.3", "privacy=central_dp", "mode=centralized"])  # nothing is sent there
-    with pytest.raises(ConfigError, match="click_mix.grid_\\* with privacy=secagg"):
-        compose(["click_mix.grid_weight=[0.1]", "click_mix.grid_lam=[300]", "privacy=secagg"])
+    with pytest.raises(ConfigError, match="click_mix.grid_\\* with privacy=secagg_dp"):
+        compose(["click_mix.grid_weight=[0.1]", "click_mix.grid_lam=[300]", "privacy=secagg_dp"])
+    compose(["click_mix.weight=0.3", "privacy=secagg"])  # a SecAgg+ sum of the parts (legacy.SecureGram)
 
 
 def test_the_grid_names_every_weight_and_lam_and_needs_the_gram():

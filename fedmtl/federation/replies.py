@@ -385,7 +385,7 @@ def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
             decoded[id(record)] = {k: v.numpy() for k, v in record.items()}
         return decoded[id(record)]
 
-    kept, invalid, clipped = [], 0, 0
+    kept, invalid, clipped, problems = [], 0, 0, []
     for r in replies:
         if r.has_error():
             kept.append(r)
@@ -393,6 +393,7 @@ def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
         node = r.metadata.src_node_id
         problem = validate_train_reply(r.content, sent(node), rules)
         if problem is not None:
+            problems.append(problem)
             if cfg.get("on_client_failure", "continue") == "stop":
                 raise RoundFailure(f"round {rnd} train: node {node} sent an invalid reply ({problem}); stopping "
                                    "(on_client_failure=stop)")
@@ -406,6 +407,12 @@ def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
                 log.info("round %d: node %d's update norm %.4g clipped to robust.max_update_norm=%g", rnd, node,
                          norm, rules.max_update_norm)
         kept.append(r)
+    if problems and len(problems) == sum(1 for r in replies if not r.has_error()) \
+            and all("NaN/inf" in p or "robust.max_abs_update" in p for p in problems):  # every client diverged
+        from ..errors import DivergedError
+        raise DivergedError(f"round {rnd}: every client's update holds NaN/inf or out-of-bound values ({problems[0]}; "
+                            "training diverged); lower train.lr, train.shared_lr or the strategy's server rate; "
+                            "rounds before it are in metrics.jsonl and checkpoint/")
     common_metrics(kept)
     return kept, invalid, clipped
 

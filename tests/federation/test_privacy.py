@@ -274,7 +274,7 @@ def test_without_a_noise_multiplier_the_target_picks_it(tmp_path):
 
 @pytest.mark.parametrize("override, words", [
     (["privacy=central_dp", "strategy=fedmedian"], "strategy=fedmedian"),
-    (["privacy=secagg", "exchange=sparse"], "exchange=sparse"),
+    (["privacy=secagg_dp", "exchange=sparse"], "exchange=sparse"),
     (["privacy=local_dp", "exchange=sparse"], "exchange=sparse"),
     (["privacy=central_dp", "privacy.noise_multiplier=null"], "target_epsilon"),
     (["privacy=central_dp", "privacy.clipping=median"], "privacy.clipping=median"),
