@@ -29,17 +29,15 @@ import uuid
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SType
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from .. import cohort_train
 from ..client_step import run_setup
 from ..errors import ConfigError, FedMTLError
-from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle
+from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, run_on_grid
 
 log = logging.getLogger("fedmtl")
 
@@ -248,12 +246,6 @@ class CohortGrid(InProcessGrid):
 def run_cohort(server_app, client_app, num_nodes: int, cfg: dict, run_config: dict | None = None,
                state_dir=None) -> None:
     """Run the ServerApp's main function on a cohort grid."""
-    grid = CohortGrid(client_app, num_nodes, cfg, run_config=run_config, state_dir=state_dir)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SUPERLINK_NODE_ID
-    context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=dict(run_config or {}))
-    try:
-        server_app(grid, context)
-    finally:
-        grid.close()
+    run_on_grid(server_app, CohortGrid(client_app, num_nodes, cfg, run_config=run_config, state_dir=state_dir),
+                run_config)
 

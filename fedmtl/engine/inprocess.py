@@ -283,7 +283,12 @@ class InProcessGrid(Grid):
 def run_inprocess(server_app, client_app, num_nodes: int, run_config: dict | None = None, workers: int = 1,
                   state_dir=None) -> None:
     """Run the ServerApp's main function on an in-process grid."""
-    grid = InProcessGrid(client_app, num_nodes, run_config=run_config, workers=workers, state_dir=state_dir)
+    run_on_grid(server_app, InProcessGrid(client_app, num_nodes, run_config=run_config, workers=workers,
+                                          state_dir=state_dir), run_config)
+
+
+def run_on_grid(server_app, grid, run_config: dict | None = None) -> None:
+    """Run the ServerApp's main function on `grid` (this module's or the cohort engine's), then close it."""
     # Messages take their run and source from the process's task identity, as
     # under Flower's own simulation.
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, grid.run.run_id, SUPERLINK_NODE_ID
