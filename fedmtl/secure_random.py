@@ -66,7 +66,3 @@ def shuffled(items) -> list:
     _SYSTEM.shuffle(out)
     return out
 
-
-def seed_bits(bits: int = 256) -> int:
-    """A fresh secret integer (to seed a library RNG that must not follow `seed`)."""
-    return secrets.randbits(bits)

@@ -347,8 +347,9 @@ class SecAggRound:
     """One SecAgg+ training round: Flower's SecAggPlusWorkflow over a legacy FedAvg."""
 
     def __init__(self, cfg: dict):
-        from flwr.server.client_manager import SimpleClientManager
         from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+        from .privacy import client_manager
 
         p = cfg["privacy"]
         check_threshold(p)
@@ -361,7 +362,7 @@ class SecAggRound:
             faults.quorum(cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
             max_weight=max_weight(cfg), clipping_range=float(p["clipping_range"]),
             quantization_range=int(p["quantization_range"]), timeout=cfg.get("round_timeout"))
-        self.client_manager = SimpleClientManager()
+        self.client_manager = client_manager(cfg)  # privacy.py: a secret sample under secagg_dp
         self.context = None
 
     def _fit_config(self, rnd: int) -> dict:

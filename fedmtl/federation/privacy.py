@@ -14,7 +14,7 @@ clipped updates protects one client only when every client weighs the same.
 
 Secret randomness: every noise draw of these modes (and adaptive clipping's noisy
 count) comes from the OS CSPRNG (fedmtl/secure_random.py), never from `seed`; so does
-the choice of the clients a DP round samples (server_app.secret_sampling). Nothing in
+the choice of the clients a DP round samples (`SecretOrder`). Nothing in
 the run folder regenerates them.
 
 Accounting (`Ledger`): every released aggregate is one Gaussian event in Flower's
@@ -161,6 +161,48 @@ def calibrate_noise(ledger: Ledger, target_epsilon: float, rounds: int) -> float
 
 
 # --- server --------------------------------------------------------------------------------------
+
+
+def secret_sampling(cfg: dict, phase: str = "train") -> bool:
+    """Whether this phase's sample must be secret: training rounds of the DP modes, whose
+    accounting claims amplification by sampling (an adversary who can replay the sample
+    from `seed` gets no amplification)."""
+    return phase == "train" and (cfg.get("privacy") or {}).get("name", "none") in DP_MODES
+
+
+class SecretOrder:
+    """The grid with its node ids in an order drawn from the OS CSPRNG. Flower's strategies
+    take `random.sample` positions of that list: whatever the positions (they follow the
+    seeded `random`), the nodes at them are a uniform sample that no seed can replay."""
+
+    def __init__(self, grid):
+        self._grid = grid
+
+    def get_node_ids(self):
+        return secure_random.shuffled(self._grid.get_node_ids())
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+
+def client_manager(cfg: dict):
+    """The legacy client manager SecAgg+'s workflow samples from: under a DP mode one whose
+    clients come in a CSPRNG order before each `random.sample` (the same argument as
+    SecretOrder), else Flower's own."""
+    from flwr.server.client_manager import SimpleClientManager
+
+    if not secret_sampling(cfg):
+        return SimpleClientManager()
+
+    class SecretOrderClientManager(SimpleClientManager):
+        def sample(self, num_clients, min_num_clients=None, criterion=None):
+            with self._cv:
+                order = secure_random.shuffled(self.clients.items())
+                self.clients.clear()
+                self.clients.update(order)
+            return super().sample(num_clients, min_num_clients, criterion)
+
+    return SecretOrderClientManager()
 
 
 class ServerPrivacy:

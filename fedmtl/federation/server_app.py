@@ -16,10 +16,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from .. import checkpoint, itemitem, secure_random
+from .. import checkpoint, itemitem
 from ..data import federation_for
 from ..errors import DivergedError
-from ..federation_names import DP_MODES
 from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
@@ -27,7 +26,7 @@ from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import RoundFailure, check_refusals, check_replies, needed_nodes, wait_for_nodes
-from .privacy import ServerPrivacy
+from .privacy import SecretOrder, ServerPrivacy, secret_sampling
 from .replies import screen_evaluate, screen_gram, screen_train
 from .strategies import build_strategy, set_server_rate
 
@@ -56,37 +55,13 @@ def check_finite(arrays: ArrayRecord, rnd: int) -> None:
                                 "server rate; rounds before it are in metrics.jsonl and checkpoint/")
 
 
-def secret_sampling(cfg: dict, phase: str = "train") -> bool:
-    """Whether this phase's sample must be secret: training rounds of the DP modes, whose
-    accounting claims amplification by sampling (an adversary who can replay the sample
-    from `seed` gets no amplification)."""
-    return phase == "train" and (cfg.get("privacy") or {}).get("name", "none") in DP_MODES
-
-
 def seed_sampling(cfg: dict, phase: str, rnd: int) -> None:
     """Flower's strategies sample nodes with Python's `random`: reseed it from (seed, phase,
     round) so which clients train in a round does not depend on how often the run evaluates.
-    Under a DP mode a training round's `random` is seeded from the OS CSPRNG instead (and
-    the nodes come in a CSPRNG order, `SecretOrder`)."""
-    if secret_sampling(cfg, phase):
-        random.seed(secure_random.seed_bits())
-    else:
-        random.seed(f"fedmtl-{phase}-{cfg['seed']}-{rnd}")
-
-
-class SecretOrder:
-    """The grid with its node ids in an order drawn from the OS CSPRNG. Flower's strategies
-    take `random.sample` positions of that list: whatever the positions, the nodes at them
-    are then a uniform sample that no seed can replay."""
-
-    def __init__(self, grid):
-        self._grid = grid
-
-    def get_node_ids(self):
-        return secure_random.shuffled(self._grid.get_node_ids())
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
+    Under a DP mode the sample is secret all the same: the nodes it picks positions from come
+    in a CSPRNG order (privacy.SecretOrder), so no randomness a guarantee rests on comes from
+    this seeded RNG."""
+    random.seed(f"fedmtl-{phase}-{cfg['seed']}-{rnd}")
 
 
 def sampling_grid(cfg: dict, grid):

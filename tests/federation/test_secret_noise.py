@@ -166,14 +166,35 @@ def test_dp_rounds_sample_clients_secretly_and_plain_rounds_from_the_seed():
     orders = {tuple(server_app.sampling_grid(dp, Nodes()).get_node_ids()) for _ in range(4)}
     assert len(orders) == 4  # a fresh CSPRNG order every round
     import random
-    server_app.seed_sampling(plain, "train", 3)
-    first = random.random()
-    server_app.seed_sampling(plain, "train", 3)
-    assert random.random() == first  # no privacy: the seed decides, as before
-    server_app.seed_sampling(dp, "train", 3)
-    secret = random.random()
-    server_app.seed_sampling(dp, "train", 3)
-    assert random.random() != secret
+
+    def sample(cfg):  # what Flower's sample_nodes does, after the round loop seeded `random`
+        server_app.seed_sampling(cfg, "train", 3)
+        return tuple(random.sample(server_app.sampling_grid(cfg, Nodes()).get_node_ids(), 25))
+
+    assert sample(plain) == sample(plain)  # no privacy: the seed decides, as before
+    assert len({sample(dp) for _ in range(4)}) == 4  # DP: the same seeded `random`, a secret sample
+
+
+def test_secagg_dp_samples_its_legacy_clients_secretly():
+    """SecAgg+'s legacy workflow samples from a client manager: under secagg_dp its clients come
+    in a CSPRNG order, so a `random` seeded from `seed` does not decide the sample."""
+    import random
+    from types import SimpleNamespace
+
+    from fedmtl.federation.privacy import client_manager
+
+    def samples(cfg):
+        manager = client_manager(cfg)
+        for n in range(50):
+            manager.register(SimpleNamespace(cid=str(n)))
+        out = set()
+        for _ in range(4):
+            random.seed(0)
+            out.add(tuple(c.cid for c in manager.sample(25)))
+        return out
+
+    assert len(samples(compose(TINY + ["privacy=secagg"]))) == 1
+    assert len(samples(compose(TINY + ["privacy=secagg_dp"]))) == 4
 
 
 # --- accounting ----------------------------------------------------------------------------------
