@@ -347,23 +347,45 @@ class SecAggRound:
     """One SecAgg+ training round: Flower's SecAggPlusWorkflow over a legacy FedAvg."""
 
     def __init__(self, cfg: dict):
-        from flwr.server.strategy import FedAvg as LegacyFedAvg
-
         from .privacy import client_manager
 
-        p = cfg["privacy"]
-        check_threshold(p)
         self.cfg, self.tasks = cfg, list(cfg["tasks"])
         self.names: list[str] = []
-        self.strategy = LegacyFedAvg(**_legacy_sample(cfg), fraction_evaluate=0.0, accept_failures=True,
+        self._setup(_legacy_sample(cfg), max_weight(cfg), float(cfg["privacy"]["clipping_range"]),
+                    client_manager(cfg))  # privacy.py: a secret sample under secagg_dp
+
+    def _setup(self, sample: dict, weight_bound: float, clip: float, manager) -> None:
+        """The legacy FedAvg that samples, Flower's workflow (quorum, thresholds, quantisation)
+        and the client manager, for the rounds this object runs."""
+        from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+        p = self.cfg["privacy"]
+        check_threshold(p)
+        self.strategy = LegacyFedAvg(**sample, fraction_evaluate=0.0, accept_failures=True,
                                      on_fit_config_fn=self._fit_config,
                                      fit_metrics_aggregation_fn=lambda _: {})  # blinded; losses come masked
         self.workflow = _quorum_workflow(
-            faults.quorum(cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
-            max_weight=max_weight(cfg), clipping_range=float(p["clipping_range"]),
-            quantization_range=int(p["quantization_range"]), timeout=cfg.get("round_timeout"))
-        self.client_manager = client_manager(cfg)  # privacy.py: a secret sample under secagg_dp
+            faults.quorum(self.cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
+            max_weight=weight_bound, clipping_range=clip, quantization_range=int(p["quantization_range"]),
+            timeout=self.cfg.get("round_timeout"))
+        self.client_manager = manager
         self.context = None
+
+    def _run(self, rnd: int, ndarrays: list, grid):
+        """One run of the workflow on `ndarrays` (the FitIns parameters): (what was sent, what
+        the workflow left as the round's parameters, the counting grid). `got is sent`: nothing
+        was released."""
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+        if self.context is None:
+            self.context = self._legacy_context(grid)
+        sent = compat.parameters_to_arrayrecord(ndarrays_to_parameters(ndarrays), True)
+        state = self.context.state
+        state.array_records[MAIN_PARAMS_RECORD] = sent
+        state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd, Key.START_TIME: time.time()})
+        counting = _CountingGrid(grid)
+        self.workflow(counting, self.context)
+        return sent, state.array_records[MAIN_PARAMS_RECORD], counting
 
     def _fit_config(self, rnd: int) -> dict:
         return {"server-round": rnd, NAMES_KEY: json.dumps(self.names)}  # legacy configs hold scalars only
@@ -396,19 +418,9 @@ class SecAggRound:
     def __call__(self, rnd: int, arrays: ArrayRecord, grid):
         """Run the round; returns (new arrays or None, train metrics, the metrics.jsonl row,
         the reason no update was aggregated or None)."""
-        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-
-        if self.context is None:
-            self.context = self._legacy_context(grid)
         self.names = list(arrays.keys())
         dtypes = {k: a.numpy().dtype for k, a in arrays.items()}
-        sent = compat.parameters_to_arrayrecord(ndarrays_to_parameters([arrays[k].numpy() for k in self.names]), True)
-        state = self.context.state
-        state.array_records[MAIN_PARAMS_RECORD] = sent
-        state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd, Key.START_TIME: time.time()})
-        counting = _CountingGrid(grid)
-        self.workflow(counting, self.context)
-        got = state.array_records[MAIN_PARAMS_RECORD]
+        sent, got, counting = self._run(rnd, [arrays[k].numpy() for k in self.names], grid)
         counts = counting.counts()
         unmasked = counting.stages.get(Stage.UNMASK, [0, 0])[1]
         row = {"round": rnd, **counts, "bytes_down": counting.down, "bytes_up": counting.up,
@@ -603,12 +615,9 @@ class SecureGram(SecAggRound):
 
     def __init__(self, cfg: dict):
         from flwr.server.client_manager import SimpleClientManager
-        from flwr.server.strategy import FedAvg as LegacyFedAvg
 
         from ..data import federation_for
 
-        p = cfg["privacy"]
-        check_threshold(p)
         fed = federation_for(cfg)
         self.cfg, self.tasks, self.names = cfg, [], ["gram"]
         self.n_items = int(fed.meta["n_items"])
@@ -616,41 +625,20 @@ class SecureGram(SecAggRound):
         users = max(len(c) for c in fed.clients)
         self.clip = float(2 ** max(0, int(np.ceil(np.log2(max(users, 1))))))  # a count never exceeds it
         self.k = 0
-        n = cfg["num_clients"]
-        self.strategy = LegacyFedAvg(fraction_fit=1.0, min_fit_clients=min(cfg["min_train_clients"], n),
-                                     min_available_clients=min(cfg["min_train_clients"], n), fraction_evaluate=0.0,
-                                     accept_failures=True, on_fit_config_fn=self._fit_config,
-                                     fit_metrics_aggregation_fn=lambda _: {})
-        self.workflow = _quorum_workflow(
-            faults.quorum(cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
-            max_weight=1.0, clipping_range=self.clip, quantization_range=int(p["quantization_range"]),
-            timeout=cfg.get("round_timeout"))
-        self.client_manager = SimpleClientManager()
-        self.context = None
+        self._setup(dict(_legacy_sample(cfg), fraction_fit=1.0), 1.0, self.clip, SimpleClientManager())  # everyone
 
     def _fit_config(self, rnd: int) -> dict:
         return {"server-round": 0, GRAM_KEY: f"{self.k}/{self.chunks}"}
 
     def gram(self, grid) -> tuple[np.ndarray, int, int]:
         """(the summed Gram, bytes up, clients summed); RoundFailure when a chunk is not aggregated."""
-        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-
         from .failures import RoundFailure
 
-        if self.context is None:
-            self.context = self._legacy_context(grid)
         gram = np.zeros((self.n_items, self.n_items), np.float64)
         up, summed = 0, set()
         for k in range(self.chunks):
             self.k = k
-            sent = compat.parameters_to_arrayrecord(ndarrays_to_parameters([np.zeros(1)]), True)
-            state = self.context.state
-            state.array_records[MAIN_PARAMS_RECORD] = sent
-            state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 0,
-                                                                      Key.START_TIME: time.time()})
-            counting = _CountingGrid(grid)
-            self.workflow(counting, self.context)
-            got = state.array_records[MAIN_PARAMS_RECORD]
+            sent, got, counting = self._run(0, [np.zeros(1)], grid)  # the clients send their chunk, not this
             up += counting.up
             if got is sent:
                 raise RoundFailure(f"secure item Gram: chunk {k + 1} of {self.chunks} not aggregated "

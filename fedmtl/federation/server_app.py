@@ -160,7 +160,6 @@ class ItemItem:
                 total += rec.count_bytes()
         return total
 
-
     def _attach_whole(self, msgs: list, final: bool) -> int:
         """The whole of B ("whole": the client keeps its own rows, client_app) to each node that
         has not had it, and the grid's to every node at the final evaluation: one record shared
