@@ -32,6 +32,7 @@ protocol would otherwise get the update in the clear).
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass
 
 from ..errors import ConfigError, PrivacyRefused
@@ -45,6 +46,10 @@ ACCEPTS = {
     "secagg_dp": ("secagg_dp", "local_dp"),
     "local_dp": ("local_dp",),
 }
+# (the run's whole config, this client's floor) while the train handler's privacy mods run
+# (privacy.client_privacy_mod): the mods are built once from a few config keys and cached, so
+# what is this client's own reaches them here
+CURRENT_CLIENT: contextvars.ContextVar = contextvars.ContextVar("fedmtl_client", default=(None, None))
 DEFAULTS = {"privacy": "none", "gram": True, "sparse": True, "min_noise_multiplier": 0.0, "secagg_min_threshold": 2}
 NODE_KEYS = {"privacy-floor": "privacy", "answer-gram": "gram", "send-sparse": "sparse",
              "min-noise-multiplier": "min_noise_multiplier", "secagg-min-threshold": "secagg_min_threshold"}

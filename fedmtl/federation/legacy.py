@@ -47,7 +47,6 @@ its window are not detected. Values are clipped to +-`clipping_range` and quanti
 
 from __future__ import annotations
 
-import contextvars
 import json
 import time
 
@@ -64,9 +63,6 @@ from ..errors import ConfigError, DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows, rowwise_mean
 from . import faults
 
-# (the run's whole config, this client's floor) while privacy_mod runs the mods (the mods are built
-# from a few config keys, cached; the secure Gram needs the client's data and floor)
-CURRENT_CLIENT: "contextvars.ContextVar" = contextvars.ContextVar("fedmtl_client", default=(None, None))
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
 LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipping range
 MAX_SATURATION = 1e-3  # a round whose quantised values sat at +-clipping_range more often stops the run
@@ -542,6 +538,8 @@ class LegacyFitMod:
     def _gram_chunk(self, msg: Message, ctx: Context, spec: str) -> Message:
         from ..errors import PrivacyRefused
         from .deployment import node_data
+
+        from .floor import CURRENT_CLIENT
 
         cfg, floor = CURRENT_CLIENT.get()
         if cfg is None:

@@ -41,7 +41,7 @@ from functools import lru_cache
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 from flwr.client.mod.utils import make_ffn
-from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.serverapp import strategy as fs
 from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
@@ -147,6 +147,19 @@ class Ledger:
         return fresh.accountant.get_epsilon(self.delta)
 
 
+def noise_multiplier(cfg: dict) -> float:
+    """A DP mode's noise multiplier z, as the server and the clients each compute it (a client
+    never takes the server's number): local_dp's std over 2C; else privacy.noise_multiplier,
+    or the smallest z whose epsilon after num_rounds is within privacy.target_epsilon."""
+    p = cfg["privacy"]
+    if p["name"] == "local_dp":
+        return local_dp_multiplier(p)
+    if p.get("noise_multiplier") is not None:
+        return float(p["noise_multiplier"])
+    return calibrate_noise(Ledger(cfg["num_clients"], sample_size(cfg), float(p["delta"])),
+                           float(p["target_epsilon"]), cfg["num_rounds"])
+
+
 def calibrate_noise(ledger: Ledger, target_epsilon: float, rounds: int) -> float:
     """The smallest noise multiplier (to 0.1%) whose epsilon after `rounds` is <= target."""
     lo, hi = 1e-2, 1.0
@@ -220,14 +233,10 @@ class ServerPrivacy:
         m, n = sample_size(cfg), cfg["num_clients"]
         if self.mode in DP_MODES:  # the noise itself comes from the OS CSPRNG (secure_random), never `seed`
             self.ledger = Ledger(n, m, float(self.p["delta"]), local=self.mode == "local_dp")
-            if self.mode == "local_dp":
-                self.noise_multiplier = local_dp_multiplier(self.p)
-            elif self.p.get("noise_multiplier") is None:
-                self.noise_multiplier = calibrate_noise(self.ledger, float(self.p["target_epsilon"]), cfg["num_rounds"])
+            self.noise_multiplier = noise_multiplier(cfg)
+            if self.mode != "local_dp" and self.p.get("noise_multiplier") is None:
                 log.info("privacy: noise multiplier %.4f gives epsilon <= %s after %d rounds", self.noise_multiplier,
                          self.p["target_epsilon"], cfg["num_rounds"])
-            else:
-                self.noise_multiplier = float(self.p["noise_multiplier"])
         # A server optimiser (FedOpt family, FedAvgM) steps from the mean a mode releases:
         # the DP wrapper or SecAgg+ computes a plain mean, the optimiser is post-processing.
         from .strategies import averager, server_optimizer
@@ -414,13 +423,13 @@ def only_weight_mod(msg: Message, ctx: Context, call_next) -> Message:
     return reply
 
 
-class SecureLocalDpMod(LocalDpMod):
-    """Flower's LocalDpMod (clip the update to C, add Gaussian noise to it), with the noise
-    from the OS CSPRNG (secure_random) and the std of `local_dp_std`."""
+class SecureLocalDpMod:
+    """What Flower's LocalDpMod does (clip the update to C with Flower's own clipping, add
+    Gaussian noise to it), with the noise from the OS CSPRNG (secure_random) and the std of
+    `local_dp_std`: Flower's mod draws it from NumPy's seedable global RNG."""
 
     def __init__(self, clipping_norm: float, std: float):
-        super().__init__(clipping_norm, 0.0, 1.0, 1.0)
-        self.std = std
+        self.clipping_norm, self.std = clipping_norm, std
 
     def __call__(self, msg: Message, ctx: Context, call_next) -> Message:
         if len(msg.content.array_records) != 1:
@@ -463,23 +472,10 @@ def distributed_noise_std(cfg: dict, noise_multiplier: float) -> float:
     return noise_multiplier * float(cfg["privacy"]["clipping_norm"]) / math.sqrt(sample_size(cfg))
 
 
-def secagg_dp_multiplier(cfg: dict) -> float:
-    """secagg_dp's z as the clients compute it: privacy.noise_multiplier, or picked from the
-    budget for num_rounds as the server does."""
-    p = cfg["privacy"]
-    if p.get("noise_multiplier") is not None:
-        return float(p["noise_multiplier"])
-    return calibrate_noise(Ledger(cfg["num_clients"], sample_size(cfg), float(p["delta"])),
-                           float(p["target_epsilon"]), cfg["num_rounds"])
-
-
 @lru_cache(maxsize=8)
 def _own_noise(cfg_json: str) -> float | None:
     cfg = json.loads(cfg_json)
-    mode = cfg["privacy"]["name"]
-    if mode == "local_dp":
-        return local_dp_multiplier(cfg["privacy"])
-    return secagg_dp_multiplier(cfg) if mode == "secagg_dp" else None
+    return noise_multiplier(cfg) if cfg["privacy"]["name"] in ("local_dp", "secagg_dp") else None
 
 
 def own_noise_multiplier(cfg: dict) -> float | None:
@@ -511,7 +507,7 @@ def _chain(cfg_json: str) -> tuple:
         from .secagg_guard import SecAggGuard
         chain = [blind_fitres_mod, SecAggGuard(), secaggplus_mod, LegacyFitMod(cfg)]
         if mode == "secagg_dp":  # z: the client's floor checked it (floor.check_train)
-            chain += [GaussianNoiseMod(distributed_noise_std(cfg, secagg_dp_multiplier(cfg))), fixedclipping_mod]
+            chain += [GaussianNoiseMod(distributed_noise_std(cfg, noise_multiplier(cfg))), fixedclipping_mod]
         return tuple(chain)
     return ()
 
@@ -528,20 +524,18 @@ def client_privacy_mod(bound: dict | None):
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
     from .client_state import config_from_context
-    from .floor import check_train, client_floor
+    from .floor import CURRENT_CLIENT, check_train, client_floor
 
     def privacy_mod(msg: Message, ctx: Context, call_next) -> Message:
         cfg = config_from_context(ctx, bound)
         floor = client_floor(ctx.node_config, bound)
         check_train(floor, cfg, RECORD_KEY_CONFIGS in msg.content, own_noise_multiplier(cfg))
         mods = client_mods(cfg)
-        if floor.secagg_min_threshold != 2:  # the SecAgg+ guard with this client's own threshold floor
-            from .secagg_guard import SecAggGuard
-            mods = tuple(SecAggGuard(floor.secagg_min_threshold) if isinstance(m, SecAggGuard) else m for m in mods)
         if not mods:
             return call_next(msg, ctx)
-        from .legacy import CURRENT_CLIENT
-        token = CURRENT_CLIENT.set((cfg, floor))  # the secure Gram's chunk needs them (legacy.LegacyFitMod)
+        # the cached mods read this client's config and floor from here (SecAggGuard: its
+        # threshold floor; LegacyFitMod: the secure Gram's chunk needs the client's data)
+        token = CURRENT_CLIENT.set((cfg, floor))
         try:
             return make_ffn(call_next, list(mods))(msg, ctx)
         finally:

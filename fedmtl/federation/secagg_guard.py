@@ -46,6 +46,7 @@ from flwr.common.constant import ErrorCode
 
 from ..errors import ConfigError
 from .faults import REFUSED
+from .floor import CURRENT_CLIENT
 
 log = logging.getLogger("fedmtl")
 
@@ -102,10 +103,20 @@ class SecAggGuard:
     malicious server unmask this client (module docstring). `min_threshold` is this client's
     floor for the reconstruction threshold."""
 
-    def __init__(self, min_threshold: int = 2):
-        if isinstance(min_threshold, bool) or not isinstance(min_threshold, int) or min_threshold < 2:
+    def __init__(self, min_threshold: int | None = None):
+        if min_threshold is not None and (isinstance(min_threshold, bool) or not isinstance(min_threshold, int)
+                                          or min_threshold < 2):
             raise ConfigError(f"SecAgg+ guard min_threshold={min_threshold!r}: expected an integer >= 2")
-        self.min_threshold = min_threshold
+        self.given = min_threshold
+
+    @property
+    def min_threshold(self) -> int:
+        """The one given, else this client's floor (floor.CURRENT_CLIENT, set for the message
+        by the train handler's privacy mod), else 2."""
+        if self.given is not None:
+            return self.given
+        _, floor = CURRENT_CLIENT.get()
+        return floor.secagg_min_threshold if floor is not None else 2
 
     def problem(self, msg: Message, ctx: Context) -> str | None:
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
