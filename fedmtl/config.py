@@ -7,6 +7,7 @@ value with a one-line `ConfigError` that names the key and what it allows.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import ConfigError
@@ -84,14 +85,14 @@ STRATEGY_RANGES = {
 }
 
 
-def _strategy_keys() -> dict[str, set]:
+@lru_cache(maxsize=1)
+def _strategy_keys() -> dict[str, frozenset]:
     """Each strategy's hyper-parameters: the keys of its conf/strategy/<name>.yaml."""
     import yaml
 
     out = {}
     for f in sorted((CONF_DIR / "strategy").glob("*.yaml")):
-        keys = set((yaml.safe_load(f.read_text()) or {}).keys()) - {"name"}
-        out[f.stem] = keys
+        out[f.stem] = frozenset((yaml.safe_load(f.read_text()) or {}).keys()) - {"name"}
     return out
 
 
@@ -103,7 +104,7 @@ def _strategy_options(cfg: dict) -> None:
 
     known = _strategy_keys()
     name = cfg["strategy"]["name"]
-    own, anyone = known.get(name, set()), set().union(*known.values())
+    own, anyone = known.get(name, frozenset()), frozenset().union(*known.values())
     for key in list(cfg["strategy"]):
         if key == "name" or key in own:
             continue
@@ -314,7 +315,8 @@ def check_privacy(cfg: dict) -> None:
     if mode == "none":
         return
     strategy = cfg["strategy"]["name"]
-    if mode != "local_dp" and strategy in ("fedmedian", "fedtrimmedavg"):
+    from .federation_names import NOT_A_MEAN
+    if mode != "local_dp" and strategy in NOT_A_MEAN:
         raise ConfigError(f"privacy={mode} with strategy={strategy}: the noise and SecAgg+ work on a plain mean of "
                           "the updates, not a median or trimmed mean; use fedavg, fedprox, fedavgm or the FedOpt "
                           "family (their server step runs on the released mean)")

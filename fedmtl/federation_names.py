@@ -2,6 +2,7 @@
 config can be checked without importing Flower)."""
 
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg")
+NOT_A_MEAN = ("fedmedian", "fedtrimmedavg")  # they aggregate whole arrays, not a weighted mean
 PRIVACY = ("none", "central_dp", "client_clip_dp", "local_dp", "secagg", "secagg_dp")
 DP_MODES = ("central_dp", "client_clip_dp", "local_dp", "secagg_dp")  # accounted with an RDP accountant
 SECAGG_MODES = ("secagg", "secagg_dp")  # SecAgg+ on Flower's legacy workflow (federation/legacy.py)

@@ -28,7 +28,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fs
 
 from ..errors import ConfigError
-from ..federation_names import SERVER_RATE
+from ..federation_names import NOT_A_MEAN, SERVER_RATE
 from ..metrics import combine
 from .sparse import SparseFedAvg
 
@@ -92,7 +92,6 @@ class KeepDtypes:
         return arrays, metrics
 
 
-DENSE_ONLY = ("fedmedian", "fedtrimmedavg")  # they aggregate whole arrays, not a weighted mean
 
 
 @lru_cache(maxsize=None)
@@ -105,7 +104,7 @@ def strategy_class(name: str, exchange: str = "dense") -> type:
     cls = CLASSES[name]
     if exchange == "dense":
         bases = (KeepDtypes, cls)
-    elif name in DENSE_ONLY:
+    elif name in NOT_A_MEAN:
         raise ConfigError(f"strategy={name} with exchange={exchange}: {cls.__name__} aggregates whole arrays; "
                           "use exchange=dense")
     else:
