@@ -230,12 +230,15 @@ def validate(cfg: dict) -> dict:
 
 def _check_split(cfg: dict) -> None:
     """split=per_user | leave_one_out (conf/split/) and eval.negatives (fedmtl/data/loo.py)."""
-    name = cfg["split"].setdefault("name", "per_user")
+    split = _get(cfg, "split")
+    if not isinstance(split, dict):
+        raise ConfigError(f"split={split!r}: expected a block (split=per_user or split=leave_one_out)")
+    name = split.setdefault("name", "per_user")
     _choice(cfg, "split.name", ("per_user", "leave_one_out"))
     if name == "per_user":
         _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
         return
-    cfg.setdefault("eval", {}).setdefault("negatives", 99)
+    _block(cfg, "eval", {"negatives": 99})
     _number(cfg, "eval.negatives", lo=1, integer=True)
     if cfg["split"].get("validation"):
         raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
