@@ -71,7 +71,7 @@ class Floor:
         if unknown:
             raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected {', '.join(DEFAULTS)})")
         v = {**DEFAULTS, **values}
-        if v["privacy"] not in ACCEPTS:
+        if not isinstance(v["privacy"], str) or v["privacy"] not in ACCEPTS:
             raise ConfigError(f"{where}.privacy={v['privacy']}: expected one of {list(ACCEPTS)}")
         for key in ("gram", "sparse"):
             if isinstance(v[key], str) and v[key].lower() in ("true", "false"):
