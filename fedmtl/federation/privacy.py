@@ -524,7 +524,7 @@ def client_privacy_mod(bound: dict | None):
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
     from .client_state import config_from_context
-    from .floor import CURRENT_CLIENT, check_train, client_floor
+    from .floor import check_train, client_floor
 
     def privacy_mod(msg: Message, ctx: Context, call_next) -> Message:
         cfg = config_from_context(ctx, bound)
@@ -534,7 +534,9 @@ def client_privacy_mod(bound: dict | None):
         if not mods:
             return call_next(msg, ctx)
         # the cached mods read this client's config and floor from here (SecAggGuard: its
-        # threshold floor; LegacyFitMod: the secure Gram's chunk needs the client's data)
+        # threshold floor; LegacyFitMod: the secure Gram's chunk needs the client's data);
+        # imported here, not closed over: a ContextVar does not pickle (workers, Ray)
+        from .floor import CURRENT_CLIENT
         token = CURRENT_CLIENT.set((cfg, floor))
         try:
             return make_ffn(call_next, list(mods))(msg, ctx)
