@@ -92,6 +92,83 @@ def unpack(payload: dict[str, np.ndarray], shapes: dict[str, tuple]) -> tuple[np
     return rows, out
 
 
+def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.ndarray]], weights: np.ndarray,
+                   factors: list[float]) -> dict[str, np.ndarray]:
+    """The server's new arrays from many clients' packed uploads (federation/sparse.py's
+    SparseFedAvg): every row of a row table moves by the `weights`-weighted mean update of the
+    clients that sent it (rows nobody sent stay); every other array is the FedAvg of the
+    clients' arrays (sent + update), `factors` being each client's share, as Flower's
+    aggregate_arrayrecords weighs them. All clients' codes are decoded and summed at once; the
+    sums run in client order, as a loop over the clients would (the same floats, bit for bit)."""
+    shapes = {k: v.shape for k, v in current.items()}
+    dense_names, row_names = layout(shapes)
+    out: dict[str, np.ndarray] = {}
+    if not payloads:
+        return out
+    # row tables: one scatter-add of every client's decoded, weighted rows
+    widths = [int(np.prod(shapes[n][1:])) for n in row_names]
+    if row_names:
+        lens = np.array([len(p[ROWS_KEY]) for p in payloads])
+        rows = np.concatenate([np.asarray(p[ROWS_KEY], dtype=np.int64) for p in payloads])
+        n_rows = shapes[row_names[0]][0]
+        w = np.repeat(np.asarray(weights, dtype=np.float64), lens)
+        # one column of every client's rows at a time (small arrays, no fresh pages): decoded,
+        # weighted and scatter-added by bincount, which adds in the order the rows come (client
+        # order), as a loop over the clients would
+        codes = np.ascontiguousarray(np.concatenate([p[ROWS_DELTA] for p in payloads]).T)
+        scales = (np.ascontiguousarray(np.concatenate([p[ROWS_SCALE] for p in payloads]).T).astype(np.float64)
+                  if ROWS_SCALE in payloads[0] else None)
+        table_of = np.repeat(np.arange(len(widths)), widths)
+        acc = np.empty((n_rows, len(codes)))
+        for j, code in enumerate(codes):
+            col = code.astype(np.float64)
+            if scales is not None:
+                col *= scales[table_of[j]]
+            col *= w
+            acc[:, j] = np.bincount(rows, weights=col, minlength=n_rows)
+        wsum = np.bincount(rows, weights=w, minlength=n_rows)
+        sent = wsum > 0
+        col = 0
+        for name, width in zip(row_names, widths):
+            cur = current[name]
+            new = cur.copy()
+            step = acc[sent, col:col + width] / wsum[sent][:, None]
+            new[sent] = (cur[sent] + step.reshape(-1, *shapes[name][1:])).astype(new.dtype)
+            out[name] = new
+            col += width
+    # every other array: FedAvg of (sent + update), one flat vector per client
+    if dense_names:
+        cur_flat = np.concatenate([current[n].ravel() for n in dense_names]).astype(np.float64)
+        dtypes = {current[n].dtype for n in dense_names}
+        dtype = dtypes.pop() if len(dtypes) == 1 else np.float64
+        scale_of = None
+        if DENSE_SCALE in payloads[0]:  # each flat value's scale row (an array's first axis, or one row)
+            counts = [int(np.prod(shapes[n][1:])) if len(shapes[n]) > 1 else int(np.prod(shapes[n]))
+                      for n in dense_names for _ in range(shapes[n][0] if len(shapes[n]) > 1 else 1)]
+            scale_of = np.repeat(np.arange(len(counts)), counts)
+        total = None
+        for b in range(0, len(payloads), 32):  # blocks of clients: small arrays, reused memory
+            block = payloads[b:b + 32]
+            u = np.stack([p[DENSE_DELTA] for p in block]).astype(np.float64)
+            if scale_of is not None:
+                u *= np.stack([p[DENSE_SCALE] for p in block]).astype(np.float64)[:, scale_of]
+            u += cur_flat
+            # each client's (sent + update) in the arrays' dtype times its factor (a Python float: a
+            # weak scalar, so the product stays in that dtype), summed one client after another
+            x = u.astype(dtype) * np.asarray(factors[b:b + 32], dtype=dtype)[:, None]
+            for row in x:
+                if total is None:
+                    total = row.copy()
+                else:
+                    total += row
+        pos = 0
+        for name in dense_names:
+            size = int(np.prod(shapes[name]))
+            out[name] = np.asarray(total[pos:pos + size].reshape(shapes[name]))
+            pos += size
+    return out
+
+
 def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, np.ndarray], rows: list[np.ndarray],
                     n_items: int, dtype: str, rngs: list[np.random.Generator]) -> list[dict[str, np.ndarray]]:
     """`sparse_payload` of many clients at once, the same arrays bit for bit: row_deltas

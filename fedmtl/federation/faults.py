@@ -218,6 +218,7 @@ TRAIN_FAULTS = {
     "row-duplicate": "sparse: the first row index twice",
     "truncated": "sparse: ::dense_delta one value short",
     "scale": "sparse int8: a row scale of 1e30",
+    "int8-min": "sparse int8: a code of -128 (outside the encoder's -127..127)",
     "boost": "the update times 50 (within the per-value bound; robust.max_update_norm's case)",
 }
 GRAM_FAULTS = {
@@ -267,6 +268,9 @@ def tamper_train(kind: str, arrays: dict, metrics: dict, sent: dict) -> None:
     elif kind == "scale":
         arrays["::rows_scale"] = arrays["::rows_scale"].copy()
         arrays["::rows_scale"][0, 0] = 1e30
+    elif kind == "int8-min":
+        arrays["::rows_delta"] = arrays["::rows_delta"].copy()
+        arrays["::rows_delta"][0, 0] = -128
     elif kind == "boost":
         if not packed:
             for k, v in arrays.items():

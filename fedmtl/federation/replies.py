@@ -217,8 +217,11 @@ def _packed_width(shapes: dict[str, tuple]) -> tuple[int, int, int, int]:
     return width, size, srows, n_items
 
 
-def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(rows, {name: update}) of a packed sparse reply, checked before sparse.unpack reads it."""
+def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules, decode: bool = True
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """(rows, {name: update}) of a packed sparse reply, checked before sparse.unpack reads it
+    (decode=False: only checked, None). The checks bound every decoded value: a float code is
+    its own value, an int8 code in -127..127 decodes to at most 127 x its scale."""
     from .sparse import unpack
 
     int8 = rules.dtype == "int8"
@@ -255,16 +258,18 @@ def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules) -> tuple[np
             if v[k].size and not float(v[k].max()) * 127 <= rules.max_abs_update:
                 raise Invalid(f"{k} holds {_fmt(v[k].max())}: it decodes to up to {_fmt(float(v[k].max()) * 127)} "
                               f"> robust.max_abs_update={rules.max_abs_update:g}")
+        for k in (ROWS_DELTA, DENSE_DELTA):
+            if v[k].size and int(v[k].min()) < -127:
+                raise Invalid(f"{k} holds {int(v[k].min())}, outside the int8 code's -127..127")
     else:
         for k in (ROWS_DELTA, DENSE_DELTA):
             _bounded(k, v[k], rules.max_abs_update)
+    if not decode:
+        return None
     try:
-        rows, upd = unpack(v, shapes)
+        return unpack(v, shapes)
     except Exception as e:  # the checks above should leave nothing here; never let it reach the strategy
         raise Invalid(f"the packed update does not unpack ({type(e).__name__}: {e})") from None
-    for k, u in upd.items():
-        _bounded(k, u, rules.max_abs_update, "a decoded update of")
-    return rows, upd
 
 
 def _norm(upd: dict[str, np.ndarray]) -> float:
@@ -278,9 +283,13 @@ def validate_train_reply(content, sent: dict[str, np.ndarray], rules: Rules) -> 
     try:
         arrays, metrics = _records(content)
         _check_metrics(metrics, rules)
-        upd = (sparse_update(arrays, sent, rules)[1] if rules.exchange == "sparse"
-               else dense_update(arrays, sent, rules))
-        if rules.max_update_norm is not None and rules.on_large_update == "reject":
+        norm_check = rules.max_update_norm is not None and rules.on_large_update == "reject"
+        if rules.exchange == "sparse":
+            upd = sparse_update(arrays, sent, rules, decode=norm_check)
+            upd = upd[1] if upd is not None else None
+        else:
+            upd = dense_update(arrays, sent, rules)
+        if norm_check:
             norm = _norm(upd)
             if not norm <= rules.max_update_norm:
                 return f"update norm {_fmt(norm)} > robust.max_update_norm={rules.max_update_norm:g}"

@@ -35,7 +35,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
 from ..sparse_codec import (DENSE_DELTA, DENSE_SCALE, ROW_TABLES, ROWS_DELTA, ROWS_KEY, ROWS_SCALE,  # noqa: F401
-                            decode, encode, layout, sparse_payload, unpack)
+                            decode, encode, layout, rowwise_fedavg, sparse_payload, unpack)
 
 
 class SparseFedAvg(FedAvg):
@@ -56,33 +56,11 @@ class SparseFedAvg(FedAvg):
         contents = [m.content for m in valid]
         weights = np.array([float(c["metrics"][self.weighted_by_key]) for c in contents])
         current = {k: v.numpy() for k, v in self._current.items()}
-        shapes = {k: v.shape for k, v in current.items()}
-        dense_names, row_names = layout(current)
-        acc = {n: np.zeros(current[n].shape, np.float64) for n in row_names}
-        wsum = np.zeros(max((current[n].shape[0] for n in row_names), default=0))
-        # Dense part: the clients' weights (sent + update) averaged as Flower's aggregate_arrayrecords
-        # does (the same factors, products and order), without a serialisation round trip per client
         raw = [c["metrics"][self.weighted_by_key] for c in contents]
-        factors = [w / sum(raw) for w in raw]
-        dense: dict[str, np.ndarray] = {}
-        for c, w, f in zip(contents, weights, factors):
-            rows, upd = unpack({k: v.numpy() for k, v in c[self.arrayrecord_key].items()}, shapes)
-            for k in dense_names:
-                x = np.asarray(current[k] + upd[k], dtype=current[k].dtype)
-                if k in dense:
-                    dense[k] += x * f
-                else:
-                    dense[k] = x * f
-            for n in row_names:
-                acc[n][rows] += w * upd[n]
-            wsum[rows] += w
-        out = ArrayRecord({k: Array(np.asarray(v)) for k, v in dense.items()})
-        sent = wsum > 0
-        for n in row_names:
-            new = current[n].copy()
-            new[sent] = (current[n][sent] + acc[n][sent] / wsum[sent].reshape(-1, *[1] * (new.ndim - 1))
-                         ).astype(new.dtype)
-            out[n] = Array(new)
+        factors = [w / sum(raw) for w in raw]  # Flower's aggregate_arrayrecords' factors
+        payloads = [{k: v.numpy() for k, v in c[self.arrayrecord_key].items()} for c in contents]
+        out = ArrayRecord({k: Array(np.asarray(v)) for k, v in rowwise_fedavg(current, payloads, weights,
+                                                                               factors).items()})
         # the order sent: FedAvgM pairs old and new arrays by position
         out = ArrayRecord({k: out[k] for k in self._current.keys() if k in out})
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -53,6 +53,27 @@ def evaluate_aggregation(records: list[RecordDict], weighted_by_key: str) -> Met
     return MetricRecord(out)
 
 
+def train_aggregation(records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Flower's aggregate_metricrecords (the weighted mean of the training replies' metrics,
+    the same factors, products and order of sums), summed in a plain dict and made a
+    MetricRecord once: Flower's re-validates the record on each of clients x metrics updates,
+    a tenth of a second a round at 943 clients."""
+    metrics = [next(iter(r.metric_records.values())) for r in records]
+    weights = [float(m[weighted_by_key]) for m in metrics]
+    total = sum(weights)
+    out: dict = {}
+    for m, w in zip(metrics, (w / total for w in weights)):
+        for key, value in m.items():
+            if key == weighted_by_key:
+                continue
+            if isinstance(value, list):
+                out[key] = ([v * w for v in value] if key not in out
+                            else [c + v * w for c, v in zip(out[key], value, strict=True)])
+            else:
+                out[key] = value * w if key not in out else out[key] + value * w
+    return MetricRecord(out)
+
+
 def decay_arrays(arrays: ArrayRecord, decay: float, dtypes: dict | None = None) -> ArrayRecord:
     """`server_decay=d`: every shared array times 1 - d (decoupled weight decay, as in
     AdamW, Loshchilov and Hutter 2019, applied once a round by the server). It reaches
@@ -164,6 +185,7 @@ def _common(cfg: dict) -> dict:
         min_evaluate_nodes=min(cfg["min_evaluate_clients"], cfg["num_clients"]),
         min_available_nodes=min(cfg["min_train_clients"], cfg["num_clients"]),
         evaluate_metrics_aggr_fn=evaluate_aggregation,
+        train_metrics_aggr_fn=train_aggregation,
     )
 
 

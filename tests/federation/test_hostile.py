@@ -53,6 +53,7 @@ CASES = [  # (setting, inject-reply, what the log line must say)
     ("sparse_int8", "scale", "::rows_scale holds 1e+30"),
     ("sparse_int8", "nan", "NaN/inf"),
     ("sparse_int8", "weight", "num-examples=1e+09"),
+    ("sparse_int8", "int8-min", "::rows_delta holds -128, outside the int8 code's -127..127"),
     ("norm", "boost", "> robust.max_update_norm=2"),
     ("gram", "gram-nan", "NaN/inf"),
     ("gram", "gram-negative", "negative count"),

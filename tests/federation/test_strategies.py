@@ -385,3 +385,21 @@ def test_a_simulated_round_saves_the_decayed_model(tmp_path, aggregate):
     assert plain.keys() == decayed.keys() and len(plain) > 0
     for k in plain:
         torch.testing.assert_close(decayed[k], 0.75 * plain[k], rtol=1e-5, atol=1e-7)
+
+
+def test_train_aggregation_gives_flowers_weighted_means_exactly():
+    """The strategies' train_metrics_aggr_fn (a plain-dict sum) gives what Flower's own
+    aggregate_metricrecords gives, float for float, lists included."""
+    from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+    from fedmtl.federation.strategies import train_aggregation
+
+    rng = np.random.default_rng(0)
+    records = [RecordDict({"metrics": MetricRecord({"num-examples": int(rng.integers(1, 300)),
+                                                    "loss.rating": float(rng.normal()),
+                                                    "loss.click": float(rng.exponential()),
+                                                    "curve": [float(x) for x in rng.normal(size=3)]})})
+               for _ in range(57)]
+    got, want = train_aggregation(records, "num-examples"), aggregate_metricrecords(records, "num-examples")
+    assert dict(got) == dict(want) and "num-examples" not in got and len(got) == 3
+    assert build_strategy(compose([])).train_metrics_aggr_fn is train_aggregation
