@@ -67,16 +67,19 @@ def fast_array(a: np.ndarray) -> Array:
         buf = io.BytesIO()
         np.save(buf, np.zeros(a.shape, a.dtype), allow_pickle=False)
         head = _HEADERS.setdefault(key, buf.getvalue()[:len(buf.getvalue()) - a.nbytes])
-    out = _Decoded(dtype=str(a.dtype), shape=tuple(int(d) for d in a.shape), stype=SType.NUMPY,
-                   data=head + a.tobytes())
-    out.__dict__["_ndarray"] = a
+    # the attributes Array.__init__ and its __setattr__ would set (checked arguments, a dirty
+    # record), set directly: their checks cost more than the copy for the small arrays of a client
+    out = _Decoded.__new__(_Decoded)
+    out.__dict__.update(dtype=str(a.dtype), shape=tuple(int(d) for d in a.shape), stype=SType.NUMPY,
+                        data=head + a.tobytes(), _is_dirty=True, _ndarray=a)
     return out
 
 
 def _record(arrays: dict) -> ArrayRecord:
-    record = ArrayRecord()  # set item by item: ArrayRecord({...}) would copy each into a plain Array
-    for k, v in arrays.items():
-        record[k] = fast_array(v)
+    """An ArrayRecord of `fast_array`s (ArrayRecord({...}) would copy each into a plain Array;
+    its per-item type checks are skipped: the keys are the names this engine made, str)."""
+    record = ArrayRecord()
+    record.__dict__["_data"].update((k, fast_array(v)) for k, v in arrays.items())
     return record
 
 

@@ -222,3 +222,23 @@ def test_cohort_runs_are_bit_reproducible_from_their_seed(tmp_path):
     assert [r["train"] for r in rows_one] == [r["train"] for r in rows_two]
     other, _ = _run(tmp_path, "other", RECIPE + ["backend=cohort", "seed=1"])
     assert other != one  # the seed does reach the run
+
+
+@pytest.mark.parametrize("a", [np.arange(12, dtype=np.float32).reshape(3, 4), np.asarray(2.5, np.float32),
+                               np.arange(5, dtype=np.uint16), np.zeros((0, 3), np.int8)])
+def test_fast_array_is_the_array_flower_makes(a):
+    """The engine's replies hold fast_array(a): the same dtype, shape, bytes and record as
+    Flower's Array(a), read back as a, pickled as a plain Array."""
+    import pickle
+
+    from flwr.app import Array, ArrayRecord
+
+    from fedmtl.engine.cohort import _record, fast_array
+
+    fast, ref = fast_array(a), Array(a)
+    assert (fast.dtype, fast.shape, fast.stype, fast.data) == (ref.dtype, ref.shape, ref.stype, ref.data)
+    np.testing.assert_array_equal(fast.numpy(), a)
+    back = pickle.loads(pickle.dumps(fast))
+    assert type(back) is Array and back.data == ref.data
+    rec = _record({"x": a, "y": a})
+    assert list(rec.keys()) == ["x", "y"] and rec.count_bytes() == ArrayRecord({"x": ref, "y": ref}).count_bytes()
