@@ -48,6 +48,10 @@ class NodeStates:
         self.db = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # a fresh start: states a former run left in this folder are not this run's (a resumed
+            # run loads its states from the checkpoint, load_client_states)
+            for stale in (path, path.with_name(path.name + "-journal")):
+                stale.unlink(missing_ok=True)
             self.db = sqlite3.connect(str(path))
             self.db.execute("CREATE TABLE IF NOT EXISTS state (node INTEGER PRIMARY KEY, blob BLOB)")
 

@@ -43,6 +43,16 @@ def test_disk_state_matches_memory_and_holds_every_client(tmp_path):
         assert not any(n.startswith("encoder.") for n in names)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_new_run_in_a_used_folder_starts_from_fresh_client_states(tmp_path, workers):
+    """backend.state=disk: a second run into the same folder starts every client afresh (the
+    states the first run left there belong to its last round): the same metrics twice."""
+    over = ["backend.state=disk", f"backend.workers={workers}"]
+    first = final(tmp_path / "run", over)
+    again = final(tmp_path / "run", over)
+    assert again == first
+
+
 def test_personal_state_survives_rounds(tmp_path):
     """Round 2 starts from the personal parameters round 1 left, not from the initial ones."""
     from fedmtl.engine.inprocess import InProcessGrid, TaskIdentity
