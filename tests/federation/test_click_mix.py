@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common import MessageType
@@ -94,3 +96,25 @@ def test_a_grid_without_a_blend_runs_the_gram_round_and_leaves_click_as_it_was(t
     assert summary["item_gram_bytes_up"] > 0
     assert summary["metrics"]["click.ndcg@10"] == plain["click.ndcg@10"]
     assert summary["metrics"]["mix_w0.3_lam5/click.ndcg@10"] != plain["click.ndcg@10"]
+
+
+@pytest.mark.parametrize("backend", ["inprocess", "cohort"])
+def test_rows_of_b_sent_a_chunk_of_clients_at_a_time_give_the_same_run(tmp_path, monkeypatch, backend):
+    """The server attaches B's rows to a few evaluation messages at a time and drops them once
+    answered (memory: one chunk's rows, not every client's): the same metrics and bytes, and
+    each send holds no more rows than the chunk allows."""
+    from fedmtl.federation import server_app
+
+    over = TINY + ["click_mix.weight=0.6", "click_mix.lam=5", f"backend={backend}"]
+    whole = run(compose(over), tmp_path / "whole")
+    n_items = federation_for(compose(TINY)).meta["n_items"]
+    biggest = max(len(items) for items in client_items(compose(TINY)))
+    monkeypatch.setattr(server_app.ItemItem, "CHUNK_BYTES", 2 * biggest * n_items * 4)
+    sends = []
+    real = server_app.ItemItem.attach
+    monkeypatch.setattr(server_app.ItemItem, "attach", lambda self, msgs, final: sends.append(len(msgs))
+                        or real(self, msgs, final))
+    chunked = run(compose(over), tmp_path / "chunked")
+    assert chunked["metrics"] == whole["metrics"]
+    assert chunked["bytes_down_total"] == whole["bytes_down_total"]
+    assert len(sends) > 2 and max(sends) <= 2 and sum(sends) == 6 * 2  # 6 clients, 2 evaluations
