@@ -4,6 +4,7 @@
                                [--only-exchange | --only-scale | --skip-exchange]
     python benchmarks/speed.py --recipe-engines --ml-path DIR/ml-100k [--rounds 5] [--skip-workers]
                                [--extra exchange=dense ...]
+    python benchmarks/speed.py --ml1m-shape [--ml1m-path DIR/ml-1m] [--rounds 45] [--ml1m-inprocess-rounds 2]
 
 Workload: MovieLens-100k sized (943 clients, one user each, full participation,
 2 local epochs; the real data with --ml-path, else synthetic data of the same
@@ -248,6 +249,62 @@ def recipe_engines(args) -> None:
     arithmetic_floor(base, results, clients)
 
 
+def write_ml1m_shape(folder: Path, seed: int = 0) -> Path:
+    """A synthetic data set of MovieLens-1M's shape (6,040 users, 3,706 items, about 1M
+    ratings, 18 genres, its user fields) written in ml-1m's `::` layout, for when the real
+    files are not at hand."""
+    import numpy as np
+
+    from fedmtl.data.movielens import ML1M_GENRES
+    from fedmtl.data.synthetic import generate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = generate(n_users=6040, n_items=3706, mean_interactions=165.6, n_genres=len(ML1M_GENRES), seed=seed)
+    r = ds.interactions
+    with open(folder / "ratings.dat", "w") as f:
+        f.write("".join(f"{u + 1}::{i + 1}::{int(x)}::{t}\n" for u, i, x, t in
+                        zip(r.user.to_numpy(), r.item.to_numpy(), r.rating.to_numpy(), r.ts.to_numpy())))
+    rng = np.random.default_rng(seed)
+    ages, occ = [1, 18, 25, 35, 45, 50, 56], rng.integers(0, 21, ds.n_users)
+    with open(folder / "users.dat", "w") as f:
+        f.writelines(f"{u + 1}::{'MF'[int(ds.user_cat[u, 0]) % 2]}::{ages[int(ds.user_cat[u, 1])]}::{occ[u]}::"
+                     f"{10000 + u}\n" for u in range(ds.n_users))
+    with open(folder / "movies.dat", "w") as f:
+        for i in range(ds.n_items):
+            genres = [g for g, on in zip(ML1M_GENRES, ds.item_multi[i]) if on] or ["Drama"]
+            f.write(f"{i + 1}::Movie {i + 1} ({1950 + 10 * int(ds.item_cat[i, 0])})::{'|'.join(genres)}\n")
+    return folder
+
+
+def ml1m_shape(args) -> None:
+    """The default recipe (experiment=ml100k_federated's knobs) on a MovieLens-1M-shaped
+    federation, one client per user: per engine, seconds per training and evaluation round,
+    the whole run's wall time and peak RSS."""
+    path = Path(args.ml1m_path) if args.ml1m_path else write_ml1m_shape(
+        Path(tempfile.mkdtemp(prefix="fedmtl-ml1m-shape-")) / "ml-1m")
+    base = ["experiment=ml100k_federated", "dataset=movielens1m", f"dataset.path={path}", "num_clients=6040",
+            f"seed={args.seed}", "save_model=false", f"device={args.device}"] + list(args.extra or [])
+    print(f"# MovieLens-1M shape ({'real files' if args.ml1m_path else 'synthetic, ml-1m layout'}: {path}); "
+          f"overrides: {' '.join(base)}\n")
+    print("| engine | rounds | s / training round | s / evaluation round | wall (s) | peak RSS (MB) | "
+          "RMSE | like AUC | HR@10 | NDCG@10 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, ov in [("cohort", ["backend=cohort", f"num_rounds={args.rounds}"]),
+                      ("inprocess", ["backend=inprocess", f"num_rounds={min(args.rounds, args.ml1m_inprocess_rounds)}",
+                                     f"eval_every={min(args.rounds, args.ml1m_inprocess_rounds)}"])]:
+        if label == "inprocess" and args.ml1m_inprocess_rounds <= 0:
+            continue
+        res = run_engine("sim", base + ov, f"ml1m-{label}")
+        secs, ev = res["round_seconds"], res["evaluated"]
+        tr = [x for k, (x, e) in enumerate(zip(secs, ev)) if not e and k > 0] or [x for x, e in zip(secs, ev) if not e]
+        er = [x for x, e in zip(secs, ev) if e]
+        mean = lambda xs: f"{sum(xs) / len(xs):.2f}" if xs else "-"  # noqa: E731
+        m = res["metrics"]
+        print(f"| {label} | {len(secs)} | {mean(tr)} | {mean(er)} | {res['outside_rounds_s'] + sum(secs):.0f} | "
+              f"{res['peak_rss_mb']:.0f} | {m['rating.rmse']:.4f} | {m['like.auc']:.4f} | {m['click.hr@10']:.4f} | "
+              f"{m['click.ndcg@10']:.4f} |", flush=True)
+
+
 def arithmetic_floor(base: list[str], results: dict, clients: int) -> None:
     """A training round's matmul FLOPs (as the batch computes them, and as the per-client path
     does: every item through the item tower each step) at this machine's measured one-thread
@@ -297,6 +354,11 @@ def main() -> None:
     ap.add_argument("--skip-workers", action="store_true",
                     help="--recipe-engines: no 2-worker inprocess run, no 2-thread cohort run")
     ap.add_argument("--extra", nargs="*", help="--recipe-engines: more overrides (e.g. exchange=dense)")
+    ap.add_argument("--ml1m-shape", action="store_true",
+                    help="only: the default recipe on a MovieLens-1M-shaped federation (6,040 clients)")
+    ap.add_argument("--ml1m-path", help="--ml1m-shape: the real ml-1m folder (default: synthetic files of its shape)")
+    ap.add_argument("--ml1m-inprocess-rounds", type=int, default=2,
+                    help="--ml1m-shape: rounds of the inprocess comparison (0: none)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -312,6 +374,8 @@ def main() -> None:
           f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
     if args.recipe_engines:
         return recipe_engines(args)
+    if args.ml1m_shape:
+        return ml1m_shape(args)
     base = workload(args)
     results = {}
     if not (args.only_scale or args.only_exchange):
