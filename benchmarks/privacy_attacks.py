@@ -404,7 +404,7 @@ def overrides_for(args, mode: str, exchange: str, mix: float) -> list[str]:
     aggregate = args.aggregate if args.aggregate != "auto" else ("all" if mode == "none" else "encoder")
     ov += [f"num_clients={args.clients}", f"num_rounds={args.rounds}", "eval_every=1", "average_last=0",
            f"seed={args.seed}", f"aggregate={aggregate}", f"privacy={mode}", f"exchange={exchange}",
-           f"click_mix.weight={mix}", f"backend.workers={args.workers}", "save_model=false", "checkpoint_every=0"]
+           f"click_mix.weight={mix}", "backend=inprocess", f"backend.workers={args.workers}", "save_model=false", "checkpoint_every=0"]
     if mode != "none":
         ov.append("strategy=fedavg")
     return ov + list(args.set)

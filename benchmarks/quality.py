@@ -134,19 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/quality", help="run folders, table.md, learning_curve.png")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rows", nargs="+", default=[r[0] for r in ROWS], choices=[r[0] for r in ROWS])
-    ap.add_argument("--workers", type=int, default=2, help="backend.workers of the federated runs")
+    ap.add_argument("--engine", default="cohort", choices=["cohort", "inprocess"],
+                    help="backend of the federated runs (the README table before 2026-12-05: inprocess, 2 workers)")
+    ap.add_argument("--workers", type=int, default=2, help="backend.workers of the federated runs (inprocess)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
     curve_dir = out / "validation_curve"
-    run_one(curve_dir, [f"experiment={FED}", "split.validation=true", "seed=0", "eval_every=1"], args.ml_path,
-            [f"backend.workers={args.workers}"])
+    engine = ([f"backend={args.engine}"] + ([f"backend.workers={args.workers}"] if args.engine == "inprocess" else []))
+    run_one(curve_dir, [f"experiment={FED}", "split.validation=true", "seed=0", "eval_every=1"], args.ml_path, engine)
     learning_curve(curve_dir, out / "learning_curve.png")
     for name, _, overrides in ROWS:
         if name not in args.rows:
             continue
-        extra = [f"backend.workers={args.workers}"] if name.startswith("fed") else []
+        extra = engine if name.startswith("fed") else []
         results[name] = [run_one(out / name / f"seed{s}", [*overrides, f"seed={s}"], args.ml_path, extra)
                          for s in args.seeds]
         (out / "table.md").write_text(table(results, args.seeds))

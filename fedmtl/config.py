@@ -188,6 +188,11 @@ def validate(cfg: dict) -> dict:
     check_floor(cfg)  # client_floor: what the clients themselves accept
     _check_click_mix(cfg)
     _choice(cfg, "backend.name", BACKENDS)
+    workers = cfg["backend"].get("workers", 1)
+    if cfg["backend"]["name"] == "cohort" and workers != 1:
+        raise ConfigError(f"backend.workers={workers!r}: backend=cohort (the default) is one process that batches "
+                          "each round (backend.threads sets its cores); worker processes are backend=inprocess "
+                          f"backend.workers={workers!r}")
     _choice(cfg, "train.click_loss", CLICK_LOSSES)
     cfg["train"].setdefault("optimizer", "adam")
     _choice(cfg, "train.optimizer", ("adam", "sgd"))
@@ -305,9 +310,9 @@ def _check_faults_and_resume(cfg: dict) -> None:
         raise ConfigError(f"resume={r!r}: expected true, false or the path of a run folder")
     if r and cfg["mode"] != "federated":
         raise ConfigError(f"resume with mode={cfg['mode']}: only federated runs keep round checkpoints")
-    if r and cfg["backend"]["name"] != "inprocess":
+    if r and cfg["backend"]["name"] not in ("inprocess", "cohort"):
         raise ConfigError(f"resume with backend={cfg['backend']['name']}: Flower's Ray engine keeps client states "
-                          "inside its actors; resume needs backend=inprocess")
+                          "inside its actors; resume needs backend=cohort or backend=inprocess")
 
 
 def check_privacy(cfg: dict) -> None:

@@ -140,7 +140,7 @@ def test_a_tampering_supernode_is_left_out_and_the_deployed_run_finishes(deploym
         return handle
 
     monkeypatch.setattr(ca, "make_client_app", client_1_fails)
-    run(compose(overrides), tmp_path / "sim")
+    run(compose(overrides + ["backend=inprocess"]), tmp_path / "sim")  # the ClientApp path: it fails
     deployed, sim = (torch.load(p / "model_shared.pt", weights_only=True) for p in (out, tmp_path / "sim"))
     for k in sim:
         np.testing.assert_allclose(deployed[k].numpy(), sim[k].numpy(), atol=1e-6, err_msg=k)

@@ -14,7 +14,8 @@ TINY = ["dataset.n_users=40", "dataset.n_items=30", "dataset.mean_interactions=1
 
 
 def final(tmp_path, overrides):
-    return run(compose(TINY + overrides), tmp_path)["metrics"]
+    engine = [] if any(o.startswith("backend=") for o in overrides) else ["backend=inprocess"]
+    return run(compose(TINY + engine + overrides), tmp_path)["metrics"]
 
 
 def assert_same(a: dict, b: dict, tol=1e-5):
@@ -60,7 +61,7 @@ def test_personal_state_survives_rounds(tmp_path):
     from fedmtl.federation.server_app import make_server_app
     from flwr.app import Context, RecordDict
 
-    cfg = compose(TINY + ["num_rounds=1"])
+    cfg = compose(TINY + ["num_rounds=1", "backend=inprocess"])
     cfg["output_dir"] = str(tmp_path)
     grid = InProcessGrid(make_client_app(cfg), 5)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
@@ -87,7 +88,7 @@ def test_crashing_client_costs_its_reply_not_the_run(tmp_path, monkeypatch):
         return real(cfg, context)
 
     monkeypatch.setattr(ca, "_client_data", flaky)
-    summary = run(compose(TINY), tmp_path)
+    summary = run(compose(TINY + ["backend=inprocess"]), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["failed"] for r in rows] == [1, 1]
     assert [r["answered"] for r in rows] == [4, 4]

@@ -111,9 +111,11 @@ def test_a_round_whose_checkpoint_did_not_finish_is_run_again(tmp_path, monkeypa
         ["LATEST", "round_0004"]
 
 
-@pytest.mark.parametrize("engine", [["backend.state=disk"], ["backend.workers=2"]])
+@pytest.mark.parametrize("engine", [["backend=cohort"], ["backend=cohort", "backend.state=disk"],
+                                    ["backend=inprocess", "backend.state=disk"],
+                                    ["backend=inprocess", "backend.workers=2"]])
 def test_resume_restores_client_states_on_disk_and_in_workers(tmp_path, monkeypatch, reference, engine):
-    ref_metrics, _ = reference("fedavg")
+    ref_metrics, _ = reference("fedavg", engine[:1])
     interrupted(monkeypatch, tmp_path, ["strategy=fedavg", *engine], after_round=2)
     resumed = run(compose(TINY + ["strategy=fedavg", "resume=true", *engine]), tmp_path)
     assert resumed["metrics"] == pytest.approx(ref_metrics, rel=1e-6)

@@ -19,7 +19,7 @@ from fedmtl.engine.inprocess import InProcessGrid
 from fedmtl.metrics import HEADLINE
 from fedmtl.simulate import run
 
-TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=4", "device=cpu"]
+TINY = ["backend=inprocess", "dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=4", "device=cpu"]
 TASKS = ["rating", "click", "like"]
 
 

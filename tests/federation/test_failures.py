@@ -8,7 +8,7 @@ from fedmtl.config import compose
 from fedmtl.federation.failures import RoundFailure
 from fedmtl.simulate import run
 
-TINY = ["dataset.n_users=40", "dataset.n_items=30", "dataset.mean_interactions=12", "num_clients=4",
+TINY = ["backend=inprocess", "dataset.n_users=40", "dataset.n_items=30", "dataset.mean_interactions=12", "num_clients=4",
         "num_rounds=3", "local_epochs=1", "save_model=false"]
 
 

@@ -25,7 +25,7 @@ from fedmtl.federation.faults import GRAM_FAULTS, INJECT_KEY, TRAIN_FAULTS
 from fedmtl.results import read_jsonl
 from fedmtl.simulate import run
 
-TINY = ["dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=2", "local_epochs=1",
+TINY = ["backend=inprocess", "dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=2", "local_epochs=1",
         "device=cpu", "model.dim=8", "save_model=true", "checkpoint_every=0"]
 HOSTILE = 2
 NODE = NODE_ID_OFFSET + HOSTILE

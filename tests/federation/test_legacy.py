@@ -20,7 +20,7 @@ from fedmtl.federation.server_app import initial_arrays
 from fedmtl.federation_names import PRIVACY
 from fedmtl.simulate import run
 
-TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "device=cpu"]
+TINY = ["backend=inprocess", "dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "device=cpu"]
 PLAIN, SECURE = TINY + ["num_rounds=1"], TINY + ["num_rounds=1", "privacy=secagg"]
 
 

@@ -56,7 +56,7 @@ def neighbour_rings(monkeypatch, tmp_path, runs: int) -> list[dict]:
         return original(self, messages, timeout=timeout)
 
     monkeypatch.setattr(InProcessGrid, "send_and_receive", recording)
-    cfg = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=10", "device=cpu", "num_rounds=1",
+    cfg = ["backend=inprocess", "dataset.n_users=60", "dataset.n_items=40", "num_clients=10", "device=cpu", "num_rounds=1",
            "privacy=secagg", "privacy.num_shares=3", "privacy.reconstruction_threshold=2"]
     for i in range(runs):
         rings.append({})

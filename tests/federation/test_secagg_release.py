@@ -21,7 +21,7 @@ from fedmtl.federation.legacy import check_release, dequantise
 from fedmtl.federation.server_app import initial_arrays
 from fedmtl.simulate import run
 
-TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "device=cpu", "num_rounds=1"]
+TINY = ["backend=inprocess", "dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "device=cpu", "num_rounds=1"]
 SECURE = TINY + ["privacy=secagg"]
 
 
