@@ -275,6 +275,36 @@ def send_evaluate(grid: Grid, cfg: dict, msgs: list, item_item: ItemItem | None,
     return by_node(replies), added
 
 
+class Selection:
+    """split=leave_one_out: the published protocol reports the test figure of the round with the
+    best validation HR@10 (data/loo.select_round: a tie goes to the later round); this keeps
+    that round's evaluated model, so the model saved is the one reported. Other splits: the
+    last round's."""
+
+    KEY = "valid/click.hr@10"
+
+    def __init__(self, cfg: dict, state: dict | None = None):
+        self.on = (cfg.get("split") or {}).get("name") == "leave_one_out"
+        self.round, self.value, self.arrays = None, None, None
+        if state:
+            self.round, self.value = state["round"], state["value"]
+            self.arrays = ArrayRecord({k: Array(v) for k, v in state["arrays"].items()})
+
+    def update(self, rnd: int, evaluation: dict, arrays: ArrayRecord) -> None:
+        v = evaluation.get(self.KEY)
+        if self.on and v is not None and (self.value is None or v >= self.value):
+            self.round, self.value, self.arrays = rnd, v, arrays
+
+    def chosen(self, last_round: int, last: ArrayRecord) -> tuple[int, ArrayRecord]:
+        """(the round whose model is saved, that model)."""
+        return (self.round, self.arrays) if self.arrays is not None else (last_round, last)
+
+    def state_dict(self) -> dict | None:
+        if self.arrays is None:
+            return None
+        return {"round": self.round, "value": self.value, "arrays": {k: v.numpy() for k, v in self.arrays.items()}}
+
+
 def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     """One plain training round: (new arrays or None, train metrics, the metrics.jsonl row,
     the reason the round was skipped or None)."""
@@ -321,6 +351,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             privacy.load_state_dict(ckpt.extra["privacy"])
         if ckpt.extra.get("tail_average"):
             tail.load_state_dict(ckpt.extra["tail_average"])
+    selection = Selection(cfg, ckpt.extra.get("selection") if cfg.get("resume") else None)
     item_item, gram_up = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, rows sent with evaluations
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
@@ -364,12 +395,14 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             if ev is not None:
                 last_eval = dict(ev)
                 row["test"] = last_eval
+                selection.update(rnd, last_eval, tail.model(arrays))
         row["seconds"] = round(time.time() - t0, 3)
         with round_commit():  # Ctrl-C waits until the row and its checkpoint are both written
             append_jsonl(metrics_path, row)
             history.append(row)
             ckpt.save(rnd, arrays, strategy, history,
-                      extra={"privacy": privacy.state_dict(), "tail_average": tail.state_dict()})
+                      extra={"privacy": privacy.state_dict(), "tail_average": tail.state_dict(),
+                             "selection": selection.state_dict()})
         if "test" in row:
             last_eval_round = rnd
         log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), row["answered"],
@@ -384,7 +417,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         last_eval = dict(ev) if ev is not None else last_eval
     if cfg.get("save_model", True):
         final = tail.model(arrays)  # average_last: the averaged model, the one evaluated
-        checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_for(cfg).meta, n_rounds)
+        saved_round, final = selection.chosen(n_rounds, final)  # leave-one-out: the round reported
+        checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_for(cfg).meta, saved_round)
     return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
             "bytes_up_total": sum(h["bytes_up"] for h in history) + gram_up, "item_gram_bytes_up": gram_up,
             "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}

@@ -206,3 +206,22 @@ def test_the_published_protocol_presets_are_the_readme_recipes_on_the_leave_one_
         assert cfg["split"]["name"] == "leave_one_out" and cfg["eval"]["negatives"] == 99
         assert cfg["tasks"] == tasks
         assert {k for k in base if cfg.get(k) != base[k]} <= {"split", "tasks", "eval"}, preset
+
+
+def test_a_federated_leave_one_out_run_saves_the_model_of_the_round_it_reports(tmp_path):
+    """The model file is the selected round's (best validation HR@10), not the last round's:
+    it equals the saved model of the same run stopped at that round."""
+    from fedmtl.simulate import run
+
+    base = ["split=leave_one_out", "num_clients=6", "dataset.n_users=12", "dataset.n_items=260",
+            "dataset.mean_interactions=14", "eval_every=1", "tasks=[click,rating]", "model.dim=8",
+            "train.lr=0.2"]
+    summary = run(validate(compose(base + ["num_rounds=6"])), tmp_path / "six")
+    k = summary["selected_round"]
+    saved = json.loads((tmp_path / "six" / "model_config.json").read_text())
+    assert saved["rounds"] == k
+    shorter = run(validate(compose(base + [f"num_rounds={k}"])), tmp_path / "k")
+    assert shorter["selected_round"] == k
+    a, b = (torch.load(tmp_path / d / "model_shared.pt", weights_only=True) for d in ("six", "k"))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert k < 6, "this config's validation peaks before the last round (else the test shows less)"
