@@ -4,8 +4,11 @@ and the guard that stops a diverged run."""
 from __future__ import annotations
 
 import json
+import math
+import pickle
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,10 +67,23 @@ def test_bad_optimizer_options_are_one_line_errors(bad, key):
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_finished_rounds(tmp_path):
-    cfg = compose([*TINY, "train.optimizer=sgd", "train.shared_lr=1e30", "checkpoint_every=1"])
-    with pytest.raises(DivergedError, match=r"round \d: (the aggregated encoder\.\S+|every client's update) holds "
-                                            r"\d* ?NaN/inf.*diverged"):  # noqa: E501
+    """shared_lr=100 under SGD: round 1 trains and evaluates, round 2's updates blow up.
+    The run stops at round 2 with one line; round 1's metrics.jsonl row and its checkpoint
+    (the same row in its history, finite shared arrays) are what it leaves."""
+    cfg = compose([*TINY, "train.optimizer=sgd", "train.shared_lr=100", "checkpoint_every=1"])
+    with pytest.raises(DivergedError, match=r"round 2: (the aggregated encoder\.\S+|every client's update) holds "
+                                            r"\d* ?NaN/inf.*diverged") as e:  # noqa: E501
         run(cfg, tmp_path)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] \
-        if (tmp_path / "metrics.jsonl").exists() else []
-    assert len(rows) < 3  # it stopped early
+    assert "\n" not in str(e.value)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1]  # the finished round, and nothing of the diverged one
+    assert rows[0]["answered"] == 4 and rows[0]["failed"] == 0
+    train, test = rows[0]["train"], rows[0]["test"]
+    assert {f"loss.{t}" for t in cfg["tasks"]} <= train.keys()
+    assert {"rating.rmse", "click.ndcg@10", "like.auc"} <= test.keys() and test["clients"] == 4
+    assert all(math.isfinite(v) for v in [*train.values(), *test.values()])
+    latest = json.loads((tmp_path / "checkpoint" / "LATEST").read_text())
+    assert latest == {"round": 1, "dir": "round_0001"}
+    server = pickle.loads((tmp_path / "checkpoint" / "round_0001" / "server.pkl").read_bytes())
+    assert server["round"] == 1 and server["history"] == rows
+    assert server["arrays"] and all(np.isfinite(a).all() for a in server["arrays"].values())
