@@ -76,9 +76,36 @@ def image_dockerfile(services: dict, name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["compose.yaml", "compose.yaml+compose.tls.yaml"])
-def test_compose_services_run_real_commands(tls):
-    services = merged() if tls else services_of()
+def built_once(svcs: dict) -> dict:
+    """The same services with `build` kept only on the first service that builds each image
+    tag; the others run that tag without a `build` of their own, as a compose file may write
+    them (compose.yaml's services all carry `build` through their YAML anchors, so without
+    this layout the checks of a service without `build` would never run)."""
+    out, built = {}, set()
+    for name, svc in svcs.items():
+        svc = dict(svc)
+        if svc.get("build"):
+            if svc.get("image") in built:
+                del svc["build"]
+            built.add(svc.get("image"))
+        out[name] = svc
+    return out
+
+
+LAYOUTS = {"compose.yaml": lambda: services_of(), "compose.yaml+compose.tls.yaml": lambda: merged(),
+           "compose.yaml, each image built once": lambda: built_once(services_of()),
+           "compose.yaml+compose.tls.yaml, each image built once": lambda: built_once(merged())}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_compose_services_run_real_commands(layout):
+    """Every service, with or without its own `build`: the image it runs is fedmtl's image of
+    its kind at the installed Flower version (built here, never pulled), its command is
+    accepted by that image's Flower command, and what it dials, mounts and depends on exists."""
+    tls = "tls" in layout
+    services = LAYOUTS[layout]()
+    if "built once" in layout:
+        assert {n for n, s in services.items() if not s.get("build")} >= {"clientapp-0", "supernode-1", "experiment"}
     assert {"superlink", "serverapp", "experiment"} <= services.keys()
     nodes = sorted(s for s in services if s.startswith("supernode-"))
     assert len(nodes) >= 2 and len([s for s in services if s.startswith("clientapp-")]) == len(nodes)
@@ -86,6 +113,9 @@ def test_compose_services_run_real_commands(tls):
     for name, svc in services.items():
         dockerfile = image_dockerfile(services, name).name
         assert dockerfile in BASES, f"{name}: built from {dockerfile}"
+        kind = dockerfile.removesuffix(".Dockerfile")
+        assert svc.get("image") == f"fedmtl/{kind}:{flwr.__version__}", f"{name}: runs image {svc.get('image')}"
+        assert svc.get("entrypoint") or svc.get("command"), f"{name}: neither a command nor an entrypoint"
         for dep in svc.get("depends_on", {}):
             assert dep in services, f"{name} depends on {dep}, which is no service"
         if "entrypoint" in svc:  # a script inside the image
@@ -122,6 +152,22 @@ def test_compose_services_run_real_commands(tls):
 
 def services_of():
     return services(tls=False)
+
+
+@pytest.mark.parametrize("image, error", [
+    ("fedmtl/superexec:1.40.0", "built by no service"),  # a tag no service builds: compose would pull it
+    (f"flwr/superexec:{flwr.__version__}", "built by no service"),  # Flower's image: no fedmtl inside
+    (None, "neither build nor image")])
+def test_a_service_without_build_must_run_an_image_another_service_builds(image, error):
+    svcs = built_once(services_of())
+    svc = svcs["clientapp-0"]
+    assert "build" not in svc and image_dockerfile(svcs, "clientapp-0").name == "superexec.Dockerfile"
+    if image is None:
+        del svc["image"]
+    else:
+        svc["image"] = image
+    with pytest.raises(AssertionError, match=error):
+        image_dockerfile(svcs, "clientapp-0")
 
 
 def named_cert_files(svc: dict) -> set[str]:
