@@ -60,6 +60,7 @@ def plain_loop(cfg: dict, out: Path) -> dict:
     from fedmtl.metrics import combine
     from fedmtl.model import build_model, get_arrays, personal_names, set_arrays, shared_names
     from fedmtl.schedule import client_round
+    from fedmtl.seeds import client_round_seed
     from fedmtl.train import evaluate
     from fedmtl.weighting import build_weighting
 
@@ -89,7 +90,7 @@ def plain_loop(cfg: dict, out: Path) -> dict:
             set_arrays(model, personal.get(pid, init_personal))
             set_arrays(model, glob)
             res = client_round(model, data, tasks, build_weighting(cfg["weighting"], tasks), train_config(cfg), cfg,
-                               seed=rnd * 100_003 + pid)
+                               seed=client_round_seed(0, rnd, pid))  # seed 0's, whatever --seed (as always)
             personal[pid] = get_arrays(model, personal_names(model, cfg["aggregate"]))
             updates.append(get_arrays(model, shared_names(model, cfg["aggregate"])))
             weights.append(res.num_examples)

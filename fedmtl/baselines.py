@@ -20,6 +20,7 @@ from .model import build_model
 from .progress import progress
 from .results import append_jsonl
 from .schedule import client_round
+from .seeds import local_client_seed, pooled_epoch_seed, user_init_seed
 from .train import evaluate, local_train, train_config
 from .transfer import item_parts, new_item_view
 from .weighting import build_weighting
@@ -44,7 +45,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
     t_start = time.time()
     for ep in range(1, epochs + 1):
         t0 = time.time()
-        res = local_train(model, data, tasks, weighting, train_config(cfg, 1), seed=cfg["seed"] * 7_919 + ep)
+        res = local_train(model, data, tasks, weighting, train_config(cfg, 1), seed=pooled_epoch_seed(cfg["seed"], ep))
         row = {"round": ep, "train": {f"loss.{k}": v for k, v in res.losses.items()}}
         if ep % cfg["eval_every"] == 0 or ep == epochs:
             new_item_view(model, fed.holdout.items)  # their bias: the known items' mean as it is now
@@ -67,11 +68,12 @@ def run_local(cfg: dict, fed: Federation, out_dir: Path) -> dict:
     n = len(fed.clients)
     for pid in range(n):
         data = fed.partition_data(pid).to(device)
-        torch.manual_seed(cfg["seed"] * 1_000_003 + pid)
+        torch.manual_seed(user_init_seed(cfg["seed"], pid))  # the global RNG (dropout); user embeddings: build_model's
         model = build_model(cfg["model"], tasks, len(data.users), data.user_cat, fed.meta, cfg["seed"]).to(device)
         new_item_view(model, fed.holdout.items)
         weighting = build_weighting(cfg["weighting"], tasks)
-        client_round(model, data, tasks, weighting, train_config(cfg, epochs), cfg, seed=cfg["seed"] * 7_919 + pid)
+        client_round(model, data, tasks, weighting, train_config(cfg, epochs), cfg,
+                     seed=local_client_seed(cfg["seed"], pid))
         new_item_view(model, fed.holdout.items)
         item_item, mixes = pooled_item_item(cfg, data.train_mask())  # click_mix: this client's own items only
         parts.append(evaluate(model, data, tasks, item_item=item_item, mixes=mixes)

@@ -27,6 +27,7 @@ from .data import ClientData, federation_for
 from .itemitem import Rows, blends
 from .model import build_model, get_arrays, personal_names, set_arrays, shared_names
 from .schedule import client_round
+from .seeds import client_round_seed, user_init_seed
 from .tasks import choose_rows, click_candidates
 from .train import TrainConfig, evaluate, train_config as make_train_config
 from .weighting import build_weighting
@@ -42,7 +43,7 @@ def train_config(cfg: dict) -> TrainConfig:
 
 def client_seed(cfg: dict, server_round: int, pid: int) -> int:
     """The seed of a client's round: its permutations, row set and rounding."""
-    return cfg["seed"] * 7_919 + server_round * 100_003 + pid
+    return client_round_seed(cfg["seed"], server_round, pid)
 
 
 def model_key(cfg: dict) -> str:
@@ -94,7 +95,7 @@ def run_setup(cfg: dict) -> RunSetup:
 
 def init_user_emb(cfg: dict, pid: int, shape) -> torch.Tensor:
     """A client's seeded initial user embeddings (its first round)."""
-    gen = torch.Generator().manual_seed(cfg["seed"] * 1_000_003 + pid)
+    gen = torch.Generator().manual_seed(user_init_seed(cfg["seed"], pid))
     return torch.randn(shape, generator=gen) * cfg["model"].get("init_std", 0.1)
 
 

@@ -38,6 +38,7 @@ from . import checkpoint
 from .errors import ConfigError, FedMTLError
 from .metrics import HEADLINE, combine
 from .results import write_json
+from .seeds import cold_start_seed
 
 log = logging.getLogger("fedmtl")
 
@@ -242,7 +243,7 @@ def cold_start(cfg: dict, fed, arrays: dict[str, np.ndarray], ks, epochs: int, s
             model.personal.user_cat = torch.as_tensor(fed.dataset.user_cat[[u]])
             if k:
                 fine_tune(model, _one_user_data(rows, fed.dataset.user_cat[[u]], meta["n_items"], k, kmax), cfg,
-                          epochs, seed=seed * 7_919 + int(u) * 31 + k)
+                          epochs, seed=cold_start_seed(seed, int(u), k))
             parts.append(evaluate(model, _one_user_data(rows, fed.dataset.user_cat[[u]], meta["n_items"], kmax, kmax),
                                   tasks))
         out[k] = combine(parts)
