@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+ERROR_FILE = "error.json"  # a failed sweep run's error and traceback (sweep.record_failure; read by report)
+
 
 def _clean(obj):
     if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):

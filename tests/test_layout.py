@@ -1,0 +1,143 @@
+"""The package's imports run one way: entry points -> federation / engine -> core.
+
+The import graph is read from the source with `ast` (module-level and function-level
+imports alike, since a function-level import is an arrow all the same) and checked:
+
+- the core (fedmtl/data, fedmtl/model, fedmtl/weighting, tasks, train, metrics,
+  client_step, cohort_train, sparse_codec, itemitem) imports nothing from
+  fedmtl.federation, fedmtl.engine, Flower, Ray or the entry points, and importing it
+  loads none of them;
+- report and sweep are in no import cycle, and no cycle exists beyond those listed in
+  KNOWN_CYCLES; no module outside federation / engine / the entry points imports one of
+  them beyond KNOWN_UPWARD.
+
+Left to do (issue 29), kept here so that a new one fails and a fixed one can be struck:
+  cycles   fedmtl.data.split -> fedmtl.data.loo (in split.write, function level)
+                              <- fedmtl.data.loo imports split's Split, read_part
+           fedmtl.federation.privacy -> fedmtl.federation.legacy (SecAgg+ round and mods,
+                              function level) <- legacy imports privacy.client_manager
+  upward   fedmtl.config -> fedmtl.federation.faults (faults.check_config, in validate)
+           fedmtl.config -> fedmtl.federation.floor (floor.check_config, in validate)
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fedmtl"
+
+CORE_PACKAGES = ("fedmtl.data", "fedmtl.model", "fedmtl.weighting")
+CORE_MODULES = ("fedmtl.tasks", "fedmtl.train", "fedmtl.metrics", "fedmtl.client_step", "fedmtl.cohort_train",
+                "fedmtl.sparse_codec", "fedmtl.itemitem")
+ENTRY_POINTS = ("fedmtl.simulate", "fedmtl.report", "fedmtl.sweep", "fedmtl.deploy", "fedmtl.baselines")
+ABOVE_CORE = ("fedmtl.federation", "fedmtl.engine", "flwr", "ray", *ENTRY_POINTS)
+
+KNOWN_CYCLES = {frozenset({"fedmtl.data.loo", "fedmtl.data.split"}),
+                frozenset({"fedmtl.federation.legacy", "fedmtl.federation.privacy"})}
+KNOWN_UPWARD = {("fedmtl.config", "fedmtl.federation.faults"), ("fedmtl.config", "fedmtl.federation.floor")}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def imports_of(name: str) -> set[str]:
+    """Every module `name` imports, at any level of its source: `fedmtl.x.y` for a fedmtl
+    module (`from .pkg import mod` gives pkg.mod, `from .pkg import func` gives pkg), the
+    dotted name as written for anything else."""
+    path = MODULES[name]
+    here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = here[:len(here) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            out.update(f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in node.names)
+    out.discard(name)
+    return out
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+CORE = sorted(m for m in MODULES if under(m, CORE_PACKAGES) or m in CORE_MODULES)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    edges = {m: [n for n in deps if n in graph] for m, deps in graph.items()}
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(frozenset(comp))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_imports_at_every_level():
+    # the graph itself: a function-level import and a relative `from . import module` are arrows
+    assert "fedmtl.report" in GRAPH["fedmtl.sweep"]  # SweepReport.on_multirun_end's import
+    assert "fedmtl.transfer" in GRAPH["fedmtl.client_step"]  # from . import transfer
+    assert "fedmtl.federation.faults" in GRAPH["fedmtl.config"]  # inside validate
+    assert len(CORE) > 20 and "fedmtl.data.split" in CORE and "fedmtl.weighting.pcgrad" in CORE
+
+
+def test_the_core_imports_nothing_above_it():
+    found = {m: sorted(d for d in GRAPH[m] if under(d, ABOVE_CORE)) for m in CORE}
+    found = {m: d for m, d in found.items() if d}
+    assert not found, f"core modules importing federation / engine / Flower / entry points: {found}"
+
+
+def test_importing_the_core_loads_no_flower():
+    code = (f"import sys\nfor m in {CORE!r}: __import__(m)\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('flwr', 'ray') "
+            f"or m.startswith(('fedmtl.federation', 'fedmtl.engine'))))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", f"importing the core loads {r.stdout.strip()}"
+
+
+def test_report_and_sweep_are_in_no_cycle_and_no_new_cycle_exists():
+    found = cycles(GRAPH)
+    assert not [c for c in found if c & {"fedmtl.report", "fedmtl.sweep"}], found
+    assert set(found) <= KNOWN_CYCLES, f"new import cycles: {[sorted(c) for c in set(found) - KNOWN_CYCLES]}"
+    assert "fedmtl.sweep" not in GRAPH["fedmtl.report"]  # the report reads run folders without Hydra's callback
+
+
+def test_no_new_upward_import():
+    upward = {(m, d) for m, deps in GRAPH.items() if not under(m, ABOVE_CORE) for d in deps
+              if under(d, ABOVE_CORE) and d in MODULES}
+    assert upward <= KNOWN_UPWARD, f"new imports of federation / engine / entry points from below: {upward - KNOWN_UPWARD}"
