@@ -22,65 +22,22 @@ ClientApp, as every other unbatched knob).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import uuid
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.constant import SType
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 
 from .. import cohort_train
 from ..client_step import run_setup
 from ..errors import ConfigError, FedMTLError
+from ..federation.arrays import record as fast_record
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, run_on_grid
 
 log = logging.getLogger("fedmtl")
-
-
-_HEADERS: dict = {}
-
-
-class _Decoded(Array):
-    """An Array (the same dtype, shape and bytes) that also keeps the NumPy array it was made from:
-    in this process, whoever reads it (the server's screening and aggregation, the next round's
-    state) gets a copy of that instead of parsing the bytes again. It pickles as a plain Array."""
-
-    def numpy(self) -> np.ndarray:
-        return self.__dict__["_ndarray"].copy()
-
-    def __reduce__(self):
-        return (Array, (self.dtype, self.shape, self.stype, self.data))
-
-
-def fast_array(a: np.ndarray) -> Array:
-    """Array(a): np.save's bytes, with the .npy header made once per dtype and shape (np.save's
-    header formatting is most of the cost of a small array)."""
-    a = np.ascontiguousarray(a) if a.ndim else np.array(a)
-    key = (a.dtype.str, a.shape)
-    head = _HEADERS.get(key)
-    if head is None:
-        buf = io.BytesIO()
-        np.save(buf, np.zeros(a.shape, a.dtype), allow_pickle=False)
-        head = _HEADERS.setdefault(key, buf.getvalue()[:len(buf.getvalue()) - a.nbytes])
-    # the attributes Array.__init__ and its __setattr__ would set (checked arguments, a dirty
-    # record), set directly: their checks cost more than the copy for the small arrays of a client
-    out = _Decoded.__new__(_Decoded)
-    out.__dict__.update(dtype=str(a.dtype), shape=tuple(int(d) for d in a.shape), stype=SType.NUMPY,
-                        data=head + a.tobytes(), _is_dirty=True, _ndarray=a)
-    return out
-
-
-def _record(arrays: dict) -> ArrayRecord:
-    """An ArrayRecord of `fast_array`s (ArrayRecord({...}) would copy each into a plain Array;
-    its per-item type checks are skipped: the keys are the names this engine made, str)."""
-    record = ArrayRecord()
-    record.__dict__["_data"].update((k, fast_array(v)) for k, v in arrays.items())
-    return record
 
 
 def _threads(n: int) -> int:
@@ -232,11 +189,11 @@ class CohortGrid(InProcessGrid):
                     ctxs.append(ctx)
                 results = cohort_train.train_cohort(setup, shared, jobs, self.chunk_mb)
                 for m, ctx, (upload, metrics, state) in zip(group, ctxs, results):
-                    reply = Message(RecordDict({"arrays": _record(upload), "metrics": MetricRecord(metrics)}),
+                    reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}),
                                     reply_to=m)
                     reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
                     out[id(m)] = reply
-                    new_states.append((m.metadata.dst_node_id, ctx, {k: _record(a) for k, a in state.items()}))
+                    new_states.append((m.metadata.dst_node_id, ctx, {k: fast_record(a) for k, a in state.items()}))
         finally:
             torch.set_num_threads(prev)
         for node, ctx, records in new_states:  # only once every reply is made (a failed batch changes no state)

@@ -23,6 +23,7 @@ from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
 from . import deployment, faults
+from .arrays import nbytes, record as fast_record
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import RoundFailure, check_refusals, check_replies, needed_nodes, wait_for_nodes
@@ -148,16 +149,18 @@ class ItemItem:
             items = self.node_items.get(m.metadata.dst_node_id)
             if items is None:  # no Gram part from this node: the whole B
                 items = np.arange(self.n_items, dtype=np.int64)
-            arrays = {"items": Array(items)}
+            arrays = {"items": items}
             if self.own is not None:
-                arrays["b"] = Array(np.ascontiguousarray(self.own[items]))
+                arrays["b"] = self.own[items]
             if final:
-                arrays.update({f"grid@{lam:g}": Array(np.ascontiguousarray(b[items])) for lam, b in self.grid.items()})
+                arrays.update({f"grid@{lam:g}": b[items] for lam, b in self.grid.items()})
             if len(arrays) > 1:
-                rec = ArrayRecord(arrays)
+                # fast arrays: their .npy bytes are made only if the message leaves the process
+                # (arrays.py); the bytes counted are those bytes' length, made or not
+                rec = fast_record(arrays)
                 # A strategy's messages share one RecordDict: each gets its own (same records, plus its rows)
                 m.content = RecordDict({**dict(m.content.items()), "item_item": rec})
-                total += rec.count_bytes()
+                total += sum(nbytes(v) + len(k) for k, v in arrays.items())
         return total
 
     CHUNK_BYTES = 512 * 2**20  # the rows of B attached to the messages of one send at most

@@ -44,7 +44,10 @@ def deployment(tmp_path, request):
 def test_two_supernodes_two_rounds_through_flwr_run(deployment, tmp_path):
     dep = deployment(2)
     out = tmp_path / "run"
-    run_id = dep.submit(["num_clients=2", "num_rounds=2", "seed=3", *TINY], out)
+    # click_mix: each evaluation message also carries rows of EASE's B (server_app.ItemItem, arrays.py's
+    # fast arrays, whose bytes are made only when a message leaves the process, as here over gRPC)
+    mix = ["click_mix.weight=0.5", "click_mix.lam=5"]
+    run_id = dep.submit(["num_clients=2", "num_rounds=2", "seed=3", *mix, *TINY], out)
     status = dep.wait_run(run_id, timeout=240, out_dir=out)
     assert status == "finished:completed", dep.run_log(run_id)[-3000:]
 
@@ -60,7 +63,9 @@ def test_two_supernodes_two_rounds_through_flwr_run(deployment, tmp_path):
     assert (out / "model_shared.pt").stat().st_size > 0
     assert "finished: 2 rounds" in dep.run_log(run_id)
     # the same apps as the simulation: the deployed run reproduces it
-    sim = run(compose(["num_clients=2", "num_rounds=2", "seed=3", *TINY]), tmp_path / "sim")
+    sim = run(compose(["num_clients=2", "num_rounds=2", "seed=3", *mix, *TINY]), tmp_path / "sim")
+    assert sim["item_gram_bytes_up"] > 0 and summary["item_gram_bytes_up"] == sim["item_gram_bytes_up"]
+    assert [r["bytes_down"] for r in rows] == [r["bytes_down"] for r in read_jsonl(tmp_path / "sim" / "metrics.jsonl")]
     for key in ("rating.rmse", "like.auc", "click.ndcg@10"):
         assert summary["metrics"][key] == pytest.approx(sim["metrics"][key], abs=1e-5), key
 

@@ -233,10 +233,13 @@ def test_fast_array_is_the_array_flower_makes(a):
 
     from flwr.app import Array, ArrayRecord
 
-    from fedmtl.engine.cohort import _record, fast_array
+    from fedmtl.federation.arrays import fast_array, nbytes, record as _record
 
     fast, ref = fast_array(a), Array(a)
+    assert "_bytes" in fast.__dict__ and fast.__dict__["_bytes"] is None  # no bytes made until asked
+    assert nbytes(a) == len(ref.data)
     assert (fast.dtype, fast.shape, fast.stype, fast.data) == (ref.dtype, ref.shape, ref.stype, ref.data)
+    assert fast.deflate() == ref.deflate() and fast.object_id == ref.object_id  # what leaves the process
     np.testing.assert_array_equal(fast.numpy(), a)
     back = pickle.loads(pickle.dumps(fast))
     assert type(back) is Array and back.data == ref.data
