@@ -90,7 +90,7 @@ def plain_loop(cfg: dict, out: Path) -> dict:
             set_arrays(model, personal.get(pid, init_personal))
             set_arrays(model, glob)
             res = client_round(model, data, tasks, build_weighting(cfg["weighting"], tasks), train_config(cfg), cfg,
-                               seed=client_round_seed(0, rnd, pid))  # seed 0's, whatever --seed (as always)
+                               seed=client_round_seed(cfg["seed"], rnd, pid))  # the ClientApp's seed
             personal[pid] = get_arrays(model, personal_names(model, cfg["aggregate"]))
             updates.append(get_arrays(model, shared_names(model, cfg["aggregate"])))
             weights.append(res.num_examples)
