@@ -497,3 +497,9 @@ def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
                 kept.remove(r)
                 invalid += 1
     return kept, invalid
+
+
+def by_node(replies) -> list:
+    """Replies in node order: the strategy's float sums then do not depend on the order in
+    which clients were sampled or answered (same seed, same config -> same bits)."""
+    return sorted(replies, key=lambda m: m.metadata.src_node_id)

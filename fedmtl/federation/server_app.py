@@ -13,22 +13,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from .. import checkpoint, itemitem
+from .. import checkpoint
 from ..data import federation_for
 from ..errors import DivergedError
 from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
 from . import deployment, faults
-from .arrays import nbytes, record as fast_record
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
-from .failures import RoundFailure, check_refusals, check_replies, needed_nodes, wait_for_nodes
+from .failures import check_refusals, check_replies, needed_nodes, wait_for_nodes
 from .privacy import SecretOrder, ServerPrivacy, secret_sampling
-from .replies import screen_evaluate, screen_gram, screen_train
+from .click_mix import ItemItem, item_item_round, secure_item_item_round, send_evaluate  # noqa: F401 (re-exported)
+from .replies import by_node, screen_evaluate, screen_train
 from .strategies import build_strategy, set_server_rate
 
 log = logging.getLogger("fedmtl")
@@ -68,12 +68,6 @@ def seed_sampling(cfg: dict, phase: str, rnd: int) -> None:
 def sampling_grid(cfg: dict, grid):
     """The grid a strategy samples a training round from (secret under the DP modes)."""
     return SecretOrder(grid) if secret_sampling(cfg) else grid
-
-
-def by_node(replies) -> list:
-    """Replies in node order: the strategy's float sums then do not depend on the order in
-    which clients were sampled or answered (same seed, same config -> same bits)."""
-    return sorted(replies, key=lambda m: m.metadata.src_node_id)
 
 
 def _bytes(records) -> int:
@@ -120,162 +114,6 @@ class TailAverage:
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.count = state.get("mean"), int(state.get("count", 0))
-
-
-class ItemItem:
-    """click_mix on the server (itemitem.py): EASE's B per lam, and the items each node's
-    Gram part named, so that each evaluation message carries only the rows of B that the
-    node's users need (x_u B reads the rows of u's items)."""
-
-    def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict, whole_once: bool = False):
-        self.cfg, self.node_items, self.n_items = cfg, node_items, gram.shape[0]
-        self.own, self.grid = itemitem.solve_each(cfg, lambda lam: itemitem.ease(gram, lam))
-        # secure Gram (privacy=secagg): the server does not know whose items are whose, so each
-        # node gets the whole of B once (and the grid's at the final evaluation) and keeps its rows
-        self.whole_once, self.sent = whole_once, set()
-
-    def lams(self) -> list[float]:
-        """The lams solved: the run's blend's and the grid's."""
-        own = {float(self.cfg["click_mix"]["lam"])} if self.own is not None else set()
-        return sorted(own | set(self.grid))
-
-    def attach(self, msgs: list, final: bool) -> int:
-        """Put B's rows into evaluation messages ("b": the run's blend; "grid@<lam>": the
-        selection grid's, in the final evaluation); the bytes this adds."""
-        if self.whole_once:
-            return self._attach_whole(msgs, final)
-        total = 0
-        for m in msgs:
-            items = self.node_items.get(m.metadata.dst_node_id)
-            if items is None:  # no Gram part from this node: the whole B
-                items = np.arange(self.n_items, dtype=np.int64)
-            arrays = {"items": items}
-            if self.own is not None:
-                arrays["b"] = self.own[items]
-            if final:
-                arrays.update({f"grid@{lam:g}": b[items] for lam, b in self.grid.items()})
-            if len(arrays) > 1:
-                # fast arrays: their .npy bytes are made only if the message leaves the process
-                # (arrays.py); the bytes counted are those bytes' length, made or not
-                rec = fast_record(arrays)
-                # A strategy's messages share one RecordDict: each gets its own (same records, plus its rows)
-                m.content = RecordDict({**dict(m.content.items()), "item_item": rec})
-                total += sum(nbytes(v) + len(k) for k, v in arrays.items())
-        return total
-
-    CHUNK_BYTES = 512 * 2**20  # the rows of B attached to the messages of one send at most
-
-    def chunks(self, msgs: list, final: bool) -> list[list]:
-        """The evaluation messages in groups whose rows of B stay under CHUNK_BYTES (one group:
-        the whole of B, shared by every message). Each group is attached, sent and its rows
-        dropped before the next: at 6,040 clients of MovieLens-1M the rows of all would be 11 GB."""
-        if self.whole_once:
-            return [msgs]
-        per_item = 4 * self.n_items * ((self.own is not None) + (len(self.grid) if final else 0))
-        out, cur, size = [], [], 0
-        for m in msgs:
-            items = self.node_items.get(m.metadata.dst_node_id)
-            rows = self.n_items if items is None else len(items)
-            if cur and size + rows * per_item > self.CHUNK_BYTES:
-                out.append(cur)
-                cur, size = [], 0
-            cur.append(m)
-            size += rows * per_item
-        return out + [cur] if cur else out
-
-    def _attach_whole(self, msgs: list, final: bool) -> int:
-        """The whole of B ("whole": the client keeps its own rows, client_app) to each node that
-        has not had it, and the grid's to every node at the final evaluation: one record shared
-        by all the messages."""
-        rec, total = None, 0
-        for m in msgs:
-            node = m.metadata.dst_node_id
-            if node in self.sent and not (final and self.grid):
-                continue
-            if rec is None:
-                arrays = {"whole": Array(np.ones(1, np.float32))}
-                if self.own is not None:
-                    arrays["b"] = Array(self.own)
-                if final:
-                    arrays.update({f"grid@{lam:g}": Array(b) for lam, b in self.grid.items()})
-                rec = ArrayRecord(arrays)
-            m.content = RecordDict({**dict(m.content.items()), "item_item": rec})
-            total += rec.count_bytes()
-            self.sent.add(node)
-        return total
-
-
-def secure_item_item_round(grid: Grid, cfg: dict, strategy):
-    """click_mix under privacy=secagg: the item Gram as a SecAgg+ sum of the clients' parts
-    (legacy.SecureGram), EASE solved on it; B goes whole to each node once (ItemItem)."""
-    from .legacy import SecureGram
-
-    t0 = time.time()
-    wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0, "item Gram")
-    secure = SecureGram(cfg)
-    gram, up, summed = secure.gram(grid)
-    ii = ItemItem(cfg, gram, {}, whole_once=True)
-    log.info("click_mix: item Gram summed by SecAgg+ from %d clients in %d chunks (%.1f MB up), EASE (lam %s) "
-             "solved; %.1fs in all", summed, secure.chunks, up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),
-             time.time() - t0)
-    return ii, up
-
-
-def item_item_round(grid: Grid, cfg: dict, strategy):
-    """click_mix (itemitem.py), before round 1: ask every connected client for its users'
-    item Gram part, add the parts up and solve EASE. Returns (an `ItemItem`, the bytes the
-    parts took up), or (None, 0) when the run blends nothing and scores no selection grid.
-    Parts come in the clear under privacy=none; under secagg, as a SecAgg+ sum (config.py
-    refuses click_mix with the other modes)."""
-    if not itemitem.needed(cfg):
-        return None, 0
-    if cfg["privacy"]["name"] == "secagg":
-        return secure_item_item_round(grid, cfg, strategy)
-    from flwr.app import Message
-    from flwr.common import MessageType
-
-    t0 = time.time()
-    nodes = sorted(wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0,
-                                  "item Gram").get_node_ids())
-    msgs = [Message(RecordDict({"config": ConfigRecord({"query": "gram"})}), dst_node_id=n,
-                    message_type=MessageType.QUERY) for n in nodes]
-    n_items = int(federation_for(cfg).meta["n_items"])
-    gram = np.zeros((n_items, n_items), dtype=np.float64)
-    up, node_items = 0, {}
-    replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
-    check_refusals("item Gram", msgs, replies, "the clients' privacy floors do not answer item Gram queries "
-                   "(click_mix needs them: set click_mix.weight=0 and no grid)")
-    for r in screen_gram(n_items, replies):  # replies.py: well-formed parts only, one log line per other
-        up += r.content["gram"].count_bytes()
-        items = r.content["gram"]["items"].numpy()
-        itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())
-        node_items[r.metadata.src_node_id] = np.asarray(items, dtype=np.int64)
-    ok = len(node_items)
-    if ok == 0:
-        raise RoundFailure(f"item Gram: none of the {len(msgs)} clients sent its part "
-                           "(click_mix needs them)")
-    ii = ItemItem(cfg, gram, node_items)
-    log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
-            "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %s) solved in %.1fs", ok,
-            len(msgs), up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),
-            time.time() - t0)
-    return ii, up
-
-
-def send_evaluate(grid: Grid, cfg: dict, msgs: list, item_item: ItemItem | None, final: bool) -> tuple[list, int]:
-    """(the replies in node order, the bytes click_mix's rows of B add) of evaluation messages.
-    With click_mix, the rows are attached a chunk of messages at a time (ItemItem.chunks), sent,
-    and taken off the messages once answered, so the server holds one chunk's rows."""
-    if item_item is None:
-        return by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"])), 0
-    replies, added = [], 0
-    for chunk in item_item.chunks(msgs, final):
-        plain = [m.content for m in chunk]
-        added += item_item.attach(chunk, final)
-        replies += list(grid.send_and_receive(chunk, timeout=cfg["round_timeout"]))
-        for m, content in zip(chunk, plain):
-            m.content = content
-    return by_node(replies), added
 
 
 class Selection:
