@@ -11,11 +11,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import ConfigError
-from .tasks import check_tasks
+from .tasks import REGISTRY as TASK_REGISTRY, check_tasks
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SIMULATIONS_DIR = CONF_DIR.parent / "simulations"  # experiment= presets (hydra.searchpath in conf/config.yaml)
 
+
+
+def _has_ranking(names) -> bool:
+    """Whether `names` holds a ranking task (click, purchase: the click loss's knobs apply)."""
+    return any(n in TASK_REGISTRY and not TASK_REGISTRY[n].pairwise for n in names if isinstance(n, str))
 
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
@@ -159,7 +164,7 @@ def validate(cfg: dict) -> dict:
     if cfg["exchange"]["name"] == "sparse":
         _number(cfg, "exchange.pad_rows", lo=0, integer=True)
         _choice(cfg, "exchange.dtype", ("float32", "float16", "int8"))
-        if (_get(cfg, "exchange.pad_rows") == 0 and "click" in (cfg.get("tasks") or [])
+        if (_get(cfg, "exchange.pad_rows") == 0 and _has_ranking(cfg.get("tasks") or [])
                 and _get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
@@ -248,9 +253,9 @@ def _check_split(cfg: dict) -> None:
     if cfg["split"].get("validation"):
         raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
                           "(the second latest interaction); the reported round is chosen on it")
-    if "click" not in cfg["tasks"]:
+    if not _has_ranking(cfg["tasks"]):
         raise ConfigError(f"split=leave_one_out with tasks={cfg['tasks']}: its figures are click HR@10 and NDCG@10 "
-                          "(the reported round is chosen on validation HR@10); add click to tasks")
+                          "(the reported round is chosen on validation HR@10); add click (a ranking task) to tasks")
     t = cfg.get("transfer") or {}
     if t.get("new_users") or t.get("new_items"):
         raise ConfigError("split=leave_one_out with transfer.new_users or transfer.new_items: held-out users and "

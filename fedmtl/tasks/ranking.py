@@ -1,0 +1,44 @@
+"""Ranking: which items a user interacts with (click, purchase). Trained with the softmax over
+items (or its sampled forms, see losses.py); scored by full ranking: HR@K and NDCG@K (and
+Recall@K) of the user's test items among every item, the user's train items excluded unless
+`exclude_seen=False` (repeat consumption: earlier items stay candidates)."""
+
+from __future__ import annotations
+
+from .base import Task, percentiles
+
+
+class Ranking(Task):
+    kind = "ranking"
+    pairwise = False
+
+    def __init__(self, name: str, column: str | None = None, k: int = 10, exclude_seen: bool = True):
+        super().__init__(name, column)  # column None: every row of the log is a positive
+        self.k, self.exclude_seen = int(k), bool(exclude_seen)
+
+    def empty_parts(self) -> dict:
+        n = self.name
+        return {f"{n}.n": 0, f"{n}.hr": 0.0, f"{n}.ndcg": 0.0}
+
+    def combine(self, get, parts):
+        n_, k, out = self.name, self.k, {}
+        n = sum(get(f"{n_}.n"))
+        if n:
+            out[f"{n_}.hr@{k}"] = sum(get(f"{n_}.hr")) / n
+            out[f"{n_}.ndcg@{k}"] = sum(get(f"{n_}.ndcg")) / n
+            if get(f"{n_}.recall"):
+                out[f"{n_}.recall@{k}"] = sum(get(f"{n_}.recall")) / n
+            nd = [p[f"{n_}.ndcg"] / p[f"{n_}.n"] for p in parts if p.get(f"{n_}.n")]
+            out[f"{n_}.ndcg@{k}_p10"], out[f"{n_}.ndcg@{k}_p90"] = percentiles(nd)
+        return out
+
+    def rows(self):
+        n, k = self.name, self.k
+        return [(f"{n}.hr@{k}", f"HR@{k}"), (f"{n}.recall@{k}", f"Recall@{k}"), (f"{n}.ndcg@{k}", f"NDCG@{k}"),
+                (f"{n}.ndcg@{k}_p10", f"NDCG@{k} p10 (worst 10% of clients)")]
+
+    def log_keys(self):
+        return [f"{self.name}.hr@{self.k}", f"{self.name}.recall@{self.k}", f"{self.name}.ndcg@{self.k}"]
+
+    def headline(self):
+        return f"{self.name}.ndcg@{self.k}", True
