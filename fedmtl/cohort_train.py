@@ -36,7 +36,7 @@ from .client_step import PERSONAL, WEIGHTING, RunSetup, client_seed, init_user_e
 from .data import ClientData
 from .model import personal_names, shared_names
 from .sparse_codec import ROW_TABLES, sparse_payloads
-from .tasks import choose_rows, get as task_of, ranking_tasks
+from .tasks import choose_rows, dataset_labels, get as task_of, ranking_tasks
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as train._optimizer uses them
 
@@ -67,6 +67,8 @@ def unbatched(cfg: dict) -> list[str]:
         out.append("train.weight_decay > 0 (decays rows outside a client's row set)")
     if ranking_tasks(cfg["tasks"]) and t["click_loss"] == "sampled":
         out.append("train.click_loss=sampled (per-client negative draws)")
+    if dataset_labels(cfg["dataset"]) is not None:
+        out.append(f"dataset={cfg['dataset']['name']} (label columns of an interaction log)")
     if (cfg.get("transfer") or {}).get("new_items"):
         out.append("transfer.new_items > 0 (hidden items)")
     return out

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import ConfigError
-from .tasks import REGISTRY as TASK_REGISTRY, check_tasks
+from .tasks import REGISTRY as TASK_REGISTRY, check_tasks, configure as configure_tasks
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SIMULATIONS_DIR = CONF_DIR.parent / "simulations"  # experiment= presets (hydra.searchpath in conf/config.yaml)
@@ -172,10 +172,11 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: clipping and noise work on "
                               "the whole dense update of every client; use exchange=dense (privacy=secagg takes "
                               "sparse: row-wise averaging from two secure sums)")
-    cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
+    _choice(cfg, "dataset.name", DATASETS)
+    offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
+    cfg["tasks"] = check_tasks(_get(cfg, "tasks"), offered)
     _choice(cfg, "aggregate", AGGREGATE)
     _choice(cfg, "device", DEVICES)
-    _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "model.name", ARCHITECTURES)
     if not isinstance(cfg["model"].setdefault("history", False), bool):
         raise ConfigError(f"model.history={cfg['model']['history']}: expected true or false")
@@ -226,7 +227,10 @@ def validate(cfg: dict) -> dict:
         _number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
         cfg["split"]["seed"] = cfg["seed"]
-    if cfg["dataset"]["name"] != "synthetic" and not cfg["dataset"].get("path"):
+    if cfg["dataset"].get("layout") == "log":
+        if not cfg["dataset"].get("file"):
+            raise ConfigError("dataset.file: dataset=log needs the log's file (a path, a glob or a list)")
+    elif cfg["dataset"]["name"] != "synthetic" and not cfg["dataset"].get("path"):
         raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
                           "e.g. dataset.path=data/ml-100k")
     from .transfer import validate_config as validate_transfer

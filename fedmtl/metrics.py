@@ -53,15 +53,20 @@ def histograms(prob: np.ndarray, labels: np.ndarray, bins: int = AUC_BINS) -> tu
     return (np.bincount(idx[labels], minlength=bins), np.bincount(idx[~labels], minlength=bins))
 
 
-def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor, test_lists: list[np.ndarray], k: int = 10):
+def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor | None, test_lists: list[np.ndarray], k: int = 10,
+                 recall: bool = False):
     """Per-user hit@k and NDCG@k (binary relevance) with train items excluded.
 
-    scores: [U, n_items]; train_mask: [U, n_items] bool; test_lists[u]: the user's test items.
+    scores: [U, n_items]; train_mask: [U, n_items] bool (None: nothing excluded, repeat
+    consumption); test_lists[u]: the user's test items. recall: also Recall@k (the share of the
+    user's distinct test items in the top k), returned third.
     """
+    if train_mask is None:
+        train_mask = torch.zeros_like(scores, dtype=torch.bool)
     masked = scores.masked_fill(train_mask, float("-inf"))
     top = torch.topk(masked, k=min(k, masked.shape[1]), dim=1).indices.cpu().numpy()
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    hr, ndcg = np.zeros(len(test_lists)), np.zeros(len(test_lists))
+    hr, ndcg, rec = np.zeros(len(test_lists)), np.zeros(len(test_lists)), np.zeros(len(test_lists))
     for u, items in enumerate(test_lists):
         if len(items) == 0:
             continue
@@ -69,7 +74,9 @@ def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor, test_lists: lis
         hr[u] = float(rel.any())
         idcg = discounts[: min(len(items), k)].sum()
         ndcg[u] = float((rel * discounts[: len(rel)]).sum() / idcg)
-    return hr, ndcg
+        if recall:
+            rec[u] = float(rel.sum() / len(np.unique(items)))
+    return (hr, ndcg, rec) if recall else (hr, ndcg)
 
 
 def sampled_rank_metrics(scores: torch.Tensor, cand: torch.Tensor, k: int = 10):

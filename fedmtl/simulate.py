@@ -69,6 +69,8 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     if not (cfg.get("resume") and (out_dir / "config.json").is_file()):  # a resumed run keeps its own
         write_json(out_dir / "config.json", cfg)
     t0 = time.time()
+    from .tasks import configure as configure_tasks
+    configure_tasks(cfg)  # the registry of this config (another may have been validated since)
     fed = federation_for(cfg)
     split_mod.write(fed.split, fed.dataset, out_dir / "split")
     if fed.holdout:

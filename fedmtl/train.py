@@ -89,7 +89,7 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
         epoch_steps = 0
         for start in range(0, n, cfg.batch_size):
             b = perm[start:start + cfg.batch_size]
-            u, i, r = data.train_u[b], data.train_i[b], data.train_r[b]
+            u, i, r = data.train_u[b], data.train_i[b], data.labels("train", b)
             opt.zero_grad(set_to_none=True)
             ls = task_losses(model, u, i, r, tasks, cfg.click_loss, cfg.num_negatives, mask,
                              gen if device.type == "cpu" else None, candidates=candidates)
@@ -155,7 +155,8 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
     model.eval()
     if hasattr(model, "attach"):  # reference scorers (transfer.py) have no history to attach
         model.attach(data)
-    u, i, r = (data.test_u, data.test_i, data.test_r) if on == "test" else (data.train_u, data.train_i, data.train_r)
+    u, i = (data.test_u, data.test_i) if on == "test" else (data.train_u, data.train_i)
+    r = data.labels(on) if hasattr(data, "labels") else (data.test_r if on == "test" else data.train_r)
     part: dict = {}
     if len(u) == 0:
         return part
@@ -170,20 +171,28 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
         rankers = {"": item_item, **{f"{g}/": m for g, m in (mixes or {}).items()}}
         hr_all: dict = {p: [] for p in rankers}
         nd_all: dict = {p: [] for p in rankers}
+        rc_all: dict = {p: [] for p in rankers}
         mask = data.train_mask()
+        seen = mask if task.exclude_seen else None  # ranking.exclude_seen=false: earlier items stay candidates
         lists = data.test_lists()
         cand = getattr(data, "cand", None)  # split=leave_one_out: ranked among sampled negatives
         if cand is not None:  # its validation item, scored like the test item (grid blends: "valid_<group>/")
             rankers.update({"valid/": item_item, **{f"valid_{g}/": m for g, m in (mixes or {}).items()}})
             hr_all.update({p: [] for p in rankers if p.startswith("valid")})
             nd_all.update({p: [] for p in rankers if p.startswith("valid")})
+            rc_all.update({p: [] for p in rankers if p.startswith("valid")})
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
             head = model.all_item_scores(users[sl], task.name, ir)
             mixed = blended(head, mask[sl], {p: m for p, m in rankers.items() if m is not None})
             for prefix in rankers:
-                if cand is None:
-                    hr, nd = M.rank_metrics(mixed.get(prefix, head), mask[sl], lists[sl], task.k)
+                if cand is None and task.recall:
+                    hr, nd, rc = M.rank_metrics(mixed.get(prefix, head), None if seen is None else seen[sl],
+                                                lists[sl], task.k, recall=True)
+                    rc_all[prefix].append(rc)
+                elif cand is None:
+                    hr, nd = M.rank_metrics(mixed.get(prefix, head), None if seen is None else seen[sl], lists[sl],
+                                            task.k)
                 else:
                     hr, nd = M.sampled_rank_metrics(mixed.get(prefix, head),
                                                     cand["valid" if prefix.startswith("valid") else "test"][sl], task.k)
@@ -195,4 +204,6 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
             hr, nd = np.concatenate(hr_all[prefix])[has], np.concatenate(nd_all[prefix])[has]
             name = prefix + task.name
             part.update({f"{name}.n": int(has.sum()), f"{name}.hr": float(hr.sum()), f"{name}.ndcg": float(nd.sum())})
+            if rc_all[prefix]:
+                part[f"{name}.recall"] = float(np.concatenate(rc_all[prefix])[has].sum())
     return part

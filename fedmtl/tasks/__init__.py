@@ -49,3 +49,68 @@ def check_tasks(names, offered=None) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: {names} names a task twice")
     return names
+
+
+def label_task(name: str, spec: dict, ranking: dict | None = None) -> Task:
+    """The task of an interaction log's label (interaction_log's `labels` spec): numeric ->
+    regression on it; binary -> binary on it (a 0/1 column; >= threshold is already applied
+    by the reader); event with a column (an event type among other rows) -> binary; event
+    without one (every row is the event: a purchase log) -> ranking over the items."""
+    kind = spec.get("kind")
+    if kind == "numeric":
+        return Regression(name, name)
+    if kind == "binary" or (kind == "event" and spec.get("column")):
+        return Binary(name, name, threshold=0.5)
+    if kind == "event":
+        return Ranking(name, None, **(ranking or {}))
+    raise ConfigError(f"labels.{name}.kind={kind!r}: expected numeric, binary or event")
+
+
+def configure(cfg: dict) -> list[str]:
+    """Reset the registry to the defaults plus the labels of `cfg`'s dataset (an interaction
+    log); returns the task names the data set offers (for `tasks=[...]`)."""
+    REGISTRY.clear()
+    for t in DEFAULTS:
+        register(t)
+    labels = dataset_labels(cfg.get("dataset") or {})
+    if labels is None:
+        if ranking_options(cfg):
+            register(Ranking("click", None, **ranking_options(cfg)))
+        return list(TASKS)
+    ranking = ranking_options(cfg)
+    for name, spec in labels.items():
+        register(label_task(name, spec, ranking))
+    return list(labels)
+
+
+def dataset_labels(dcfg: dict) -> dict | None:
+    """{label: spec} a log dataset offers (None: a rating log: synthetic, MovieLens)."""
+    from ..data import LOG_DATASETS
+    from ..data.interaction_log import PRESETS, _label_specs
+
+    name = dcfg.get("name")
+    if name not in LOG_DATASETS:
+        return None
+    layout = dcfg.get("layout") or name
+    if layout == "log":
+        return _label_specs(dcfg.get("labels") or {})
+    if layout == "recbole":
+        raise ConfigError("dataset=recbole: its labels come from the files' typed headers; read it with "
+                          "fedmtl.data.interaction_log.read_recbole (not wired to tasks yet)")
+    return dict(PRESETS[layout]["labels"])
+
+
+def ranking_options(cfg: dict) -> dict:
+    """The `ranking` block (k, exclude_seen, recall) checked: options of every ranking task."""
+    r = cfg.get("ranking") or {}
+    if not isinstance(r, dict):
+        raise ConfigError(f"ranking={r!r}: expected a block with k, exclude_seen, recall")
+    unknown = set(r) - {"k", "exclude_seen", "recall"}
+    if unknown:
+        raise ConfigError(f"ranking.{sorted(unknown)[0]}: unknown key; expected k, exclude_seen or recall")
+    if "k" in r and (not isinstance(r["k"], int) or isinstance(r["k"], bool) or r["k"] < 1):
+        raise ConfigError(f"ranking.k={r['k']!r}: expected a positive integer")
+    for key in ("exclude_seen", "recall"):
+        if r.get(key) is not None and not isinstance(r[key], bool):
+            raise ConfigError(f"ranking.{key}={r[key]!r}: expected true or false")
+    return {k: v for k, v in r.items() if v is not None}

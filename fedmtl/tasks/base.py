@@ -39,9 +39,14 @@ class Task:
         self.name, self.column = name, column
 
     # --- the label ---------------------------------------------------------------------------
-    def target(self, y: torch.Tensor) -> torch.Tensor:
-        """The training target of a batch of label values (the `column` of its rows)."""
-        return y
+    def value(self, y) -> torch.Tensor:
+        """This task's column of a batch's labels: `y` is the rating column (a rating log) or
+        {column: values} (an interaction log, ClientData.labels)."""
+        return y[self.column] if isinstance(y, dict) else y
+
+    def target(self, y) -> torch.Tensor:
+        """The training target of a batch's labels."""
+        return self.value(y)
 
     # --- evaluation --------------------------------------------------------------------------
     def empty_parts(self) -> dict:

@@ -41,7 +41,7 @@ class Binary(Task):
         self.threshold = float(threshold)  # positive where the label >= threshold (0/1 labels: 0.5)
 
     def target(self, y: torch.Tensor) -> torch.Tensor:
-        return (y >= self.threshold).float()
+        return (self.value(y) >= self.threshold).float()
 
     def loss(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(s, self.target(y))
@@ -51,7 +51,7 @@ class Binary(Task):
 
     def parts(self, s: torch.Tensor, y: torch.Tensor) -> dict:
         prob = torch.sigmoid(s).cpu().numpy()
-        lab = (y >= self.threshold).cpu().numpy()
+        lab = (self.value(y) >= self.threshold).cpu().numpy()
         b = score_bins(prob)
         n = self.name
         return {f"{n}.n": int(len(lab)), f"{n}.ll": logloss_sum(prob, lab),

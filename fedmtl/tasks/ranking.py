@@ -12,13 +12,16 @@ class Ranking(Task):
     kind = "ranking"
     pairwise = False
 
-    def __init__(self, name: str, column: str | None = None, k: int = 10, exclude_seen: bool = True):
+    def __init__(self, name: str, column: str | None = None, k: int = 10, exclude_seen: bool = True,
+                 recall: bool | None = None):
         super().__init__(name, column)  # column None: every row of the log is a positive
         self.k, self.exclude_seen = int(k), bool(exclude_seen)
+        # Recall@K beside HR@K and NDCG@K (default: with repeat consumption, where baskets are compared)
+        self.recall = (not self.exclude_seen) if recall is None else bool(recall)
 
     def empty_parts(self) -> dict:
         n = self.name
-        return {f"{n}.n": 0, f"{n}.hr": 0.0, f"{n}.ndcg": 0.0}
+        return {f"{n}.n": 0, f"{n}.hr": 0.0, f"{n}.ndcg": 0.0, **({f"{n}.recall": 0.0} if self.recall else {})}
 
     def combine(self, get, parts):
         n_, k, out = self.name, self.k, {}

@@ -20,16 +20,16 @@ class Regression(Task):
         self.clip, self.head_offset = clip, float(offset)
 
     def loss(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(s, y)
+        return F.mse_loss(s, self.value(y))
 
     def loss_per_pair(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (s - y) ** 2
+        return (s - self.value(y)) ** 2
 
     def parts(self, s: torch.Tensor, y: torch.Tensor) -> dict:
         """Predictions clipped to `clip` (the label's range), squared and absolute errors summed."""
         if self.clip is not None:
             s = s.clamp(*self.clip)
-        err = (s - y).cpu().numpy().astype(np.float64)
+        err = (s - self.value(y)).cpu().numpy().astype(np.float64)
         n = self.name
         return {f"{n}.n": int(len(err)), f"{n}.se": float((err ** 2).sum()), f"{n}.ae": float(np.abs(err).sum())}
 
