@@ -248,9 +248,18 @@ def _check_split(cfg: dict) -> None:
     if not isinstance(split, dict):
         raise ConfigError(f"split={split!r}: expected a block (split=per_user or split=leave_one_out)")
     name = split.setdefault("name", "per_user")
-    _choice(cfg, "split.name", ("per_user", "leave_one_out"))
+    _choice(cfg, "split.name", ("per_user", "leave_one_out", "last_basket"))
     if name == "per_user":
         _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+        return
+    if name == "last_basket":
+        if split.get("path"):
+            raise ConfigError("split.path with split=last_basket: the split is computed from the log's baskets "
+                              "(deterministic); leave split.path empty")
+        t = cfg.get("transfer") or {}
+        if t.get("new_users") or t.get("new_items"):
+            raise ConfigError("split=last_basket with transfer.new_users or transfer.new_items: held-out users and "
+                              "items are built on split=per_user only")
         return
     _block(cfg, "eval", {"negatives": 99})
     _number(cfg, "eval.negatives", lo=1, integer=True)

@@ -179,6 +179,8 @@ def build_federation(cfg: dict) -> Federation:
     scfg = cfg.get("split", {}) or {}
     if scfg.get("name") == "leave_one_out":  # the published protocol (loo.py)
         return Federation(dataset, loo_split(cfg, dataset), cfg["num_clients"], cfg["seed"])
+    if scfg.get("name") == "last_basket":  # repeat consumption (temporal.py)
+        return Federation(dataset, basket_split(dataset, bool(scfg.get("validation"))), cfg["num_clients"], cfg["seed"])
     if scfg.get("path"):
         split = split_mod.read(scfg["path"], dataset)
     else:
@@ -193,6 +195,20 @@ def build_federation(cfg: dict) -> Federation:
         # Tuning mode: the train part is carved again; test is never touched.
         split = split_mod.carve_validation(split, seed=scfg.get("validation_seed", 1))
     return Federation(dataset, split, cfg["num_clients"], cfg["seed"], holdout)
+
+
+def basket_split(dataset: Dataset, validation: bool) -> Split:
+    """split=last_basket: each user's last basket test, the rest train; validation=True: the
+    second-to-last basket is the test part instead (train without it, the last basket unused)."""
+    from .interaction_log import InteractionLog
+    from .temporal import last_basket
+
+    if "basket" not in dataset.interactions.columns:
+        raise ConfigError(f"split=last_basket: dataset {dataset.name} has no basket column (an order or session id: "
+                          "dataset=instacart_sample, instacart, or log with columns.basket); use split=per_user")
+    lg = InteractionLog(dataset.name, dataset.interactions, dataset.n_users, dataset.n_items, labels={})
+    train, valid, test = last_basket(lg, validation=validation)
+    return Split(train=train, test=valid if validation else test)
 
 
 def loo_split(cfg: dict, dataset: Dataset) -> Split:
