@@ -67,8 +67,9 @@ def unbatched(cfg: dict) -> list[str]:
         out.append("train.weight_decay > 0 (decays rows outside a client's row set)")
     if ranking_tasks(cfg["tasks"]) and t["click_loss"] == "sampled":
         out.append("train.click_loss=sampled (per-client negative draws)")
-    if dataset_labels(cfg["dataset"]) is not None:
-        out.append(f"dataset={cfg['dataset']['name']} (label columns of an interaction log)")
+    if dataset_labels(cfg["dataset"]) is not None and any(task_of(t).pairwise for t in cfg["tasks"]):
+        # the batch carries the rating column only; an every-row event (ranking) reads no label
+        out.append(f"dataset={cfg['dataset']['name']} with pair tasks on its label columns")
     if (cfg.get("transfer") or {}).get("new_items"):
         out.append("transfer.new_items > 0 (hidden items)")
     return out

@@ -81,3 +81,20 @@ def test_preset_offers_its_labels():
         compose(["dataset=instacart_sample", "dataset.path=/nonexistent", "tasks=[click]"])
     compose([])  # back on the rating log, the defaults are registered again
     assert set(REGISTRY) == {"rating", "click", "like"}
+
+
+def test_cohort_batches_an_event_ranking_task_as_inprocess_does(tmp_path):
+    """An every-row event (purchase) reads no label column, so backend=cohort batches it; its
+    figures are the per-client path's (a pair task on a label column is not batched)."""
+    from fedmtl.cohort_train import unbatched
+
+    write_log(tmp_path / "log.csv")
+    got = {}
+    for backend in ("cohort", "inprocess"):
+        cfg = compose([*log_overrides(tmp_path / "log.csv", ["purchase"]), f"backend={backend}"])
+        got[backend] = run(cfg, tmp_path / backend)["metrics"]
+    assert unbatched(cfg) == []
+    assert unbatched(compose(log_overrides(tmp_path / "log.csv", ["share", "purchase"]))) != []
+    assert got["cohort"].keys() == got["inprocess"].keys()
+    for k, v in got["inprocess"].items():
+        assert got["cohort"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
