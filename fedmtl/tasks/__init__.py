@@ -105,9 +105,15 @@ def ranking_options(cfg: dict) -> dict:
     r = cfg.get("ranking") or {}
     if not isinstance(r, dict):
         raise ConfigError(f"ranking={r!r}: expected a block with k, exclude_seen, recall")
-    unknown = set(r) - {"k", "exclude_seen", "recall"}
+    unknown = set(r) - {"k", "exclude_seen", "recall", "repeat_weight"}
     if unknown:
-        raise ConfigError(f"ranking.{sorted(unknown)[0]}: unknown key; expected k, exclude_seen or recall")
+        raise ConfigError(f"ranking.{sorted(unknown)[0]}: unknown key; expected k, exclude_seen, recall or repeat_weight")
+    w = r.get("repeat_weight")
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0):
+        raise ConfigError(f"ranking.repeat_weight={w!r}: expected a number >= 0")
+    if w and r.get("exclude_seen", True):
+        raise ConfigError("ranking.repeat_weight > 0 with ranking.exclude_seen=true: the repeat prior scores the "
+                          "user's earlier items, which exclude_seen removes; set ranking.exclude_seen=false")
     if "k" in r and (not isinstance(r["k"], int) or isinstance(r["k"], bool) or r["k"] < 1):
         raise ConfigError(f"ranking.k={r['k']!r}: expected a positive integer")
     for key in ("exclude_seen", "recall"):

@@ -1,7 +1,8 @@
 """Ranking: which items a user interacts with (click, purchase). Trained with the softmax over
 items (or its sampled forms, see losses.py); scored by full ranking: HR@K and NDCG@K (and
 Recall@K) of the user's test items among every item, the user's train items excluded unless
-`exclude_seen=False` (repeat consumption: earlier items stay candidates)."""
+`exclude_seen=False` (repeat consumption: earlier items stay candidates; `repeat_weight` then
+adds w * log(1 + the user's count of the item) to the model's scores, a personal-frequency prior)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ class Ranking(Task):
     pairwise = False
 
     def __init__(self, name: str, column: str | None = None, k: int = 10, exclude_seen: bool = True,
-                 recall: bool | None = None):
+                 recall: bool | None = None, repeat_weight: float = 0.0):
         super().__init__(name, column)  # column None: every row of the log is a positive
         self.k, self.exclude_seen = int(k), bool(exclude_seen)
+        # repeat consumption: w * log(1 + the user's own count of the item in train) added to the
+        # model's scores when ranking (the client's own history; nothing leaves it). 0: off
+        self.repeat_weight = float(repeat_weight)
         # Recall@K beside HR@K and NDCG@K (default: with repeat consumption, where baskets are compared)
         self.recall = (not self.exclude_seen) if recall is None else bool(recall)
 
