@@ -174,7 +174,7 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
         rc_all: dict = {p: [] for p in rankers}
         mask = data.train_mask()
         seen = mask if task.exclude_seen else None  # ranking.exclude_seen=false: earlier items stay candidates
-        if getattr(task, "repeat_weight", 0.0):
+        if task.repeat_weight:
             counts = torch.zeros(mask.shape, device=mask.device).index_put_(
                 (data.train_u, data.train_i), torch.ones(len(data.train_u), device=mask.device), accumulate=True)
         lists = data.test_lists()
@@ -187,7 +187,7 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
             head = model.all_item_scores(users[sl], task.name, ir)
-            if getattr(task, "repeat_weight", 0.0):  # ranking.repeat_weight: the user's own counts
+            if task.repeat_weight:  # ranking.repeat_weight: the user's own counts
                 head = head + task.repeat_weight * torch.log1p(counts[sl])
             mixed = blended(head, mask[sl], {p: m for p, m in rankers.items() if m is not None})
             for prefix in rankers:

@@ -6,6 +6,7 @@ adds w * log(1 + the user's count of the item) to the model's scores, a personal
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .base import Task, percentiles
 
 
@@ -15,7 +16,10 @@ class Ranking(Task):
 
     def __init__(self, name: str, column: str | None = None, k: int = 10, exclude_seen: bool = True,
                  recall: bool | None = None, repeat_weight: float = 0.0):
-        super().__init__(name, column)  # column None: every row of the log is a positive
+        if column is not None:  # a 0/1 column's rows as the only positives: not built (the loss takes every row)
+            raise ConfigError(f"task {name}: a ranking task takes every interaction as a positive (column=None); "
+                              f"column={column!r} is not supported")
+        super().__init__(name, column)
         self.k, self.exclude_seen = int(k), bool(exclude_seen)
         # repeat consumption: w * log(1 + the user's own count of the item in train) added to the
         # model's scores when ranking (the client's own history; nothing leaves it). 0: off
