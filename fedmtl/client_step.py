@@ -28,7 +28,7 @@ from .itemitem import Rows, blends
 from .model import build_model, get_arrays, personal_names, set_arrays, shared_names
 from .schedule import client_round
 from .seeds import client_round_seed, user_init_seed
-from .tasks import choose_rows, click_candidates
+from .tasks import choose_rows, click_candidates, configure as configure_tasks
 from .train import TrainConfig, evaluate, train_config as make_train_config
 from .weighting import build_weighting
 
@@ -47,13 +47,14 @@ def client_seed(cfg: dict, server_round: int, pid: int) -> int:
 
 
 def model_key(cfg: dict) -> str:
-    keys = ("dataset", "split", "num_clients", "seed", "model", "tasks")
-    return json.dumps({k: cfg[k] for k in keys}, sort_keys=True)
+    keys = ("dataset", "split", "num_clients", "seed", "model", "tasks", "ranking")
+    return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
 
 
 @lru_cache(maxsize=8)
 def _template(cfg_key: str, n_users: int, device: str):
     cfg = json.loads(cfg_key)
+    configure_tasks(cfg)  # a worker process's registry: the data set's labels as tasks
     fed = federation_for(cfg)
     model = build_model(cfg["model"], cfg["tasks"], n_users, np.zeros((n_users, len(fed.dataset.user_cards)), np.int64),
                         fed.meta, cfg["seed"]).to(device)

@@ -36,7 +36,7 @@ from .client_step import PERSONAL, WEIGHTING, RunSetup, client_seed, init_user_e
 from .data import ClientData
 from .model import personal_names, shared_names
 from .sparse_codec import ROW_TABLES, sparse_payloads
-from .tasks import LIKE_THRESHOLD, choose_rows
+from .tasks import choose_rows, dataset_labels, get as task_of, ranking_tasks
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as train._optimizer uses them
 
@@ -65,8 +65,11 @@ def unbatched(cfg: dict) -> list[str]:
     t = cfg["train"]
     if t.get("weight_decay"):
         out.append("train.weight_decay > 0 (decays rows outside a client's row set)")
-    if "click" in cfg["tasks"] and t["click_loss"] == "sampled":
+    if ranking_tasks(cfg["tasks"]) and t["click_loss"] == "sampled":
         out.append("train.click_loss=sampled (per-client negative draws)")
+    if dataset_labels(cfg["dataset"]) is not None and any(task_of(t).pairwise for t in cfg["tasks"]):
+        # the batch carries the rating column only; an every-row event (ranking) reads no label
+        out.append(f"dataset={cfg['dataset']['name']} with pair tasks on its label columns")
     if (cfg.get("transfer") or {}).get("new_items"):
         out.append("transfer.new_items > 0 (hidden items)")
     return out
@@ -106,15 +109,16 @@ def _prepare(setup: RunSetup, job: Job, n_items: int) -> _Client:
     touched = data.train_i.cpu().numpy()
     send = sparse_rows(cfg, data, n_items, seed)
     offset = None
+    ranking = bool(ranking_tasks(cfg["tasks"]))
     if send is not None:
         rows = send
-    elif "click" in cfg["tasks"] and tcfg.click_loss == "sampled_softmax":
+    elif ranking and tcfg.click_loss == "sampled_softmax":
         rows = choose_rows(touched, n_items, tcfg.num_negatives, np.random.default_rng([int(seed), 3]))
-    elif "click" in cfg["tasks"]:  # softmax over every item
+    elif ranking:  # softmax over every item
         rows, offset = np.arange(n_items), np.zeros(n_items)
     else:
         rows = np.unique(touched)
-    if offset is None and "click" in cfg["tasks"]:  # tasks.click_candidates: own 0, pads log(others / pads)
+    if offset is None and ranking:  # tasks.click_candidates: own 0, pads log(others / pads)
         own = np.isin(rows, np.unique(touched))
         n_pad = int((~own).sum())
         offset = np.where(own, 0.0, math.log((n_items - len(np.unique(touched))) / n_pad) if n_pad else 0.0)
@@ -127,7 +131,7 @@ def _prepare(setup: RunSetup, job: Job, n_items: int) -> _Client:
 def _chunks(clients: list[_Client], cfg: dict, budget_mb: float, dim: int, hidden: int) -> list[list[_Client]]:
     """Clients sorted by size, in chunks whose padded step fits about `budget_mb`."""
     bs = int(cfg["train"]["batch_size"])
-    click = "click" in cfg["tasks"]
+    click = bool(ranking_tasks(cfg["tasks"]))
     order = sorted(clients, key=lambda c: (c.n, len(c.rows)))
     out, cur, big = [], [], (0, 0, 0)
 
@@ -269,20 +273,17 @@ class _Chunk:
         ir = self.item_reps()  # [C, R, d]
         hu = self.user_reps()  # [C, U, d]
         C, U, R = hu.shape[0], hu.shape[1], ir.shape[1]
-        ir_pairs = _bgather(ir, il) if any(t in ("rating", "like") for t in tasks) else None  # [C, B, d]
+        ir_pairs = _bgather(ir, il) if any(task_of(t).pairwise for t in tasks) else None  # [C, B, d]
         denom = counts.clamp(min=1.0)
         out = {}
         for t, task in enumerate(tasks):
             uu = torch.bmm(hu, P[f"personal.heads.{task}.proj"])  # [C, U, d]
             ubias = P["personal.user_bias.weight"][..., t] + P[f"personal.heads.{task}.offset"].unsqueeze(1)  # [C, U]
             ibias = P["encoder.item_bias.weight"][..., t]  # [C, R]
-            if task in ("rating", "like"):
+            kind = task_of(task)
+            if kind.pairwise:
                 s = (_bgather(uu, u) * ir_pairs).sum(-1) + _bgather(ubias, u) + _bgather(ibias, il)
-                if task == "rating":
-                    per = (s - r) ** 2
-                else:
-                    per = torch.nn.functional.binary_cross_entropy_with_logits(
-                        s, (r >= LIKE_THRESHOLD).float(), reduction="none")
+                per = kind.loss_per_pair(s, r)
             else:
                 logits = torch.bmm(uu, ir.transpose(1, 2)) + ibias.unsqueeze(1) + self.offset.unsqueeze(1)  # [C, U, R]
                 lse = torch.logsumexp(logits, -1)  # [C, U]
@@ -572,7 +573,7 @@ def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
     tasks, bs = cfg["tasks"], tcfg.batch_size
 
     def step(c, rows, b, u, logits):  # c clients, `rows` items through the tower, `logits` click logits each
-        return c * (rows * (tower + 4 * feats * d) + u * tower + ("click" in tasks) * logits * d * 6
+        return c * (rows * (tower + 4 * feats * d) + u * tower + bool(ranking_tasks(tasks)) * logits * d * 6
                     + b * d * 12 * len(tasks))
 
     clients = [_prepare(setup, j, n_items) for j in jobs]

@@ -11,11 +11,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import ConfigError
-from .tasks import check_tasks
+from .tasks import REGISTRY as TASK_REGISTRY, check_tasks, configure as configure_tasks
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SIMULATIONS_DIR = CONF_DIR.parent / "simulations"  # experiment= presets (hydra.searchpath in conf/config.yaml)
 
+
+
+def _has_ranking(names) -> bool:
+    """Whether `names` holds a ranking task (click, purchase: the click loss's knobs apply)."""
+    return any(n in TASK_REGISTRY and not TASK_REGISTRY[n].pairwise for n in names if isinstance(n, str))
 
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
@@ -159,7 +164,7 @@ def validate(cfg: dict) -> dict:
     if cfg["exchange"]["name"] == "sparse":
         _number(cfg, "exchange.pad_rows", lo=0, integer=True)
         _choice(cfg, "exchange.dtype", ("float32", "float16", "int8"))
-        if (_get(cfg, "exchange.pad_rows") == 0 and "click" in (cfg.get("tasks") or [])
+        if (_get(cfg, "exchange.pad_rows") == 0 and _has_ranking(cfg.get("tasks") or [])
                 and _get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
@@ -167,10 +172,11 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: clipping and noise work on "
                               "the whole dense update of every client; use exchange=dense (privacy=secagg takes "
                               "sparse: row-wise averaging from two secure sums)")
-    cfg["tasks"] = check_tasks(_get(cfg, "tasks"))
+    _choice(cfg, "dataset.name", DATASETS)
+    offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
+    cfg["tasks"] = check_tasks(_get(cfg, "tasks"), offered)
     _choice(cfg, "aggregate", AGGREGATE)
     _choice(cfg, "device", DEVICES)
-    _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "model.name", ARCHITECTURES)
     if not isinstance(cfg["model"].setdefault("history", False), bool):
         raise ConfigError(f"model.history={cfg['model']['history']}: expected true or false")
@@ -221,7 +227,10 @@ def validate(cfg: dict) -> dict:
         _number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
         cfg["split"]["seed"] = cfg["seed"]
-    if cfg["dataset"]["name"] != "synthetic" and not cfg["dataset"].get("path"):
+    if cfg["dataset"].get("layout") == "log":
+        if not cfg["dataset"].get("file"):
+            raise ConfigError("dataset.file: dataset=log needs the log's file (a path, a glob or a list)")
+    elif cfg["dataset"]["name"] != "synthetic" and not cfg["dataset"].get("path"):
         raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
                           "e.g. dataset.path=data/ml-100k")
     from .transfer import validate_config as validate_transfer
@@ -239,16 +248,25 @@ def _check_split(cfg: dict) -> None:
     if not isinstance(split, dict):
         raise ConfigError(f"split={split!r}: expected a block (split=per_user or split=leave_one_out)")
     name = split.setdefault("name", "per_user")
-    _choice(cfg, "split.name", ("per_user", "leave_one_out"))
+    _choice(cfg, "split.name", ("per_user", "leave_one_out", "last_basket"))
     if name == "per_user":
         _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+        return
+    if name == "last_basket":
+        if split.get("path"):
+            raise ConfigError("split.path with split=last_basket: the split is computed from the log's baskets "
+                              "(deterministic); leave split.path empty")
+        t = cfg.get("transfer") or {}
+        if t.get("new_users") or t.get("new_items"):
+            raise ConfigError("split=last_basket with transfer.new_users or transfer.new_items: held-out users and "
+                              "items are built on split=per_user only")
         return
     _block(cfg, "eval", {"negatives": 99})
     _number(cfg, "eval.negatives", lo=1, integer=True)
     if cfg["split"].get("validation"):
         raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
                           "(the second latest interaction); the reported round is chosen on it")
-    if "click" not in cfg["tasks"]:
+    if "click" not in cfg["tasks"]:  # its round selection reads valid/click.hr@10 (data/loo.py)
         raise ConfigError(f"split=leave_one_out with tasks={cfg['tasks']}: its figures are click HR@10 and NDCG@10 "
                           "(the reported round is chosen on validation HR@10); add click to tasks")
     t = cfg.get("transfer") or {}

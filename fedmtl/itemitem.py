@@ -32,19 +32,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .tasks import ranking_tasks
+
 GRID_PREFIX = "mix_"  # metric groups of the selection grid: mix_w0.1_lam300/click.ndcg@10
 
 
 def active(cfg: dict) -> bool:
     """Whether a run blends item-item scores into click (click_mix.weight > 0 and a click task)."""
     mix = cfg.get("click_mix") or {}
-    return float(mix.get("weight", 0.0)) > 0 and "click" in cfg["tasks"]
+    return float(mix.get("weight", 0.0)) > 0 and bool(ranking_tasks(cfg["tasks"]))
 
 
 def grid(cfg: dict) -> list[tuple[str, float, float]]:
     """(metric group, weight, lam) of every blend of the selection grid (empty: no grid)."""
     mix = cfg.get("click_mix") or {}
-    if "click" not in cfg["tasks"]:
+    if not ranking_tasks(cfg["tasks"]):
         return []
     return [(grid_name(float(w), float(lam)), float(w), float(lam))
             for lam in mix.get("grid_lam") or [] for w in mix.get("grid_weight") or []]

@@ -14,16 +14,20 @@ final figures, so every mode is scored by the same code.
   item ranked among its sampled negatives (`sampled_rank_metrics`), and the validation
   item's figures as "valid/click.*".
 Spread: the 10th and 90th percentile over clients of RMSE, logloss and NDCG@10.
+Each task's parts and their combination live with its kind (fedmtl/tasks/); `combine` asks
+every registered task.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-AUC_BINS = 2000
+from .tasks.base import REGISTRY, percentiles as _percentiles
+from .tasks.binary import AUC_BINS, auc_from_histograms, logloss_sum, score_bins  # noqa: F401 (re-exported)
 
 
 def auc_exact(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -43,42 +47,26 @@ def auc_exact(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def score_bins(prob: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
-    """The bin of each predicted probability (a client sends these, not its scores)."""
-    return np.clip((np.asarray(prob) * bins).astype(np.int64), 0, bins - 1)
-
-
 def histograms(prob: np.ndarray, labels: np.ndarray, bins: int = AUC_BINS) -> tuple[np.ndarray, np.ndarray]:
     idx = score_bins(prob, bins)
     labels = np.asarray(labels).astype(bool)
     return (np.bincount(idx[labels], minlength=bins), np.bincount(idx[~labels], minlength=bins))
 
 
-def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
-    """AUC of pooled scores given counts per bin (ties within a bin count one half)."""
-    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
-    return float(((neg_below + 0.5 * neg) * pos).sum() / (n_pos * n_neg))
-
-
-def logloss_sum(prob: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> float:
-    p = np.clip(np.asarray(prob, dtype=np.float64), eps, 1 - eps)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
-
-
-def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor, test_lists: list[np.ndarray], k: int = 10):
+def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor | None, test_lists: list[np.ndarray], k: int = 10,
+                 recall: bool = False):
     """Per-user hit@k and NDCG@k (binary relevance) with train items excluded.
 
-    scores: [U, n_items]; train_mask: [U, n_items] bool; test_lists[u]: the user's test items.
+    scores: [U, n_items]; train_mask: [U, n_items] bool (None: nothing excluded, repeat
+    consumption); test_lists[u]: the user's test items. recall: also Recall@k (the share of the
+    user's distinct test items in the top k), returned third.
     """
+    if train_mask is None:
+        train_mask = torch.zeros_like(scores, dtype=torch.bool)
     masked = scores.masked_fill(train_mask, float("-inf"))
     top = torch.topk(masked, k=min(k, masked.shape[1]), dim=1).indices.cpu().numpy()
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    hr, ndcg = np.zeros(len(test_lists)), np.zeros(len(test_lists))
+    hr, ndcg, rec = np.zeros(len(test_lists)), np.zeros(len(test_lists)), np.zeros(len(test_lists))
     for u, items in enumerate(test_lists):
         if len(items) == 0:
             continue
@@ -86,7 +74,9 @@ def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor, test_lists: lis
         hr[u] = float(rel.any())
         idcg = discounts[: min(len(items), k)].sum()
         ndcg[u] = float((rel * discounts[: len(rel)]).sum() / idcg)
-    return hr, ndcg
+        if recall:
+            rec[u] = float(rel.sum() / len(np.unique(items)))
+    return (hr, ndcg, rec) if recall else (hr, ndcg)
 
 
 def sampled_rank_metrics(scores: torch.Tensor, cand: torch.Tensor, k: int = 10):
@@ -98,13 +88,6 @@ def sampled_rank_metrics(scores: torch.Tensor, cand: torch.Tensor, k: int = 10):
     rank = 1 + (s[:, 1:] >= s[:, :1]).sum(1).cpu().numpy()
     hit = (rank <= k) & (cand[:, 0] >= 0).cpu().numpy()
     return hit.astype(np.float64), np.where(hit, 1.0 / np.log2(1.0 + rank), 0.0)
-
-
-def _percentiles(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    return float(np.percentile(vals, 10)), float(np.percentile(vals, 90))
 
 
 def combine(parts: list[dict]) -> dict[str, float]:
@@ -122,31 +105,23 @@ def combine(parts: list[dict]) -> dict[str, float]:
 def _combine(parts: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     get = lambda key: [p[key] for p in parts if key in p]  # noqa: E731
-    n = sum(get("rating.n"))
-    if n:
-        out["rating.rmse"] = math.sqrt(sum(get("rating.se")) / n)
-        out["rating.mae"] = sum(get("rating.ae")) / n
-        rmses = [math.sqrt(p["rating.se"] / p["rating.n"]) for p in parts if p.get("rating.n")]
-        out["rating.rmse_p10"], out["rating.rmse_p90"] = _percentiles(rmses)
-    n = sum(get("like.n"))
-    if n:
-        # Parts carry the binned scores of positives and negatives (a sparse histogram).
-        pos = np.bincount(np.concatenate([np.asarray(b, dtype=np.int64) for b in get("like.pos_bins")]),
-                          minlength=AUC_BINS)
-        neg = np.bincount(np.concatenate([np.asarray(b, dtype=np.int64) for b in get("like.neg_bins")]),
-                          minlength=AUC_BINS)
-        out["like.auc"] = auc_from_histograms(pos, neg)
-        out["like.logloss"] = sum(get("like.ll")) / n
-        lls = [p["like.ll"] / p["like.n"] for p in parts if p.get("like.n")]
-        out["like.logloss_p10"], out["like.logloss_p90"] = _percentiles(lls)
-    n = sum(get("click.n"))
-    if n:
-        out["click.hr@10"] = sum(get("click.hr")) / n
-        out["click.ndcg@10"] = sum(get("click.ndcg")) / n
-        nd = [p["click.ndcg"] / p["click.n"] for p in parts if p.get("click.n")]
-        out["click.ndcg@10_p10"], out["click.ndcg@10_p90"] = _percentiles(nd)
+    for task in REGISTRY.values():
+        out.update(task.combine(get, parts))
     return out
 
 
-# The headline metric of each task and whether larger is better (tables, selection).
-HEADLINE = {"rating": ("rating.rmse", False), "like": ("like.auc", True), "click": ("click.ndcg@10", True)}
+class _Headline(Mapping):
+    """The headline metric of each registered task and whether larger is better (tables,
+    selection): a live view of the registry."""
+
+    def __getitem__(self, task):
+        return REGISTRY[task].headline()
+
+    def __iter__(self):
+        return iter(REGISTRY)
+
+    def __len__(self):
+        return len(REGISTRY)
+
+
+HEADLINE = _Headline()

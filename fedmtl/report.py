@@ -35,8 +35,15 @@ from .results import ERROR_FILE, read_jsonl
 SEED_KEYS = ("seed",)  # the axis the mean and std are taken over
 IGNORED_KEYS = ("verbose", "output_dir")  # do not change a result
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", ERROR_FILE)
-TASK_ORDER = ("rating", "like", "click")
-PREFERRED = ("rating.rmse", "rating.mae", "like.auc", "like.logloss", "click.hr@10", "click.ndcg@10")
+
+
+def _task_order() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tasks, preferred metrics) in table order: the registered pair tasks (rating, like, ...),
+    then the ranking ones (click, ...), each with its progress-line metrics first."""
+    from .tasks import REGISTRY
+
+    tasks = [n for n, t in REGISTRY.items() if t.pairwise] + [n for n, t in REGISTRY.items() if not t.pairwise]
+    return tuple(tasks), tuple(k for n in tasks for k in REGISTRY[n].log_keys())
 
 
 @dataclass
@@ -321,6 +328,7 @@ def group_runs(runs: list[Run]) -> tuple[list[Group], list[str]]:
 
 def _metric_order(m: str) -> tuple:
     task = m.split(".", 1)[0]
+    TASK_ORDER, PREFERRED = _task_order()
     first = PREFERRED.index(m) if m in PREFERRED else len(PREFERRED)
     return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task, _is_tail(m), first, m)
 

@@ -21,18 +21,19 @@ from .sweep import check_first_job, in_sweep, record_failure
 
 log = logging.getLogger("fedmtl")
 
-ROWS = [("rating", "rating.rmse", "RMSE"), ("rating", "rating.mae", "MAE"),
-        ("rating", "rating.rmse_p90", "RMSE p90 (worst 10% of clients)"),
-        ("like", "like.auc", "AUC"), ("like", "like.logloss", "logloss"),
-        ("like", "like.logloss_p90", "logloss p90"),
-        ("click", "click.hr@10", "HR@10"), ("click", "click.ndcg@10", "NDCG@10"),
-        ("click", "click.ndcg@10_p10", "NDCG@10 p10 (worst 10% of clients)")]
+def table_rows(tasks) -> list[tuple[str, str, str]]:
+    """(task, metric key, label) of the final table: the pair tasks (regression, binary),
+    then the ranking ones, each in the order `tasks` names them."""
+    from .tasks import get
+
+    order = [t for t in tasks if get(t).pairwise] + [t for t in tasks if not get(t).pairwise]
+    return [(t, key, label) for t in order for key, label in get(t).rows()]
 
 
 def metrics_table(metrics: dict, tasks) -> str:
     lines = ["| task | metric | value |", "| --- | --- | --- |"]
-    for task, key, label in ROWS:
-        if task in tasks and key in metrics and metrics[key] is not None:
+    for task, key, label in table_rows(tasks):
+        if key in metrics and metrics[key] is not None:
             lines.append(f"| {task} | {label} | {metrics[key]:.4f} |")
     lines += grid_lines(metrics)
     return "\n".join(lines)
@@ -68,6 +69,8 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     if not (cfg.get("resume") and (out_dir / "config.json").is_file()):  # a resumed run keeps its own
         write_json(out_dir / "config.json", cfg)
     t0 = time.time()
+    from .tasks import configure as configure_tasks
+    configure_tasks(cfg)  # the registry of this config (another may have been validated since)
     fed = federation_for(cfg)
     split_mod.write(fed.split, fed.dataset, out_dir / "split")
     if fed.holdout:

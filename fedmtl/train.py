@@ -14,7 +14,7 @@ import torch
 from . import metrics as M
 from .data import ClientData
 from .itemitem import blended
-from .tasks import LIKE_THRESHOLD, choose_rows, click_candidates, losses as task_losses
+from .tasks import choose_rows, click_candidates, losses as task_losses, pair_tasks, ranking_tasks
 
 
 @dataclass
@@ -70,9 +70,10 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
     opt = _optimizer(cfg, [params[n] for n in names if n in shared_set],
                      [params[n] for n in names if n not in shared_set] + list(weighting.parameters()))
     # the seen-item mask resamples uniform negatives; exchange=sparse draws them from its pads
-    mask = data.train_mask() if (cfg.click_loss == "sampled" and "click" in tasks and cfg.candidates is None) else None
+    ranking = bool(ranking_tasks(tasks))
+    mask = data.train_mask() if (cfg.click_loss == "sampled" and ranking and cfg.candidates is None) else None
     candidates = cfg.candidates
-    if candidates is None and cfg.click_loss == "sampled_softmax" and "click" in tasks:
+    if candidates is None and cfg.click_loss == "sampled_softmax" and ranking:
         # the data's own items and num_negatives random others, drawn once per call (a round)
         touched = data.train_i.cpu().numpy()
         rows = choose_rows(touched, model.n_items, cfg.num_negatives, np.random.default_rng([int(seed), 3]))
@@ -88,7 +89,7 @@ def local_train(model, data: ClientData, tasks, weighting, cfg: TrainConfig, see
         epoch_steps = 0
         for start in range(0, n, cfg.batch_size):
             b = perm[start:start + cfg.batch_size]
-            u, i, r = data.train_u[b], data.train_i[b], data.train_r[b]
+            u, i, r = data.train_u[b], data.train_i[b], data.labels("train", b)
             opt.zero_grad(set_to_none=True)
             ls = task_losses(model, u, i, r, tasks, cfg.click_loss, cfg.num_negatives, mask,
                              gen if device.type == "cpu" else None, candidates=candidates)
@@ -145,7 +146,7 @@ def _optimizer(cfg: TrainConfig, shared: list, personal: list):
 
 
 @torch.no_grad()
-def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item_item=None,
+def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
              mixes: dict | None = None) -> dict:
     """Additive metric parts (see `metrics.combine`) of this data's test interactions.
 
@@ -154,51 +155,60 @@ def evaluate(model, data: ClientData, tasks, k: int = 10, on: str = "test", item
     model.eval()
     if hasattr(model, "attach"):  # reference scorers (transfer.py) have no history to attach
         model.attach(data)
-    u, i, r = (data.test_u, data.test_i, data.test_r) if on == "test" else (data.train_u, data.train_i, data.train_r)
+    u, i = (data.test_u, data.test_i) if on == "test" else (data.train_u, data.train_i)
+    r = data.labels(on) if hasattr(data, "labels") else (data.test_r if on == "test" else data.train_r)
     part: dict = {}
     if len(u) == 0:
         return part
-    if "rating" in tasks or "like" in tasks:
+    pairs = pair_tasks(tasks)
+    if pairs:
         s = model.pair_scores(u, i)
-        if "rating" in tasks:
-            err = (s["rating"].clamp(1.0, 5.0) - r).cpu().numpy().astype(np.float64)
-            part.update({"rating.n": int(len(err)), "rating.se": float((err ** 2).sum()),
-                         "rating.ae": float(np.abs(err).sum())})
-        if "like" in tasks:
-            prob = torch.sigmoid(s["like"]).cpu().numpy()
-            y = (r >= LIKE_THRESHOLD).cpu().numpy()
-            b = M.score_bins(prob)
-            part.update({"like.n": int(len(y)), "like.ll": M.logloss_sum(prob, y),
-                         "like.pos_bins": b[y].tolist(), "like.neg_bins": b[~y].tolist()})
-    if "click" in tasks:
+        for task in pairs:
+            part.update(task.parts(s[task.name], r))
+    for task in ranking_tasks(tasks):
         users = torch.arange(len(data.users), device=u.device)
         ir = model.item_reps()
         rankers = {"": item_item, **{f"{g}/": m for g, m in (mixes or {}).items()}}
         hr_all: dict = {p: [] for p in rankers}
         nd_all: dict = {p: [] for p in rankers}
+        rc_all: dict = {p: [] for p in rankers}
         mask = data.train_mask()
+        seen = mask if task.exclude_seen else None  # ranking.exclude_seen=false: earlier items stay candidates
+        if task.repeat_weight:
+            counts = torch.zeros(mask.shape, device=mask.device).index_put_(
+                (data.train_u, data.train_i), torch.ones(len(data.train_u), device=mask.device), accumulate=True)
         lists = data.test_lists()
         cand = getattr(data, "cand", None)  # split=leave_one_out: ranked among sampled negatives
         if cand is not None:  # its validation item, scored like the test item (grid blends: "valid_<group>/")
             rankers.update({"valid/": item_item, **{f"valid_{g}/": m for g, m in (mixes or {}).items()}})
             hr_all.update({p: [] for p in rankers if p.startswith("valid")})
             nd_all.update({p: [] for p in rankers if p.startswith("valid")})
+            rc_all.update({p: [] for p in rankers if p.startswith("valid")})
         for s0 in range(0, len(users), 512):
             sl = slice(s0, s0 + 512)
-            head = model.all_item_scores(users[sl], "click", ir)
+            head = model.all_item_scores(users[sl], task.name, ir)
+            if task.repeat_weight:  # ranking.repeat_weight: the user's own counts
+                head = head + task.repeat_weight * torch.log1p(counts[sl])
             mixed = blended(head, mask[sl], {p: m for p, m in rankers.items() if m is not None})
             for prefix in rankers:
-                if cand is None:
-                    hr, nd = M.rank_metrics(mixed.get(prefix, head), mask[sl], lists[sl], k)
+                if cand is None and task.recall:
+                    hr, nd, rc = M.rank_metrics(mixed.get(prefix, head), None if seen is None else seen[sl],
+                                                lists[sl], task.k, recall=True)
+                    rc_all[prefix].append(rc)
+                elif cand is None:
+                    hr, nd = M.rank_metrics(mixed.get(prefix, head), None if seen is None else seen[sl], lists[sl],
+                                            task.k)
                 else:
                     hr, nd = M.sampled_rank_metrics(mixed.get(prefix, head),
-                                                    cand["valid" if prefix.startswith("valid") else "test"][sl], k)
+                                                    cand["valid" if prefix.startswith("valid") else "test"][sl], task.k)
                 hr_all[prefix].append(hr)
                 nd_all[prefix].append(nd)
         has_test = np.array([len(x) > 0 for x in lists])
         for prefix in rankers:
             has = (cand["valid"][:, 0] >= 0).cpu().numpy() if prefix.startswith("valid") else has_test
             hr, nd = np.concatenate(hr_all[prefix])[has], np.concatenate(nd_all[prefix])[has]
-            part.update({f"{prefix}click.n": int(has.sum()), f"{prefix}click.hr": float(hr.sum()),
-                         f"{prefix}click.ndcg": float(nd.sum())})
+            name = prefix + task.name
+            part.update({f"{name}.n": int(has.sum()), f"{name}.hr": float(hr.sum()), f"{name}.ndcg": float(nd.sum())})
+            if rc_all[prefix]:
+                part[f"{name}.recall"] = float(np.concatenate(rc_all[prefix])[has].sum())
     return part

@@ -37,6 +37,7 @@ from torch import nn
 from . import checkpoint
 from .errors import ConfigError, FedMTLError
 from .metrics import HEADLINE, combine
+from .tasks import get as get_task, ranking_tasks
 from .results import write_json
 from .seeds import cold_start_seed
 
@@ -120,11 +121,6 @@ def client_view(model, cfg: dict) -> None:
     new_item_view(model, hidden_items(cfg))
 
 
-EMPTY_PARTS = {"rating": {"rating.n": 0, "rating.se": 0.0, "rating.ae": 0.0},
-               "like": {"like.n": 0, "like.ll": 0.0, "like.pos_bins": [], "like.neg_bins": []},
-               "click": {"click.n": 0, "click.hr": 0.0, "click.ndcg": 0.0}}
-
-
 def item_parts(model, data, tasks, items: np.ndarray) -> dict:
     """Metric parts of the new-item and of the known-item test rows, each ranked among all items."""
     from .train import evaluate
@@ -136,7 +132,7 @@ def item_parts(model, data, tasks, items: np.ndarray) -> dict:
         sub = replace(data, test_u=data.test_u[sel], test_i=data.test_i[sel], test_r=data.test_r[sel])
         # Every client sends the same keys (Flower aggregates only uniform records): a client
         # without such rows sends zero counts.
-        part = {k: v for t in tasks for k, v in EMPTY_PARTS[t].items()} | evaluate(model, sub, tasks)
+        part = {k: v for t in tasks for k, v in get_task(t).empty_parts().items()} | evaluate(model, sub, tasks)
         out.update({f"{prefix}/{k}": v for k, v in part.items()})
     return out
 
@@ -310,7 +306,7 @@ def _fmt(v) -> str:
 
 
 def tables(report: dict, tasks) -> str:
-    keys = [HEADLINE[t][0] for t in tasks] + (["click.hr@10"] if "click" in tasks else [])
+    keys = [HEADLINE[t][0] for t in tasks] + [f"{t.name}.hr@{t.k}" for t in ranking_tasks(tasks)]
     lines = []
     nu = report.get("new_users")
     if nu:

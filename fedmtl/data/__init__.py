@@ -13,12 +13,15 @@ import torch
 from ..errors import ConfigError
 from . import holdout as holdout_mod, movielens, split as split_mod, synthetic
 from .dataset import Dataset
+from .from_log import to_dataset
 from .holdout import Holdout
 from .partition import partition
 from .split import Split
 
 log = logging.getLogger(__name__)
-DATASETS = ("synthetic", "movielens100k", "movielens1m")
+LOG_DATASETS = ("instacart", "instacart_sample", "kuairand", "tenrec", "taobao", "retailrocket", "recbole", "log")
+DATASETS = ("synthetic", "movielens100k", "movielens1m", *LOG_DATASETS)
+LOG_KEYS = ("name", "path", "layout", "offers", "nrows")  # of a preset's block; `log` passes the rest to read_log
 
 
 def load_dataset(dcfg: dict) -> Dataset:
@@ -33,7 +36,23 @@ def load_dataset(dcfg: dict) -> Dataset:
             raise ConfigError(f"dataset.path: dataset={name} needs the folder of the GroupLens files "
                               f"(e.g. dataset.path=data/ml-100k; get it with fedmtl.data.movielens.download)")
         return movielens.load(path)
+    if name in LOG_DATASETS:
+        return to_dataset(read_interaction_log(dcfg))
     raise ConfigError(f"dataset={name}: expected one of {list(DATASETS)}")
+
+
+def read_interaction_log(dcfg: dict):
+    """The InteractionLog of a log dataset block (a preset's layout at `path`, or `log`'s read_log spec)."""
+    from . import interaction_log as il
+
+    name, layout = dcfg["name"], dcfg.get("layout") or dcfg["name"]
+    if layout == "log":
+        spec = {k: v for k, v in dcfg.items() if k not in ("layout", "offers", "path") and v is not None}
+        return il.read_log(spec)
+    if not dcfg.get("path"):
+        raise ConfigError(f"dataset.path: dataset={name} needs its files (a folder or the log file)")
+    opts = {"nrows": dcfg["nrows"]} if dcfg.get("nrows") else {}
+    return il.load_layout(layout, dcfg["path"], **opts)
 
 
 @dataclass
@@ -50,6 +69,17 @@ class ClientData:
     test_i: torch.Tensor
     test_r: torch.Tensor
     cand: dict | None = None  # split=leave_one_out: {"test"|"valid": [users, 1 + N] held-out item, negatives}
+    train_y: dict | None = None  # an interaction log's label columns {name: [n_train]} (None: a rating log)
+    test_y: dict | None = None
+
+    def labels(self, on: str = "train", idx=None):
+        """What the tasks read of these rows: the rating column, or {label: values} with it under
+        "rating" (Task.value picks its column)."""
+        r, y = (self.train_r, self.train_y) if on == "train" else (self.test_r, self.test_y)
+        if y is None:
+            return r if idx is None else r[idx]
+        out = {"rating": r, **y}
+        return out if idx is None else {k: v[idx] for k, v in out.items()}
 
     @property
     def n_train(self) -> int:
@@ -60,6 +90,9 @@ class ClientData:
             setattr(self, f, getattr(self, f).to(device))
         if self.cand is not None:
             self.cand = {k: v.to(device) for k, v in self.cand.items()}
+        for f in ("train_y", "test_y"):
+            if getattr(self, f) is not None:
+                setattr(self, f, {k: v.to(device) for k, v in getattr(self, f).items()})
         return self
 
     def train_mask(self) -> torch.Tensor:
@@ -75,16 +108,27 @@ class ClientData:
 class _ByUser:
     """Rows of a split part grouped by user, for cheap per-client slicing."""
 
-    def __init__(self, df, n_users):
+    def __init__(self, df, n_users, labels=()):
         order = np.argsort(df["user"].to_numpy(), kind="stable")
         self.u = df["user"].to_numpy()[order]
         self.i = df["item"].to_numpy()[order]
         self.r = df["rating"].to_numpy()[order].astype(np.float32)
+        self.y = {k: df[k].to_numpy()[order].astype(np.float32) for k in labels}
         self.ptr = np.searchsorted(self.u, np.arange(n_users + 1))
 
+    def index(self, users):
+        return np.concatenate([np.arange(self.ptr[u], self.ptr[u + 1]) for u in users]) if len(users) else np.empty(0, int)
+
     def rows(self, users):
-        idx = np.concatenate([np.arange(self.ptr[u], self.ptr[u + 1]) for u in users]) if len(users) else np.empty(0, int)
+        idx = self.index(users)
         return self.u[idx], self.i[idx], self.r[idx]
+
+    def labels(self, users):
+        """{label: values} of these users' rows (None: a rating log)."""
+        if not self.y:
+            return None
+        idx = self.index(users)
+        return {k: torch.as_tensor(v[idx]) for k, v in self.y.items()}
 
 
 class Federation:
@@ -95,8 +139,8 @@ class Federation:
         self.holdout = holdout or Holdout()  # new users / items kept out of training (transfer)
         users = np.unique(split.train["user"].to_numpy())
         self.clients = partition(users, num_clients, seed)
-        self._train = _ByUser(split.train, dataset.n_users)
-        self._test = _ByUser(split.test, dataset.n_users)
+        self._train = _ByUser(split.train, dataset.n_users, dataset.labels)
+        self._test = _ByUser(split.test, dataset.n_users, dataset.labels)
 
     @property
     def meta(self) -> dict:
@@ -118,6 +162,7 @@ class Federation:
             test_i=torch.as_tensor(si, dtype=torch.long), test_r=torch.as_tensor(sr),
             cand=None if self.split.candidates is None else
             {k: torch.as_tensor(v[users], dtype=torch.long) for k, v in self.split.candidates.items()},
+            train_y=self._train.labels(users), test_y=self._test.labels(users),
         )
 
     def partition_data(self, pid: int) -> ClientData:
@@ -134,6 +179,8 @@ def build_federation(cfg: dict) -> Federation:
     scfg = cfg.get("split", {}) or {}
     if scfg.get("name") == "leave_one_out":  # the published protocol (loo.py)
         return Federation(dataset, loo_split(cfg, dataset), cfg["num_clients"], cfg["seed"])
+    if scfg.get("name") == "last_basket":  # repeat consumption (temporal.py)
+        return Federation(dataset, basket_split(dataset, bool(scfg.get("validation"))), cfg["num_clients"], cfg["seed"])
     if scfg.get("path"):
         split = split_mod.read(scfg["path"], dataset)
     else:
@@ -148,6 +195,20 @@ def build_federation(cfg: dict) -> Federation:
         # Tuning mode: the train part is carved again; test is never touched.
         split = split_mod.carve_validation(split, seed=scfg.get("validation_seed", 1))
     return Federation(dataset, split, cfg["num_clients"], cfg["seed"], holdout)
+
+
+def basket_split(dataset: Dataset, validation: bool) -> Split:
+    """split=last_basket: each user's last basket test, the rest train; validation=True: the
+    second-to-last basket is the test part instead (train without it, the last basket unused)."""
+    from .interaction_log import InteractionLog
+    from .temporal import last_basket
+
+    if "basket" not in dataset.interactions.columns:
+        raise ConfigError(f"split=last_basket: dataset {dataset.name} has no basket column (an order or session id: "
+                          "dataset=instacart_sample, instacart, or log with columns.basket); use split=per_user")
+    lg = InteractionLog(dataset.name, dataset.interactions, dataset.n_users, dataset.n_items, labels={})
+    train, valid, test = last_basket(lg, validation=validation)
+    return Split(train=train, test=valid if validation else test)
 
 
 def loo_split(cfg: dict, dataset: Dataset) -> Split:

@@ -30,9 +30,11 @@ class Dataset:
     item_multi: np.ndarray  # [n_items, G] float32
     raw_user_ids: np.ndarray = field(default_factory=lambda: np.empty(0))
     raw_item_ids: np.ndarray = field(default_factory=lambda: np.empty(0))
+    labels: list[str] = field(default_factory=list)  # an interaction log's label columns (from_log.py)
 
     def __post_init__(self) -> None:
-        self.interactions = self.interactions[COLUMNS].reset_index(drop=True)
+        extra = [c for c in ("basket", *self.labels) if c in self.interactions.columns]
+        self.interactions = self.interactions[COLUMNS + extra].reset_index(drop=True)
         if self.raw_user_ids.size == 0:
             self.raw_user_ids = np.arange(self.n_users)
         if self.raw_item_ids.size == 0:

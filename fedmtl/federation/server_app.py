@@ -22,6 +22,7 @@ from ..errors import DivergedError
 from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
+from ..tasks import get as get_task
 from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
@@ -75,9 +76,8 @@ def _bytes(records) -> int:
 
 
 def format_metrics(m: dict, tasks) -> str:
-    keys = {"rating": ["rating.rmse", "rating.mae"], "like": ["like.auc", "like.logloss"],
-            "click": ["click.hr@10", "click.ndcg@10"]}
-    return "  ".join(f"{k.split('.', 1)[1] if '.' in k else k}={m[k]:.4f}" for t in tasks for k in keys[t] if k in m)
+    keys = [k for t in tasks for k in get_task(t).log_keys()]
+    return "  ".join(f"{k.split('.', 1)[1] if '.' in k else k}={m[k]:.4f}" for k in keys if k in m)
 
 
 class TailAverage:

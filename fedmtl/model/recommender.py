@@ -22,9 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..tasks import REGISTRY
 from .towers import ARCHITECTURES
-
-RATING_OFFSET = 3.5
 
 
 class Encoder(nn.Module):
@@ -74,7 +73,7 @@ class Personal(nn.Module):
         self.user_bias = nn.Embedding(n_users, len(tasks))
         nn.init.normal_(self.user_emb.weight, std=init_std)
         nn.init.zeros_(self.user_bias.weight)
-        self.heads = nn.ModuleDict({t: Head(dim, RATING_OFFSET if t == "rating" else 0.0) for t in tasks})
+        self.heads = nn.ModuleDict({t: Head(dim, REGISTRY[t].head_offset if t in REGISTRY else 0.0) for t in tasks})
         self.register_buffer("user_cat", torch.as_tensor(user_cat, dtype=torch.long), persistent=False)
         self.history: torch.Tensor | None = None  # [n_users, n_items] 0/1 of the users' training items
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..tasks import REGISTRY as TASKS
 from .base import Weighting
 
 
@@ -10,7 +11,7 @@ class Fixed(Weighting):
     def __init__(self, tasks, weights=None):
         super().__init__(tasks)
         weights = dict(weights or {})
-        unknown = set(weights) - set(tasks) - {"rating", "click", "like"}
+        unknown = set(weights) - set(tasks) - set(TASKS)
         if unknown:
             raise ConfigError(f"weighting.weights: unknown task {sorted(unknown)[0]!r}")
         self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}

@@ -322,9 +322,9 @@ def test_a_new_behaviour_column_is_one_more_label(tmp_path):
     assert lg.events["share"].tolist() == [1.0, 0.0] and lg.labels["share"]["kind"] == "binary"
 
 
-def test_preset_offers_match_the_conf_pending_yaml():
+def test_preset_offers_match_the_conf_yaml():
     yaml = pytest.importorskip("yaml")
-    folder = Path(__file__).resolve().parents[2] / "conf_pending" / "dataset"
+    folder = Path(__file__).resolve().parents[2] / "conf" / "dataset"
     for layout in logmod.PRESETS:
         conf = yaml.safe_load((folder / f"{layout}.yaml").read_text())
         assert conf["layout"] == layout and conf["offers"] == logmod.offers(layout), layout

@@ -1,13 +1,10 @@
-"""Tasks: how each label comes from the interaction log, and its loss.
+"""The training losses of a batch, task by task (the kinds in regression.py, binary.py, ranking.py).
 
-| task   | label                          | loss                                             |
-| rating | the rating (1..5)              | squared error                                    |
-| like   | rating >= 4                    | logistic                                         |
-| click  | the user interacted at all     | softmax over all items (the unseen ones are the  |
-|        |                                | negatives); sampled_softmax: over the client's   |
-|        |                                | own items and num_negatives random others, with  |
-|        |                                | the sampling correction; sampled: logistic on    |
-|        |                                | num_negatives sampled unseen items per positive  |
+A pair task (regression, binary) scores each training pair against its label. A ranking
+task (click) treats the pair's item as a positive: softmax over all items (the unseen ones
+are the negatives); sampled_softmax: over the client's own items and num_negatives random
+others, with the sampling correction; sampled: logistic on num_negatives sampled unseen
+items per positive.
 """
 
 from __future__ import annotations
@@ -18,24 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-
-TASKS = ("rating", "click", "like")
-LIKE_THRESHOLD = 4.0
-
-
-def check_tasks(names) -> list[str]:
-    if not isinstance(names, (list, tuple)):
-        raise ConfigError(f"tasks={names!r}: expected a list drawn from {list(TASKS)}")
-    names = list(names)
-    if not names:
-        raise ConfigError("tasks: must name at least one of rating, click, like")
-    for n in names:
-        if not isinstance(n, str) or n not in TASKS:
-            raise ConfigError(f"tasks: unknown task {n!r}; expected a subset of {list(TASKS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"tasks: {names} names a task twice")
-    return names
+from .base import get
 
 
 def choose_rows(touched: np.ndarray, n_items: int, pad_rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -74,16 +54,14 @@ def losses(model, users, items, ratings, tasks, click_loss="softmax", num_negati
     ur = model.user_reps(users, leave_out=items)
     out = {}
     for t, task in enumerate(tasks):
+        kind = get(task)
         head = model.personal.heads[task]
         u = ur[t] @ head.proj
         ubias = model.personal.user_bias(users)[:, t] + head.offset
         ibias = model.encoder.item_bias.weight[:, t]
-        if task in ("rating", "like"):
+        if kind.pairwise:
             s = (u * ir[t][items]).sum(-1) + ubias + ibias[items]
-            if task == "rating":
-                out[task] = F.mse_loss(s, ratings)
-            else:
-                out[task] = F.binary_cross_entropy_with_logits(s, (ratings >= LIKE_THRESHOLD).float())
+            out[task] = kind.loss(s, ratings)
         elif click_loss in ("softmax", "sampled_softmax") and candidates is not None:
             ids, offset = candidates
             logits = u @ ir[t][ids].T + ibias[ids] + offset

@@ -1,0 +1,98 @@
+"""What a task is, and the registry of the tasks a run can name.
+
+A task knows how its label comes from the interaction log (`column`, and a kind-specific
+rule such as a threshold), its loss, its evaluation parts (additive sums and counts a client
+sends) and how parts combine into metrics, its headline metric and whether larger is better.
+
+Two families: a *pair* task scores each (user, item) test pair against its label
+(regression, binary); a *ranking* task ranks every item for a user and is trained with the
+softmax (or sampled) loss over items, its positives the user's interactions where its label
+is 1 (every row for an event log). One module per kind: regression.py, binary.py, ranking.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    """The 10th and 90th percentile of the finite values (nan, nan if none)."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    return float(np.percentile(vals, 10)), float(np.percentile(vals, 90))
+
+
+class Task:
+    """One task: a name, the label column it reads and the kind-specific parts below."""
+
+    kind = ""
+    pairwise = True  # scored on its (user, item, label) test pairs; False: full ranking over items
+    head_offset = 0.0  # the initial offset of the task's head (the label's typical level)
+
+    def __init__(self, name: str, column: str | None = "rating"):
+        self.name, self.column = name, column
+
+    # --- the label ---------------------------------------------------------------------------
+    def value(self, y) -> torch.Tensor:
+        """This task's column of a batch's labels: `y` is the rating column (a rating log) or
+        {column: values} (an interaction log, ClientData.labels)."""
+        return y[self.column] if isinstance(y, dict) else y
+
+    def target(self, y) -> torch.Tensor:
+        """The training target of a batch's labels."""
+        return self.value(y)
+
+    # --- evaluation --------------------------------------------------------------------------
+    def empty_parts(self) -> dict:
+        """The parts of a client with no test rows (every client sends the same keys)."""
+        raise NotImplementedError
+
+    def combine(self, get, parts: list[dict]) -> dict[str, float]:
+        """Final metrics from the parts of any number of clients; `get(key)` lists a key's values."""
+        raise NotImplementedError
+
+    def metric(self, key: str) -> str:
+        return f"{self.name}.{key}"
+
+    # table rows (metric key, label), the progress line's keys, the headline and its direction
+    def rows(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def log_keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def headline(self) -> tuple[str, bool]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, column={self.column!r})"
+
+
+REGISTRY: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add (or replace) a task under its name."""
+    REGISTRY[task.name] = task
+    return task
+
+
+def get(name: str) -> Task:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"tasks: unknown task {name!r}; expected one of {list(REGISTRY)}") from None
+
+
+def pair_tasks(names) -> list[Task]:
+    return [get(n) for n in names if get(n).pairwise]
+
+
+def ranking_tasks(names) -> list[Task]:
+    return [get(n) for n in names if not get(n).pairwise]

@@ -1,0 +1,58 @@
+"""Regression: a numeric label (rating, play time); squared error, RMSE and MAE."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Task, percentiles
+
+
+class Regression(Task):
+    kind = "regression"
+
+    def __init__(self, name: str, column: str | None = "rating", clip: tuple[float, float] | None = None,
+                 offset: float = 0.0):
+        super().__init__(name, column)
+        self.clip, self.head_offset = clip, float(offset)
+
+    def loss(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(s, self.value(y))
+
+    def loss_per_pair(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (s - self.value(y)) ** 2
+
+    def parts(self, s: torch.Tensor, y: torch.Tensor) -> dict:
+        """Predictions clipped to `clip` (the label's range), squared and absolute errors summed."""
+        if self.clip is not None:
+            s = s.clamp(*self.clip)
+        err = (s - self.value(y)).cpu().numpy().astype(np.float64)
+        n = self.name
+        return {f"{n}.n": int(len(err)), f"{n}.se": float((err ** 2).sum()), f"{n}.ae": float(np.abs(err).sum())}
+
+    def empty_parts(self) -> dict:
+        n = self.name
+        return {f"{n}.n": 0, f"{n}.se": 0.0, f"{n}.ae": 0.0}
+
+    def combine(self, get, parts):
+        n_, out = self.name, {}
+        n = sum(get(f"{n_}.n"))
+        if n:
+            out[f"{n_}.rmse"] = math.sqrt(sum(get(f"{n_}.se")) / n)
+            out[f"{n_}.mae"] = sum(get(f"{n_}.ae")) / n
+            rmses = [math.sqrt(p[f"{n_}.se"] / p[f"{n_}.n"]) for p in parts if p.get(f"{n_}.n")]
+            out[f"{n_}.rmse_p10"], out[f"{n_}.rmse_p90"] = percentiles(rmses)
+        return out
+
+    def rows(self):
+        n = self.name
+        return [(f"{n}.rmse", "RMSE"), (f"{n}.mae", "MAE"), (f"{n}.rmse_p90", "RMSE p90 (worst 10% of clients)")]
+
+    def log_keys(self):
+        return [f"{self.name}.rmse", f"{self.name}.mae"]
+
+    def headline(self):
+        return f"{self.name}.rmse", False

@@ -1,0 +1,100 @@
+"""A behaviour column of an interaction log becomes a trained and evaluated task by config
+alone: a log written here with a new 0/1 column (`share`, a name fedmtl has never heard of)
+and an event label (every row a purchase) trains and scores both; `tasks` names only what
+the data set offers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedmtl.config import compose
+from fedmtl.errors import ConfigError
+from fedmtl.simulate import run
+from fedmtl.tasks import REGISTRY, Binary, Ranking
+
+
+def write_log(path, n_users=30, n_items=25, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        for t, i in enumerate(rng.choice(n_items, size=rng.integers(6, 12), replace=False)):
+            # share depends on the item (items 0..9 get shared), so it can be learnt
+            rows.append({"uid": f"u{u}", "iid": f"i{i}", "when": t, "share": int(i < 10 and rng.random() < 0.8),
+                         "genre": f"g{i % 3}"})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def log_overrides(path, tasks):
+    return ["dataset=log", f"dataset.file={path}", "dataset.columns.user=uid", "dataset.columns.item=iid",
+            "dataset.columns.timestamp=when",
+            "++dataset.labels={share:{kind:binary,column:share},purchase:{kind:event}}",
+            "++dataset.item_features={categorical:[genre]}",
+            f"tasks=[{','.join(tasks)}]", "num_clients=3", "num_rounds=2", "local_epochs=1", "save_model=false"]
+
+
+@pytest.mark.parametrize("backend", ["cohort", "inprocess"])
+def test_new_binary_column_trains_and_evaluates(tmp_path, backend):
+    write_log(tmp_path / "log.csv")
+    cfg = compose([*log_overrides(tmp_path / "log.csv", ["share", "purchase"]), f"backend={backend}"])
+    assert isinstance(REGISTRY["share"], Binary) and REGISTRY["share"].column == "share"
+    assert isinstance(REGISTRY["purchase"], Ranking)
+    summary = run(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    m = summary["metrics"]
+    assert 0.0 <= m["share.auc"] <= 1.0 and m["share.logloss"] > 0
+    assert 0.0 <= m["purchase.ndcg@10"] <= m["purchase.hr@10"] <= 1.0
+    assert not any(k.startswith(("rating.", "like.", "click.")) for k in m)
+    assert all(np.isfinite(r["train"]["loss.share"]) and np.isfinite(r["train"]["loss.purchase"]) for r in rows)
+    # the binary task's test pairs are the log's test rows, its labels their share column
+    split = pd.read_csv(tmp_path / "run" / "split" / "test.tsv", sep="\t", header=None)
+    assert len(split) > 0
+
+
+def test_share_label_is_the_column(tmp_path):
+    """The labels the binary task trains on are the column's values (not the rating's)."""
+    from fedmtl.data import federation_for
+
+    write_log(tmp_path / "log.csv")
+    cfg = compose(log_overrides(tmp_path / "log.csv", ["share"]))
+    fed = federation_for(cfg)
+    data = fed.all_data()
+    assert fed.dataset.item_cards == [4] and fed.dataset.item_cat.max() == 3  # genre: 3 values + unknown
+    raw = pd.read_csv(tmp_path / "log.csv")
+    assert float(data.train_y["share"].sum() + data.test_y["share"].sum()) == float(raw["share"].sum())
+    y = REGISTRY["share"].target(data.labels("train"))
+    assert set(np.unique(y.numpy())) <= {0.0, 1.0} and float(y.sum()) == float(data.train_y["share"].sum())
+
+
+def test_tasks_must_be_offered(tmp_path):
+    write_log(tmp_path / "log.csv")
+    with pytest.raises(ConfigError, match=r"tasks: unknown task 'rating'; expected a subset of \['share', 'purchase'\]"):
+        compose(log_overrides(tmp_path / "log.csv", ["rating", "share"]))
+
+
+def test_preset_offers_its_labels():
+    with pytest.raises(ConfigError, match=r"unknown task 'click'; expected a subset of \['purchase', 'reordered'\]"):
+        compose(["dataset=instacart_sample", "dataset.path=/nonexistent", "tasks=[click]"])
+    compose([])  # back on the rating log, the defaults are registered again
+    assert set(REGISTRY) == {"rating", "click", "like"}
+
+
+def test_cohort_batches_an_event_ranking_task_as_inprocess_does(tmp_path):
+    """An every-row event (purchase) reads no label column, so backend=cohort batches it; its
+    figures are the per-client path's (a pair task on a label column is not batched)."""
+    from fedmtl.cohort_train import unbatched
+
+    write_log(tmp_path / "log.csv")
+    got = {}
+    for backend in ("cohort", "inprocess"):
+        cfg = compose([*log_overrides(tmp_path / "log.csv", ["purchase"]), f"backend={backend}"])
+        got[backend] = run(cfg, tmp_path / backend)["metrics"]
+    assert unbatched(cfg) == []
+    assert unbatched(compose(log_overrides(tmp_path / "log.csv", ["share", "purchase"]))) != []
+    assert got["cohort"].keys() == got["inprocess"].keys()
+    for k, v in got["inprocess"].items():
+        assert got["cohort"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
