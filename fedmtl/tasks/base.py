@@ -60,15 +60,22 @@ class Task:
     def metric(self, key: str) -> str:
         return f"{self.name}.{key}"
 
-    # table rows (metric key, label), the progress line's keys, the headline and its direction
+    # What each kind reports, its metric keys without the task's name: the table's rows
+    # (key, label), the progress line's keys, and the headline key with its direction
+    # (True: higher is better).
+    row_spec: tuple[tuple[str, str], ...] = ()
+    log_spec: tuple[str, ...] = ()
+    headline_spec: tuple[str, bool] = ("", True)
+
     def rows(self) -> list[tuple[str, str]]:
-        raise NotImplementedError
+        return [(self.metric(key), label) for key, label in self.row_spec]
 
     def log_keys(self) -> list[str]:
-        raise NotImplementedError
+        return [self.metric(key) for key in self.log_spec]
 
     def headline(self) -> tuple[str, bool]:
-        raise NotImplementedError
+        key, higher = self.headline_spec
+        return self.metric(key), higher
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, column={self.column!r})"

@@ -76,12 +76,6 @@ class Binary(Task):
             out[f"{n_}.logloss_p10"], out[f"{n_}.logloss_p90"] = percentiles(lls)
         return out
 
-    def rows(self):
-        n = self.name
-        return [(f"{n}.auc", "AUC"), (f"{n}.logloss", "logloss"), (f"{n}.logloss_p90", "logloss p90")]
-
-    def log_keys(self):
-        return [f"{self.name}.auc", f"{self.name}.logloss"]
-
-    def headline(self):
-        return f"{self.name}.auc", True
+    row_spec = (("auc", "AUC"), ("logloss", "logloss"), ("logloss_p90", "logloss p90"))
+    log_spec = ("auc", "logloss")
+    headline_spec = ("auc", True)

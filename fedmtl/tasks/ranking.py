@@ -43,13 +43,16 @@ class Ranking(Task):
             out[f"{n_}.ndcg@{k}_p10"], out[f"{n_}.ndcg@{k}_p90"] = percentiles(nd)
         return out
 
-    def rows(self):
-        n, k = self.name, self.k
-        return [(f"{n}.hr@{k}", f"HR@{k}"), (f"{n}.recall@{k}", f"Recall@{k}"), (f"{n}.ndcg@{k}", f"NDCG@{k}"),
-                (f"{n}.ndcg@{k}_p10", f"NDCG@{k} p10 (worst 10% of clients)")]
+    @property
+    def row_spec(self):  # the cut-off k is the instance's
+        k = self.k
+        return ((f"hr@{k}", f"HR@{k}"), (f"recall@{k}", f"Recall@{k}"), (f"ndcg@{k}", f"NDCG@{k}"),
+                (f"ndcg@{k}_p10", f"NDCG@{k} p10 (worst 10% of clients)"))
 
-    def log_keys(self):
-        return [f"{self.name}.hr@{self.k}", f"{self.name}.recall@{self.k}", f"{self.name}.ndcg@{self.k}"]
+    @property
+    def log_spec(self):
+        return (f"hr@{self.k}", f"recall@{self.k}", f"ndcg@{self.k}")
 
-    def headline(self):
-        return f"{self.name}.ndcg@{self.k}", True
+    @property
+    def headline_spec(self):
+        return f"ndcg@{self.k}", True

@@ -47,12 +47,6 @@ class Regression(Task):
             out[f"{n_}.rmse_p10"], out[f"{n_}.rmse_p90"] = percentiles(rmses)
         return out
 
-    def rows(self):
-        n = self.name
-        return [(f"{n}.rmse", "RMSE"), (f"{n}.mae", "MAE"), (f"{n}.rmse_p90", "RMSE p90 (worst 10% of clients)")]
-
-    def log_keys(self):
-        return [f"{self.name}.rmse", f"{self.name}.mae"]
-
-    def headline(self):
-        return f"{self.name}.rmse", False
+    row_spec = (("rmse", "RMSE"), ("mae", "MAE"), ("rmse_p90", "RMSE p90 (worst 10% of clients)"))
+    log_spec = ("rmse", "mae")
+    headline_spec = ("rmse", False)
