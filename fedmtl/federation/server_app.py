@@ -225,7 +225,8 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         if rnd % cfg["eval_every"] == 0 or rnd == n_rounds:
             egrid = wait_for_nodes(grid, needed_nodes(strategy, "evaluate"), cfg["round_timeout"], rnd, "evaluate")
             seed_sampling(cfg, "evaluate", rnd)
-            emsgs = list(strategy.configure_evaluate(rnd, tail.model(arrays), ConfigRecord({}), egrid))
+            evaluated = tail.model(arrays)
+            emsgs = list(strategy.configure_evaluate(rnd, evaluated, ConfigRecord({}), egrid))
             row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
             ereplies, added = send_evaluate(grid, cfg, emsgs, item_item, final=rnd == n_rounds)
             row["bytes_down"] += added
@@ -236,7 +237,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             if ev is not None:
                 last_eval = dict(ev)
                 row["test"] = last_eval
-                selection.update(rnd, last_eval, tail.model(arrays))
+                selection.update(rnd, last_eval, evaluated)
         row["seconds"] = round(time.time() - t0, 3)
         with round_commit():  # Ctrl-C waits until the row and its checkpoint are both written
             append_jsonl(metrics_path, row)
