@@ -231,9 +231,8 @@ def recipe_engines(args) -> None:
     for label, ov in runs:
         res = run_engine("sim", base + ov, label.split(",")[0])
         results[label] = res
-        secs, ev = res["round_seconds"], res["evaluated"]
-        tr = [s for k, (s, e) in enumerate(zip(secs, ev)) if not e and k > 0] or [s for s, e in zip(secs, ev) if not e]
-        er = [s for s, e in zip(secs, ev) if e]
+        secs = res["round_seconds"]
+        tr, er = round_seconds(res)
         fmt = lambda xs: f"{1000 * sum(xs) / len(xs) / clients:.2f}" if xs else "-"  # noqa: E731
         wall = res["outside_rounds_s"] + sum(secs)
         print(f"| {label} | {fmt(tr)} | {fmt(er)} | {ms_per_client_round(res, clients):.2f} | {wall:.1f} | "
@@ -296,9 +295,8 @@ def ml1m_shape(args) -> None:
         if label == "inprocess" and args.ml1m_inprocess_rounds <= 0:
             continue
         res = run_engine("sim", base + ov, f"ml1m-{label}")
-        secs, ev = res["round_seconds"], res["evaluated"]
-        tr = [x for k, (x, e) in enumerate(zip(secs, ev)) if not e and k > 0] or [x for x, e in zip(secs, ev) if not e]
-        er = [x for x, e in zip(secs, ev) if e]
+        secs = res["round_seconds"]
+        tr, er = round_seconds(res)
         mean = lambda xs: f"{sum(xs) / len(xs):.2f}" if xs else "-"  # noqa: E731
         m = res["metrics"]
         print(f"| {label} | {len(secs)} | {mean(tr)} | {mean(er)} | {res['outside_rounds_s'] + sum(secs):.0f} | "
@@ -334,8 +332,19 @@ def arithmetic_floor(base: list[str], results: dict, clients: int) -> None:
           f"{ms(single):.2f} ms / client-round (measured {_train_ms(results['inprocess'], clients):.2f})")
 
 
+def round_seconds(res: dict, all_if_none: bool = True) -> tuple[list[float], list[float]]:
+    """(seconds of the training rounds after the first, the first's warm-up left out; with
+    `all_if_none`, every training round's when none comes after it; seconds of the rounds
+    that also evaluated)."""
+    secs, ev = res["round_seconds"], res["evaluated"]
+    train = [x for k, (x, e) in enumerate(zip(secs, ev)) if not e and k > 0]
+    if not train and all_if_none:
+        train = [x for x, e in zip(secs, ev) if not e]
+    return train, [x for x, e in zip(secs, ev) if e]
+
+
 def _train_ms(res: dict, clients: int) -> float:
-    xs = [s for k, (s, e) in enumerate(zip(res["round_seconds"], res["evaluated"])) if not e and k > 0]
+    xs = round_seconds(res, all_if_none=False)[0]
     return 1000 * sum(xs) / max(len(xs), 1) / clients
 
 
