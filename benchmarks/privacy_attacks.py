@@ -44,8 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmtl import attacks
-from fedmtl.errors import FedMTLError
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # fedmtl from this checkout, installed or not
+from fedmtl import attacks  # noqa: E402
+from fedmtl.errors import FedMTLError  # noqa: E402
 
 MODES = ("none", "central_dp", "client_clip_dp", "local_dp", "secagg", "secagg_dp")
 EXCHANGES = ("dense", "sparse")
