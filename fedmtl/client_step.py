@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import transfer
+from . import dp_rows, transfer
 from .config import resolve_device
 from .data import ClientData, federation_for
 from .itemitem import Rows, blends
@@ -160,6 +160,7 @@ def train_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, 
                  server_round: int) -> tuple[dict, dict, dict]:
     """One client's round: (upload, metrics, its new state)."""
     cfg = setup.cfg
+    shared = {k: v for k, v in shared.items() if k != dp_rows.ROW_COUNT}  # DP rows: the indicator's zeros
     model = client_model(setup, data, state.get(PERSONAL), pid)
     set_arrays(model, shared)
     transfer.client_view(model, cfg)  # new items: features only, never trained
@@ -179,6 +180,8 @@ def train_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, 
         new_state[WEIGHTING] = state[WEIGHTING]
     upload = upload_arrays(get_arrays(model, shared_names(model, cfg["aggregate"])), cfg, received, rows,
                            model.n_items, seed)
+    if dp_rows.enabled(cfg):  # its clipped update at full size and its row indicator (dp_rows.py)
+        upload = dp_rows.client_upload(upload, shared, dp_rows.Budget.of(cfg))
     return upload, train_metrics(result.num_examples, result.losses, result.weights), new_state
 
 
@@ -195,6 +198,7 @@ def evaluate_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[st
                     item_item: dict[str, np.ndarray] | None = None) -> dict:
     """A client's additive metric parts on its test data; `item_item`: click_mix's rows of B."""
     cfg = setup.cfg
+    shared = {k: v for k, v in shared.items() if k != dp_rows.ROW_COUNT}  # DP rows: the indicator's zeros
     model = client_model(setup, data, state.get(PERSONAL), pid)
     set_arrays(model, shared)
     transfer.client_view(model, cfg)

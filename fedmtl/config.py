@@ -168,10 +168,20 @@ def validate(cfg: dict) -> dict:
                 and _get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
-        if _get(cfg, "privacy.name") not in ("none", "secagg"):
-            raise ConfigError(f"exchange=sparse with privacy={_get(cfg, 'privacy.name')}: clipping and noise work on "
-                              "the whole dense update of every client; use exchange=dense (privacy=secagg takes "
-                              "sparse: row-wise averaging from two secure sums)")
+        mode = _get(cfg, "privacy.name")
+        if mode not in ("none", "secagg", "client_clip_dp", "secagg_dp"):
+            raise ConfigError(f"exchange=sparse with privacy={mode}: the clipping and noise of this mode work on "
+                              "the whole dense update of every client; use exchange=dense, or a mode that takes "
+                              "sparse rows (secagg: two secure sums; client_clip_dp, secagg_dp: DP rows, "
+                              "fedmtl/dp_rows.py)")
+        if mode in ("client_clip_dp", "secagg_dp"):  # DP rows: dp_rows.Budget
+            if mode == "client_clip_dp" and _get(cfg, "privacy.clipping") != "fixed":
+                raise ConfigError("exchange=sparse with privacy.clipping=adaptive: DP rows split a fixed clipping "
+                                  "norm between the update and the row indicator; use privacy.clipping=fixed")
+            _number(cfg, "privacy.max_rows", lo=1, integer=True)
+            _number(cfg, "privacy.count_share", lo=0, hi=1, lo_open=True, hi_open=True)
+            if _get(cfg, "privacy.min_row_count") is not None:
+                _number(cfg, "privacy.min_row_count", lo=0, lo_open=True)
     _choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
     cfg["tasks"] = check_tasks(_get(cfg, "tasks"), offered)

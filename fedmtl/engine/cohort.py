@@ -9,7 +9,10 @@ given (the same arrays and metrics, to float tolerance; tests/engine/test_cohort
 Everything else goes through the ClientApp exactly as under backend=inprocess: query
 messages, SecAgg+ messages, a training request below a client's own privacy floor (it
 refuses it), and every message of a run whose knobs the batch does not implement
-(`cohort_train.unbatched`: the run says which, once, at start-up).
+(`cohort_train.unbatched`: the run says which, once, at start-up). Under central_dp,
+client_clip_dp and local_dp each batched reply passes through the train handler's privacy
+mod (federation/privacy.py: the client's floor, Flower's clipping, the noise from the OS
+CSPRNG) before it is sent, as the ClientApp's reply would.
 
 It uses torch's threads (`backend.threads`, 0 = every core this process may use; the
 default 1, because on a machine whose cores are busy with other work more threads wait for
@@ -62,6 +65,10 @@ class CohortGrid(InProcessGrid):
             raise ConfigError(f"backend.chunk_mb={chunk!r}: expected a number of MB > 0")
         self.threads, self.chunk_mb = _threads(threads), float(chunk)
         self.reasons = cohort_train.unbatched(cfg)
+        # central_dp, client_clip_dp, local_dp: each batched reply goes through the train handler's
+        # privacy mod (the client's floor, then Flower's clipping and the mode's noise), as the ClientApp's would
+        from ..federation.privacy import client_privacy_mod
+        self.privacy = client_privacy_mod(cfg) if cfg["privacy"]["name"] != "none" else None
         self.data: dict[int, object] = {}  # partition id -> its ClientData (states in memory only)
         self.refused = self._floor_refuses()
         if self.reasons:
@@ -192,6 +199,8 @@ class CohortGrid(InProcessGrid):
                     reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}),
                                     reply_to=m)
                     reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+                    if self.privacy is not None:  # the train handler's privacy mods, on the batched reply
+                        reply = self.privacy(m, ctx, lambda _msg, _ctx, reply=reply: reply)
                     out[id(m)] = reply
                     new_states.append((m.metadata.dst_node_id, ctx, {k: fast_record(a) for k, a in state.items()}))
         finally:

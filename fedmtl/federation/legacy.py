@@ -48,6 +48,7 @@ its window are not detected. Values are clipped to +-`clipping_range` and quanti
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -69,9 +70,12 @@ MAX_SATURATION = 1e-3  # a round whose quantised values sat at +-clipping_range 
 
 
 def secure_rows(cfg: dict) -> bool:
-    """exchange=sparse under SecAgg+: each client sends its row update at full size (zero off
-    its rows) and its 0/1 row indicator; the server gets only the two sums (sparse_codec)."""
-    return (cfg.get("exchange") or {}).get("name", "dense") == "sparse"
+    """exchange=sparse under privacy=secagg: each client sends its row update at full size (zero
+    off its rows) and its 0/1 row indicator; the server gets only the two sums (sparse_codec).
+    (Under secagg_dp the train handler itself sends DP rows, dp_rows.py: full-size weights and
+    the indicator among the shared arrays, clipped and noised as they are.)"""
+    return ((cfg.get("exchange") or {}).get("name", "dense") == "sparse"
+            and (cfg.get("privacy") or {}).get("name") == "secagg")
 
 
 def extra_names(cfg: dict) -> list[str]:
@@ -342,10 +346,11 @@ def _quorum_workflow(quorum: int, **kwargs):
 class SecAggRound:
     """One SecAgg+ training round: Flower's SecAggPlusWorkflow over a legacy FedAvg."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, rows=None):
         from .privacy import client_manager
 
         self.cfg, self.tasks = cfg, list(cfg["tasks"])
+        self.rows = rows  # privacy.RowRelease under secagg_dp with exchange=sparse (DP rows)
         self.names: list[str] = []
         self._setup(_legacy_sample(cfg), max_weight(cfg), float(cfg["privacy"]["clipping_range"]),
                     client_manager(cfg))  # privacy.py: a secret sample under secagg_dp
@@ -414,6 +419,9 @@ class SecAggRound:
     def __call__(self, rnd: int, arrays: ArrayRecord, grid):
         """Run the round; returns (new arrays or None, train metrics, the metrics.jsonl row,
         the reason no update was aggregated or None)."""
+        current = arrays
+        if self.rows is not None:  # DP rows: the indicator travels as one more shared array (zeros)
+            arrays = self.rows.sent(arrays)
         self.names = list(arrays.keys())
         dtypes = {k: a.numpy().dtype for k, a in arrays.items()}
         sent, got, counting = self._run(rnd, [arrays[k].numpy() for k in self.names], grid)
@@ -454,6 +462,10 @@ class SecAggRound:
             return ArrayRecord({k: Array(new[k]) for k in self.names}), metrics, row, None
         out = ArrayRecord({k: Array(np.asarray(v, dtype=dtypes[k]).reshape(shapes[k]))
                            for k, v in zip(self.names, nds)})
+        if self.rows is not None:  # each client added std z*C/sqrt(m): the sum of `answered` holds less
+            from .privacy import noise_multiplier, sample_size
+            a, m = counts["answered"], sample_size(self.cfg)
+            out = self.rows.new_arrays(current, out, a, noise_multiplier(self.cfg) * math.sqrt(min(a, m) / m))
         return out, metrics, row, None
 
     def _saturation(self, tail: dict) -> float | None:
@@ -617,7 +629,7 @@ class SecureGram(SecAggRound):
         from ..data import federation_for
 
         fed = federation_for(cfg)
-        self.cfg, self.tasks, self.names = cfg, [], ["gram"]
+        self.cfg, self.tasks, self.names, self.rows = cfg, [], ["gram"], None
         self.n_items = int(fed.meta["n_items"])
         self.chunks = gram_chunks(self.n_items)
         users = max(len(c) for c in fed.clients)

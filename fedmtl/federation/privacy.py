@@ -47,7 +47,7 @@ from flwr.supercore.differential_privacy import compute_clip_model_update, compu
 from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
                                                SamplingMethod)
 
-from .. import secure_random
+from .. import dp_rows, secure_random
 from ..errors import ConfigError
 from ..federation_names import DP_MODES, SECAGG_MODES
 
@@ -242,15 +242,16 @@ class ServerPrivacy:
         from .strategies import averager, server_optimizer
         self.optimizer = server_optimizer(cfg) if self.mode in ("central_dp", "client_clip_dp", *SECAGG_MODES) \
             else None
-        if self.optimizer is not None:
+        self.rows = RowRelease(cfg) if dp_rows.enabled(cfg) else None  # exchange=sparse under DP (dp_rows.py)
+        if self.optimizer is not None or self.rows is not None:
             self.strategy = strategy = averager(cfg)
         if self.mode in ("central_dp", "client_clip_dp"):
             self.strategy = wrap_strategy(strategy, self.p, self.noise_multiplier, m, self.mode)
-            if self.optimizer is not None:
-                self.strategy = StepAfterRelease(self.strategy, self.optimizer)
+            if self.optimizer is not None or self.rows is not None:
+                self.strategy = StepAfterRelease(self.strategy, self.optimizer, self.rows, cfg.get("server_decay"))
         if self.mode in SECAGG_MODES:
             from .legacy import SecAggRound
-            self.secure_round = SecAggRound(cfg)
+            self.secure_round = SecAggRound(cfg, self.rows)
 
     def server_step(self, rnd: int, sent, mean):
         """The new model from SecAgg+'s released mean of a round that sent `sent`: the server
@@ -290,6 +291,8 @@ class ServerPrivacy:
                     "releases": self.ledger.releases})
         if self.ledger.amplified:
             out["epsilon_known_sample"] = self.ledger.epsilon_known_sample()
+        if self.rows is not None and self.rows.last:
+            out["rows"] = self.rows.last
         clip = getattr(self.strategy, "clipping_norm", None)
         if clip is not None:
             out["clipping_norm"] = float(clip)
@@ -312,7 +315,8 @@ class ServerPrivacy:
         """What a resumed run needs: the accountant's ledger and an adaptive clipping bound."""
         return {"ledger": self.ledger.accountant.state_dict() if self.ledger else None,
                 "spent": list(self.ledger.spent) if self.ledger else [], "stopped": self.stopped,
-                "clipping_norm": getattr(self.strategy, "clipping_norm", None)}
+                "clipping_norm": getattr(self.strategy, "clipping_norm", None),
+                "row_counts": self.rows.counts.state_dict() if self.rows is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         if self.ledger is not None and state.get("ledger"):
@@ -321,6 +325,8 @@ class ServerPrivacy:
         if state.get("clipping_norm") is not None and hasattr(self.strategy, "clipping_norm"):
             self.strategy.clipping_norm = float(state["clipping_norm"])
         self.stopped = state.get("stopped")
+        if self.rows is not None and state.get("row_counts"):
+            self.rows.counts.load_state_dict(state["row_counts"])
 
 
 class SecureNoise:
@@ -339,15 +345,42 @@ class SecureNoise:
         return secure_random.normal(count, self.clipped_count_stddev) / float(total)
 
 
+class RowRelease:
+    """exchange=sparse under client_clip_dp / secagg_dp (dp_rows.py): the arrays a training
+    round sends (the shared ones and the row indicator's zeros) and the new shared arrays
+    from a released mean; its running row counts are kept in the checkpoint."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.budget = dp_rows.Budget.of(cfg)
+        self.counts = dp_rows.RowCounts()
+        self.last: dict = {}
+
+    def sent(self, arrays: ArrayRecord) -> ArrayRecord:
+        out = dict(arrays.items())
+        out[dp_rows.ROW_COUNT] = Array(dp_rows.zero_indicator({k: a.shape for k, a in arrays.items()}))
+        return ArrayRecord(out)
+
+    def new_arrays(self, sent: ArrayRecord, mean: ArrayRecord, answered: int, noise_multiplier: float) -> ArrayRecord:
+        """The shared arrays after the round, from the released `mean` of `answered` clients'
+        vectors (noise multiplier of the release `noise_multiplier`); ROW_COUNT dropped."""
+        current = {k: a.numpy() for k, a in sent.items() if k != dp_rows.ROW_COUNT}
+        released = {k: a.numpy() for k, a in mean.items()}
+        new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, noise_multiplier)
+        return ArrayRecord({k: Array(np.asarray(new[k])) for k in current})
+
+
 class StepAfterRelease:
     """central_dp / client_clip_dp under a server optimiser: Flower's DP wrapper around a
     plain FedAvg releases the noised mean, and the optimiser (FedAdam, FedYogi,
     FedAdagrad, FedAvgM) steps from that release. Wrapping the optimiser itself, as
     Flower's wrappers would, noises the optimiser's *output* while its moments see the
-    un-noised mean: no longer a Gaussian mechanism on the clients' updates."""
+    un-noised mean: no longer a Gaussian mechanism on the clients' updates.
+    With DP rows (`rows`), the release is first turned into row-wise averages
+    (post-processing too); without an optimiser, server_decay follows."""
 
-    def __init__(self, private, optimizer):
-        self.strategy, self.optimizer = private, optimizer
+    def __init__(self, private, optimizer, rows: RowRelease | None = None, decay: float | None = None):
+        self.strategy, self.optimizer, self.rows, self.decay = private, optimizer, rows, decay
 
     @property
     def clipping_norm(self):
@@ -359,13 +392,22 @@ class StepAfterRelease:
 
     def configure_train(self, server_round, arrays, config, grid):
         self._sent = arrays
+        if self.rows is not None:
+            arrays = self.rows.sent(arrays)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies):
-        from .strategies import step_from
+        from .strategies import decay_arrays, step_from
+        replies = list(replies)
         mean, metrics = self.strategy.aggregate_train(server_round, replies)
         if mean is None:
             return None, metrics
+        if self.rows is not None:
+            answered = sum(1 for r in replies if not r.has_error())
+            z = self.strategy.noise_multiplier * answered / max(self.strategy.num_sampled_clients, 1)
+            mean = self.rows.new_arrays(self._sent, mean, answered, z)
+        if self.optimizer is None:
+            return (decay_arrays(mean, self.decay) if self.decay else mean), metrics
         return step_from(self.optimizer, server_round, self._sent, mean, metrics)
 
     def configure_evaluate(self, server_round, arrays, config, grid):

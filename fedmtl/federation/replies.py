@@ -111,7 +111,9 @@ def _rules(cfg_json: str) -> Rules:
     mode = (cfg.get("privacy") or {}).get("name", "none")
     allowed, required = expected_metrics(cfg)
     max_weight, max_norm = robust.get("max_weight"), robust.get("max_update_norm")
-    return Rules(exchange=ex.get("name", "dense"), dtype=ex.get("dtype", "float32"),
+    from ..dp_rows import enabled as dp_rows
+    exchange = "dense" if dp_rows(cfg) else ex.get("name", "dense")  # DP rows: full-size arrays (dp_rows.py)
+    return Rules(exchange=exchange, dtype=ex.get("dtype", "float32"),
                  max_weight=float(max_weight) if max_weight is not None else largest_client(cfg),
                  fixed_weight=1.0 if mode in UNIFORM_WEIGHT_MODES else None,
                  max_abs_update=float(robust.get("max_abs_update", 100.0)) + _noise_allowance(cfg),

@@ -145,12 +145,12 @@ def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
                 assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (dtype, k)
 
 
-@pytest.mark.parametrize("knob", [["weighting=uncertainty"], ["model=mmoe"], ["privacy=central_dp"]],
+@pytest.mark.parametrize("knob", [["weighting=uncertainty"], ["model=mmoe"], ["privacy=secagg"]],
                          ids=["weighting", "architecture", "privacy"])
 def test_unbatched_knob_falls_back_to_the_client_app(tmp_path, knob, caplog, monkeypatch):
     """A knob the batch does not implement: one start-up line names it, every training message
-    goes through the ClientApp, and the run is inprocess's (DP noise aside: its figures differ
-    run to run, so only the path is checked there)."""
+    goes through the ClientApp, and the run is inprocess's (SecAgg+ aside: its masks and ring
+    come from the OS CSPRNG, so only the path is checked there)."""
     import fedmtl.engine.cohort as cohort
 
     calls = []
@@ -163,11 +163,37 @@ def test_unbatched_knob_falls_back_to_the_client_app(tmp_path, knob, caplog, mon
     lines = [r.getMessage() for r in caplog.records if "backend=cohort" in r.getMessage()]
     assert len(lines) == 1 and "not batched" in lines[0] and knob[0].split("=")[0] in lines[0]
     from flwr.app.message_type import MessageType
-    assert sum(m.metadata.message_type == MessageType.TRAIN for m in calls) == 5 * 3
+    stages = 4 if knob[0] == "privacy=secagg" else 1  # SecAgg+: setup, share keys, collect, unmask
+    assert sum(m.metadata.message_type == MessageType.TRAIN for m in calls) == 5 * 3 * stages
     if knob[0].startswith("privacy"):
         return
     ref, _ = _run(tmp_path, "inprocess", knob)
     assert ref == got  # the same code path: identical
+
+
+@pytest.mark.parametrize("mode", [["privacy=central_dp"], ["privacy=client_clip_dp"], ["privacy=local_dp"],
+                                  ["privacy=client_clip_dp", "privacy.clipping=adaptive",
+                                   "privacy.clipped_count_stddev=2.0"]],
+                         ids=["central_dp", "client_clip_dp", "local_dp", "adaptive_clipping"])
+def test_dp_modes_are_batched_with_the_client_apps_mods(tmp_path, mode, caplog, monkeypatch):
+    """central_dp, client_clip_dp and local_dp are batched: each batched reply goes through the
+    train handler's privacy mods (Flower's clipping, the weight and metric rewrites, the noise).
+    With the noise switched off (it comes from the OS CSPRNG, different every run) the run is
+    inprocess's to the batch's float tolerance."""
+    from fedmtl import secure_random
+
+    monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
+    monkeypatch.setattr(secure_random, "normal", lambda mean, std: float(mean))
+    clip = ["privacy.clipping_norm=0.05"]  # below the update norms: clipping acts on every client
+    caplog.set_level(logging.INFO, logger="fedmtl")
+    ref, ref_rows = _run(tmp_path, "inprocess", mode + clip)
+    got, got_rows = _run(tmp_path, "cohort", mode + clip + ["backend=cohort"])
+    assert "each round's clients train as one batch" in caplog.text
+    assert_close(ref, got)
+    for a, b in zip(ref_rows, got_rows):
+        assert a["privacy"]["epsilon"] == pytest.approx(b["privacy"]["epsilon"])
+        if "clipping_norm" in a["privacy"]:  # adaptive clipping: the clients' clipped bits moved it alike
+            assert a["privacy"]["clipping_norm"] == pytest.approx(b["privacy"]["clipping_norm"], rel=1e-6)
 
 
 def test_a_client_floor_refusal_is_the_client_apps(tmp_path):

@@ -274,7 +274,8 @@ def test_without_a_noise_multiplier_the_target_picks_it(tmp_path):
 
 @pytest.mark.parametrize("override, words", [
     (["privacy=central_dp", "strategy=fedmedian"], "strategy=fedmedian"),
-    (["privacy=secagg_dp", "exchange=sparse"], "exchange=sparse"),
+    (["privacy=secagg_dp", "exchange=sparse", "privacy.max_rows=0"], "privacy.max_rows=0"),
+    (["privacy=client_clip_dp", "exchange=sparse", "privacy.count_share=1.0"], "privacy.count_share=1.0"),
     (["privacy=local_dp", "exchange=sparse"], "exchange=sparse"),
     (["privacy=central_dp", "privacy.noise_multiplier=null"], "target_epsilon"),
     (["privacy=central_dp", "privacy.clipping=median"], "privacy.clipping=median"),

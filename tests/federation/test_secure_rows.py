@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from fedmtl.config import compose
-from fedmtl.errors import ConfigError
 from fedmtl.federation import legacy
 from fedmtl.results import read_jsonl
 from fedmtl.simulate import run
@@ -97,9 +96,3 @@ def test_fedadam_steps_from_the_secure_row_wise_mean(tmp_path):
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=2e-3, err_msg=k)  # Adam: at most eta * quantisation / tau
     assert secure["metrics"]["rating.rmse"] == pytest.approx(plain["metrics"]["rating.rmse"], abs=1e-3)
-
-
-@pytest.mark.parametrize("mode", ["secagg_dp", "central_dp", "local_dp"])
-def test_sparse_stays_refused_where_clipping_or_noise_work_on_the_dense_update(mode):
-    with pytest.raises(ConfigError, match=f"exchange=sparse with privacy={mode}"):
-        compose(TINY + [f"privacy={mode}"])

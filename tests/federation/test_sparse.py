@@ -152,9 +152,9 @@ def test_sparse_client_changes_only_the_rows_it_sends(aggregate):
                 assert len(changed) > 0 and set(changed) <= set(rows), (click_loss, name)
 
 
-def test_sparse_with_secagg_dp_is_refused_in_one_line():
+def test_sparse_with_local_dp_is_refused_in_one_line():
     cfg = compose(["exchange=sparse"])
-    cfg["privacy"] = compose(["privacy=secagg_dp"])["privacy"]
+    cfg["privacy"] = compose(["privacy=local_dp"])["privacy"]
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert "exchange=sparse" in str(e.value) and "\n" not in str(e.value)

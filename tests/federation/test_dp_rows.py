@@ -1,0 +1,145 @@
+"""exchange=sparse under client-level DP (client_clip_dp, secagg_dp): DP rows (fedmtl/dp_rows.py).
+Each client sends its clipped update at full size and a scaled row indicator, one vector of
+norm at most C; the mode's noise covers both; the server divides row sums by counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedmtl import dp_rows, secure_random
+from fedmtl.config import compose
+from fedmtl.errors import ConfigError
+from fedmtl.results import read_jsonl
+from fedmtl.simulate import run
+from fedmtl.sparse_codec import ROW_COUNT, dense_rows, rowwise_mean, sparse_payload
+
+TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=8", "num_rounds=2", "device=cpu",
+        "exchange=sparse", "exchange.dtype=float32", "exchange.pad_rows=4", "aggregate=all"]
+EMB = "encoder.item_emb.weight"
+
+
+def _arrays(rng, n_rows=12):
+    return {EMB: rng.normal(size=(n_rows, 4)).astype(np.float32),
+            "encoder.item_bias.weight": rng.normal(size=(n_rows, 1)).astype(np.float32),
+            "tower.w": rng.normal(size=(3, 2)).astype(np.float32)}
+
+
+def _trained(rng, current, rows, scale=1.0):
+    t = {k: v + scale * rng.normal(size=v.shape).astype(np.float32) for k, v in current.items()}
+    return sparse_payload(t, current, rows, len(current[EMB]))
+
+
+def _flat_update(vec: dict, received: dict) -> np.ndarray:
+    return np.concatenate([(vec[k].astype(np.float64) - received[k].astype(np.float64)).ravel() for k in vec])
+
+
+def test_a_clients_vector_is_within_the_clipping_norm_and_counts_at_most_max_rows():
+    rng = np.random.default_rng(0)
+    current = _arrays(rng)
+    received = {**current, ROW_COUNT: dp_rows.zero_indicator({k: v.shape for k, v in current.items()})}
+    rows = np.array([0, 2, 3, 5, 7, 9, 11])
+    payload = _trained(rng, current, rows, scale=5.0)  # an update far above the bound
+    budget = dp_rows.Budget(clip=2.0, max_rows=4, count_share=0.25, min_row_count=None)
+    vec = dp_rows.client_upload(payload, received, budget)
+    assert set(vec) == set(received)
+    assert np.linalg.norm(_flat_update(vec, received)) <= budget.clip * (1 + 1e-6)
+    counted = np.nonzero(vec[ROW_COUNT])[0]
+    assert len(counted) == 4 and set(counted) <= set(rows)
+    np.testing.assert_allclose(vec[ROW_COUNT][counted], budget.gamma, rtol=1e-6)
+    moved = np.nonzero(np.abs(vec[EMB] - current[EMB]).sum(axis=1))[0]
+    np.testing.assert_array_equal(moved, counted)  # only the counted rows move
+    full, _ = dense_rows(payload, {k: v.shape for k, v in current.items()})
+    norms = sum((full[k].reshape(12, -1) ** 2).sum(axis=1) for k in (EMB, "encoder.item_bias.weight"))
+    assert set(counted) == set(np.argsort(-norms)[:4])  # the largest updates are the ones kept
+    # the update part alone is within C * sqrt(1 - s): the indicator's share stays free
+    upd = np.concatenate([(vec[k].astype(np.float64) - current[k]).ravel() for k in current])
+    assert np.linalg.norm(upd) <= budget.update_clip * (1 + 1e-6)
+
+
+def test_without_noise_the_release_decodes_to_row_wise_averaging():
+    """Post-processing only: with a bound no client reaches and room for every row, the server's
+    decoding of the clients' mean vector is SparseFedAvg's row-wise mean (uniform weights)."""
+    rng = np.random.default_rng(1)
+    current = _arrays(rng)
+    shapes = {k: v.shape for k, v in current.items()}
+    received = {**current, ROW_COUNT: dp_rows.zero_indicator(shapes)}
+    budget = dp_rows.Budget(clip=1e3, max_rows=12, count_share=0.5, min_row_count=1e-9)
+    payloads = [_trained(rng, current, r) for r in (np.array([0, 2, 4]), np.array([2, 5]), np.array([2, 4, 6, 8]))]
+    vecs = [dp_rows.client_upload(p, received, budget) for p in payloads]
+    mean = {k: np.mean([v[k].astype(np.float64) for v in vecs], axis=0) for k in received}
+    counts = dp_rows.RowCounts()
+    new, info = dp_rows.server_update(current, mean, 3, budget, counts, noise_multiplier=0.0)
+    sums = [dense_rows(p, shapes) for p in payloads]
+    want = rowwise_mean(current, {k: np.mean([s[0][k] for s in sums], axis=0) for k in shapes},
+                        np.mean([s[1] for s in sums], axis=0), smallest=1 / 3)
+    for k in current:
+        np.testing.assert_allclose(new[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(counts.total, [1, 0, 3, 0, 2, 1, 1, 0, 1, 0, 0, 0], atol=1e-6)  # senders per row
+    assert info["rows_at_floor"] == 6
+
+
+def test_the_count_estimate_is_the_running_mean_and_the_floor_follows_its_noise():
+    counts = dp_rows.RowCounts()
+    counts.update(np.array([10.0, -4.0]))
+    np.testing.assert_allclose(counts.update(np.array([14.0, 8.0])), [12.0, 2.0])
+    b = dp_rows.Budget(clip=1.0, max_rows=100, count_share=0.25, min_row_count=None)
+    assert b.count_std(2.0) == pytest.approx(2.0 * math.sqrt(100 / 0.25))
+    assert b.floor(2.0, 4) == pytest.approx(dp_rows.FLOOR_STDS * b.count_std(2.0) / 2)
+    assert dp_rows.Budget(1.0, 100, 0.25, 7.0).floor(2.0, 4) == 7.0
+    restored = dp_rows.RowCounts()
+    restored.load_state_dict(counts.state_dict())
+    np.testing.assert_allclose(restored.update(np.array([0.0, 0.0])), [8.0, 4 / 3])
+
+
+def _model(out) -> dict:
+    return {k: v.numpy() for k, v in torch.load(out / "model_shared.pt").items()}
+
+
+def test_secagg_dp_and_client_clip_dp_release_the_same_dp_rows(tmp_path, monkeypatch):
+    """The two modes release the same vector sums (secagg_dp: inside SecAgg+, each client's
+    share of the noise; client_clip_dp: the server's noise on the clients' clipped vectors).
+    With the noise switched off the models agree to SecAgg+'s quantisation."""
+    monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
+    dp = ["privacy.clipping_norm=5.0", "privacy.noise_multiplier=0.5", "privacy.max_rows=12",
+          "strategy=fedavg", "privacy.min_row_count=1.0"]
+    one = ["num_rounds=1"]
+    run(compose(TINY + ["privacy=client_clip_dp"] + dp + one), tmp_path / "clip1")
+    run(compose(TINY + ["privacy=secagg_dp"] + dp + one), tmp_path / "secagg_dp1")
+    a, b = _model(tmp_path / "clip1"), _model(tmp_path / "secagg_dp1")
+    assert a.keys() == b.keys() and ROW_COUNT not in a
+    for k in a:  # one release: SecAgg+'s quantisation error only
+        np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
+    clip = run(compose(TINY + ["privacy=client_clip_dp"] + dp), tmp_path / "clip")
+    secure = run(compose(TINY + ["privacy=secagg_dp"] + dp), tmp_path / "secagg_dp")
+    assert clip["metrics"]["rating.rmse"] == pytest.approx(secure["metrics"]["rating.rmse"], abs=2e-3)
+    for name in ("clip", "secagg_dp"):
+        rows = read_jsonl(tmp_path / name / "metrics.jsonl")
+        assert [r["privacy"]["releases"] for r in rows] == [1, 2]  # one release a round covers update and counts
+        assert all(r["privacy"]["rows"]["count_rounds"] == r["round"] for r in rows)
+    plain = run(compose(TINY + ["strategy=fedavg"]), tmp_path / "plain")  # sanity: DP rows do train
+    assert abs(plain["metrics"]["rating.rmse"] - clip["metrics"]["rating.rmse"]) < 0.2
+
+
+def test_dp_rows_on_the_cohort_engine_match_the_client_app(tmp_path, monkeypatch):
+    """client_clip_dp's mods run on the cohort's batched replies as on the ClientApp's."""
+    monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
+    dp = ["privacy=client_clip_dp", "privacy.clipping_norm=0.5", "privacy.max_rows=8"]
+    cohort = run(compose(TINY + dp + ["backend=cohort"]), tmp_path / "cohort")
+    inproc = run(compose(TINY + dp + ["backend=inprocess"]), tmp_path / "inprocess")
+    for metric in ("rating.rmse", "like.auc", "click.ndcg@10"):
+        assert cohort["metrics"][metric] == pytest.approx(inproc["metrics"][metric], abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["central_dp", "local_dp"])
+def test_sparse_stays_refused_where_the_noise_works_on_the_dense_update(mode):
+    with pytest.raises(ConfigError, match=f"exchange=sparse with privacy={mode}"):
+        compose(TINY + [f"privacy={mode}"])
+
+
+def test_dp_rows_need_fixed_clipping():
+    with pytest.raises(ConfigError, match="privacy.clipping=adaptive"):
+        compose(TINY + ["privacy=client_clip_dp", "privacy.clipping=adaptive"])
