@@ -76,6 +76,22 @@ def _snap(msg, cache: dict) -> dict:
     return out
 
 
+def _gram_chunk(sent: list[dict]) -> bool:
+    """Whether these messages ask for a chunk of click_mix's secure item Gram (legacy.GRAM_KEY
+    in the FitIns config of SecAgg+'s collect stage)."""
+    from fedmtl.federation.legacy import GRAM_KEY
+    return any(GRAM_KEY in rec for s in sent[:1] for rec in s.get("configs", {}).values())
+
+
+def _sizes(snap: dict) -> dict:
+    """A reply's snapshot with its masked vectors replaced by their sizes."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+    cfg = snap.get("configs", {}).get(RECORD_KEY_CONFIGS)
+    if cfg is not None and Key.MASKED_PARAMETERS in cfg:
+        cfg[Key.MASKED_PARAMETERS] = [len(b) for b in cfg[Key.MASKED_PARAMETERS]]
+    return snap
+
+
 @contextmanager
 def recording(record: list, probe_gram: bool):
     """fedmtl's in-process grid, recording every exchange into `record` ([{tag, sent,
@@ -95,7 +111,11 @@ def recording(record: list, probe_gram: bool):
             cache: dict = {}
             sent = [_snap(m, cache) for m in messages]
             replies = list(super().send_and_receive(messages, timeout=timeout))
-            record.append({"tag": self.tag, "sent": sent, "replies": [_snap(r, {}) for r in replies]})
+            if _gram_chunk(sent):  # a chunk of the secure Gram: its masked vectors (10.7 GB at 943
+                # clients) are kept by size only; the attacks read the training rounds
+                record.append({"tag": "gram-chunk", "sent": [], "replies": [_sizes(_snap(r, {})) for r in replies]})
+            else:
+                record.append({"tag": self.tag, "sent": sent, "replies": [_snap(r, {}) for r in replies]})
             return replies
 
         def close(self):
@@ -141,6 +161,8 @@ def decode(record: list) -> dict:
             out["probe_error"] = ev["error"]
         sent = {s["dst"]: s for s in ev["sent"]}
         replies = ev["replies"]
+        if ev["tag"] == "gram-chunk":  # the secure Gram's rounds: sizes only (recording)
+            continue
         if ev["tag"] == "probe":
             for r in replies:
                 if "error" in r:
