@@ -287,9 +287,12 @@ def _check_split(cfg: dict) -> None:
 
 def _check_click_mix(cfg: dict) -> None:
     """click_mix.weight, .lam and the selection grid (fedmtl/itemitem.py)."""
-    mix = _block(cfg, "click_mix", {"weight": 0.0, "lam": 500.0, "grid_weight": [], "grid_lam": []})
+    mix = _block(cfg, "click_mix", {"weight": 0.0, "lam": 500.0, "grid_weight": [], "grid_lam": [],
+                                    "dp_clip": 20.0, "dp_noise_multiplier": 1.0})
     _number(cfg, "click_mix.weight", lo=0, hi=1, hi_open=True)
     _number(cfg, "click_mix.lam", lo=0, lo_open=True)
+    _number(cfg, "click_mix.dp_clip", lo=0, lo_open=True)
+    _number(cfg, "click_mix.dp_noise_multiplier", lo=0, lo_open=True)
     for key, ok, want in (("grid_weight", lambda v: 0 <= v < 1, "in [0, 1)"), ("grid_lam", lambda v: v > 0, "> 0")):
         values = mix[key] if mix[key] is not None else []
         if not isinstance(values, (list, tuple)):
@@ -305,11 +308,11 @@ def _check_click_mix(cfg: dict) -> None:
                           "or neither")
     privacy = _get(cfg, "privacy.name")
     from .itemitem import needed
-    if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg"):
+    if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg", "client_clip_dp", "secagg_dp"):
         what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
-        raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear, "
-                          "or by SecAgg+ under privacy=secagg (no clipping or noise for them yet); set "
-                          "click_mix.weight=0 and no grid")
+        raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
+                          "(none), by SecAgg+ (secagg), clipped and noised by the server (client_clip_dp) or by "
+                          "SecAgg+ with the clients' noise (secagg_dp); set click_mix.weight=0 and no grid")
 
 
 def _check_robust(cfg: dict) -> None:

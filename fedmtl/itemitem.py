@@ -103,6 +103,22 @@ def gram_part(train_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return items.numpy().astype(np.int64), (xs.T @ xs).numpy()
 
 
+DP_GRAM_MODES = ("client_clip_dp", "secagg_dp")  # click_mix's Gram under DP: clipped parts, noised sum
+
+
+def dp_gram(cfg: dict) -> bool:
+    """Whether this run's item Gram is released under DP (a DP mode that takes click_mix)."""
+    return (cfg.get("privacy") or {}).get("name", "none") in DP_GRAM_MODES
+
+
+def clip_part(block: np.ndarray, clip: float) -> np.ndarray:
+    """A client's Gram part scaled to Frobenius norm <= `clip` (click_mix.dp_clip): the most one
+    client adds to the Gram, whatever its data; the sum then takes N(0, (z * clip)^2) on each
+    entry of its upper triangle (the upper triangle's norm is at most the whole part's)."""
+    norm = float(np.linalg.norm(block))
+    return block * (clip / norm) if norm > clip else block
+
+
 def add_part(gram: np.ndarray, items: np.ndarray, block: np.ndarray) -> None:
     """Add one part (from `gram_part`) into the full n_items x n_items Gram matrix, in place."""
     items = np.asarray(items, dtype=np.int64)

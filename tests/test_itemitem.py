@@ -124,7 +124,8 @@ def test_blend_with_weight_0_keeps_the_heads_ranking_and_a_large_weight_fixes_a_
 
 def test_click_mix_config_is_checked():
     cfg = compose(["click_mix.weight=0.3"])
-    assert cfg["click_mix"] == {"weight": 0.3, "lam": 500.0, "grid_weight": [], "grid_lam": []}
+    assert cfg["click_mix"] == {"weight": 0.3, "lam": 500.0, "grid_weight": [], "grid_lam": [], "dp_clip": 20.0,
+                                "dp_noise_multiplier": 1.0}
     assert itemitem.active(cfg) and itemitem.grid(cfg) == []
     assert not itemitem.active(compose(["click_mix.weight=0.3", "tasks=[rating]"]))
     assert not itemitem.active(compose([]))
@@ -138,11 +139,12 @@ def test_click_mix_config_is_checked():
                        ("click_mix.grid_weight=[0.1]", "give both")):
         with pytest.raises(ConfigError, match=words):
             compose([bad])
-    with pytest.raises(ConfigError, match="privacy=central_dp: the clients' item Gram parts are summed in the clear"):
+    with pytest.raises(ConfigError, match="privacy=central_dp: the clients' item Gram parts are summed"):
         compose(["click_mix.weight=0.3", "privacy=central_dp"])
     compose(["click_mix.weight=0.3", "privacy=central_dp", "mode=centralized"])  # nothing is sent there
-    with pytest.raises(ConfigError, match="click_mix.grid_\\* with privacy=secagg_dp"):
-        compose(["click_mix.grid_weight=[0.1]", "click_mix.grid_lam=[300]", "privacy=secagg_dp"])
+    with pytest.raises(ConfigError, match="click_mix.grid_\\* with privacy=local_dp"):
+        compose(["click_mix.grid_weight=[0.1]", "click_mix.grid_lam=[300]", "privacy=local_dp"])
+    compose(["click_mix.weight=0.3", "privacy=secagg_dp"])  # a DP Gram (test_dp_gram.py)
     compose(["click_mix.weight=0.3", "privacy=secagg"])  # a SecAgg+ sum of the parts (legacy.SecureGram)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
-from .. import itemitem
+from .. import itemitem, secure_random
 from ..data import federation_for
 from .arrays import nbytes, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
@@ -26,8 +26,10 @@ class ItemItem:
     Gram part named, so that each evaluation message carries only the rows of B that the
     node's users need (x_u B reads the rows of u's items)."""
 
-    def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict, whole_once: bool = False):
+    def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict, whole_once: bool = False,
+                 dp_release: tuple[int, int] | None = None):
         self.cfg, self.node_items, self.n_items = cfg, node_items, gram.shape[0]
+        self.dp_release = dp_release  # a DP Gram: (clients summed, clients asked), for the ledger
         self.own, self.grid = itemitem.solve_each(cfg, lambda lam: itemitem.ease(gram, lam))
         # secure Gram (privacy=secagg): the server does not know whose items are whose, so each
         # node gets the whole of B once (and the grid's at the final evaluation) and keeps its rows
@@ -113,7 +115,8 @@ def secure_item_item_round(grid: Grid, cfg: dict, strategy):
     wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0, "item Gram")
     secure = SecureGram(cfg)
     gram, up, summed = secure.gram(grid)
-    ii = ItemItem(cfg, gram, {}, whole_once=True)
+    dp = (summed, cfg["num_clients"]) if itemitem.dp_gram(cfg) else None  # secagg_dp: the clients' noise is in it
+    ii = ItemItem(cfg, gram, {}, whole_once=True, dp_release=dp)
     log.info("click_mix: item Gram summed by SecAgg+ from %d clients in %d chunks (%.1f MB up), EASE (lam %s) "
              "solved; %.1fs in all", summed, secure.chunks, up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),
              time.time() - t0)
@@ -124,12 +127,15 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
     """click_mix (itemitem.py), before round 1: ask every connected client for its users'
     item Gram part, add the parts up and solve EASE. Returns (an `ItemItem`, the bytes the
     parts took up), or (None, 0) when the run blends nothing and scores no selection grid.
-    Parts come in the clear under privacy=none; under secagg, as a SecAgg+ sum (config.py
-    refuses click_mix with the other modes)."""
+    Parts come in the clear under privacy=none, clipped (the server adds the noise) under
+    client_clip_dp; under secagg and secagg_dp, as a SecAgg+ sum (secagg_dp: clipped, with each
+    client's share of the noise). config.py refuses click_mix with the other modes."""
     if not itemitem.needed(cfg):
         return None, 0
-    if cfg["privacy"]["name"] == "secagg":
+    if cfg["privacy"]["name"] in ("secagg", "secagg_dp"):
         return secure_item_item_round(grid, cfg, strategy)
+    dp = itemitem.dp_gram(cfg)  # client_clip_dp: clipped parts, the server adds the noise
+    clip = float(cfg["click_mix"]["dp_clip"]) if dp else None
     from flwr.app import Message
     from flwr.common import MessageType
 
@@ -144,7 +150,7 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
     replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
     check_refusals("item Gram", msgs, replies, "the clients' privacy floors do not answer item Gram queries "
                    "(click_mix needs them: set click_mix.weight=0 and no grid)")
-    for r in screen_gram(n_items, replies):  # replies.py: well-formed parts only, one log line per other
+    for r in screen_gram(n_items, replies, clip):  # replies.py: well-formed parts only, one log line per other
         up += r.content["gram"].count_bytes()
         items = r.content["gram"]["items"].numpy()
         itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())
@@ -153,7 +159,10 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
     if ok == 0:
         raise RoundFailure(f"item Gram: none of the {len(msgs)} clients sent its part "
                            "(click_mix needs them)")
-    ii = ItemItem(cfg, gram, node_items)
+    if dp:  # N(0, (z * dp_clip)^2) on each entry of the upper triangle, from the OS CSPRNG, mirrored
+        noise = secure_random.gaussian(gram.shape, float(cfg["click_mix"]["dp_noise_multiplier"]) * clip)
+        gram += np.triu(noise) + np.triu(noise, 1).T
+    ii = ItemItem(cfg, gram, node_items, dp_release=(ok, len(msgs)) if dp else None)
     log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
             "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %s) solved in %.1fs", ok,
             len(msgs), up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),

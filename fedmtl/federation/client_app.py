@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from ..client_step import evaluate_client, run_setup, train_client, train_config  # noqa: F401 (train_config: tests)
-from ..itemitem import gram_part
+from ..itemitem import clip_part, dp_gram, gram_part
 from .deployment import node_data
 from .faults import before_training, inject_reply_mod
 from .client_state import config_from_context, shared_values, state_values, store_state
@@ -78,6 +78,8 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         if "config" in msg.content and msg.content["config"].get("query") == "gram":
             check_gram(client_floor(context.node_config, cfg), run_cfg)  # the part names its items: floor.py
             items, block = gram_part(data.train_mask())
+            if dp_gram(run_cfg):  # client_clip_dp: the part clipped by the client, the noise the server's
+                block = clip_part(block, float(run_cfg["click_mix"]["dp_clip"]))
             return Message(RecordDict({"gram": ArrayRecord({"items": Array(items), "block": Array(block)})}),
                            reply_to=msg)
         return Message(RecordDict({}), reply_to=msg)

@@ -137,11 +137,13 @@ def check_train(floor: Floor, cfg: dict, secagg_message: bool, noise_multiplier:
 
 
 def check_gram(floor: Floor, cfg: dict) -> None:
-    """Refuse click_mix's item Gram query unless the floor allows it and the run is privacy=none
-    (the part names the client's items in the clear; no other mode sends it)."""
+    """Refuse click_mix's item Gram query unless the floor allows it and the run is privacy=none, or
+    client_clip_dp within the floor (the part names the client's items in the clear)."""
     mode = cfg["privacy"]["name"]
     if not floor.gram:
         _refuse("item Gram query: this client does not answer them (gram=false)")
-    if mode != "none" or not floor.accepts("none"):
+    # client_clip_dp: the part goes clipped (itemitem.clip_part) to the server that adds the noise,
+    # the trust the mode already asks for the clipped updates
+    if mode not in ("none", "client_clip_dp") or not floor.accepts(mode):
         _refuse(f"item Gram query under privacy={mode} with privacy floor {floor.privacy}: the part would name "
                 "this client's items in the clear")

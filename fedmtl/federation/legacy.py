@@ -60,6 +60,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from .. import itemitem
 from ..errors import ConfigError, DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows, rowwise_mean
 from . import faults
@@ -564,7 +565,14 @@ class LegacyFitMod:
         n_items = int(data.n_items) if hasattr(data, "n_items") else int(data.train_mask().shape[1])
         if not (0 <= k < chunks == gram_chunks(n_items)):
             raise ValueError(f"secure item Gram: chunk {spec} does not fit {n_items} items")
-        chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks)
+        from ..itemitem import dp_gram
+        if dp_gram(cfg):  # secagg_dp: the chunk of the clipped part, plus this client's share of the noise
+            mix = cfg["click_mix"]
+            chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks, float(mix["dp_clip"]))
+            from .. import secure_random
+            chunk += secure_random.gaussian(chunk.shape, gram_share_std(cfg))
+        else:
+            chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks)
         fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([chunk]), 1, {})
         return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
@@ -602,12 +610,22 @@ def triu_chunk(n_items: int, k: int, chunks: int) -> tuple[np.ndarray, np.ndarra
     return r[lo:lo + GRAM_CHUNK], c[lo:lo + GRAM_CHUNK]
 
 
-def gram_chunk_of(train_mask, n_items: int, k: int, chunks: int) -> np.ndarray:
+def gram_share_std(cfg: dict) -> float:
+    """secagg_dp: the std of each client's share of the DP Gram's noise, z * dp_clip / sqrt(N)
+    (every one of the N clients sends every chunk: the sum holds N(0, (z * dp_clip)^2))."""
+    mix = cfg["click_mix"]
+    return float(mix["dp_noise_multiplier"]) * float(mix["dp_clip"]) / math.sqrt(cfg["num_clients"])
+
+
+def gram_chunk_of(train_mask, n_items: int, k: int, chunks: int, clip: float | None = None) -> np.ndarray:
     """This client's Gram part (its users' item co-occurrence counts) at the k-th chunk of the
-    upper triangle, as float64 (small integers: SecAgg+ sums them exactly)."""
-    from ..itemitem import gram_part
+    upper triangle, as float64 (small integers: SecAgg+ sums them exactly); with `clip`, the part
+    scaled to Frobenius norm <= clip first (itemitem.clip_part: the DP Gram)."""
+    from ..itemitem import clip_part, gram_part
 
     items, block = gram_part(train_mask)
+    if clip is not None:
+        block = clip_part(block, clip)
     full = np.zeros((n_items, n_items), np.float32)
     full[np.ix_(items, items)] = block
     r, c = triu_chunk(n_items, k, chunks)
@@ -634,6 +652,10 @@ class SecureGram(SecAggRound):
         self.chunks = gram_chunks(self.n_items)
         users = max(len(c) for c in fed.clients)
         self.clip = float(2 ** max(0, int(np.ceil(np.log2(max(users, 1))))))  # a count never exceeds it
+        self.dp = itemitem.dp_gram(cfg)
+        if self.dp:  # secagg_dp: a clipped part's entry is <= dp_clip; its noise share stays within 8 stds
+            bound = float(cfg["click_mix"]["dp_clip"]) + 8 * gram_share_std(cfg)
+            self.clip = float(2 ** max(0, int(np.ceil(np.log2(bound)))))
         self.k = 0
         self._setup(dict(_legacy_sample(cfg), fraction_fit=1.0), 1.0, self.clip, SimpleClientManager())  # everyone
 
@@ -657,7 +679,8 @@ class SecureGram(SecAggRound):
             summed.add(m)
             mean = parameters_to_ndarrays(compat.arrayrecord_to_parameters(got, keep_input=True))[0]
             r, c = triu_chunk(self.n_items, k, self.chunks)
-            gram[r, c] = np.rint(np.asarray(mean, np.float64).ravel() * m)
+            total = np.asarray(mean, np.float64).ravel() * m
+            gram[r, c] = total if self.dp else np.rint(total)  # DP: noised, no longer whole counts
         gram = np.triu(gram) + np.triu(gram, 1).T
         if len(summed) > 1:
             import logging

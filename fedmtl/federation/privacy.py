@@ -112,12 +112,15 @@ class Ledger:
             return "replace-one user, secret sampling without replacement"
         return "add-or-remove-one user"
 
-    def event(self, noise_multiplier: float) -> GaussianPrivacyEvent:
+    def event(self, noise_multiplier: float, everyone: bool = False) -> GaussianPrivacyEvent:
+        """A release at `noise_multiplier` of the round's sample (or of `everyone`: click_mix's
+        DP Gram, summed over every client, so no amplification by sampling)."""
         z = noise_multiplier / 2 if self.amplified else noise_multiplier
-        return GaussianPrivacyEvent(noise_multiplier=z, sample_size=self.sample, population_size=self.population)
+        m = self.population if everyone else self.sample
+        return GaussianPrivacyEvent(noise_multiplier=z, sample_size=m, population_size=self.population)
 
-    def spend(self, noise_multiplier: float) -> None:
-        self.accountant.compose(self.event(noise_multiplier))
+    def spend(self, noise_multiplier: float, everyone: bool = False) -> None:
+        self.accountant.compose(self.event(noise_multiplier, everyone))
         self.spent.append(float(noise_multiplier))
 
     def epsilon_known_sample(self) -> float:
@@ -128,7 +131,7 @@ class Ledger:
         known = Ledger(1, 1, self.delta)
         for z in self.spent:
             known.spend(z)
-        return known.epsilon()
+        return known.epsilon()  # (the Gram's release was over everyone: no amplification either way)
 
     def would_exceed(self, noise_multiplier: float, target_epsilon: float) -> bool:
         return self.accountant.would_exceed(self.event(noise_multiplier), max_epsilon=target_epsilon)
@@ -140,9 +143,12 @@ class Ledger:
     def epsilon(self) -> float:
         return self.accountant.get_epsilon(self.delta) if self.releases else 0.0
 
-    def epsilon_after(self, noise_multiplier: float, rounds: int) -> float:
-        """Epsilon after `rounds` releases at `noise_multiplier`, from a fresh ledger."""
+    def epsilon_after(self, noise_multiplier: float, rounds: int, gram: float | None = None) -> float:
+        """Epsilon after `rounds` releases at `noise_multiplier` (and first the DP Gram's at `gram`),
+        from a fresh ledger."""
         fresh = Ledger(self.population, self.sample, self.delta)
+        if gram is not None:
+            fresh.spend(gram, everyone=True)
         fresh.accountant.compose(fresh.event(noise_multiplier), count=rounds)
         return fresh.accountant.get_epsilon(self.delta)
 
@@ -157,19 +163,31 @@ def noise_multiplier(cfg: dict) -> float:
     if p.get("noise_multiplier") is not None:
         return float(p["noise_multiplier"])
     return calibrate_noise(Ledger(cfg["num_clients"], sample_size(cfg), float(p["delta"])),
-                           float(p["target_epsilon"]), cfg["num_rounds"])
+                           float(p["target_epsilon"]), cfg["num_rounds"], gram_noise_multiplier(cfg))
 
 
-def calibrate_noise(ledger: Ledger, target_epsilon: float, rounds: int) -> float:
-    """The smallest noise multiplier (to 0.1%) whose epsilon after `rounds` is <= target."""
+def gram_noise_multiplier(cfg: dict) -> float | None:
+    """click_mix's DP Gram release (client_clip_dp, secagg_dp): its noise multiplier, or None."""
+    from ..itemitem import dp_gram, needed
+    if cfg.get("mode", "federated") != "federated" or not needed(cfg) or not dp_gram(cfg):
+        return None
+    return float(cfg["click_mix"]["dp_noise_multiplier"])
+
+
+def calibrate_noise(ledger: Ledger, target_epsilon: float, rounds: int, gram: float | None = None) -> float:
+    """The smallest noise multiplier (to 0.1%) whose epsilon after `rounds` (and the DP Gram's
+    release at `gram`, when the run has one) is <= target."""
+    if gram is not None and ledger.epsilon_after(1e6, rounds, gram) > target_epsilon:
+        raise ConfigError(f"privacy.target_epsilon={target_epsilon}: click_mix's DP Gram alone "
+                          f"(click_mix.dp_noise_multiplier={gram}) spends more; raise it")
     lo, hi = 1e-2, 1.0
-    while ledger.epsilon_after(hi, rounds) > target_epsilon:
+    while ledger.epsilon_after(hi, rounds, gram) > target_epsilon:
         lo, hi = hi, hi * 2
         if hi > 1e5:
             raise ConfigError(f"privacy.target_epsilon={target_epsilon}: not reachable in {rounds} rounds")
     while hi / lo > 1.001:
         mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if ledger.epsilon_after(mid, rounds) <= target_epsilon else (mid, hi)
+        lo, hi = (lo, mid) if ledger.epsilon_after(mid, rounds, gram) <= target_epsilon else (mid, hi)
     return hi
 
 
@@ -230,6 +248,7 @@ class ServerPrivacy:
         self.noise_multiplier: float | None = None
         self.secure_round = None
         self.stopped: str | None = None
+        self.gram_z: float | None = None  # click_mix's DP Gram release, once made
         m, n = sample_size(cfg), cfg["num_clients"]
         if self.mode in DP_MODES:  # the noise itself comes from the OS CSPRNG (secure_random), never `seed`
             self.ledger = Ledger(n, m, float(self.p["delta"]), local=self.mode == "local_dp")
@@ -263,6 +282,19 @@ class ServerPrivacy:
             from .strategies import decay_arrays
             return decay_arrays(mean, self.cfg["server_decay"])
         return mean
+
+    def gram_released(self, answered: int, asked: int) -> dict:
+        """click_mix's DP Gram was released (summed from `answered` of `asked` clients): compose it
+        into the ledger before round 1's release. Under secagg_dp each client added its share
+        of the noise, so fewer answers leave less of it (as a training round)."""
+        z = gram_noise_multiplier(self.cfg)
+        if self.ledger is None or z is None:
+            return {}
+        if self.mode == "secagg_dp":
+            z = z * math.sqrt(min(answered, asked) / max(asked, 1))
+        self.ledger.spend(z, everyone=True)
+        self.gram_z = z
+        return {"gram_noise_multiplier": z, "epsilon_after_gram": self.ledger.epsilon()}
 
     def stop_reason(self, rnd: int) -> str | None:
         """Why round `rnd` must not run (its release would exceed privacy.target_epsilon), or None."""
@@ -307,6 +339,8 @@ class ServerPrivacy:
                         "relation": self.ledger.relation})
             if self.ledger.amplified:
                 out["epsilon_known_sample"] = self.ledger.epsilon_known_sample()
+            if self.gram_z is not None:
+                out["gram_noise_multiplier"] = self.gram_z
         if self.stopped:
             out["stopped"] = self.stopped
         return out

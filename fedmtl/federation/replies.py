@@ -346,8 +346,10 @@ def common_metrics(replies) -> None:
             r.content["metrics"] = MetricRecord({k: v for k, v in m.items() if k in common})
 
 
-def validate_gram_part(content, n_items: int) -> str | None:
-    """What is wrong with a client's item Gram part (itemitem.gram_part), or None."""
+def validate_gram_part(content, n_items: int, clip: float | None = None) -> str | None:
+    """What is wrong with a client's item Gram part (itemitem.gram_part), or None. With `clip`
+    (click_mix's DP Gram: itemitem.clip_part) the counts may be scaled down, to Frobenius
+    norm <= clip."""
     try:
         if list(content.keys()) != ["gram"] or list(content.array_records) != ["gram"]:
             return f"expected one ArrayRecord 'gram', got {', '.join(content.keys()) or 'nothing'}"
@@ -367,8 +369,10 @@ def validate_gram_part(content, n_items: int) -> str | None:
         _finite("block", block)
         if block.size and float(block.min()) < 0:
             return f"block holds a negative count {_fmt(block.min())}"
-        if not np.array_equal(block, np.round(block)):
+        if clip is None and not np.array_equal(block, np.round(block)):
             return "block holds counts that are not whole numbers"
+        if clip is not None and float(np.linalg.norm(block)) > clip * (1 + 1e-5):
+            return f"block's norm {_fmt(np.linalg.norm(block))} is above click_mix.dp_clip={_fmt(clip)}"
         if not np.array_equal(block, block.T):
             return "block is not symmetric"
         diag = np.diag(block)
@@ -428,14 +432,14 @@ def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
     return kept, invalid, clipped
 
 
-def screen_gram(n_items: int, replies) -> list:
+def screen_gram(n_items: int, replies, clip: float | None = None) -> list:
     """The Gram replies that carry a valid part (in their order); one WARNING line for each
     that does not (error replies are left out silently: the caller counts them)."""
     kept = []
     for r in replies:
         if r.has_error():
             continue
-        problem = validate_gram_part(r.content, n_items)
+        problem = validate_gram_part(r.content, n_items, clip)
         if problem is not None:
             log.warning("item Gram: node %d sent an invalid part (%s); left out of the Gram", r.metadata.src_node_id,
                         problem)

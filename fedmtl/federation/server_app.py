@@ -194,6 +194,10 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             tail.load_state_dict(ckpt.extra["tail_average"])
     selection = Selection(cfg, ckpt.extra.get("selection") if cfg.get("resume") else None)
     item_item, gram_up = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, rows sent with evaluations
+    if item_item is not None and item_item.dp_release is not None:  # a DP Gram: one more release, accounted
+        gram_dp = privacy.gram_released(*item_item.dp_release)
+        log.info("click_mix: the DP item Gram (noise multiplier %.4g) took epsilon to %.4f",
+                 gram_dp["gram_noise_multiplier"], gram_dp["epsilon_after_gram"])
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
     for rnd in range(first, n_rounds + 1):
