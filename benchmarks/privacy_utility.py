@@ -1,6 +1,14 @@
-"""Privacy-utility table and plot from finished run folders.
+"""Privacy-utility table and plot from finished run folders, or the DP recipe's curve run here.
 
     python benchmarks/privacy_utility.py RUN_DIR [RUN_DIR ...] [--plot docs/privacy_utility.png]
+    python benchmarks/privacy_utility.py --curve --ml-path DIR/ml-100k --out results/dp_curve \
+        [--eps 1,2,4,8,16,inf] [--seed 0] [--set KEY=VALUE ...] [--plot docs/dp_curve.png]
+
+--curve runs `experiment=ml100k_dp` (the default MovieLens recipe under client_clip_dp
+with DP rows, docs/privacy.md) once per target epsilon (`inf`: the same clipping without
+noise, z = 1e-6), keeps finished runs (a rerun resumes the curve), then prints the
+table and draws the plot of those runs and of `experiment=ml100k_federated click_mix.weight=0`
+(the recipe without privacy, the curve's reference).
 
 Reads each folder's config.json and summary.json (written by `python -m fedmtl.simulate`)
 and prints one markdown row per run: the privacy mode, the epsilon spent (delta in the
@@ -71,11 +79,51 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def run_curve(args) -> list[Path]:
+    """The DP recipe at each epsilon of --eps (and the recipe without privacy), run where
+    not finished yet; their folders."""
+    import subprocess
+    import sys
+
+    base = ["python", "-m", "fedmtl.simulate", f"dataset.path={args.ml_path}", f"seed={args.seed}", *args.set]
+    jobs = [("none", ["experiment=ml100k_federated", "click_mix.weight=0"])]
+    for eps in args.eps.split(","):
+        if eps == "inf":
+            jobs.append(("eps_inf", ["experiment=ml100k_dp", "privacy.noise_multiplier=0.000001",
+                                     "privacy.target_epsilon=null"]))
+        else:
+            jobs.append((f"eps_{float(eps):g}", ["experiment=ml100k_dp", f"privacy.target_epsilon={float(eps)}"]))
+    out = []
+    for name, overrides in jobs:
+        folder = args.out / name
+        out.append(folder)
+        if (folder / "summary.json").is_file():
+            print(f"{name}: finished before, kept ({folder})", flush=True)
+            continue
+        cmd = [*base[:3], *overrides, *base[3:], f"hydra.run.dir={folder}"]
+        print(f"{name}: {' '.join(cmd[1:])}", flush=True)
+        subprocess.run([sys.executable, *cmd[1:]], check=True, cwd=Path(__file__).resolve().parent.parent,
+                       stdout=subprocess.DEVNULL)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("runs", nargs="*", type=Path)
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--curve", action="store_true", help="run the DP recipe's curve (--ml-path, --out)")
+    ap.add_argument("--ml-path", help="--curve: the MovieLens-100k folder (GroupLens layout)")
+    ap.add_argument("--out", type=Path, default=Path("results/dp_curve"))
+    ap.add_argument("--eps", default="1,2,4,8,16,inf", help="--curve: target epsilons, comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="*", default=[], help="--curve: more overrides for every run")
     args = ap.parse_args()
+    if args.curve:
+        if not args.ml_path:
+            ap.error("--curve needs --ml-path DIR/ml-100k")
+        args.runs = run_curve(args) + args.runs
+    if not args.runs:
+        ap.error("give run folders, or --curve")
     runs = [load(d) for d in args.runs]
     print(table(runs))
     if args.plot:

@@ -8,6 +8,10 @@
 | secagg         | secaggplus_mod (legacy records, legacy.py)    | SecAggPlusWorkflow: only the masked sum          |
 | secagg_dp      | secaggplus_mod + fixedclipping_mod + noise    | SecAggPlusWorkflow (distributed DP)              |
 
+exchange=sparse under client_clip_dp / secagg_dp sends DP rows (fedmtl/dp_rows.py: one
+clipped vector of update and row indicator; `RowRelease` decodes the noised mean), and
+click_mix's item Gram is released clipped and noised (`gram_released`: one more event).
+
 The DP modes aggregate with uniform client weights (each client reports
 `num-examples` = 1 with its update), because the noise `z * C / m` that Flower adds to the mean of m
 clipped updates protects one client only when every client weighs the same.
