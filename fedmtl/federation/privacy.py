@@ -363,8 +363,11 @@ class ServerPrivacy:
         if state.get("clipping_norm") is not None and hasattr(self.strategy, "clipping_norm"):
             self.strategy.clipping_norm = float(state["clipping_norm"])
         self.stopped = state.get("stopped")
-        if self.rows is not None and state.get("row_counts"):
-            self.rows.counts.load_state_dict(state["row_counts"])
+        if self.rows is not None:
+            if state.get("row_counts"):
+                self.rows.counts.load_state_dict(state["row_counts"])
+            if isinstance(self.strategy, StepAfterRelease):  # the strategy's restore set a copy: one place
+                self.strategy.rows = self.rows
 
 
 class SecureNoise:
