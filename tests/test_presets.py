@@ -27,7 +27,8 @@ def test_the_federated_preset_is_the_readme_setting():
     assert (cfg["average_last"], cfg["server_lr"]["schedule"]) == (10, "constant")
     assert cfg["exchange"] == {"name": "sparse", "pad_rows": 200, "dtype": "int8"}
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 2.0, "like": 1.0}}
-    assert cfg["click_mix"] == {"weight": 0.1, "lam": 300.0, "grid_weight": [], "grid_lam": []}
+    assert cfg["click_mix"] == {"weight": 0.1, "lam": 300.0, "grid_weight": [], "grid_lam": [], "dp_clip": 20.0,
+                                "dp_noise_multiplier": 1.0}
 
 
 def test_the_click_mix_selection_preset_trains_the_preset_on_validation_and_scores_a_grid_holding_it():
@@ -151,3 +152,19 @@ def test_the_federated_preset_runs_end_to_end(tmp_path):
     saved = torch.load(tmp_path / "run" / "model_shared.pt")
     assert "personal.heads.rating.offset" in saved  # aggregate=all: the heads' 0-d offsets are shared
     assert saved["personal.heads.rating.offset"].dim() == 0
+
+
+def test_the_dp_preset_is_the_recipe_under_client_clip_dp_at_epsilon_8():
+    """experiment=ml100k_dp (docs/privacy.md, "The DP recipe"): the recipe's knobs, DP rows at
+    epsilon 8, and one override to put the same release inside SecAgg+."""
+    cfg = compose(["experiment=ml100k_dp", PATH])
+    base = compose(["experiment=ml100k_federated", PATH])
+    for key in ("num_clients", "aggregate", "num_rounds", "exchange", "train", "average_last", "server_decay"):
+        assert cfg[key] == base[key], key
+    p = cfg["privacy"]
+    assert (p["name"], p["target_epsilon"], p["noise_multiplier"]) == ("client_clip_dp", 8.0, None)
+    assert p["clipping"] == "fixed"
+    assert (p["clipping_norm"], p["count_share"], p["max_rows"]) == (0.3, 0.1, 256)
+    assert cfg["strategy"]["tau"] == 0.003 and cfg["click_mix"]["weight"] == 0.0
+    secure = compose(["experiment=ml100k_dp", PATH, "privacy=secagg_dp"])
+    assert secure["privacy"]["name"] == "secagg_dp" and secure["privacy"]["clipping_norm"] == 0.3
