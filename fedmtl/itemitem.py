@@ -115,8 +115,10 @@ def clip_part(block: np.ndarray, clip: float) -> np.ndarray:
     """A client's Gram part scaled to Frobenius norm <= `clip` (click_mix.dp_clip): the most one
     client adds to the Gram, whatever its data; the sum then takes N(0, (z * clip)^2) on each
     entry of its upper triangle (the upper triangle's norm is at most the whole part's)."""
-    norm = float(np.linalg.norm(block))
-    return block * (clip / norm) if norm > clip else block
+    norm = float(np.linalg.norm(np.asarray(block, np.float64)))  # float64: a float32 sum errs by more than 1e-5
+    if norm <= clip:
+        return block
+    return (np.asarray(block, np.float64) * (clip * (1 - 1e-6) / norm)).astype(block.dtype)  # inside, after rounding
 
 
 def add_part(gram: np.ndarray, items: np.ndarray, block: np.ndarray) -> None:

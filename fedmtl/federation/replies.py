@@ -371,8 +371,9 @@ def validate_gram_part(content, n_items: int, clip: float | None = None) -> str 
             return f"block holds a negative count {_fmt(block.min())}"
         if clip is None and not np.array_equal(block, np.round(block)):
             return "block holds counts that are not whole numbers"
-        if clip is not None and float(np.linalg.norm(block)) > clip * (1 + 1e-5):
-            return f"block's norm {_fmt(np.linalg.norm(block))} is above click_mix.dp_clip={_fmt(clip)}"
+        norm = float(np.linalg.norm(block.astype(np.float64)))
+        if clip is not None and norm > clip * (1 + 1e-5):
+            return f"block's norm {_fmt(norm)} is above click_mix.dp_clip={_fmt(clip)}"
         if not np.array_equal(block, block.T):
             return "block is not symmetric"
         diag = np.diag(block)

@@ -26,8 +26,26 @@ def test_a_part_is_scaled_to_the_clip_and_small_parts_stay_whole():
     block = np.array([[3.0, 2.0], [2.0, 4.0]])
     np.testing.assert_array_equal(itemitem.clip_part(block, 100.0), block)
     clipped = itemitem.clip_part(block, 1.0)
-    assert np.linalg.norm(clipped) == pytest.approx(1.0)
+    assert 1.0 - 1e-5 < np.linalg.norm(clipped) <= 1.0  # just inside the bound
     np.testing.assert_allclose(clipped / clipped[0, 0], block / block[0, 0])  # scaled, not reshaped
+
+
+def test_every_clipped_part_passes_the_servers_bound():
+    """A client's clipped part (float32, as gram_part makes it) is within dp_clip as the server
+    measures it, for parts of 1 to 900 items (the ML-100k benchmark once saw 4 of 943 honest
+    parts refused at a norm of 20.00 against dp_clip 20)."""
+    import torch
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    from fedmtl.federation.replies import validate_gram_part
+    rng = np.random.default_rng(0)
+    for k in [1, 2, 7, 50, 199, 333, 512, 737, 900]:
+        mask = torch.from_numpy(rng.random((int(rng.integers(1, 4)), 1000)) < k / 1000)
+        items, block = itemitem.gram_part(mask)
+        part = itemitem.clip_part(block, 20.0)
+        assert part.dtype == block.dtype
+        content = RecordDict({"gram": ArrayRecord({"items": Array(items), "block": Array(part)})})
+        assert validate_gram_part(content, 1000, 20.0) is None, k
 
 
 @pytest.mark.parametrize("mode", ["client_clip_dp", "secagg_dp"])
