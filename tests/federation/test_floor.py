@@ -123,6 +123,13 @@ def test_a_gram_query_is_refused_unless_the_floor_and_the_mode_allow_it(identity
     assert own.has_error() and "gram=false" in own.error.reason
     with pytest.raises(PrivacyRefused, match="privacy=secagg"):  # never in the clear under another mode
         check_gram(Floor(), compose(TINY + ["privacy=secagg"]))
+    # client_clip_dp: a clipped part for the run's own DP Gram, within a floor that accepts the mode;
+    # an active query in a run without click_mix is refused (the benchmark's probe got 943 answers)
+    check_gram(Floor("client_clip_dp"), compose(TINY + ["privacy=client_clip_dp", "click_mix.weight=0.1"]))
+    with pytest.raises(PrivacyRefused, match="without click_mix"):
+        check_gram(Floor("client_clip_dp"), compose(TINY + ["privacy=client_clip_dp"]))
+    with pytest.raises(PrivacyRefused, match="privacy floor secagg"):
+        check_gram(Floor("secagg"), compose(TINY + ["privacy=client_clip_dp", "click_mix.weight=0.1"]))
 
 
 def test_a_deployed_client_takes_its_floor_from_its_node_config_never_the_run_config():
