@@ -376,10 +376,20 @@ class SecureNoise:
     noisy clipped count. Flower draws both from NumPy's global RNG, which anyone who knows
     (or guesses) its seed can replay and subtract."""
 
+    def aggregate_train(self, server_round, replies):
+        """Flower's wrapper skips the whole round when any client failed (one crashing client
+        would stall training for good): the failed ones are left out instead, and the noise is
+        scaled to the clients actually averaged (below), so each release keeps multiplier z."""
+        ok = [r for r in replies if not r.has_error()]
+        self._averaged = len(ok)
+        return super().aggregate_train(server_round, ok)
+
     def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        # std z*C/m' on the mean of the m' updates averaged (Flower: m, the sampled count, which
+        # under dropouts is less noise than the mean's sensitivity C/m' needs for multiplier z)
         nds = aggregated.to_numpy_ndarrays()
-        secure_random.add_gaussian_inplace(nds, compute_stdv(self.noise_multiplier, self.clipping_norm,
-                                                             self.num_sampled_clients))
+        averaged = getattr(self, "_averaged", None) or self.num_sampled_clients
+        secure_random.add_gaussian_inplace(nds, compute_stdv(self.noise_multiplier, self.clipping_norm, averaged))
         return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(aggregated.keys(), nds)})
 
     def _noisy_fraction(self, count: int, total: int) -> float:
@@ -443,10 +453,9 @@ class StepAfterRelease:
         mean, metrics = self.strategy.aggregate_train(server_round, replies)
         if mean is None:
             return None, metrics
-        if self.rows is not None:
+        if self.rows is not None:  # the noise was scaled to the clients averaged (SecureNoise): multiplier z
             answered = sum(1 for r in replies if not r.has_error())
-            z = self.strategy.noise_multiplier * answered / max(self.strategy.num_sampled_clients, 1)
-            mean = self.rows.new_arrays(self._sent, mean, answered, z)
+            mean = self.rows.new_arrays(self._sent, mean, answered, self.strategy.noise_multiplier)
         if self.optimizer is None:
             return (decay_arrays(mean, self.decay) if self.decay else mean), metrics
         return step_from(self.optimizer, server_round, self._sent, mean, metrics)

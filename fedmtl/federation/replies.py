@@ -70,6 +70,7 @@ class Rules:
     max_abs_update: float = 100.0
     max_update_norm: float | None = None
     on_large_update: str = "reject"
+    norm_bound: str = "robust.max_update_norm"  # what sets max_update_norm, for the refusal's line
     metrics: frozenset = frozenset({WEIGHT_KEY})  # the keys a reply may hold
     required: frozenset = frozenset({WEIGHT_KEY})  # and must hold
 
@@ -111,6 +112,11 @@ def _rules(cfg_json: str) -> Rules:
     mode = (cfg.get("privacy") or {}).get("name", "none")
     allowed, required = expected_metrics(cfg)
     max_weight, max_norm = robust.get("max_weight"), robust.get("max_update_norm")
+    p, bound, on_large = cfg.get("privacy") or {}, "robust.max_update_norm", robust.get("on_large_update", "reject")
+    if max_norm is None and mode == "client_clip_dp" and p.get("clipping") == "fixed":
+        # every honest client clips its update (with DP rows: update and row indicator) to C itself:
+        # an update above it was not clipped, and the noise z*C/m would not cover it
+        max_norm, bound, on_large = float(p["clipping_norm"]) * (1 + 1e-3), "privacy.clipping_norm", "reject"
     from ..dp_rows import enabled as dp_rows
     exchange = "dense" if dp_rows(cfg) else ex.get("name", "dense")  # DP rows: full-size arrays (dp_rows.py)
     return Rules(exchange=exchange, dtype=ex.get("dtype", "float32"),
@@ -118,7 +124,7 @@ def _rules(cfg_json: str) -> Rules:
                  fixed_weight=1.0 if mode in UNIFORM_WEIGHT_MODES else None,
                  max_abs_update=float(robust.get("max_abs_update", 100.0)) + _noise_allowance(cfg),
                  max_update_norm=float(max_norm) if max_norm is not None else None,
-                 on_large_update=robust.get("on_large_update", "reject"), metrics=allowed, required=required)
+                 on_large_update=on_large, norm_bound=bound, metrics=allowed, required=required)
 
 
 def rules_for(cfg: dict) -> Rules:
@@ -294,7 +300,7 @@ def validate_train_reply(content, sent: dict[str, np.ndarray], rules: Rules) -> 
         if norm_check:
             norm = _norm(upd)
             if not norm <= rules.max_update_norm:
-                return f"update norm {_fmt(norm)} > robust.max_update_norm={rules.max_update_norm:g}"
+                return f"update norm {_fmt(norm)} > {rules.norm_bound}={rules.max_update_norm:g}"
     except Invalid as e:
         return str(e)
     except Exception as e:  # anything a check did not foresee is still the client's problem, not the run's

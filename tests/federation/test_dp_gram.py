@@ -85,7 +85,9 @@ def test_both_modes_sum_the_same_clipped_parts(tmp_path, monkeypatch):
     run(compose(TINY + ["privacy=secagg_dp", "num_rounds=1"]), tmp_path / "secagg_dp")
     run(compose(BASE + ["privacy=none", "num_rounds=1"]), tmp_path / "none")
     clip, secure, clear = seen
-    np.testing.assert_allclose(secure, clip, atol=1e-4)
+    # SecAgg+ quantises each client's chunk (stochastic rounding) to a step of 2 * 64 / 2**22 = 3.05e-5:
+    # 8 clients' sum is within 2.4e-4
+    np.testing.assert_allclose(secure, clip, atol=2.5e-4)
     from fedmtl.data import federation_for
     cfg = compose(TINY + ["privacy=client_clip_dp"])
     fed = federation_for(cfg)

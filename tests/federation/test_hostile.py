@@ -345,3 +345,38 @@ def test_a_malformed_evaluation_is_left_out_and_the_server_goes_on(kind, monkeyp
     assert [r["invalid_evaluate"] for r in rows] == [1, 1] and [r["failed_evaluate"] for r in rows] == [1, 1]
     assert any(f"node {NODE} sent an invalid evaluation" in r.getMessage() for r in caplog.records)
     assert summary["metrics"] == pytest.approx(base["metrics"])  # the other three clients' figures, as if it failed
+
+
+@pytest.mark.parametrize("exchange", [[], SPARSE + ["exchange.dtype=float32"]], ids=["dense", "dp_rows"])
+def test_under_client_clip_dp_an_update_above_the_clipping_norm_is_refused(exchange, monkeypatch, tmp_path, caplog):
+    """client_clip_dp's noise covers clients that clipped to C: a reply whose update is above C
+    (here the boosted one, x50 after its own clipping) is a failed client, and the run is the one
+    in which that client failed (the noise switched off, it comes from the OS CSPRNG)."""
+    from fedmtl import secure_random
+
+    monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
+    dp = ["privacy=client_clip_dp", "privacy.clipping_norm=0.1", *exchange]
+    base_summary, _, base_model = hostile_run(monkeypatch, tmp_path / "base", dp, "fail-train")
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        summary, rows, model = hostile_run(monkeypatch, tmp_path / "boost", dp, "boost")
+    bad = [r.getMessage() for r in caplog.records if f"node {NODE} sent an invalid" in r.getMessage()]
+    assert len(bad) == 2 and all("> privacy.clipping_norm=0.1001" in line for line in bad), bad
+    assert [r["failed_by"]["invalid"] for r in rows] == [1, 1]
+    for k in model:
+        np.testing.assert_allclose(model[k], base_model[k], rtol=0, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("mode", ["client_clip_dp", "central_dp"])
+def test_a_failed_client_does_not_stall_a_dp_run(mode, monkeypatch, tmp_path):
+    """Flower's DP wrappers skip every round in which a client failed; here the failed client is
+    left out, the round aggregates the others, and the noise is scaled to the clients averaged
+    (std z*C/3 for 3 of 4), so every release is one at multiplier z, as the ledger says."""
+    from fedmtl import secure_random
+
+    stds = []
+    monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: stds.append(std))
+    summary, rows, _ = hostile_run(monkeypatch, tmp_path, [f"privacy={mode}", "privacy.clipping_norm=0.1",
+                                                           "privacy.noise_multiplier=0.5"], "fail-train")
+    assert [("skipped" in r, r["failed_by"]["error"], r["answered"]) for r in rows] == [(False, 1, 3)] * 2
+    assert stds == [pytest.approx(0.5 * 0.1 / 3)] * 2
+    assert summary["privacy"]["releases"] == 2 and [r["privacy"]["noise_multiplier"] for r in rows] == [0.5, 0.5]
