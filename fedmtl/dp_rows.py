@@ -108,8 +108,7 @@ def client_upload(payload: dict[str, np.ndarray], received: dict[str, np.ndarray
         else:
             new = new + upd[name].reshape(shape) * factor
         out[name] = np.asarray(new, dtype=base.dtype)
-    n_rows = max((shapes[n][0] for n in row_names), default=0)
-    indicator = np.zeros(n_rows, np.float32)
+    indicator = zero_indicator(shapes)
     indicator[rows] = budget.gamma
     out[ROW_COUNT] = indicator
     return out

@@ -16,6 +16,7 @@ from .. import itemitem, secure_random
 from ..data import federation_for
 from .arrays import nbytes, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
+from .privacy import gram_noise_multiplier
 from .replies import by_node, screen_gram
 
 log = logging.getLogger("fedmtl")
@@ -160,8 +161,10 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
         raise RoundFailure(f"item Gram: none of the {len(msgs)} clients sent its part "
                            "(click_mix needs them)")
     if dp:  # N(0, (z * dp_clip)^2) on each entry of the upper triangle, from the OS CSPRNG, mirrored
-        noise = secure_random.gaussian(gram.shape, float(cfg["click_mix"]["dp_noise_multiplier"]) * clip)
-        gram += np.triu(noise) + np.triu(noise, 1).T
+        upper = np.triu_indices(n_items)
+        noise = np.zeros_like(gram)
+        noise[upper] = secure_random.gaussian(len(upper[0]), gram_noise_multiplier(cfg) * clip)
+        gram += noise + np.triu(noise, 1).T
     ii = ItemItem(cfg, gram, node_items, dp_release=(ok, len(msgs)) if dp else None)
     log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
             "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %s) solved in %.1fs", ok,

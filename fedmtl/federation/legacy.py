@@ -60,7 +60,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from .. import itemitem
+from .. import itemitem, secure_random
 from ..errors import ConfigError, DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows, rowwise_mean
 from . import faults
@@ -463,10 +463,8 @@ class SecAggRound:
             return ArrayRecord({k: Array(new[k]) for k in self.names}), metrics, row, None
         out = ArrayRecord({k: Array(np.asarray(v, dtype=dtypes[k]).reshape(shapes[k]))
                            for k, v in zip(self.names, nds)})
-        if self.rows is not None:  # each client added std z*C/sqrt(m): the sum of `answered` holds less
-            from .privacy import noise_multiplier, sample_size
-            a, m = counts["answered"], sample_size(self.cfg)
-            out = self.rows.new_arrays(current, out, a, noise_multiplier(self.cfg) * math.sqrt(min(a, m) / m))
+        if self.rows is not None:  # DP rows: row-wise averages from the release (privacy.RowRelease)
+            out = self.rows.new_arrays(current, out, counts["answered"])
         return out, metrics, row, None
 
     def _saturation(self, tail: dict) -> float | None:
@@ -565,11 +563,8 @@ class LegacyFitMod:
         n_items = int(data.n_items) if hasattr(data, "n_items") else int(data.train_mask().shape[1])
         if not (0 <= k < chunks == gram_chunks(n_items)):
             raise ValueError(f"secure item Gram: chunk {spec} does not fit {n_items} items")
-        from ..itemitem import dp_gram
-        if dp_gram(cfg):  # secagg_dp: the chunk of the clipped part, plus this client's share of the noise
-            mix = cfg["click_mix"]
-            chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks, float(mix["dp_clip"]))
-            from .. import secure_random
+        if itemitem.dp_gram(cfg):  # secagg_dp: the chunk of the clipped part, plus this client's share of the noise
+            chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks, float(cfg["click_mix"]["dp_clip"]))
             chunk += secure_random.gaussian(chunk.shape, gram_share_std(cfg))
         else:
             chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks)
@@ -621,11 +616,9 @@ def gram_chunk_of(train_mask, n_items: int, k: int, chunks: int, clip: float | N
     """This client's Gram part (its users' item co-occurrence counts) at the k-th chunk of the
     upper triangle, as float64 (small integers: SecAgg+ sums them exactly); with `clip`, the part
     scaled to Frobenius norm <= clip first (itemitem.clip_part: the DP Gram)."""
-    from ..itemitem import clip_part, gram_part
-
-    items, block = gram_part(train_mask)
+    items, block = itemitem.gram_part(train_mask)
     if clip is not None:
-        block = clip_part(block, clip)
+        block = itemitem.clip_part(block, clip)
     full = np.zeros((n_items, n_items), np.float32)
     full[np.ix_(items, items)] = block
     r, c = triu_chunk(n_items, k, chunks)

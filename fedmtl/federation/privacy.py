@@ -170,6 +170,12 @@ def noise_multiplier(cfg: dict) -> float:
                            float(p["target_epsilon"]), cfg["num_rounds"], gram_noise_multiplier(cfg))
 
 
+def surviving_multiplier(noise_multiplier: float, answered: int, asked: int) -> float:
+    """secagg_dp: each of the `asked` clients adds its share of the noise, std z*C/sqrt(asked), so
+    a sum of `answered` holds std z*C*sqrt(answered/asked): a release at this multiplier."""
+    return noise_multiplier * math.sqrt(min(answered, asked) / max(asked, 1))
+
+
 def gram_noise_multiplier(cfg: dict) -> float | None:
     """click_mix's DP Gram release (client_clip_dp, secagg_dp): its noise multiplier, or None."""
     from ..itemitem import dp_gram, needed
@@ -265,7 +271,7 @@ class ServerPrivacy:
         from .strategies import averager, server_optimizer
         self.optimizer = server_optimizer(cfg) if self.mode in ("central_dp", "client_clip_dp", *SECAGG_MODES) \
             else None
-        self.rows = RowRelease(cfg) if dp_rows.enabled(cfg) else None  # exchange=sparse under DP (dp_rows.py)
+        self.rows = RowRelease(cfg, self.noise_multiplier) if dp_rows.enabled(cfg) else None  # dp_rows.py
         if self.optimizer is not None or self.rows is not None:
             self.strategy = strategy = averager(cfg)
         if self.mode in ("central_dp", "client_clip_dp"):
@@ -295,7 +301,7 @@ class ServerPrivacy:
         if self.ledger is None or z is None:
             return {}
         if self.mode == "secagg_dp":
-            z = z * math.sqrt(min(answered, asked) / max(asked, 1))
+            z = surviving_multiplier(z, answered, asked)
         self.ledger.spend(z, everyone=True)
         self.gram_z = z
         return {"gram_noise_multiplier": z, "epsilon_after_gram": self.ledger.epsilon()}
@@ -316,9 +322,8 @@ class ServerPrivacy:
         if self.ledger is None:
             return {"privacy": out}
         z = self.noise_multiplier
-        if self.mode == "secagg_dp":
-            # Each client adds std z*C/sqrt(m); with fewer survivors the sum holds less noise.
-            z = z * math.sqrt(min(answered, sample_size(self.cfg)) / sample_size(self.cfg))
+        if self.mode == "secagg_dp":  # with fewer survivors the sum holds less noise
+            z = surviving_multiplier(z, answered, sample_size(self.cfg))
         # Local DP: a client's noised update is released when sent; otherwise when an aggregate is.
         released = answered > 0 if self.ledger.local else aggregated and answered > 0
         if released:
@@ -401,8 +406,8 @@ class RowRelease:
     round sends (the shared ones and the row indicator's zeros) and the new shared arrays
     from a released mean; its running row counts are kept in the checkpoint."""
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
+    def __init__(self, cfg: dict, noise_multiplier: float):
+        self.cfg, self.noise_multiplier = cfg, noise_multiplier
         self.budget = dp_rows.Budget.of(cfg)
         self.counts = dp_rows.RowCounts()
         self.last: dict = {}
@@ -412,12 +417,16 @@ class RowRelease:
         out[dp_rows.ROW_COUNT] = Array(dp_rows.zero_indicator({k: a.shape for k, a in arrays.items()}))
         return ArrayRecord(out)
 
-    def new_arrays(self, sent: ArrayRecord, mean: ArrayRecord, answered: int, noise_multiplier: float) -> ArrayRecord:
+    def new_arrays(self, sent: ArrayRecord, mean: ArrayRecord, answered: int) -> ArrayRecord:
         """The shared arrays after the round, from the released `mean` of `answered` clients'
-        vectors (noise multiplier of the release `noise_multiplier`); ROW_COUNT dropped."""
+        vectors; ROW_COUNT dropped. The release's multiplier: z (client_clip_dp scales its noise
+        to the clients averaged, SecureNoise), or under secagg_dp the survivors' share of it."""
+        z = self.noise_multiplier
+        if self.cfg["privacy"]["name"] == "secagg_dp":
+            z = surviving_multiplier(z, answered, sample_size(self.cfg))
         current = {k: a.numpy() for k, a in sent.items() if k != dp_rows.ROW_COUNT}
         released = {k: a.numpy() for k, a in mean.items()}
-        new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, noise_multiplier)
+        new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, z)
         return ArrayRecord({k: Array(np.asarray(new[k])) for k in current})
 
 
@@ -453,9 +462,8 @@ class StepAfterRelease:
         mean, metrics = self.strategy.aggregate_train(server_round, replies)
         if mean is None:
             return None, metrics
-        if self.rows is not None:  # the noise was scaled to the clients averaged (SecureNoise): multiplier z
-            answered = sum(1 for r in replies if not r.has_error())
-            mean = self.rows.new_arrays(self._sent, mean, answered, self.strategy.noise_multiplier)
+        if self.rows is not None:
+            mean = self.rows.new_arrays(self._sent, mean, sum(1 for r in replies if not r.has_error()))
         if self.optimizer is None:
             return (decay_arrays(mean, self.decay) if self.decay else mean), metrics
         return step_from(self.optimizer, server_round, self._sent, mean, metrics)
