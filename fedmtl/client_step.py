@@ -160,7 +160,7 @@ def train_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, 
                  server_round: int) -> tuple[dict, dict, dict]:
     """One client's round: (upload, metrics, its new state)."""
     cfg = setup.cfg
-    shared = {k: v for k, v in shared.items() if k != dp_rows.ROW_COUNT}  # DP rows: the indicator's zeros
+    shared = dp_rows.without_indicator(shared)
     model = client_model(setup, data, state.get(PERSONAL), pid)
     set_arrays(model, shared)
     transfer.client_view(model, cfg)  # new items: features only, never trained

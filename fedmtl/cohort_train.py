@@ -35,6 +35,7 @@ import torch
 from . import dp_rows
 from .client_step import PERSONAL, WEIGHTING, RunSetup, client_seed, init_user_emb, sparse_rows, train_metrics
 from .data import ClientData
+from .federation_names import SECAGG_MODES
 from .model import personal_names, shared_names
 from .sparse_codec import ROW_TABLES, sparse_payloads
 from .tasks import choose_rows, dataset_labels, get as task_of, ranking_tasks
@@ -44,7 +45,6 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as tra
 
 def unbatched(cfg: dict) -> list[str]:
     """The knobs of `cfg` the batched step does not implement (empty: it batches every client)."""
-    from .federation_names import SECAGG_MODES
     out = []
     if cfg["privacy"]["name"] in SECAGG_MODES:  # the other modes' mods run on each batched reply (engine/cohort.py)
         out.append(f"privacy={cfg['privacy']['name']} (SecAgg+'s per-client protocol)")
@@ -413,8 +413,7 @@ def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job]
         raise ValueError(f"train_cohort: this config is not batched ({'; '.join(unbatched(cfg))})")
     meta = setup.meta
     n_items = int(meta["n_items"])
-    received = shared
-    shared = {k: v for k, v in shared.items() if k != dp_rows.ROW_COUNT}  # DP rows: the indicator's zeros
+    shared = dp_rows.without_indicator(shared)
     clients = [_prepare(setup, j, n_items) for j in jobs]
     results: dict[int, tuple] = {}
     mcfg = cfg["model"]
@@ -426,7 +425,7 @@ def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job]
         del chunk
     if dp_rows.enabled(cfg):  # each client's clipped update at full size and its row indicator (dp_rows.py)
         budget = dp_rows.Budget.of(cfg)
-        results = {k: (dp_rows.client_upload(up, received, budget), m, st) for k, (up, m, st) in results.items()}
+        results = {k: (dp_rows.client_upload(up, shared, budget), m, st) for k, (up, m, st) in results.items()}
     return [results[id(j)] for j in jobs]
 
 

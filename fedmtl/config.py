@@ -168,13 +168,14 @@ def validate(cfg: dict) -> dict:
                 and _get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
+        from .federation_names import CLIENT_DP_MODES
         mode = _get(cfg, "privacy.name")
-        if mode not in ("none", "secagg", "client_clip_dp", "secagg_dp"):
+        if mode not in ("none", "secagg", *CLIENT_DP_MODES):
             raise ConfigError(f"exchange=sparse with privacy={mode}: the clipping and noise of this mode work on "
                               "the whole dense update of every client; use exchange=dense, or a mode that takes "
                               "sparse rows (secagg: two secure sums; client_clip_dp, secagg_dp: DP rows, "
                               "fedmtl/dp_rows.py)")
-        if mode in ("client_clip_dp", "secagg_dp"):  # DP rows: dp_rows.Budget
+        if mode in CLIENT_DP_MODES:  # DP rows: dp_rows.Budget
             if mode == "client_clip_dp" and _get(cfg, "privacy.clipping") != "fixed":
                 raise ConfigError("exchange=sparse with privacy.clipping=adaptive: DP rows split a fixed clipping "
                                   "norm between the update and the row indicator; use privacy.clipping=fixed")
@@ -308,7 +309,8 @@ def _check_click_mix(cfg: dict) -> None:
                           "or neither")
     privacy = _get(cfg, "privacy.name")
     from .itemitem import needed
-    if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg", "client_clip_dp", "secagg_dp"):
+    from .federation_names import CLIENT_DP_MODES
+    if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg", *CLIENT_DP_MODES):
         what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
         raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
                           "(none), by SecAgg+ (secagg), clipped and noised by the server (client_clip_dp) or by "

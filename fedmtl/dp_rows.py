@@ -34,16 +34,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .federation_names import CLIENT_DP_MODES
 from .sparse_codec import ROW_COUNT, layout, unpack
 
-DP_ROW_MODES = ("client_clip_dp", "secagg_dp")
 FLOOR_STDS = 2.0  # min_row_count=null: the floor is this many noise stds of a row's count estimate
 
 
 def enabled(cfg: dict) -> bool:
     """Whether this run sends DP row updates: exchange=sparse under client_clip_dp / secagg_dp."""
     return ((cfg.get("exchange") or {}).get("name", "dense") == "sparse"
-            and (cfg.get("privacy") or {}).get("name", "none") in DP_ROW_MODES)
+            and (cfg.get("privacy") or {}).get("name", "none") in CLIENT_DP_MODES)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def client_upload(payload: dict[str, np.ndarray], received: dict[str, np.ndarray
     arrays it received: every shared array at full size, received + its clipped update (row
     tables: only the kept rows move), and ROW_COUNT: gamma on the kept rows, 0 elsewhere.
     The L2 norm of (sent - received) over all of it is at most budget.clip."""
-    shapes = {k: v.shape for k, v in received.items() if k != ROW_COUNT}
+    shapes = {k: v.shape for k, v in without_indicator(received).items()}
     rows, upd = unpack(payload, shapes)
     _, row_names = layout(shapes)
     if len(rows) > budget.max_rows:  # keep the R rows whose update is largest (ties: the earlier row)
@@ -112,6 +112,12 @@ def client_upload(payload: dict[str, np.ndarray], received: dict[str, np.ndarray
     indicator[rows] = budget.gamma
     out[ROW_COUNT] = indicator
     return out
+
+
+def without_indicator(arrays: dict) -> dict:
+    """The shared arrays a client received, without ROW_COUNT (the indicator's zeros a DP-rows
+    round sends beside them)."""
+    return {k: v for k, v in arrays.items() if k != ROW_COUNT}
 
 
 def zero_indicator(shapes: dict[str, tuple]) -> np.ndarray:

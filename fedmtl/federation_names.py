@@ -6,6 +6,8 @@ NOT_A_MEAN = ("fedmedian", "fedtrimmedavg")  # they aggregate whole arrays, not 
 PRIVACY = ("none", "central_dp", "client_clip_dp", "local_dp", "secagg", "secagg_dp")
 DP_MODES = ("central_dp", "client_clip_dp", "local_dp", "secagg_dp")  # accounted with an RDP accountant
 SECAGG_MODES = ("secagg", "secagg_dp")  # SecAgg+ on Flower's legacy workflow (federation/legacy.py)
+# each client clips what it sends itself: DP rows (exchange=sparse, dp_rows.py) and the DP item Gram (click_mix)
+CLIENT_DP_MODES = ("client_clip_dp", "secagg_dp")
 BACKENDS = ("inprocess", "ray", "cohort")
 # The server step size of the strategies that have one (FedOpt family, FedAvgM): the rate
 # `server_lr.schedule` moves from round to round.

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .federation_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
 from .tasks import ranking_tasks
 
 GRID_PREFIX = "mix_"  # metric groups of the selection grid: mix_w0.1_lam300/click.ndcg@10
@@ -103,12 +104,9 @@ def gram_part(train_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return items.numpy().astype(np.int64), (xs.T @ xs).numpy()
 
 
-DP_GRAM_MODES = ("client_clip_dp", "secagg_dp")  # click_mix's Gram under DP: clipped parts, noised sum
-
-
 def dp_gram(cfg: dict) -> bool:
     """Whether this run's item Gram is released under DP (a DP mode that takes click_mix)."""
-    return (cfg.get("privacy") or {}).get("name", "none") in DP_GRAM_MODES
+    return (cfg.get("privacy") or {}).get("name", "none") in CLIENT_DP_MODES
 
 
 def clip_part(block: np.ndarray, clip: float) -> np.ndarray:

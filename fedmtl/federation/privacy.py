@@ -418,13 +418,13 @@ class RowRelease:
         return ArrayRecord(out)
 
     def new_arrays(self, sent: ArrayRecord, mean: ArrayRecord, answered: int) -> ArrayRecord:
-        """The shared arrays after the round, from the released `mean` of `answered` clients'
-        vectors; ROW_COUNT dropped. The release's multiplier: z (client_clip_dp scales its noise
+        """The shared arrays after the round (those of `sent`, the server's arrays without the
+        indicator), from the released `mean` of `answered` clients' vectors. The release's multiplier: z (client_clip_dp scales its noise
         to the clients averaged, SecureNoise), or under secagg_dp the survivors' share of it."""
         z = self.noise_multiplier
         if self.cfg["privacy"]["name"] == "secagg_dp":
             z = surviving_multiplier(z, answered, sample_size(self.cfg))
-        current = {k: a.numpy() for k, a in sent.items() if k != dp_rows.ROW_COUNT}
+        current = {k: a.numpy() for k, a in sent.items()}  # what the round sent, before `sent()` added ROW_COUNT
         released = {k: a.numpy() for k, a in mean.items()}
         new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, z)
         return ArrayRecord({k: Array(np.asarray(new[k])) for k in current})
