@@ -85,7 +85,7 @@ def run_curve(args) -> list[Path]:
     import subprocess
     import sys
 
-    base = ["python", "-m", "fedmtl.simulate", f"dataset.path={args.ml_path}", f"seed={args.seed}", *args.set]
+    common = [f"dataset.path={args.ml_path}", f"seed={args.seed}", *args.set]
     jobs = [("none", ["experiment=ml100k_federated", "click_mix.weight=0"])]
     for eps in args.eps.split(","):
         if eps == "inf":
@@ -100,9 +100,9 @@ def run_curve(args) -> list[Path]:
         if (folder / "summary.json").is_file():
             print(f"{name}: finished before, kept ({folder})", flush=True)
             continue
-        cmd = [*base[:3], *overrides, *base[3:], f"hydra.run.dir={folder}"]
-        print(f"{name}: {' '.join(cmd[1:])}", flush=True)
-        subprocess.run([sys.executable, *cmd[1:]], check=True, cwd=Path(__file__).resolve().parent.parent,
+        cmd = ["-m", "fedmtl.simulate", *overrides, *common, f"hydra.run.dir={folder}"]
+        print(f"{name}: {' '.join(cmd)}", flush=True)
+        subprocess.run([sys.executable, *cmd], check=True, cwd=Path(__file__).resolve().parent.parent,
                        stdout=subprocess.DEVNULL)
     return out
 
