@@ -96,6 +96,8 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     summary = {"mode": cfg["mode"], "tasks": cfg["tasks"], "dataset": fed.dataset.name,
                "num_clients": len(fed.clients), "wall_seconds": round(time.time() - t0, 2), **result}
     write_json(out_dir / "summary.json", summary)
+    if summary.get("no_metrics"):  # every client's final evaluation failed: an error, not an empty table
+        raise FedMTLError(summary["no_metrics"])
     return summary
 
 

@@ -242,6 +242,9 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
                 last_eval = dict(ev)
                 row["test"] = last_eval
                 selection.update(rnd, last_eval, evaluated)
+            else:  # every evaluation failed: say why in the row (the metrics below are an earlier round's)
+                row["evaluate_error"] = next((r.error.reason for r in ereplies if r.has_error()),
+                                             f"none of {len(emsgs)} evaluations answered")
         row["seconds"] = round(time.time() - t0, 3)
         with round_commit():  # Ctrl-C waits until the row and its checkpoint are both written
             append_jsonl(metrics_path, row)
@@ -261,13 +264,25 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
         ereplies, _ = screen_evaluate(rnd, send_evaluate(grid, cfg, emsgs, item_item, final=True)[0])
         ev = strategy.aggregate_evaluate(rnd, ereplies)
         last_eval = dict(ev) if ev is not None else last_eval
+    no_eval, no_metrics = next((h for h in reversed(history) if "evaluate_error" in h or "test" in h), None), ""
+    if no_eval is not None and "evaluate_error" in no_eval:
+        if last_eval:
+            log.warning("round %d: no client's evaluation succeeded (%s); the metrics reported are round %d's",
+                        no_eval["round"], no_eval["evaluate_error"], last_eval_round)
+        else:
+            no_metrics = (f"round {no_eval['round']}: no client's evaluation succeeded ({no_eval['failed_evaluate']} "
+                          f"failed; the first: {no_eval['evaluate_error']}), so the run has no metrics; its rounds "
+                          f"are in {out_dir}/metrics.jsonl")
     if cfg.get("save_model", True):
         final = tail.model(arrays)  # average_last: the averaged model, the one evaluated
         saved_round, final = selection.chosen(n_rounds, final)  # leave-one-out: the round reported
         checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_for(cfg).meta, saved_round)
-    return {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
-            "bytes_up_total": sum(h["bytes_up"] for h in history) + gram_up, "item_gram_bytes_up": gram_up,
-            "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
+    summary = {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
+               "bytes_up_total": sum(h["bytes_up"] for h in history) + gram_up, "item_gram_bytes_up": gram_up,
+               "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
+    if no_metrics:
+        summary["no_metrics"] = no_metrics  # simulate.run writes the summary, then fails with this line
+    return summary
 
 
 def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) -> ServerApp:

@@ -380,3 +380,42 @@ def test_a_failed_client_does_not_stall_a_dp_run(mode, monkeypatch, tmp_path):
     assert [("skipped" in r, r["failed_by"]["error"], r["answered"]) for r in rows] == [(False, 1, 3)] * 2
     assert stds == [pytest.approx(0.5 * 0.1 / 3)] * 2
     assert summary["privacy"]["releases"] == 2 and [r["privacy"]["noise_multiplier"] for r in rows] == [0.5, 0.5]
+
+
+def _evaluations_fail(monkeypatch, rounds):
+    """Every client's evaluation raises in the given rounds (training goes on)."""
+    import fedmtl.federation.client_app as ca
+
+    real = ca.make_client_app
+
+    def failing(cfg=None):
+        app = real(cfg)
+
+        def wrapped(msg, ctx):
+            if msg.metadata.message_type == "evaluate" and int(msg.content["config"].get("server-round", 0)) in rounds:
+                raise RuntimeError("evaluation broke")
+            return app(msg, ctx)
+        return wrapped
+
+    monkeypatch.setattr(ca, "make_client_app", failing)
+
+
+def test_a_run_whose_every_evaluation_failed_is_an_error_not_an_empty_table(monkeypatch, tmp_path):
+    from fedmtl.errors import FedMTLError
+    _evaluations_fail(monkeypatch, {1, 2})
+    with pytest.raises(FedMTLError, match=r"^round 2: no client's evaluation succeeded \(4 failed; the first: "
+                                          r"RuntimeError: evaluation broke\), so the run has no metrics"):
+        run(compose(TINY), tmp_path)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")  # the finished rounds are kept, and the summary
+    assert [r["round"] for r in rows] == [1, 2] and all("evaluation broke" in r["evaluate_error"] for r in rows)
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "model_shared.pt").is_file()
+
+
+def test_a_failed_last_evaluation_reports_the_earlier_round_and_says_so(monkeypatch, tmp_path, caplog):
+    _evaluations_fail(monkeypatch, {2})
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        summary = run(compose(TINY + ["eval_every=1"]), tmp_path)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert summary["metrics"] == rows[0]["test"] and "test" not in rows[1]
+    assert "round 2: no client's evaluation succeeded (RuntimeError: evaluation broke); the metrics reported are " \
+           "round 1's" in caplog.text
