@@ -13,6 +13,7 @@ import torch
 
 from . import metrics as M
 from .data import ClientData
+from .errors import DataError
 from .itemitem import blended
 from .tasks import choose_rows, click_candidates, losses as task_losses, pair_tasks, ranking_tasks
 
@@ -145,6 +146,18 @@ def _optimizer(cfg: TrainConfig, shared: list, personal: list):
     return _Optimizers(opts)
 
 
+def repeat_counts(task, data: ClientData) -> torch.Tensor:
+    """What each train row adds to its user's count of the item for `ranking.repeat_weight`:
+    1, or repeat_decay ** its age (the user's baskets, or events, after it) with repeat_decay < 1."""
+    ones = torch.ones(len(data.train_u), device=data.train_u.device)
+    if task.repeat_decay == 1.0:
+        return ones
+    if data.train_age is None:
+        raise DataError(f"ranking.repeat_decay={task.repeat_decay}: these interactions have no timestamps to age "
+                        "them by; set ranking.repeat_decay=1")
+    return torch.pow(torch.full_like(ones, task.repeat_decay), data.train_age.to(ones.device))
+
+
 @torch.no_grad()
 def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
              mixes: dict | None = None) -> dict:
@@ -176,7 +189,7 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
         seen = mask if task.exclude_seen else None  # ranking.exclude_seen=false: earlier items stay candidates
         if task.repeat_weight:
             counts = torch.zeros(mask.shape, device=mask.device).index_put_(
-                (data.train_u, data.train_i), torch.ones(len(data.train_u), device=mask.device), accumulate=True)
+                (data.train_u, data.train_i), repeat_counts(task, data), accumulate=True)
         lists = data.test_lists()
         cand = getattr(data, "cand", None)  # split=leave_one_out: ranked among sampled negatives
         if cand is not None:  # its validation item, scored like the test item (grid blends: "valid_<group>/")

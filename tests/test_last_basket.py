@@ -92,3 +92,60 @@ def test_repeat_weight_needs_seen_items(tmp_path):
     write_baskets(tmp_path / "df_sample.csv")
     with pytest.raises(ConfigError, match="ranking.repeat_weight > 0 with ranking.exclude_seen=true"):
         compose([*overrides(tmp_path / "df_sample.csv", "ranking.repeat_weight=1"), "ranking.exclude_seen=true"])
+
+
+def test_recency_counts_the_baskets_or_events_after_a_row():
+    from fedmtl.data.temporal import recency
+    ev = pd.DataFrame({"user": [0, 0, 0, 0, 1, 1], "item": [5, 6, 5, 7, 5, 5], "ts": [30, 10, 20, 30, 1, 2],
+                       "basket": [3, 1, 2, 3, 9, 8]})
+    assert recency(ev).tolist() == [0, 2, 1, 0, 1, 0]  # user 0: baskets 1 < 2 < 3 by ts; user 1: 9 before 8
+    # without baskets: the events after it, by ts (ties by log order)
+    assert recency(ev.drop(columns="basket")).tolist() == [1, 3, 2, 0, 1, 0]
+
+
+def write_switch(path, n_users=12):
+    """Each user bought product 0 in baskets 1-3, then switched to product 1 (baskets 4-6, the
+    last one the test basket); every basket also holds a product bought only that once."""
+    rows, oid, filler = [], 0, 2
+    for u in range(n_users):
+        for b in range(6):
+            oid += 1
+            for i in (0 if b < 3 else 1, filler):
+                rows.append({"order_id": oid, "user_id": u, "order_number": b + 1, "product_id": i, "reordered": 0})
+            filler += 1
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_repeat_decay_ranks_the_recent_repeat_first(tmp_path):
+    """Plain counts rank the abandoned product first (3 purchases against 2): no user's test
+    basket is hit at k=1. With ranking.repeat_decay=0.5 the recent product weighs 1 + 0.5
+    against 0.5**2 + 0.5**3 + 0.5**4: every user is hit."""
+    write_switch(tmp_path / "df_sample.csv")
+    plain = run(compose(overrides(tmp_path / "df_sample.csv", "ranking.repeat_weight=100", "ranking.k=1")),
+                tmp_path / "plain")["metrics"]
+    assert plain["purchase.hr@1"] == 0.0
+    decayed = run(compose(overrides(tmp_path / "df_sample.csv", "ranking.repeat_weight=100", "ranking.k=1",
+                                    "ranking.repeat_decay=0.5")), tmp_path / "decayed")["metrics"]
+    assert decayed["purchase.hr@1"] == 1.0
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "-0.1", "true"])
+def test_repeat_decay_must_be_in_zero_one(tmp_path, bad):
+    write_switch(tmp_path / "df_sample.csv")
+    with pytest.raises(ConfigError, match=f"ranking.repeat_decay={bad if bad != 'true' else 'True'}: expected a "
+                                          r"number in \(0, 1\]"):
+        compose(overrides(tmp_path / "df_sample.csv", f"ranking.repeat_decay={bad}"))
+
+
+def test_repeat_decay_without_timestamps_is_a_clear_error():
+    from fedmtl.data import ClientData
+    from fedmtl.errors import DataError
+    from fedmtl.tasks.ranking import Ranking
+    from fedmtl.train import repeat_counts
+    z = torch.zeros(2, dtype=torch.long)
+    data = ClientData(users=np.arange(1), user_cat=np.zeros((1, 0), np.int64), n_items=3, train_u=z,
+                      train_i=z, train_r=torch.ones(2), test_u=z, test_i=z, test_r=torch.ones(2))
+    task = Ranking("purchase", exclude_seen=False, repeat_weight=1.0, repeat_decay=0.5)
+    with pytest.raises(DataError, match="ranking.repeat_decay=0.5: these interactions have no timestamps"):
+        repeat_counts(task, data)
+    assert repeat_counts(Ranking("purchase", exclude_seen=False, repeat_weight=1.0), data).tolist() == [1.0, 1.0]

@@ -67,6 +67,16 @@ def test_personal_top_frequency_finds_a_user_who_always_buys_the_same():
     assert nb.top_k(nb.top_frequency(C)[:1], 5).tolist() == [[2, 1, 3, 4, 5]]
 
 
+def test_decayed_top_frequency_follows_a_user_who_switched():
+    # user 0 bought item 1 in three early baskets, then item 2 in the last two before validation
+    # and test: plain counts keep ranking 1 first, decayed counts rank 2 first
+    log = basket_log({0: [[1], [1], [1], [2], [2], [2]], 1: [[3]] * 6}, n_items=12)
+    out = nb.run(log, grids={"topfreq": [{}], "topfreq_decay": [{"decay": 0.9}, {"decay": 0.5}]})
+    by = {r["method"]: r for r in out["results"]}
+    assert by["topfreq"]["valid_ndcg"] < 1.0  # valid: history 1,1,1,2 -> item 1 first, the basket is [2]
+    assert by["topfreq_decay"]["params"] == {"decay": 0.5}  # 0.9: 1 scores 0.729+0.81+0.9 > 2's 1
+    assert by["topfreq_decay"]["valid_ndcg"] == 1.0 and by["topfreq_decay"]["test_ndcg"] == 1.0
+
 def test_ease_recommends_the_items_bought_together():
     # items 0-2 are bought together, 3-5 together; user 0's history holds only item 0
     C = np.zeros((41, 6))

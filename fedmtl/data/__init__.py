@@ -17,6 +17,7 @@ from .from_log import to_dataset
 from .holdout import Holdout
 from .partition import partition
 from .split import Split
+from .temporal import recency
 
 log = logging.getLogger(__name__)
 LOG_DATASETS = ("instacart", "instacart_sample", "kuairand", "tenrec", "taobao", "retailrocket", "recbole", "log")
@@ -71,6 +72,9 @@ class ClientData:
     cand: dict | None = None  # split=leave_one_out: {"test"|"valid": [users, 1 + N] held-out item, negatives}
     train_y: dict | None = None  # an interaction log's label columns {name: [n_train]} (None: a rating log)
     test_y: dict | None = None
+    # each train row's age in its user's history (baskets, or events, after it: data.temporal.recency);
+    # ranking.repeat_decay weighs the user's own repeats by decay ** age
+    train_age: torch.Tensor | None = None
 
     def labels(self, on: str = "train", idx=None):
         """What the tasks read of these rows: the rating column, or {label: values} with it under
@@ -88,6 +92,8 @@ class ClientData:
     def to(self, device) -> "ClientData":
         for f in ("train_u", "train_i", "train_r", "test_u", "test_i", "test_r"):
             setattr(self, f, getattr(self, f).to(device))
+        if self.train_age is not None:
+            self.train_age = self.train_age.to(device)
         if self.cand is not None:
             self.cand = {k: v.to(device) for k, v in self.cand.items()}
         for f in ("train_y", "test_y"):
@@ -114,6 +120,8 @@ class _ByUser:
         self.i = df["item"].to_numpy()[order]
         self.r = df["rating"].to_numpy()[order].astype(np.float32)
         self.y = {k: df[k].to_numpy()[order].astype(np.float32) for k in labels}
+        # ages (data.temporal.recency) where the part has timestamps
+        self.age = recency(df)[order] if "ts" in df.columns else None
         self.ptr = np.searchsorted(self.u, np.arange(n_users + 1))
 
     def index(self, users):
@@ -129,6 +137,9 @@ class _ByUser:
             return None
         idx = self.index(users)
         return {k: torch.as_tensor(v[idx]) for k, v in self.y.items()}
+
+    def ages(self, users):
+        return None if self.age is None else torch.as_tensor(self.age[self.index(users)], dtype=torch.float32)
 
 
 class Federation:
@@ -162,7 +173,7 @@ class Federation:
             test_i=torch.as_tensor(si, dtype=torch.long), test_r=torch.as_tensor(sr),
             cand=None if self.split.candidates is None else
             {k: torch.as_tensor(v[users], dtype=torch.long) for k, v in self.split.candidates.items()},
-            train_y=self._train.labels(users), test_y=self._test.labels(users),
+            train_y=self._train.labels(users), test_y=self._test.labels(users), train_age=self._train.ages(users),
         )
 
     def partition_data(self, pid: int) -> ClientData:

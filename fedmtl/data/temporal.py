@@ -35,14 +35,7 @@ def last_basket(log: InteractionLog, validation: bool = True):
         raise DataError(f"{log.name}: the log has no basket column; last_basket needs one "
                         "(columns.basket), or use last_k")
     ev = log.events
-    pos = np.arange(len(ev))
-    baskets = pd.DataFrame({"user": ev["user"].to_numpy(), "basket": ev["basket"].to_numpy(),
-                            "ts": ev["ts"].to_numpy(), "pos": pos})
-    per = baskets.groupby(["user", "basket"], sort=False).agg(ts=("ts", "min"), pos=("pos", "min")).reset_index()
-    per = per.sort_values(["user", "ts", "pos"], kind="stable")
-    # rank from the end: 0 = the user's last basket, 1 = the one before, ...
-    per["back"] = per.groupby("user").cumcount(ascending=False)
-    per["n"] = per.groupby("user")["basket"].transform("size")
+    baskets, per = _baskets(ev)
     part = np.zeros(len(per), dtype=np.int8)
     part[(per["back"] == 0).to_numpy() & (per["n"] >= 2).to_numpy()] = 2
     if validation:
@@ -57,11 +50,7 @@ def last_k(log: InteractionLog, k: int = 1, validation: bool = True):
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"last_k: k must be a positive integer, got {k!r}")
     ev = log.events
-    order = np.lexsort((np.arange(len(ev)), ev["ts"].to_numpy(), ev["user"].to_numpy()))
-    users = ev["user"].to_numpy()[order]
-    sorted_frame = pd.DataFrame({"user": users})
-    back = sorted_frame.groupby("user").cumcount(ascending=False).to_numpy()
-    n = sorted_frame.groupby("user")["user"].transform("size").to_numpy()
+    order, back, n = _event_back(ev)
     part_sorted = np.zeros(len(ev), dtype=np.int8)
     part_sorted[(back < k) & (n > k)] = 2
     if validation:
@@ -69,3 +58,42 @@ def last_k(log: InteractionLog, k: int = 1, validation: bool = True):
     part = np.empty(len(ev), dtype=np.int8)
     part[order] = part_sorted
     return _parts(ev, part)
+
+
+def _baskets(ev: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows, baskets): each row's user and basket, and a table of the baskets ordered per user
+    by earliest ts (ties by first row) with `back` (0 = the user's last basket) and `n`."""
+    baskets = pd.DataFrame({"user": ev["user"].to_numpy(), "basket": ev["basket"].to_numpy(),
+                            "ts": ev["ts"].to_numpy(), "pos": np.arange(len(ev))})
+    per = baskets.groupby(["user", "basket"], sort=False).agg(ts=("ts", "min"), pos=("pos", "min")).reset_index()
+    per = per.sort_values(["user", "ts", "pos"], kind="stable")
+    # rank from the end: 0 = the user's last basket, 1 = the one before, ...
+    per["back"] = per.groupby("user").cumcount(ascending=False)
+    per["n"] = per.groupby("user")["basket"].transform("size")
+    return baskets, per
+
+
+def _event_back(ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, back, n): rows sorted per user by ts (ties by log order), each sorted row's rank
+    from the user's end (0 = the last event) and the user's event count."""
+    order = np.lexsort((np.arange(len(ev)), ev["ts"].to_numpy(), ev["user"].to_numpy()))
+    sorted_frame = pd.DataFrame({"user": ev["user"].to_numpy()[order]})
+    back = sorted_frame.groupby("user").cumcount(ascending=False).to_numpy()
+    n = sorted_frame.groupby("user")["user"].transform("size").to_numpy()
+    return order, back, n
+
+
+def recency(events: pd.DataFrame) -> np.ndarray:
+    """Each row's age in its user's history: how many of the user's baskets come after the row's
+    basket (0: its last basket), or, in a log without a basket column, how many of the user's
+    events come after it (by ts, ties by log order). `ranking.repeat_decay` weighs a repeat by
+    decay ** age."""
+    if len(events) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if "basket" in events.columns:
+        baskets, per = _baskets(events)
+        return baskets.merge(per[["user", "basket", "back"]], on=["user", "basket"], how="left")["back"].to_numpy()
+    order, back, _ = _event_back(events)
+    out = np.empty(len(events), dtype=np.int64)
+    out[order] = back
+    return out

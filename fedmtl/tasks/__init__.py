@@ -105,9 +105,13 @@ def ranking_options(cfg: dict) -> dict:
     r = cfg.get("ranking") or {}
     if not isinstance(r, dict):
         raise ConfigError(f"ranking={r!r}: expected a block with k, exclude_seen, recall")
-    unknown = set(r) - {"k", "exclude_seen", "recall", "repeat_weight"}
+    unknown = set(r) - {"k", "exclude_seen", "recall", "repeat_weight", "repeat_decay"}
     if unknown:
-        raise ConfigError(f"ranking.{sorted(unknown)[0]}: unknown key; expected k, exclude_seen, recall or repeat_weight")
+        raise ConfigError(f"ranking.{sorted(unknown)[0]}: unknown key; expected k, exclude_seen, recall, "
+                          "repeat_weight or repeat_decay")
+    d = r.get("repeat_decay")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1):
+        raise ConfigError(f"ranking.repeat_decay={d!r}: expected a number in (0, 1] (1: plain counts)")
     w = r.get("repeat_weight")
     if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0):
         raise ConfigError(f"ranking.repeat_weight={w!r}: expected a number >= 0")

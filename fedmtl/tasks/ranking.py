@@ -2,7 +2,8 @@
 items (or its sampled forms, see losses.py); scored by full ranking: HR@K and NDCG@K (and
 Recall@K) of the user's test items among every item, the user's train items excluded unless
 `exclude_seen=False` (repeat consumption: earlier items stay candidates; `repeat_weight` then
-adds w * log(1 + the user's count of the item) to the model's scores, a personal-frequency prior)."""
+adds w * log(1 + the user's count of the item) to the model's scores, a personal-frequency prior;
+with `repeat_decay` d < 1 each earlier purchase counts d ** age, age = the baskets since it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class Ranking(Task):
     pairwise = False
 
     def __init__(self, name: str, column: str | None = None, k: int = 10, exclude_seen: bool = True,
-                 recall: bool | None = None, repeat_weight: float = 0.0):
+                 recall: bool | None = None, repeat_weight: float = 0.0, repeat_decay: float = 1.0):
         if column is not None:  # a 0/1 column's rows as the only positives: not built (the loss takes every row)
             raise ConfigError(f"task {name}: a ranking task takes every interaction as a positive (column=None); "
                               f"column={column!r} is not supported")
@@ -24,6 +25,9 @@ class Ranking(Task):
         # repeat consumption: w * log(1 + the user's own count of the item in train) added to the
         # model's scores when ranking (the client's own history; nothing leaves it). 0: off
         self.repeat_weight = float(repeat_weight)
+        # each earlier interaction counts repeat_decay ** (its baskets, or events, since): recent repeats
+        # weigh more (1: plain counts)
+        self.repeat_decay = float(repeat_decay)
         # Recall@K beside HR@K and NDCG@K (default: with repeat consumption, where baskets are compared)
         self.recall = (not self.exclude_seen) if recall is None else bool(recall)
 
