@@ -35,7 +35,6 @@ import torch
 from . import dp_rows
 from .client_step import PERSONAL, WEIGHTING, RunSetup, client_seed, init_user_emb, sparse_rows, train_metrics
 from .data import ClientData
-from .federation_names import SECAGG_MODES
 from .model import personal_names, shared_names
 from .sparse_codec import ROW_TABLES, sparse_payloads
 from .tasks import choose_rows, dataset_labels, get as task_of, ranking_tasks
@@ -46,8 +45,6 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as tra
 def unbatched(cfg: dict) -> list[str]:
     """The knobs of `cfg` the batched step does not implement (empty: it batches every client)."""
     out = []
-    if cfg["privacy"]["name"] in SECAGG_MODES:  # the other modes' mods run on each batched reply (engine/cohort.py)
-        out.append(f"privacy={cfg['privacy']['name']} (SecAgg+'s per-client protocol)")
     faults = cfg.get("faults") or {}
     if faults.get("drop_rate") or faults.get("straggler_rate"):
         out.append("faults.* (injected per-client failures)")

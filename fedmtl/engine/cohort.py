@@ -6,13 +6,16 @@ message of a round at once to `cohort_train.train_cohort`, which trains all thos
 as one batched computation, and every evaluation message at once to
 `cohort_train.evaluate_cohort`, and answers each with the reply the ClientApp would have
 given (the same arrays and metrics, to float tolerance; tests/engine/test_cohort.py).
+Under SecAgg+ (secagg, secagg_dp) the training requests ride on the protocol's
+collect-masked-vectors stage: those are batched the same way, and each batched reply then
+goes through the train handler's mods (secaggplus_mod masks it) in place of the handler's.
 Everything else goes through the ClientApp exactly as under backend=inprocess: query
-messages, SecAgg+ messages, a training request below a client's own privacy floor (it
-refuses it), and every message of a run whose knobs the batch does not implement
-(`cohort_train.unbatched`: the run says which, once, at start-up). Under central_dp,
-client_clip_dp and local_dp each batched reply passes through the train handler's privacy
-mod (federation/privacy.py: the client's floor, Flower's clipping, the noise from the OS
-CSPRNG) before it is sent, as the ClientApp's reply would.
+messages, SecAgg+'s other stages and its secure item Gram, a training request below a
+client's own privacy floor (it refuses it), and every message of a run whose knobs the
+batch does not implement (`cohort_train.unbatched`: the run says which, once, at start-up).
+Under central_dp, client_clip_dp and local_dp each batched reply passes through the train
+handler's privacy mod (federation/privacy.py: the client's floor, Flower's clipping, the
+noise from the OS CSPRNG) before it is sent, as the ClientApp's reply would.
 
 It uses torch's threads (`backend.threads`, 0 = every core this process may use; the
 default 1, because on a machine whose cores are busy with other work more threads wait for
@@ -30,13 +33,14 @@ import os
 import uuid
 
 import torch
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 
 from .. import cohort_train
 from ..client_step import run_setup
 from ..errors import ConfigError, FedMTLError
+from ..federation_names import SECAGG_MODES
 from ..federation.arrays import record as fast_record
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, run_on_grid
 
@@ -65,6 +69,7 @@ class CohortGrid(InProcessGrid):
             raise ConfigError(f"backend.chunk_mb={chunk!r}: expected a number of MB > 0")
         self.threads, self.chunk_mb = _threads(threads), float(chunk)
         self.reasons = cohort_train.unbatched(cfg)
+        self.secure = cfg["privacy"]["name"] in SECAGG_MODES  # SecAgg+: its collect stage's training is batched
         # central_dp, client_clip_dp, local_dp: each batched reply goes through the train handler's
         # privacy mod (the client's floor, then Flower's clipping and the mode's noise), as the ClientApp's would
         from ..federation.privacy import client_privacy_mod
@@ -86,7 +91,7 @@ class CohortGrid(InProcessGrid):
         from ..federation.privacy import own_noise_multiplier
 
         try:
-            check_train(client_floor({}, self.cfg), self.cfg, False, own_noise_multiplier(self.cfg))
+            check_train(client_floor({}, self.cfg), self.cfg, self.secure, own_noise_multiplier(self.cfg))
         except FedMTLError:
             return True
         return False
@@ -111,21 +116,33 @@ class CohortGrid(InProcessGrid):
             return False
         return "config" in c and "server-round" in c["config"]
 
+    def _secagg_fitins(self, msg: Message):
+        """SecAgg+'s collect-masked-vectors message that carries a training request (legacy
+        FitIns), to be batched: its FitIns; None for everything else."""
+        if self.reasons or self.refused or not self.secure or msg.metadata.message_type != MessageType.TRAIN:
+            return None
+        if not NODE_ID_OFFSET <= msg.metadata.dst_node_id < NODE_ID_OFFSET + self.states.num_nodes:
+            return None
+        from ..federation.legacy import collect_stage_fitins
+        return collect_stage_fitins(msg)
+
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         for m in messages:
             m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         batch = [m for m in messages if self._batchable(m)]
+        secure = [(m, f) for m in messages if (f := self._secagg_fitins(m)) is not None]
         replies: dict[int, Message | None] = {}
-        if batch:
+        if batch or secure:
             try:
                 replies.update(self._train_batch([m for m in batch if m.metadata.message_type == MessageType.TRAIN]))
                 replies.update(self._evaluate_batch([m for m in batch if m.metadata.message_type != MessageType.TRAIN]))
+                replies.update(self._secagg_batch(secure))
             except FedMTLError:
                 raise
             except Exception as ex:  # noqa: BLE001 the batch failed: each client on its own, as inprocess
                 log.warning("backend=cohort: the batched round failed (%s: %s); its %d messages go through the "
-                            "ClientApp", type(ex).__name__, ex, len(batch))
+                            "ClientApp", type(ex).__name__, ex, len(batch) + len(secure))
                 replies = {}
         for m in messages:
             if id(m) not in replies:
@@ -209,6 +226,54 @@ class CohortGrid(InProcessGrid):
             for key, record in records.items():  # client_state.store_state
                 ctx.state[key] = record
             self.states.put(node, ctx)
+        return out
+
+    def _secagg_batch(self, msgs: list) -> dict[int, Message]:
+        """SecAgg+ (secagg, secagg_dp): the collect-masked-vectors stage carries each client's
+        training request. Every client is trained as one batch, then each message goes through
+        the train handler's privacy mod exactly as under the ClientApp (the floor, Flower's
+        secaggplus_mod masking the reply, LegacyFitMod, under secagg_dp Flower's clipping and the
+        client's noise share), with the batch's reply where the train handler's would be; the
+        protocol's other stages are the ClientApp's. A client whose chain fails (a non-finite
+        update) fails as under the ClientApp (handle: an error reply)."""
+        from ..federation.client_state import shared_values, state_values, store_state
+        from ..federation.legacy import train_request
+
+        if not msgs:
+            return {}
+        setup = run_setup(self.cfg)
+        groups: list[tuple] = []  # (round, tensors, [(message, FitIns)]): one per model sent (one a round, usually)
+        for m, fitins in msgs:
+            key = (int(fitins.config["server-round"]), fitins.parameters.tensors)
+            # each node's FitIns record is its own, their tensors the same bytes (compared by identity first)
+            group = next((g for g in groups if g[0] == key[0] and g[1] == key[1]), None)
+            if group is None:
+                groups.append(group := (*key, []))
+            group[2].append((m, fitins))
+        trained = []
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            for _, _, group in groups:
+                names, nds, server_round = train_request(group[0][1])
+                shared = shared_values(ArrayRecord({n: Array(a) for n, a in zip(names, nds)}))
+                jobs = []
+                for m, _ in group:
+                    ctx, pid, data = self._client(m)
+                    jobs.append(cohort_train.Job(pid, data, state_values(ctx.state), server_round))
+                results = cohort_train.train_cohort(setup, shared, jobs, self.chunk_mb)
+                trained += [(m, r) for (m, _), r in zip(group, results)]
+        finally:
+            torch.set_num_threads(prev)
+        out = {}
+        for m, (upload, metrics, state) in trained:
+            reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}), reply_to=m)
+
+            def handler(_msg, ctx, reply=reply, state=state):  # the train handler's part: store, reply
+                store_state(ctx.state, state)
+                return reply
+
+            out[id(m)] = handle(lambda msg, ctx, handler=handler: self.privacy(msg, ctx, handler), self.states, m)
         return out
 
 

@@ -486,6 +486,28 @@ class SecAggRound:
 # --- client ---------------------------------------------------------------------------------------
 
 
+def train_request(fitins) -> tuple[list[str], list[np.ndarray], int]:
+    """(names, arrays, server round) of a SecAgg+ training request: what the train handler is
+    given (LegacyFitMod; the cohort engine batches these, engine/cohort.py)."""
+    names = json.loads(str(fitins.config[NAMES_KEY]))
+    nds = parameters_to_ndarrays(fitins.parameters)
+    if len(names) != len(nds):
+        raise ValueError(f"SecAgg+ FitIns: {len(nds)} arrays for {len(names)} names")
+    return names, nds, int(fitins.config["server-round"])
+
+
+def collect_stage_fitins(msg: Message):
+    """The FitIns of a SecAgg+ collect-masked-vectors message that trains (its FitIns ride on
+    that stage); None for any other message (the other stages, a secure Gram chunk)."""
+    c = msg.content if msg.has_content() else None
+    if c is None or RECORD_KEY_CONFIGS not in c or "fitins.parameters" not in c:
+        return None
+    if c[RECORD_KEY_CONFIGS].get(SAKey.STAGE) != Stage.COLLECT_MASKED_VECTORS:
+        return None
+    fitins = compat.recorddict_to_fitins(c, keep_input=True)
+    return None if GRAM_KEY in fitins.config or NAMES_KEY not in fitins.config else fitins
+
+
 class LegacyFitMod:
     """Legacy FitIns -> the train handler's message -> legacy FitRes (for secaggplus_mod).
 
@@ -508,11 +530,8 @@ class LegacyFitMod:
         fitins = compat.recorddict_to_fitins(content, keep_input=True)
         if GRAM_KEY in fitins.config:  # click_mix's secure item Gram (SecureGram): a chunk of this client's part
             return self._gram_chunk(msg, ctx, str(fitins.config[GRAM_KEY]))
-        names = json.loads(str(fitins.config[NAMES_KEY]))
-        nds = parameters_to_ndarrays(fitins.parameters)
-        if len(names) != len(nds):
-            raise ValueError(f"SecAgg+ FitIns: {len(nds)} arrays for {len(names)} names")
-        config = ConfigRecord({"server-round": int(fitins.config["server-round"])})
+        names, nds, server_round = train_request(fitins)
+        config = ConfigRecord({"server-round": server_round})
         if self.dp:
             config[KEY_CLIPPING_NORM] = self.clipping_norm  # the client's own bound, for fixedclipping_mod
         msg.content = RecordDict({"arrays": ArrayRecord({n: Array(a) for n, a in zip(names, nds)}),

@@ -40,8 +40,9 @@ FAMILIES = {  # one per knob family the batch implements
 
 
 def _run(tmp_path, name, overrides):
+    """A run in tmp_path/name; name "inprocess" runs on backend=inprocess (the default is cohort)."""
     out = tmp_path / name
-    summary = run(compose(SMALL + overrides), out)
+    summary = run(compose(SMALL + overrides + (["backend=inprocess"] if name == "inprocess" else [])), out)
     return summary["metrics"], read_jsonl(out / "metrics.jsonl")
 
 
@@ -145,12 +146,10 @@ def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
                 assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (dtype, k)
 
 
-@pytest.mark.parametrize("knob", [["weighting=uncertainty"], ["model=mmoe"], ["privacy=secagg"]],
-                         ids=["weighting", "architecture", "privacy"])
+@pytest.mark.parametrize("knob", [["weighting=uncertainty"], ["model=mmoe"]], ids=["weighting", "architecture"])
 def test_unbatched_knob_falls_back_to_the_client_app(tmp_path, knob, caplog, monkeypatch):
     """A knob the batch does not implement: one start-up line names it, every training message
-    goes through the ClientApp, and the run is inprocess's (SecAgg+ aside: its masks and ring
-    come from the OS CSPRNG, so only the path is checked there)."""
+    goes through the ClientApp, and the run is inprocess's."""
     import fedmtl.engine.cohort as cohort
 
     calls = []
@@ -163,10 +162,7 @@ def test_unbatched_knob_falls_back_to_the_client_app(tmp_path, knob, caplog, mon
     lines = [r.getMessage() for r in caplog.records if "backend=cohort" in r.getMessage()]
     assert len(lines) == 1 and "not batched" in lines[0] and knob[0].split("=")[0] in lines[0]
     from flwr.app.message_type import MessageType
-    stages = 4 if knob[0] == "privacy=secagg" else 1  # SecAgg+: setup, share keys, collect, unmask
-    assert sum(m.metadata.message_type == MessageType.TRAIN for m in calls) == 5 * 3 * stages
-    if knob[0].startswith("privacy"):
-        return
+    assert sum(m.metadata.message_type == MessageType.TRAIN for m in calls) == 5 * 3
     ref, _ = _run(tmp_path, "inprocess", knob)
     assert ref == got  # the same code path: identical
 
@@ -194,6 +190,39 @@ def test_dp_modes_are_batched_with_the_client_apps_mods(tmp_path, mode, caplog, 
         assert a["privacy"]["epsilon"] == pytest.approx(b["privacy"]["epsilon"])
         if "clipping_norm" in a["privacy"]:  # adaptive clipping: the clients' clipped bits moved it alike
             assert a["privacy"]["clipping_norm"] == pytest.approx(b["privacy"]["clipping_norm"], rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", [["privacy=secagg"], ["privacy=secagg_dp"],
+                                  ["privacy=secagg_dp", "exchange=sparse", "privacy.max_rows=20"]],
+                         ids=["secagg", "secagg_dp", "secagg_dp_rows"])
+def test_secagg_training_is_batched_inside_the_protocol(tmp_path, mode, caplog, monkeypatch):
+    """SecAgg+: the collect stage's training is one batch per round, each batched reply then goes
+    through the train handler's mods (secaggplus_mod's masking, LegacyFitMod, under secagg_dp the
+    clipping and the noise share), the protocol's other stages through the ClientApp. With
+    SecAgg+'s stochastic rounding made deterministic and the DP noise off (both random every
+    run), the run is inprocess's to the batch's float tolerance."""
+    import fedmtl.engine.cohort as cohort
+    from flwr.common.secure_aggregation import quantization
+
+    from fedmtl import secure_random
+
+    monkeypatch.setattr(quantization, "_stochastic_round", lambda a: np.asarray(np.rint(a)).astype(np.int32))
+    monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
+    monkeypatch.setattr(secure_random, "normal", lambda mean, std: float(mean))
+    real, batches = cohort.cohort_train.train_cohort, []
+    monkeypatch.setattr(cohort.cohort_train, "train_cohort",
+                        lambda setup, shared, jobs, *a: batches.append(len(jobs)) or real(setup, shared, jobs, *a))
+    clip = ["privacy.clipping_norm=0.05"] if "privacy=secagg_dp" in mode else []
+    caplog.set_level(logging.INFO, logger="fedmtl")
+    ref, ref_rows = _run(tmp_path, "inprocess", mode + clip)
+    assert batches == []  # client by client
+    got, got_rows = _run(tmp_path, "cohort", mode + clip + ["backend=cohort"])
+    assert "each round's clients train as one batch" in caplog.text
+    assert batches == [5, 5, 5]  # one batch a round, every client in it
+    assert [r["secagg"]["aggregated"] for r in got_rows] == [True] * 3
+    assert_close(ref, got)
+    for a, b in zip(_train_losses(ref_rows), _train_losses(got_rows)):
+        assert_close(a, b)
 
 
 def test_a_client_floor_refusal_is_the_client_apps(tmp_path):
