@@ -316,6 +316,7 @@ class _Optim:
         self.steps = torch.zeros(C, dtype=torch.float64)
         self.adam = {n for n in chunk.names if not (n in chunk.shared_names and tcfg.optimizer == "sgd")}
         self.m = {n: torch.zeros_like(chunk.P[n]) for n in self.adam}
+        self.decay = {n: tcfg.personal_decay for n in self.adam if n not in chunk.shared_names and tcfg.personal_decay}
         self.v = {n: torch.zeros_like(chunk.P[n]) for n in self.adam}
 
     @torch.no_grad()
@@ -339,6 +340,8 @@ class _Optim:
                 continue
             m, v = self.m[n], self.v[n]
             a = _bcast(active, p)
+            if n in self.decay:  # train.personal_decay: torch.optim.Adam's weight_decay, g + decay * p
+                g = g.add(p, alpha=self.decay[n])
             m_new = m.lerp(g, 1 - b1)
             v_new = v * b2
             v_new.addcmul_(g, g, value=1 - b2)

@@ -231,6 +231,8 @@ def validate(cfg: dict) -> dict:
     _number(cfg, "train.lr", lo=0, lo_open=True)
     _number(cfg, "train.l2", lo=0)
     _number(cfg, "train.weight_decay", lo=0)
+    cfg["train"].setdefault("personal_decay", 0.0)
+    _number(cfg, "train.personal_decay", lo=0)
     _check_split(cfg)
     _check_faults_and_resume(cfg)
     _check_robust(cfg)

@@ -25,6 +25,7 @@ class TrainConfig:
     lr: float = 0.01
     l2: float = 1e-4  # on the embedding rows a batch touches
     weight_decay: float = 0.0  # the optimisers' decay on every trainable parameter, embedding tables included
+    personal_decay: float = 0.0  # more decay on the personal parameters only (Adam's, coupled): batched by cohort
     click_loss: str = "softmax"
     num_negatives: int = 20  # sampled: negatives per positive; sampled_softmax: random items beside the own ones
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w_shared - w_global||^2
@@ -37,7 +38,8 @@ def train_config(cfg: dict, epochs: int, prox_mu: float = 0.0) -> TrainConfig:
     """The TrainConfig of a run's `train` group (clients and baselines alike)."""
     t = cfg["train"]
     return TrainConfig(epochs=epochs, batch_size=t["batch_size"], lr=t["lr"], l2=t["l2"],
-                       weight_decay=t["weight_decay"], click_loss=t["click_loss"],
+                       weight_decay=t["weight_decay"], personal_decay=t.get("personal_decay", 0.0),
+                       click_loss=t["click_loss"],
                        num_negatives=t["num_negatives"], prox_mu=prox_mu,
                        optimizer=t.get("optimizer", "adam"), shared_lr=t.get("shared_lr"))
 
@@ -136,13 +138,15 @@ class _Optimizers:
 def _optimizer(cfg: TrainConfig, shared: list, personal: list):
     lr_shared = cfg.shared_lr if cfg.shared_lr is not None else cfg.lr
     if cfg.optimizer == "adam":
-        groups = [g for g in ({"params": shared, "lr": lr_shared}, {"params": personal}) if g["params"]]
+        groups = [g for g in ({"params": shared, "lr": lr_shared},
+                              {"params": personal, "weight_decay": cfg.weight_decay + cfg.personal_decay}) if g["params"]]
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     opts = []
     if shared:
         opts.append(torch.optim.SGD(shared, lr=lr_shared, weight_decay=cfg.weight_decay, foreach=True))
     if personal:
-        opts.append(torch.optim.Adam(personal, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True))
+        opts.append(torch.optim.Adam(personal, lr=cfg.lr, weight_decay=cfg.weight_decay + cfg.personal_decay,
+                                     foreach=True))
     return _Optimizers(opts)
 
 

@@ -26,6 +26,10 @@ TINY = ["dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds
 
 
 def one_step(*overrides):
+    return _step(*overrides)[:4]
+
+
+def _step(*overrides):
     cfg = validate(compose([*TINY, "train.batch_size=100000", "train.l2=0", *overrides]))
     fed = federation_for(cfg)
     data = fed.partition_data(0)
@@ -39,7 +43,7 @@ def one_step(*overrides):
     local_train(model, data, cfg["tasks"], build_weighting(cfg["weighting"], cfg["tasks"]),
                 replace(train_config(cfg, 1)), seed=0, shared=shared)
     delta = {n: p.detach() - before[n] for n, p in model.named_parameters()}
-    return cfg, shared, grads, delta
+    return cfg, shared, grads, delta, before
 
 
 def test_sgd_moves_shared_parameters_by_lr_times_gradient_and_personal_ones_by_adam():
@@ -53,6 +57,22 @@ def test_sgd_moves_shared_parameters_by_lr_times_gradient_and_personal_ones_by_a
     torch.testing.assert_close(user.abs(), torch.full_like(user, 0.01), rtol=1e-2, atol=1e-5)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_personal_decay_pulls_the_personal_parameters_only(optimizer):
+    """train.personal_decay adds decay * p to the personal parameters' gradients (Adam's coupled
+    decay): so large here that Adam's first step moves every personal coordinate by lr toward
+    0; the shared parameters move exactly as without it."""
+    ov = [f"train.optimizer={optimizer}", "train.shared_lr=0.3", "train.lr=0.01"]
+    _, shared, _, plain, _ = _step(*ov)
+    _, _, _, delta, before = _step(*ov, "train.personal_decay=1e6")
+    for n in shared:
+        torch.testing.assert_close(delta[n], plain[n], rtol=0, atol=0)
+    for n in ("personal.user_emb.weight", "personal.heads.rating.proj"):
+        p = before[n][before[n].abs() > 1e-3]
+        assert p.numel() > 0
+        torch.testing.assert_close(delta[n][before[n].abs() > 1e-3], -0.01 * p.sign(), rtol=1e-3, atol=1e-6)
+
+
 def test_adam_is_the_default_and_shared_lr_sets_its_rate():
     _, shared, grads, delta = one_step("train.shared_lr=0.002", "train.lr=0.01")
     moved = torch.cat([delta[n][grads[n].abs() > 1e-6] for n in shared if n in grads])
@@ -60,7 +80,8 @@ def test_adam_is_the_default_and_shared_lr_sets_its_rate():
 
 
 @pytest.mark.parametrize("bad, key", [("train.optimizer=lbfgs", "train.optimizer"),
-                                      ("train.shared_lr=0", "train.shared_lr")])
+                                      ("train.shared_lr=0", "train.shared_lr"),
+                                      ("train.personal_decay=-0.1", "train.personal_decay")])
 def test_bad_optimizer_options_are_one_line_errors(bad, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose([bad]))

@@ -36,6 +36,7 @@ FAMILIES = {  # one per knob family the batch implements
     "sampled_softmax_adam_shared": ["train.click_loss=sampled_softmax", "train.num_negatives=5",
                                     "train.optimizer=adam", "train.shared_lr=0.02"],
     "no_click_two_layers": ["tasks=[rating,like]", "model.layers=2", "aggregate=all", "strategy=fedavgm"],
+    "personal_decay": ["train.personal_decay=0.05"],
 }
 
 
