@@ -262,7 +262,7 @@ def _noise_std(cfg: dict, summary: dict) -> float:
     if p["name"] == "local_dp":
         sens = p.get("sensitivity") or p["clipping_norm"]
         return float(sens) * math.sqrt(2 * math.log(1.25 / p["delta"])) / float(p["epsilon"])
-    from fedmtl.federation.privacy import sample_size
+    from fedmtl.federation.accounting import sample_size
     if p["name"] == "secagg_dp":
         return float(z) * float(p["clipping_norm"]) / math.sqrt(sample_size(cfg))
     return float(z) * float(p["clipping_norm"]) / sample_size(cfg)

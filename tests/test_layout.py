@@ -14,8 +14,6 @@ imports alike, since a function-level import is an arrow all the same) and check
 Left to do (issue 29), kept here so that a new one fails and a fixed one can be struck:
   cycles   fedmtl.data.split -> fedmtl.data.loo (in split.write, function level)
                               <- fedmtl.data.loo imports split's Split, read_part
-           fedmtl.federation.privacy -> fedmtl.federation.legacy (SecAgg+ round and mods,
-                              function level) <- legacy imports privacy.client_manager
   upward   fedmtl.config -> fedmtl.federation.faults (faults.check_config, in validate)
            fedmtl.config -> fedmtl.federation.floor (floor.check_config, in validate)
 """
@@ -36,8 +34,7 @@ CORE_MODULES = ("fedmtl.tasks", "fedmtl.train", "fedmtl.metrics", "fedmtl.client
 ENTRY_POINTS = ("fedmtl.simulate", "fedmtl.report", "fedmtl.sweep", "fedmtl.deploy", "fedmtl.baselines")
 ABOVE_CORE = ("fedmtl.federation", "fedmtl.engine", "flwr", "ray", *ENTRY_POINTS)
 
-KNOWN_CYCLES = {frozenset({"fedmtl.data.loo", "fedmtl.data.split"}),
-                frozenset({"fedmtl.federation.legacy", "fedmtl.federation.privacy"})}
+KNOWN_CYCLES = {frozenset({"fedmtl.data.loo", "fedmtl.data.split"})}
 KNOWN_UPWARD = {("fedmtl.config", "fedmtl.federation.faults"), ("fedmtl.config", "fedmtl.federation.floor")}
 
 

@@ -88,7 +88,7 @@ class CohortGrid(InProcessGrid):
         config of their own, so the run's client_floor) refuses this run's training requests: then
         the ClientApp gives its refusal."""
         from ..federation.floor import check_train, client_floor
-        from ..federation.privacy import own_noise_multiplier
+        from ..federation.accounting import own_noise_multiplier
 
         try:
             check_train(client_floor({}, self.cfg), self.cfg, self.secure, own_noise_multiplier(self.cfg))

@@ -16,7 +16,7 @@ from .. import itemitem, secure_random
 from ..data import federation_for
 from .arrays import nbytes, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
-from .privacy import gram_noise_multiplier
+from .accounting import gram_noise_multiplier
 from .replies import by_node, screen_gram
 
 log = logging.getLogger("fedmtl")

@@ -64,6 +64,7 @@ from .. import itemitem, secure_random
 from ..errors import ConfigError, DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows, rowwise_mean
 from . import faults
+from .accounting import secret_sampling
 
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
 LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipping range
@@ -344,17 +345,36 @@ def _quorum_workflow(quorum: int, **kwargs):
     return wf
 
 
+def client_manager(cfg: dict):
+    """The legacy client manager SecAgg+'s workflow samples from: under a DP mode one whose
+    clients come in a CSPRNG order before each `random.sample` (the same argument as
+    SecretOrder), else Flower's own."""
+    from flwr.server.client_manager import SimpleClientManager
+
+    if not secret_sampling(cfg):
+        return SimpleClientManager()
+
+    class SecretOrderClientManager(SimpleClientManager):
+        def sample(self, num_clients, min_num_clients=None, criterion=None):
+            with self._cv:
+                order = secure_random.shuffled(self.clients.items())
+                self.clients.clear()
+                self.clients.update(order)
+            return super().sample(num_clients, min_num_clients, criterion)
+
+    return SecretOrderClientManager()
+
+
 class SecAggRound:
     """One SecAgg+ training round: Flower's SecAggPlusWorkflow over a legacy FedAvg."""
 
     def __init__(self, cfg: dict, rows=None):
-        from .privacy import client_manager
 
         self.cfg, self.tasks = cfg, list(cfg["tasks"])
         self.rows = rows  # privacy.RowRelease under secagg_dp with exchange=sparse (DP rows)
         self.names: list[str] = []
         self._setup(_legacy_sample(cfg), max_weight(cfg), float(cfg["privacy"]["clipping_range"]),
-                    client_manager(cfg))  # privacy.py: a secret sample under secagg_dp
+                    client_manager(cfg))  # a secret sample under secagg_dp (accounting.secret_sampling)
 
     def _setup(self, sample: dict, weight_bound: float, clip: float, manager) -> None:
         """The legacy FedAvg that samples, Flower's workflow (quorum, thresholds, quantisation)

@@ -92,7 +92,7 @@ def _noise_allowance(cfg: dict) -> float:
     p = cfg.get("privacy") or {}
     if p.get("name") != "local_dp":
         return 0.0
-    from .privacy import local_dp_std
+    from .accounting import local_dp_std
 
     return NOISE_SIGMAS * local_dp_std(p)
 

@@ -27,7 +27,8 @@ from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_refusals, check_replies, needed_nodes, wait_for_nodes
-from .privacy import SecretOrder, ServerPrivacy, secret_sampling
+from .accounting import secret_sampling
+from .privacy import SecretOrder, ServerPrivacy
 from .click_mix import ItemItem, item_item_round, secure_item_item_round, send_evaluate  # noqa: F401 (re-exported)
 from .replies import by_node, screen_evaluate, screen_train
 from .strategies import build_strategy, set_server_rate

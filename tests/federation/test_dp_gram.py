@@ -12,7 +12,7 @@ from fedmtl import itemitem, secure_random
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation import click_mix
-from fedmtl.federation.privacy import Ledger, noise_multiplier
+from fedmtl.federation.accounting import Ledger, noise_multiplier
 from fedmtl.results import read_jsonl
 from fedmtl.simulate import run
 

@@ -21,8 +21,8 @@ from scipy.stats import norm
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation import strategies
-from fedmtl.federation.privacy import (GaussianNoiseMod, Ledger, ServerPrivacy, calibrate_noise, client_mods,
-                                       distributed_noise_std, local_dp_multiplier)
+from fedmtl.federation.accounting import Ledger, calibrate_noise, distributed_noise_std, local_dp_multiplier
+from fedmtl.federation.privacy import GaussianNoiseMod, ServerPrivacy, client_mods
 from fedmtl.federation.strategies import build_strategy
 from fedmtl.simulate import run
 

@@ -1,0 +1,200 @@
+"""What a DP run's guarantee is computed from: the ledger of releases, the noise multipliers,
+and whether a round's sample must be secret (federation/privacy.py wires them into Flower).
+
+Accounting (`Ledger`): every released aggregate is one Gaussian event in Flower's
+`RdpAccountant` (user level), each with the neighbouring relation it assumes:
+- every client in every round: no amplification, add-or-remove-one, multiplier z;
+- a secret sample of m of N clients (without replacement): replace-one neighbours,
+  whose sensitivity is 2C, so the multiplier given is z / 2; amplification by
+  sampling holds only because the sample comes from the OS CSPRNG;
+- local_dp: each client's own upload is the release; any two clipped updates differ
+  by up to 2C (replace-one), so the multiplier is the noise std over 2C (and the
+  noise is scaled to 2C unless `privacy.sensitivity` says otherwise).
+The epsilon at `privacy.delta` goes into metrics.jsonl every round;
+`privacy.target_epsilon` stops the run before the round that would exceed it, or
+picks z for `num_rounds` when `privacy.noise_multiplier` is null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+
+from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
+                                               SamplingMethod)
+
+from ..errors import ConfigError
+from ..federation_names import DP_MODES
+
+
+def sample_size(cfg: dict) -> int:
+    """How many clients Flower samples per training round (FedAvg.configure_train's rule)."""
+    n = cfg["num_clients"]
+    return min(n, max(int(n * cfg["fraction_train"]), min(cfg["min_train_clients"], n)))
+
+
+def local_dp_sensitivity(p: dict) -> float:
+    """The L2 sensitivity local DP's noise is scaled to: `privacy.sensitivity`, or 2C.
+
+    Local DP protects a client's whole update against anyone who sees it: any two
+    clipped updates differ by at most 2C (replace-one), not C (add-or-remove-one)."""
+    return float(p.get("sensitivity") or 2 * float(p["clipping_norm"]))
+
+
+def local_dp_std(p: dict) -> float:
+    """The std of a local_dp client's noise: sensitivity * sqrt(2 ln(1.25/delta)) / epsilon
+    (the classic Gaussian mechanism's calibration; the epsilon reported is RDP's, below)."""
+    return local_dp_sensitivity(p) * math.sqrt(2 * math.log(1.25 / p["delta"])) / p["epsilon"]
+
+
+def local_dp_multiplier(p: dict) -> float:
+    """local_dp's noise multiplier for the accountant: std over 2C, the replace-one
+    sensitivity of a clipped update (whatever `privacy.sensitivity` says)."""
+    return local_dp_std(p) / (2 * float(p["clipping_norm"]))
+
+
+# --- accounting ----------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The privacy spent so far, one Gaussian event per released aggregate (RdpAccountant)."""
+
+    def __init__(self, population: int, sample: int, delta: float, local: bool = False):
+        from flwr.serverapp import RdpAccountant
+
+        self.local = local  # local DP: each client's own releases, no sampling amplification
+        self.population, self.sample = (1, 1) if local else (population, sample)
+        self.amplified = self.sample < self.population
+        self.delta = delta
+        self.config = PrivacyConfig(
+            target_delta=delta, population_size=self.population,
+            neighboring_relation=(NeighboringRelation.REPLACE_ONE if self.amplified
+                                  else NeighboringRelation.ADD_OR_REMOVE_ONE),
+            sampling_method=SamplingMethod.WITHOUT_REPLACEMENT if self.amplified else SamplingMethod.NO_AMPLIFICATION)
+        self.accountant = RdpAccountant(self.config)
+        self.spent: list[float] = []  # the multiplier of every release, as configured (before z / 2)
+
+    @property
+    def relation(self) -> str:
+        """The neighbouring relation the reported epsilon is for, in words."""
+        if self.local:
+            return "replace-one: any two clipped updates of one client (sensitivity 2C)"
+        if self.amplified:
+            return "replace-one user, secret sampling without replacement"
+        return "add-or-remove-one user"
+
+    def event(self, noise_multiplier: float, everyone: bool = False) -> GaussianPrivacyEvent:
+        """A release at `noise_multiplier` of the round's sample (or of `everyone`: click_mix's
+        DP Gram, summed over every client, so no amplification by sampling)."""
+        z = noise_multiplier / 2 if self.amplified else noise_multiplier
+        m = self.population if everyone else self.sample
+        return GaussianPrivacyEvent(noise_multiplier=z, sample_size=m, population_size=self.population)
+
+    def spend(self, noise_multiplier: float, everyone: bool = False) -> None:
+        self.accountant.compose(self.event(noise_multiplier, everyone))
+        self.spent.append(float(noise_multiplier))
+
+    def epsilon_known_sample(self) -> float:
+        """Epsilon against a party that knows which clients each round sampled (the server
+        always does: it sent them the round): the same releases without amplification."""
+        if not self.amplified:
+            return self.epsilon()
+        known = Ledger(1, 1, self.delta)
+        for z in self.spent:
+            known.spend(z)
+        return known.epsilon()  # (the Gram's release was over everyone: no amplification either way)
+
+    def would_exceed(self, noise_multiplier: float, target_epsilon: float) -> bool:
+        return self.accountant.would_exceed(self.event(noise_multiplier), max_epsilon=target_epsilon)
+
+    @property
+    def releases(self) -> int:
+        return self.accountant.num_releases
+
+    def epsilon(self) -> float:
+        return self.accountant.get_epsilon(self.delta) if self.releases else 0.0
+
+    def epsilon_after(self, noise_multiplier: float, rounds: int, gram: float | None = None) -> float:
+        """Epsilon after `rounds` releases at `noise_multiplier` (and first the DP Gram's at `gram`),
+        from a fresh ledger."""
+        fresh = Ledger(self.population, self.sample, self.delta)
+        if gram is not None:
+            fresh.spend(gram, everyone=True)
+        fresh.accountant.compose(fresh.event(noise_multiplier), count=rounds)
+        return fresh.accountant.get_epsilon(self.delta)
+
+
+def noise_multiplier(cfg: dict) -> float:
+    """A DP mode's noise multiplier z, as the server and the clients each compute it (a client
+    never takes the server's number): local_dp's std over 2C; else privacy.noise_multiplier,
+    or the smallest z whose epsilon after num_rounds is within privacy.target_epsilon."""
+    p = cfg["privacy"]
+    if p["name"] == "local_dp":
+        return local_dp_multiplier(p)
+    if p.get("noise_multiplier") is not None:
+        return float(p["noise_multiplier"])
+    return calibrate_noise(Ledger(cfg["num_clients"], sample_size(cfg), float(p["delta"])),
+                           float(p["target_epsilon"]), cfg["num_rounds"], gram_noise_multiplier(cfg))
+
+
+def surviving_multiplier(noise_multiplier: float, answered: int, asked: int) -> float:
+    """secagg_dp: each of the `asked` clients adds its share of the noise, std z*C/sqrt(asked), so
+    a sum of `answered` holds std z*C*sqrt(answered/asked): a release at this multiplier."""
+    return noise_multiplier * math.sqrt(min(answered, asked) / max(asked, 1))
+
+
+def gram_noise_multiplier(cfg: dict) -> float | None:
+    """click_mix's DP Gram release (client_clip_dp, secagg_dp): its noise multiplier, or None."""
+    from ..itemitem import dp_gram, needed
+    if cfg.get("mode", "federated") != "federated" or not needed(cfg) or not dp_gram(cfg):
+        return None
+    return float(cfg["click_mix"]["dp_noise_multiplier"])
+
+
+def calibrate_noise(ledger: Ledger, target_epsilon: float, rounds: int, gram: float | None = None) -> float:
+    """The smallest noise multiplier (to 0.1%) whose epsilon after `rounds` (and the DP Gram's
+    release at `gram`, when the run has one) is <= target."""
+    if gram is not None and ledger.epsilon_after(1e6, rounds, gram) > target_epsilon:
+        raise ConfigError(f"privacy.target_epsilon={target_epsilon}: click_mix's DP Gram alone "
+                          f"(click_mix.dp_noise_multiplier={gram}) spends more; raise it")
+    lo, hi = 1e-2, 1.0
+    while ledger.epsilon_after(hi, rounds, gram) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            raise ConfigError(f"privacy.target_epsilon={target_epsilon}: not reachable in {rounds} rounds")
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if ledger.epsilon_after(mid, rounds, gram) <= target_epsilon else (mid, hi)
+    return hi
+
+
+def secret_sampling(cfg: dict, phase: str = "train") -> bool:
+    """Whether this phase's sample must be secret: training rounds of the DP modes, whose
+    accounting claims amplification by sampling (an adversary who can replay the sample
+    from `seed` gets no amplification)."""
+    return phase == "train" and (cfg.get("privacy") or {}).get("name", "none") in DP_MODES
+
+
+def distributed_noise_std(cfg: dict, noise_multiplier: float) -> float:
+    """Each of the m sampled clients adds std z*C/sqrt(m): the sum then holds std z*C, the mean z*C/m,
+    as central DP would, without anyone seeing an un-noised sum."""
+    return noise_multiplier * float(cfg["privacy"]["clipping_norm"]) / math.sqrt(sample_size(cfg))
+
+
+@lru_cache(maxsize=8)
+def _own_noise(cfg_json: str) -> float | None:
+    cfg = json.loads(cfg_json)
+    return noise_multiplier(cfg) if cfg["privacy"]["name"] in ("local_dp", "secagg_dp") else None
+
+
+def own_noise_multiplier(cfg: dict) -> float | None:
+    """The multiplier z of the noise a client adds itself in this run (local_dp: its std over
+    2C; secagg_dp: the z its share is cut from), None in the modes where it adds none."""
+    return _own_noise(client_key(cfg))
+
+
+def client_key(cfg: dict) -> str:
+    """The config keys a client's privacy chain and own noise depend on: the cache key of both."""
+    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks", "exchange")
+    return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
