@@ -65,7 +65,7 @@ def _ids(path: Path) -> np.ndarray:
 
 
 def read_candidates(path: Path) -> np.ndarray:
-    """[users, 2 + N]: user, held-out item, negatives (raw ids, as loo.write_candidates writes them)."""
+    """[users, 2 + N]: user, held-out item, negatives (raw ids, as data.split.write_candidates writes them)."""
     if not path.is_file():
         raise SystemExit(f"published: {path}: not found (a split=leave_one_out run writes it)")
     try:

@@ -12,8 +12,6 @@ imports alike, since a function-level import is an arrow all the same) and check
   them beyond KNOWN_UPWARD.
 
 Left to do (issue 29), kept here so that a new one fails and a fixed one can be struck:
-  cycles   fedmtl.data.split -> fedmtl.data.loo (in split.write, function level)
-                              <- fedmtl.data.loo imports split's Split, read_part
   upward   fedmtl.config -> fedmtl.federation.faults (faults.check_config, in validate)
            fedmtl.config -> fedmtl.federation.floor (floor.check_config, in validate)
 """
@@ -34,7 +32,7 @@ CORE_MODULES = ("fedmtl.tasks", "fedmtl.train", "fedmtl.metrics", "fedmtl.client
 ENTRY_POINTS = ("fedmtl.simulate", "fedmtl.report", "fedmtl.sweep", "fedmtl.deploy", "fedmtl.baselines")
 ABOVE_CORE = ("fedmtl.federation", "fedmtl.engine", "flwr", "ray", *ENTRY_POINTS)
 
-KNOWN_CYCLES = {frozenset({"fedmtl.data.loo", "fedmtl.data.split"})}
+KNOWN_CYCLES: set = set()
 KNOWN_UPWARD = {("fedmtl.config", "fedmtl.federation.faults"), ("fedmtl.config", "fedmtl.federation.floor")}
 
 

@@ -229,8 +229,8 @@ def loo_split(cfg: dict, dataset: Dataset) -> Split:
     scfg = cfg["split"]
     if scfg.get("path"):
         split = split_mod.read(scfg["path"], dataset, keep_unseen_items=True)
-        split.valid = loo.read_valid(scfg["path"], dataset)
-        split.candidates = loo.read_candidates(scfg["path"], dataset, split)
+        split.valid = split_mod.read_valid(scfg["path"], dataset)
+        split.candidates = split_mod.read_candidates(scfg["path"], dataset, split)
         return split
     split = loo.leave_one_out(dataset.interactions)
     negatives = int((cfg.get("eval") or {}).get("negatives", 99))

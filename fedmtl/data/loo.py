@@ -14,24 +14,21 @@ with sampled negatives.
   ranked among its N + 1 (metrics.sampled_rank_metrics: negatives ahead on a score tie).
 - Files (split/ of the run folder, raw ids): valid.tsv beside train.tsv and test.tsv
   (user item rating ts), and test_candidates.tsv / valid_candidates.tsv, one line per user:
-  user, held-out item, then its N negatives, tab-separated; `read_candidates` takes them back.
+  user, held-out item, then its N negatives, tab-separated (split.py writes and reads them).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .dataset import Dataset
-from .split import Split, read_part
+from .split import PARTS, Split
 
 log = logging.getLogger(__name__)
 
-PARTS = ("test", "valid")
 
 
 def leave_one_out(inter: pd.DataFrame) -> Split:
@@ -79,75 +76,6 @@ def draw_candidates(split: Split, n_items: int, n_users: int, negatives: int, se
                 out[p][u, 0] = int(first[p][u])
                 out[p][u, 1:] = neg[k * negatives:(k + 1) * negatives]
     return out
-
-
-def write_candidates(candidates: dict[str, np.ndarray], dataset: Dataset, folder: str | Path) -> None:
-    """test_candidates.tsv / valid_candidates.tsv (raw ids): user, held-out item, negatives."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for p in PARTS:
-        cand = candidates[p]
-        users = np.flatnonzero(cand[:, 0] >= 0)
-        lines = ["\t".join(map(str, [dataset.raw_user_ids[u], *dataset.raw_item_ids[cand[u]]])) for u in users]
-        tmp = folder / f".{p}_candidates.tsv.tmp"
-        tmp.write_text("".join(line + "\n" for line in lines))
-        tmp.replace(folder / f"{p}_candidates.tsv")
-
-
-def read_candidates(folder: str | Path, dataset: Dataset, split: Split) -> dict[str, np.ndarray]:
-    """The candidate files of a split folder back (dense ids); a DataError names the file and line
-    of a row that is malformed, of unknown ids, or whose held-out item is not the split's."""
-    folder = Path(folder)
-    umap = {int(u): k for k, u in enumerate(dataset.raw_user_ids)}
-    imap = {int(i): k for k, i in enumerate(dataset.raw_item_ids)}
-    out, width = {}, None
-    for p in PARTS:
-        path = folder / f"{p}_candidates.tsv"
-        if not path.is_file():
-            raise DataError(f"{path}: candidate file not found (split=leave_one_out with split.path needs "
-                            "test_candidates.tsv and valid_candidates.tsv)")
-        held = getattr(split, p).drop_duplicates("user").set_index("user")["item"]
-        rows = {}
-        for no, line in enumerate(path.read_text().split("\n"), 1):
-            if not line.strip():
-                continue
-            f = line.rstrip("\r").split("\t")
-            try:
-                ids = [int(x) for x in f]
-            except ValueError:
-                raise DataError(f"{path}:{no}: expected integer ids (user, held-out item, negatives)") from None
-            if width is None:
-                width = len(ids)
-            if len(ids) != width or width < 3:
-                raise DataError(f"{path}:{no}: expected {width} fields (user, held-out item, negatives), "
-                                f"found {len(ids)}")
-            if ids[0] not in umap or any(i not in imap for i in ids[1:]):
-                raise DataError(f"{path}:{no}: an id that is not in the data set {dataset.name}")
-            u = umap[ids[0]]
-            items = [imap[i] for i in ids[1:]]
-            if held.get(u) != items[0]:
-                raise DataError(f"{path}:{no}: held-out item {ids[1]} is not user {ids[0]}'s {p} item in {p}.tsv")
-            rows[u] = items
-        cand = np.full((dataset.n_users, width - 1), -1, dtype=np.int64)
-        for u, items in rows.items():
-            cand[u] = items
-        out[p] = cand
-    return out
-
-
-def read_valid(folder: str | Path, dataset: Dataset) -> pd.DataFrame:
-    """valid.tsv of a split folder (raw ids) with dense ids."""
-    path = Path(folder) / "valid.tsv"
-    raw = read_part(path)
-    for col, ids in (("user", dataset.raw_user_ids), ("item", dataset.raw_item_ids)):
-        mapping = {int(x): k for k, x in enumerate(ids)}
-        mapped = raw[col].map(mapping)
-        if mapped.isna().any():
-            raise DataError(f"{path}: {col} id {raw.loc[mapped.isna(), col].iloc[0]} is not in the data set "
-                            f"{dataset.name}")
-        raw[col] = mapped.astype(np.int64)
-    raw["rating"] = raw["rating"].astype(np.float32)
-    return raw
 
 
 def select_round(rows: list[dict], key: str = "valid/click.hr@10") -> tuple[int, dict] | None:

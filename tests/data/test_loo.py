@@ -185,7 +185,7 @@ def test_a_candidate_file_with_a_wrong_held_out_item_names_its_line(tmp_path):
     sp.candidates = loo.draw_candidates(sp, 300, 6, 99, seed=0)
     from fedmtl.data import split as split_mod
     split_mod.write(sp, ds, tmp_path)
-    back = loo.read_candidates(tmp_path, ds, sp)
+    back = split_mod.read_candidates(tmp_path, ds, sp)
     assert all(np.array_equal(back[p], sp.candidates[p]) for p in ("test", "valid"))
     lines = (tmp_path / "test_candidates.tsv").read_text().splitlines()
     f = lines[2].split("\t")
@@ -193,7 +193,7 @@ def test_a_candidate_file_with_a_wrong_held_out_item_names_its_line(tmp_path):
     lines[2] = "\t".join(f)
     (tmp_path / "test_candidates.tsv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"test_candidates.tsv:3: held-out item .* is not user 2's test item"):
-        loo.read_candidates(tmp_path, ds, sp)
+        split_mod.read_candidates(tmp_path, ds, sp)
 
 
 def test_the_published_protocol_presets_are_the_readme_recipes_on_the_leave_one_out_split():
