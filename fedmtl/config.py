@@ -201,7 +201,7 @@ def validate(cfg: dict) -> dict:
     check_server_lr(cfg)
     _choice(cfg, "privacy.name", PRIVACY)
     check_privacy(cfg)
-    from .federation.floor import check_config as check_floor
+    from .privacy_floor import check_config as check_floor
     check_floor(cfg)  # client_floor: what the clients themselves accept
     _check_click_mix(cfg)
     _choice(cfg, "backend.name", BACKENDS)
@@ -332,12 +332,38 @@ def _check_robust(cfg: dict) -> None:
     _choice(cfg, "robust.on_large_update", ("reject", "clip"))
 
 
-def _check_faults_and_resume(cfg: dict) -> None:
-    from .federation.faults import check_config
+def _check_faults(cfg: dict) -> None:
+    """The `faults` keys (federation/faults.py injects them)."""
+    f = cfg.get("faults")
+    if f is None:
+        return
+    if not isinstance(f, dict):
+        raise ConfigError(f"faults={f!r}: expected a group with drop_rate, straggler_rate, straggler_delay, seed")
+    for key in ("drop_rate", "straggler_rate"):
+        v = f.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ConfigError(f"faults.{key}={v!r}: expected a number in [0, 1]")
+    if f.get("drop_rate", 0.0) + f.get("straggler_rate", 0.0) > 1:
+        raise ConfigError(f"faults.drop_rate + faults.straggler_rate = "
+                          f"{f.get('drop_rate', 0.0) + f.get('straggler_rate', 0.0)}: must be <= 1")
+    d = f.get("straggler_delay")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or d < 0):
+        raise ConfigError(f"faults.straggler_delay={d!r}: expected a number of seconds >= 0 (or null)")
+    s = f.get("seed")
+    if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+        raise ConfigError(f"faults.seed={s!r}: expected an integer >= 0 (or null = seed)")
+    if f.get("straggler_rate", 0.0) > 0:
+        timeout = cfg.get("round_timeout")
+        if timeout is None:
+            raise ConfigError("faults.straggler_rate needs a round_timeout for stragglers to miss (round_timeout=null)")
+        if isinstance(timeout, (int, float)) and d is not None and d <= timeout:
+            raise ConfigError(f"faults.straggler_delay={d}: a straggler must reply after round_timeout={timeout}")
 
+
+def _check_faults_and_resume(cfg: dict) -> None:
     if cfg.get("round_timeout") is not None:
         _number(cfg, "round_timeout", lo=0, lo_open=True)
-    check_config(cfg)
+    _check_faults(cfg)
     if "checkpoint_every" in cfg:
         _number(cfg, "checkpoint_every", lo=0, integer=True)
     r = cfg.get("resume", False)

@@ -18,5 +18,5 @@ class DivergedError(FedMTLError):
 
 
 class PrivacyRefused(FedMTLError):
-    """A client refuses a request below its own privacy floor (federation/floor.py); its
+    """A client refuses a request below its own privacy floor (privacy_floor.py); its
     message starts with "fedmtl refused:", which the server counts as `failed_by: refused`."""

@@ -87,7 +87,7 @@ class CohortGrid(InProcessGrid):
         """Whether the clients' own floor (privacy.client_privacy_mod; this grid's nodes have no node
         config of their own, so the run's client_floor) refuses this run's training requests: then
         the ClientApp gives its refusal."""
-        from ..federation.floor import check_train, client_floor
+        from ..privacy_floor import check_train, client_floor
         from ..federation.accounting import own_noise_multiplier
 
         try:

@@ -12,7 +12,7 @@ from ..itemitem import clip_part, dp_gram, gram_part
 from .deployment import node_data
 from .faults import before_training, inject_reply_mod
 from .client_state import config_from_context, shared_values, state_values, store_state
-from .floor import check_gram, client_floor
+from ..privacy_floor import check_gram, client_floor
 from .privacy import client_privacy_mod
 
 
@@ -76,7 +76,7 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
         run_cfg = config_from_context(context, cfg)
         _, data = _client_data(run_cfg, context)
         if "config" in msg.content and msg.content["config"].get("query") == "gram":
-            check_gram(client_floor(context.node_config, cfg), run_cfg)  # the part names its items: floor.py
+            check_gram(client_floor(context.node_config, cfg), run_cfg)  # the part names its items: privacy_floor.py
             items, block = gram_part(data.train_mask())
             if dp_gram(run_cfg):  # client_clip_dp: the part clipped by the client, the noise the server's
                 block = clip_part(block, float(run_cfg["click_mix"]["dp_clip"]))

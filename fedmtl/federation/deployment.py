@@ -17,7 +17,7 @@ Node config keys (`flower-supernode --node-config '...'`):
 | dataset-path     | optional: where this machine keeps the data set's files          |
 |                  | (MovieLens); replaces the run's `dataset.path` on this node       |
 | privacy-floor, answer-gram, send-sparse, min-noise-multiplier, secagg-min-threshold  |
-|                  | optional: this node's own privacy floor (floor.py); the run      |
+|                  | optional: this node's own privacy floor (privacy_floor.py); the run      |
 |                  | config, which the server writes, never lowers it                 |
 """
 

@@ -80,34 +80,6 @@ class FaultPlan:
         return OK
 
 
-def check_config(cfg: dict) -> None:
-    """The `faults` keys, checked with the rest of the config."""
-    f = cfg.get("faults")
-    if f is None:
-        return
-    if not isinstance(f, dict):
-        raise ConfigError(f"faults={f!r}: expected a group with drop_rate, straggler_rate, straggler_delay, seed")
-    for key in ("drop_rate", "straggler_rate"):
-        v = f.get(key, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise ConfigError(f"faults.{key}={v!r}: expected a number in [0, 1]")
-    if f.get("drop_rate", 0.0) + f.get("straggler_rate", 0.0) > 1:
-        raise ConfigError(f"faults.drop_rate + faults.straggler_rate = "
-                          f"{f.get('drop_rate', 0.0) + f.get('straggler_rate', 0.0)}: must be <= 1")
-    d = f.get("straggler_delay")
-    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or d < 0):
-        raise ConfigError(f"faults.straggler_delay={d!r}: expected a number of seconds >= 0 (or null)")
-    s = f.get("seed")
-    if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
-        raise ConfigError(f"faults.seed={s!r}: expected an integer >= 0 (or null = seed)")
-    if f.get("straggler_rate", 0.0) > 0:
-        timeout = cfg.get("round_timeout")
-        if timeout is None:
-            raise ConfigError("faults.straggler_rate needs a round_timeout for stragglers to miss (round_timeout=null)")
-        if isinstance(timeout, (int, float)) and d is not None and d <= timeout:
-            raise ConfigError(f"faults.straggler_delay={d}: a straggler must reply after round_timeout={timeout}")
-
-
 def _backend(cfg: dict) -> str | None:
     b = cfg.get("backend")
     return b.get("name") if isinstance(b, dict) else None

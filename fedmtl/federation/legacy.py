@@ -206,7 +206,7 @@ class _CountingGrid:
         self.up += sum(_bytes(r.content) for r in ok)
         self.stages[stage] = [len(messages), len(ok)]
         self.failed_by[stage] = faults.round_counts(messages, replies)["failed_by"]
-        if stage == Stage.SETUP:  # a client's floor refuses at the first stage (floor.py)
+        if stage == Stage.SETUP:  # a client's floor refuses at the first stage (privacy_floor.py)
             from .failures import check_refusals
             check_refusals("SecAgg+ setup", messages, replies, "the clients' privacy floors do not accept this "
                            "run's privacy mode or noise")
@@ -589,7 +589,7 @@ class LegacyFitMod:
         from ..errors import PrivacyRefused
         from .deployment import node_data
 
-        from .floor import CURRENT_CLIENT
+        from ..privacy_floor import CURRENT_CLIENT
 
         cfg, floor = CURRENT_CLIENT.get()
         if cfg is None:

@@ -415,13 +415,13 @@ def client_mods(cfg: dict) -> tuple:
 
 
 def client_privacy_mod(bound: dict | None):
-    """One mod for the train handler: first the client's own floor (floor.py: a request
+    """One mod for the train handler: first the client's own floor (privacy_floor.py: a request
     below it is refused), then the run's privacy mods, chosen from the run's config (bound
     in simulation, read from the run config when deployed)."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
     from .client_state import config_from_context
-    from .floor import check_train, client_floor
+    from ..privacy_floor import check_train, client_floor
 
     def privacy_mod(msg: Message, ctx: Context, call_next) -> Message:
         cfg = config_from_context(ctx, bound)
@@ -433,7 +433,7 @@ def client_privacy_mod(bound: dict | None):
         # the cached mods read this client's config and floor from here (SecAggGuard: its
         # threshold floor; LegacyFitMod: the secure Gram's chunk needs the client's data);
         # imported here, not closed over: a ContextVar does not pickle (workers, Ray)
-        from .floor import CURRENT_CLIENT
+        from ..privacy_floor import CURRENT_CLIENT
         token = CURRENT_CLIENT.set((cfg, floor))
         try:
             return make_ffn(call_next, list(mods))(msg, ctx)

@@ -46,7 +46,7 @@ from flwr.common.constant import ErrorCode
 
 from ..errors import ConfigError
 from .faults import REFUSED
-from .floor import CURRENT_CLIENT
+from ..privacy_floor import CURRENT_CLIENT
 
 log = logging.getLogger("fedmtl")
 
@@ -121,7 +121,7 @@ class SecAggGuard:
     def problem(self, msg: Message, ctx: Context) -> str | None:
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
         if configs is None:
-            return None  # not a SecAgg+ message: the floor (floor.py) decides
+            return None  # not a SecAgg+ message: the floor (privacy_floor.py) decides
         stage = configs.get(Key.STAGE)
         if stage == Stage.SETUP:
             return setup_problem(configs, self.min_threshold)

@@ -19,7 +19,7 @@ from fedmtl.engine.inprocess import NodeStates, handle
 from fedmtl.errors import ConfigError, FedMTLError, PrivacyRefused
 from fedmtl.federation.client_app import make_client_app
 from fedmtl.federation.client_state import config_from_context
-from fedmtl.federation.floor import ACCEPTS, Floor, check_gram, check_train, client_floor
+from fedmtl.privacy_floor import ACCEPTS, Floor, check_gram, check_train, client_floor
 from fedmtl.simulate import run
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=2", "device=cpu"]

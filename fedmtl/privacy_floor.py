@@ -35,8 +35,8 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
-from ..errors import ConfigError, PrivacyRefused
-from ..federation_names import PRIVACY, SECAGG_MODES
+from .errors import ConfigError, PrivacyRefused
+from .federation_names import PRIVACY, SECAGG_MODES
 
 ACCEPTS = {
     "none": PRIVACY,
@@ -147,7 +147,7 @@ def check_gram(floor: Floor, cfg: dict) -> None:
     if mode not in ("none", "client_clip_dp") or not floor.accepts(mode):
         _refuse(f"item Gram query under privacy={mode} with privacy floor {floor.privacy}: the part would name "
                 "this client's items in the clear")
-    from ..itemitem import needed
+    from .itemitem import needed
     if mode == "client_clip_dp" and not needed(cfg):  # the part is answered for the run's DP Gram only
         _refuse("item Gram query under privacy=client_clip_dp in a run without click_mix: this client sends its "
                 "clipped part only for the run's DP Gram, which the run's accounting counts")
