@@ -98,3 +98,32 @@ def test_cohort_batches_an_event_ranking_task_as_inprocess_does(tmp_path):
     assert got["cohort"].keys() == got["inprocess"].keys()
     for k, v in got["inprocess"].items():
         assert got["cohort"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def write_recbole(folder, n_users=30, n_items=25, seed=0):
+    """RecBole atomic files: NAME.inter with a rating and a clock, NAME.item with a genre."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(n_users):
+        for t, i in enumerate(rng.choice(n_items, size=rng.integers(6, 12), replace=False)):
+            lines.append(f"u{u}\ti{i}\t{1 + (i % 5)}\t{1000 + t}")
+    (folder / f"{folder.name}.inter").write_text("\n".join(lines) + "\n")
+    items = ["item_id:token\tgenre:token"] + [f"i{i}\tg{i % 3}" for i in range(n_items)]
+    (folder / f"{folder.name}.item").write_text("\n".join(items) + "\n")
+
+
+def test_recbole_files_become_tasks_from_their_header(tmp_path):
+    """dataset=recbole: each :float column of NAME.inter is a regression task (rating), and
+    `interaction` (every row) a ranking task; both train and are evaluated with no code."""
+    write_recbole(tmp_path / "toy")
+    base = ["dataset=recbole", f"dataset.path={tmp_path / 'toy'}", "num_clients=3", "num_rounds=2",
+            "local_epochs=1", "save_model=false"]
+    summary = run(compose([*base, "tasks=[rating,interaction]"]), tmp_path / "run")
+    m = summary["metrics"]
+    assert m["rating.rmse"] > 0 and 0.0 < m["interaction.ndcg@10"] <= m["interaction.hr@10"] <= 1.0
+    assert isinstance(REGISTRY["interaction"], Ranking)
+    with pytest.raises(ConfigError, match="like"):
+        compose([*base, "tasks=[like]"])
+    with pytest.raises(ConfigError, match="dataset.path: dataset=recbole needs its folder"):
+        compose(["dataset=recbole", "tasks=[rating]"])

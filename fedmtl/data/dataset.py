@@ -33,7 +33,8 @@ class Dataset:
     labels: list[str] = field(default_factory=list)  # an interaction log's label columns (from_log.py)
 
     def __post_init__(self) -> None:
-        extra = [c for c in ("basket", *self.labels) if c in self.interactions.columns]
+        # a log label named "rating" is the rating column itself (from_log wrote its values there)
+        extra = [c for c in ("basket", *self.labels) if c in self.interactions.columns and c not in COLUMNS]
         self.interactions = self.interactions[COLUMNS + extra].reset_index(drop=True)
         if self.raw_user_ids.size == 0:
             self.raw_user_ids = np.arange(self.n_users)

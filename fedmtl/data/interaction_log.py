@@ -629,7 +629,8 @@ def recbole_spec(folder: str | Path, name: str, user: str = "user_id", item: str
     RecBole's atomic files are tab-separated with typed headers (`user_id:token item_id:token
     rating:float timestamp:float`). The columns named `user`, `item` (and `timestamp`, if
     present) of .inter are the ids and the clock; every other `:float` column of .inter is a
-    numeric label named by its field (rating -> "rating"); other .inter columns are not read.
+    numeric label named by its field (rating -> "rating"), and `interaction` is the every-row
+    event (which items a user interacted with: a ranking task); other .inter columns are not read.
     In .user and .item, `:token` columns become categorical features, `:float` numeric
     features and `:token_seq` (space-separated tokens, e.g. genres) multi-hot features (skipped
     beyond MULTI_HOT_MAX distinct tokens, e.g. a title's words); `:float_seq` columns are
@@ -648,6 +649,7 @@ def recbole_spec(folder: str | Path, name: str, user: str = "user_id", item: str
         cols["timestamp"] = by_field[timestamp]
     labels = {f: {"kind": "numeric", "column": c} for c, f, t in head
               if t == "float" and f not in (user, item, timestamp)}
+    labels.setdefault("interaction", {"kind": "event"})  # every row: the user interacted with the item
     spec = {"name": name, "file": str(inter), "format": "tsv", "quoting": "none", "columns": cols,
             "labels": labels}
     for side, ext, key in (("user_features", "user", user), ("item_features", "item", item)):
@@ -799,14 +801,27 @@ def preset_spec(layout: str, path: str | Path, **options) -> dict:
     return spec
 
 
+def _recbole_at(path: str | Path) -> tuple[Path, str]:
+    """(folder, NAME) of dataset=recbole's path: a folder NAME holding NAME.inter, or the .inter file."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".inter":
+        return path.parent, path.stem
+    return path, path.name
+
+
+def recbole_labels(path: str | Path) -> dict[str, dict]:
+    """The labels RecBole files at `path` offer (from NAME.inter's typed header only)."""
+    folder, name = _recbole_at(path)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: RecBole folder not found")
+    return recbole_spec(folder, name)["labels"]
+
+
 def load_layout(name: str, path: str | Path, **options) -> InteractionLog:
     """Read a published layout (`PRESETS`, or "recbole" for a folder NAME/NAME.inter or the
     .inter file itself). options: nrows (the first rows of each log file), name."""
     if name == "recbole":
-        path = Path(path)
-        if path.is_file() and path.suffix == ".inter":
-            return read_recbole(path.parent, path.stem)
-        return read_recbole(path, path.name)
+        return read_recbole(*_recbole_at(path))
     if name == "log":
         raise ConfigError("layout=log needs a column map: read it with read_log(spec)")
     return read_log(preset_spec(name, path, **options))

@@ -86,7 +86,7 @@ def configure(cfg: dict) -> list[str]:
 def dataset_labels(dcfg: dict) -> dict | None:
     """{label: spec} a log dataset offers (None: a rating log: synthetic, MovieLens)."""
     from ..data import LOG_DATASETS
-    from ..data.interaction_log import PRESETS, _label_specs
+    from ..data.interaction_log import PRESETS, _label_specs, recbole_labels
 
     name = dcfg.get("name")
     if name not in LOG_DATASETS:
@@ -94,9 +94,11 @@ def dataset_labels(dcfg: dict) -> dict | None:
     layout = dcfg.get("layout") or name
     if layout == "log":
         return _label_specs(dcfg.get("labels") or {})
-    if layout == "recbole":
-        raise ConfigError("dataset=recbole: its labels come from the files' typed headers; read it with "
-                          "fedmtl.data.interaction_log.read_recbole (not wired to tasks yet)")
+    if layout == "recbole":  # its labels come from NAME.inter's typed header
+        if not dcfg.get("path"):
+            raise ConfigError("dataset.path: dataset=recbole needs its folder NAME (holding NAME.inter) or the "
+                              ".inter file")
+        return recbole_labels(dcfg["path"])
     return dict(PRESETS[layout]["labels"])
 
 

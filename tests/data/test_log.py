@@ -126,7 +126,8 @@ def test_recbole_atomic_files_with_user_and_item(tmp_path):
           "emb:float_seq\ni1\tToy Story\t1995\tAnimation Comedy\t0.1 0.2\ni2\tHeat\t1995\tAction\t0.3 0.4\n")
     lg = read_recbole(folder, "toy")
     assert lg.raw_user_ids.tolist() == ["u1", "u9"] and lg.raw_item_ids.tolist() == ["i1", "i2"]
-    assert lg.labels == {"rating": {"kind": "numeric", "column": "rating:float"}}
+    assert lg.labels == {"rating": {"kind": "numeric", "column": "rating:float"},
+                         "interaction": {"kind": "event", "column": None}}
     assert rows(lg, "rating", "ts") == [("u9", "i2", 4.0, 881250949), ("u1", "i2", 3.5, 891717742),
                                        ("u9", "i1", 1.0, 878887116)]
     u = lg.user_features
