@@ -243,7 +243,7 @@ def validate(cfg: dict) -> dict:
     if cfg["dataset"].get("layout") == "log":
         if not cfg["dataset"].get("file"):
             raise ConfigError("dataset.file: dataset=log needs the log's file (a path, a glob or a list)")
-    elif cfg["dataset"]["name"] != "synthetic" and not cfg["dataset"].get("path"):
+    elif cfg["dataset"]["name"] not in ("synthetic", "synthetic_funnel") and not cfg["dataset"].get("path"):
         raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
                           "e.g. dataset.path=data/ml-100k")
     from .transfer import validate_config as validate_transfer

@@ -20,7 +20,8 @@ from .split import Split
 from .temporal import recency
 
 log = logging.getLogger(__name__)
-LOG_DATASETS = ("instacart", "instacart_sample", "kuairand", "tenrec", "taobao", "retailrocket", "recbole", "log")
+LOG_DATASETS = ("instacart", "instacart_sample", "kuairand", "tenrec", "taobao", "retailrocket", "recbole", "log",
+                "synthetic_funnel")
 DATASETS = ("synthetic", "movielens100k", "movielens1m", *LOG_DATASETS)
 LOG_KEYS = ("name", "path", "layout", "offers", "nrows")  # of a preset's block; `log` passes the rest to read_log
 
@@ -31,6 +32,10 @@ def load_dataset(dcfg: dict) -> Dataset:
         keys = ("n_users", "n_items", "dim", "mean_interactions", "n_genres", "popularity_skew",
                 "affinity_strength", "rating_noise")
         return synthetic.generate(seed=dcfg.get("seed", 0), **{k: dcfg[k] for k in keys if k in dcfg})
+    if name == "synthetic_funnel":  # the synthetic federation's views, clicks, carts and purchases
+        keys = ("n_users", "n_items", "dim", "mean_interactions", "n_genres", "popularity_skew", "affinity_strength",
+                "rating_noise", "click_rate", "cart_rate", "purchase_rate", "step_noise")
+        return synthetic.funnel(seed=dcfg.get("seed", 0), **{k: dcfg[k] for k in keys if k in dcfg})
     if name in ("movielens100k", "movielens1m"):
         path = dcfg.get("path")
         if not path:

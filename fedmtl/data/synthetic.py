@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
 from .dataset import Dataset
 
 
@@ -77,3 +78,39 @@ def generate(
         item_cards=[5],
         item_multi=item_multi,
     )
+
+
+# the funnel's behaviours: every row a view (ranking over items), then three 0/1 steps
+FUNNEL_LABELS = {"view": {"kind": "event", "column": None}, "click": {"kind": "binary", "column": "click"},
+                 "cart": {"kind": "binary", "column": "cart"}, "purchase": {"kind": "binary", "column": "purchase"}}
+
+
+def funnel(click_rate: float = 0.3, cart_rate: float = 0.3, purchase_rate: float = 0.5, step_noise: float = 0.7,
+           seed: int = 0, **kw) -> Dataset:
+    """A shop's funnel on the synthetic federation (`generate`): each interaction is a view, and
+    of the rows that reached a step the `rate` share with the highest hidden interest go on
+    (a view is clicked, a click carted, a cart bought): click_rate of the views, then
+    cart_rate of the clicks, purchase_rate of the carts (4.5% of the views by default, a
+    shop's sparsity). The interest is the rating's standardised score plus fresh noise
+    (`step_noise`) at each step, so every behaviour follows the same latent affinity, less
+    and less often. Labels: view (every row: a ranking task), click, cart, purchase (0/1)."""
+    for key, rate in (("click_rate", click_rate), ("cart_rate", cart_rate), ("purchase_rate", purchase_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+            raise ConfigError(f"dataset.{key}={rate!r}: expected a share in (0, 1]")
+    base = generate(seed=seed, **kw)
+    inter = base.interactions
+    rng = np.random.default_rng([seed, 7])
+    r = inter["rating"].to_numpy().astype(np.float64)
+    score = (r - r.mean()) / (r.std() + 1e-9)
+    reached = np.ones(len(inter), dtype=bool)
+    steps = {}
+    for name, rate in (("click", click_rate), ("cart", cart_rate), ("purchase", purchase_rate)):
+        z = score + step_noise * rng.normal(size=len(inter))
+        cut = np.quantile(z[reached], 1.0 - rate) if reached.any() else np.inf
+        reached = reached & (z >= cut)
+        steps[name] = reached.astype(np.float32)
+    out = pd.DataFrame({"user": inter["user"], "item": inter["item"], "rating": np.float32(1.0), "ts": inter["ts"],
+                        "view": np.float32(1.0), **steps})
+    return Dataset(name="synthetic_funnel", interactions=out, n_users=base.n_users, n_items=base.n_items,
+                   user_cat=base.user_cat, user_cards=base.user_cards, item_cat=base.item_cat,
+                   item_cards=base.item_cards, item_multi=base.item_multi, labels=list(FUNNEL_LABELS))

@@ -77,8 +77,10 @@ def _bytes(records) -> int:
 
 
 def format_metrics(m: dict, tasks) -> str:
-    keys = [k for t in tasks for k in get_task(t).log_keys()]
-    return "  ".join(f"{k.split('.', 1)[1] if '.' in k else k}={m[k]:.4f}" for k in keys if k in m)
+    """The progress line's metrics: `rmse=...`, or `click.auc=...` where two tasks share a metric name."""
+    keys = [k for t in tasks for k in get_task(t).log_keys() if k in m]
+    short = [k.split(".", 1)[1] if "." in k else k for k in keys]
+    return "  ".join(f"{k if short.count(s) > 1 else s}={m[k]:.4f}" for k, s in zip(keys, short))
 
 
 class TailAverage:

@@ -91,6 +91,9 @@ def dataset_labels(dcfg: dict) -> dict | None:
     name = dcfg.get("name")
     if name not in LOG_DATASETS:
         return None
+    if name == "synthetic_funnel":
+        from ..data.synthetic import FUNNEL_LABELS
+        return dict(FUNNEL_LABELS)
     layout = dcfg.get("layout") or name
     if layout == "log":
         return _label_specs(dcfg.get("labels") or {})
