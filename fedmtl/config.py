@@ -279,9 +279,10 @@ def _check_split(cfg: dict) -> None:
     if cfg["split"].get("validation"):
         raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
                           "(the second latest interaction); the reported round is chosen on it")
-    if "click" not in cfg["tasks"]:  # its round selection reads valid/click.hr@10 (data/loo.py)
-        raise ConfigError(f"split=leave_one_out with tasks={cfg['tasks']}: its figures are click HR@10 and NDCG@10 "
-                          "(the reported round is chosen on validation HR@10); add click to tasks")
+    from .tasks import selection_key
+    if selection_key(cfg["tasks"]) is None:  # its round selection reads the first ranking task's valid HR@K
+        raise ConfigError(f"split=leave_one_out with tasks={cfg['tasks']}: its figures are a ranking task's HR@10 "
+                          "and NDCG@10 (the reported round is chosen on its validation HR@10); add one (click)")
     t = cfg.get("transfer") or {}
     if t.get("new_users") or t.get("new_items"):
         raise ConfigError("split=leave_one_out with transfer.new_users or transfer.new_items: held-out users and "

@@ -92,7 +92,8 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     if cfg["split"].get("name") == "leave_one_out":  # the test figures of the best validation round (data/loo.py)
         from .data.loo import reported
         from .results import read_jsonl
-        result.update(reported(read_jsonl(out_dir / "metrics.jsonl"), result["metrics"]))
+        from .tasks import selection_key
+        result.update(reported(read_jsonl(out_dir / "metrics.jsonl"), result["metrics"], selection_key(cfg["tasks"])))
     summary = {"mode": cfg["mode"], "tasks": cfg["tasks"], "dataset": fed.dataset.name,
                "num_clients": len(fed.clients), "wall_seconds": round(time.time() - t0, 2), **result}
     write_json(out_dir / "summary.json", summary)

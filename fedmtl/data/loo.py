@@ -78,7 +78,7 @@ def draw_candidates(split: Split, n_items: int, n_users: int, negatives: int, se
     return out
 
 
-def select_round(rows: list[dict], key: str = "valid/click.hr@10") -> tuple[int, dict] | None:
+def select_round(rows: list[dict], key: str) -> tuple[int, dict] | None:
     """(round, its evaluation) of the metrics.jsonl rows with the best validation `key`; on a
     tie the later round, as PFedRec's train.py (`val_hit_ratio >= best_val_hr`); None when no
     row has it."""
@@ -90,7 +90,7 @@ def select_round(rows: list[dict], key: str = "valid/click.hr@10") -> tuple[int,
     return best
 
 
-def reported(rows: list[dict], last: dict, key: str = "valid/click.hr@10") -> dict:
+def reported(rows: list[dict], last: dict, key: str) -> dict:
     """What a leave-one-out run reports (summary.json): the evaluation of the round with the
     best validation `key` as "metrics", which round ("selected_round", "selected_by"), and the
     last evaluation as "metrics_last"."""

@@ -22,7 +22,7 @@ from ..errors import DivergedError
 from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
-from ..tasks import get as get_task
+from ..tasks import get as get_task, selection_key
 from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
 from .client_state import config_from_context
@@ -121,21 +121,21 @@ class TailAverage:
 
 class Selection:
     """split=leave_one_out: the published protocol reports the test figure of the round with the
-    best validation HR@10 (data/loo.select_round: a tie goes to the later round); this keeps
+    best validation HR@K of its first ranking task (tasks.selection_key; data/loo.select_round: a
+    tie goes to the later round); this keeps
     that round's evaluated model, so the model saved is the one reported. Other splits: the
     last round's."""
 
-    KEY = "valid/click.hr@10"
-
     def __init__(self, cfg: dict, state: dict | None = None):
         self.on = (cfg.get("split") or {}).get("name") == "leave_one_out"
+        self.key = selection_key(cfg["tasks"])
         self.round, self.value, self.arrays = None, None, None
         if state:
             self.round, self.value = state["round"], state["value"]
             self.arrays = ArrayRecord({k: Array(v) for k, v in state["arrays"].items()})
 
     def update(self, rnd: int, evaluation: dict, arrays: ArrayRecord) -> None:
-        v = evaluation.get(self.KEY)
+        v = evaluation.get(self.key) if self.key else None
         if self.on and v is not None and (self.value is None or v >= self.value):
             self.round, self.value, self.arrays = rnd, v, arrays
 

@@ -13,7 +13,7 @@ interaction). A data set's labels add more (`register_labels`); `tasks=[...]` pi
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import REGISTRY, Task, get, pair_tasks, ranking_tasks, register
+from .base import REGISTRY, Task, get, pair_tasks, ranking_tasks, register, selection_key
 from .binary import Binary
 from .losses import choose_rows, click_candidates, losses
 from .ranking import Ranking
@@ -30,7 +30,7 @@ for _t in DEFAULTS:
 TASKS = tuple(t.name for t in DEFAULTS)  # the tasks of a rating log: rating, click, like
 
 __all__ = ["REGISTRY", "Task", "Regression", "Binary", "Ranking", "TASKS", "LIKE_THRESHOLD", "RATING_OFFSET",
-           "get", "register", "pair_tasks", "ranking_tasks", "check_tasks", "choose_rows", "click_candidates",
+           "get", "register", "pair_tasks", "ranking_tasks", "selection_key", "check_tasks", "choose_rows", "click_candidates",
            "losses"]
 
 

@@ -103,3 +103,10 @@ def pair_tasks(names) -> list[Task]:
 
 def ranking_tasks(names) -> list[Task]:
     return [get(n) for n in names if not get(n).pairwise]
+
+
+def selection_key(names) -> str | None:
+    """split=leave_one_out's round selection: validation HR@K of the first ranking task
+    (valid/click.hr@10 on a rating log), None without one."""
+    ranked = ranking_tasks(names)
+    return f"valid/{ranked[0].name}.hr@{ranked[0].k}" if ranked else None

@@ -126,7 +126,7 @@ def test_the_reported_round_is_the_best_validation_hr_not_the_last():
             {"round": 6, "test": {"click.hr@10": 0.90, "valid/click.hr@10": 0.65}},
             {"round": 8, "test": {"click.hr@10": 0.52, "valid/click.hr@10": 0.70}},  # a tie: the later wins
             {"round": 10, "test": {"click.hr@10": 0.99, "valid/click.hr@10": 0.66}}]
-    rep = loo.reported(rows, rows[-1]["test"])
+    rep = loo.reported(rows, rows[-1]["test"], "valid/click.hr@10")
     assert rep["selected_round"] == 8 and rep["metrics"]["click.hr@10"] == 0.52
     assert rep["metrics_last"]["click.hr@10"] == 0.99 and rep["selected_by"] == "valid/click.hr@10"
 
@@ -168,7 +168,7 @@ def test_a_leave_one_out_run_writes_split_candidates_and_the_selected_round(tmp_
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["tasks=[rating,like]"], "split=leave_one_out with tasks=.*add click"),
+    (["tasks=[rating,like]"], r"split=leave_one_out with tasks=.*add one \(click\)"),
     (["split.validation=true"], "it holds its own validation item"),
     (["eval.negatives=0"], "eval.negatives"),
 ])
@@ -225,3 +225,17 @@ def test_a_federated_leave_one_out_run_saves_the_model_of_the_round_it_reports(t
     a, b = (torch.load(tmp_path / d / "model_shared.pt", weights_only=True) for d in ("six", "k"))
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     assert k < 6, "this config's validation peaks before the last round (else the test shows less)"
+
+
+def test_leave_one_out_selects_on_the_first_ranking_task_of_a_log(tmp_path):
+    """A log's ranking task (synthetic_funnel's view) takes click's place: the round is chosen
+    on valid/view.hr@10, and a run without a ranking task is refused in one line."""
+    from fedmtl.simulate import run
+
+    ov = ["dataset=synthetic_funnel", "dataset.n_users=60", "num_clients=4", "num_rounds=3", "eval_every=1",
+          "split=leave_one_out", "eval.negatives=20", "save_model=false"]
+    summary = run(validate(compose([*ov, "tasks=[view,click]"])), tmp_path)
+    assert summary["selected_by"] == "valid/view.hr@10" and summary["selected_round"] in (1, 2, 3)
+    with pytest.raises(ConfigError, match=r"split=leave_one_out with tasks=\['click'\]: its figures are a ranking "
+                                          r"task's HR@10"):
+        compose([*ov, "tasks=[click]"])
