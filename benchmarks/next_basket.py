@@ -43,7 +43,8 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # fedmtl from this checkout, installed or not
-from fedmtl.data.interaction_log import InteractionLog, load_layout  # noqa: E402
+from fedmtl.data.interaction_log import InteractionLog  # noqa: E402
+from fedmtl.data.log_layouts import load_layout  # noqa: E402
 from fedmtl.data.temporal import last_basket, recency  # noqa: E402
 from fedmtl.errors import FedMTLError  # noqa: E402
 

@@ -49,7 +49,7 @@ def load_dataset(dcfg: dict) -> Dataset:
 
 def read_interaction_log(dcfg: dict):
     """The InteractionLog of a log dataset block (a preset's layout at `path`, or `log`'s read_log spec)."""
-    from . import interaction_log as il
+    from . import interaction_log as il, log_layouts
 
     name, layout = dcfg["name"], dcfg.get("layout") or dcfg["name"]
     if layout == "log":
@@ -58,7 +58,7 @@ def read_interaction_log(dcfg: dict):
     if not dcfg.get("path"):
         raise ConfigError(f"dataset.path: dataset={name} needs its files (a folder or the log file)")
     opts = {"nrows": dcfg["nrows"]} if dcfg.get("nrows") else {}
-    return il.load_layout(layout, dcfg["path"], **opts)
+    return log_layouts.load_layout(layout, dcfg["path"], **opts)
 
 
 @dataclass

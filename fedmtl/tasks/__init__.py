@@ -86,7 +86,8 @@ def configure(cfg: dict) -> list[str]:
 def dataset_labels(dcfg: dict) -> dict | None:
     """{label: spec} a log dataset offers (None: a rating log: synthetic, MovieLens)."""
     from ..data import LOG_DATASETS
-    from ..data.interaction_log import PRESETS, _label_specs, recbole_labels
+    from ..data.interaction_log import _label_specs
+    from ..data.log_layouts import PRESETS, recbole_labels
 
     name = dcfg.get("name")
     if name not in LOG_DATASETS:

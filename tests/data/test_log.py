@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmtl.data import interaction_log as logmod
-from fedmtl.data.interaction_log import load_layout, read_log, read_recbole
+from fedmtl.data import log_layouts as logmod
+from fedmtl.data.interaction_log import read_log
+from fedmtl.data.log_layouts import load_layout, read_recbole
 from fedmtl.errors import ConfigError, DataError
 
 

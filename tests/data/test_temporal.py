@@ -88,7 +88,7 @@ def test_last_basket_on_a_read_instacart_sample(tmp_path):
                     "product_id,add_to_cart_order,reordered\n"
                     "0,903,1,3,2,8,,196,1.0,1.0\n1,901,1,1,2,8,,196,1.0,0.0\n2,901,1,1,2,8,,12,2.0,0.0\n"
                     "3,902,1,2,2,8,,12,1.0,1.0\n4,904,1,4,2,8,,196,1.0,1.0\n4,904,1,4,2,8,,7,2.0,0.0\n")
-    from fedmtl.data.interaction_log import preset_spec
+    from fedmtl.data.log_layouts import preset_spec
 
     train, valid, test = last_basket(read_log(preset_spec("instacart_sample", path)))
     # order numbers 4 (test), 3 (valid), 1 and 2 (train); items 7, 12, 196 are dense 0, 1, 2
