@@ -37,7 +37,7 @@ from torch import nn
 from . import checkpoint
 from .errors import ConfigError, FedMTLError
 from .metrics import HEADLINE, combine
-from .tasks import get as get_task, ranking_tasks
+from .tasks import dataset_labels, get as get_task, ranking_tasks
 from .results import write_json
 from .seeds import cold_start_seed
 
@@ -87,6 +87,11 @@ def validate_config(cfg: dict) -> None:
         raise ConfigError(f"transfer.epochs={t['epochs']!r}: expected an integer >= 1")
     if t["new_users"] and not cfg.get("save_model", True):
         raise ConfigError("transfer.new_users needs save_model=true: the new users start from the saved encoder")
+    if (t["new_users"] or t["new_items"]) and dataset_labels(cfg.get("dataset") or {}) is not None:
+        key = "new_users" if t["new_users"] else "new_items"
+        raise ConfigError(f"transfer.{key} with dataset={cfg['dataset']['name']}: cold-start evaluation (its popularity "
+                          "and random references) knows rating logs only (synthetic, movielens100k, movielens1m); "
+                          "not supported on interaction logs yet")
 
 
 # --- new items ----------------------------------------------------------------------------------

@@ -154,3 +154,10 @@ def test_the_synthetic_funnel_trains_every_step(tmp_path):
     for key in ("click.auc", "purchase.auc", "view.ndcg@10"):
         assert rows[-1][key] > rows[0][key], key
     assert rows[-1]["click.auc"] > 0.6 and rows[-1]["purchase.auc"] > 0.6
+
+
+@pytest.mark.parametrize("key", ["new_users", "new_items"])
+def test_transfer_on_a_log_dataset_is_one_line(key):
+    with pytest.raises(ConfigError, match=rf"^transfer.{key} with dataset=synthetic_funnel: cold-start evaluation "
+                                          r".* not supported on interaction logs yet$"):
+        compose(["dataset=synthetic_funnel", "tasks=[view,click]", f"transfer.{key}=0.1"])
