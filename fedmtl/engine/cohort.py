@@ -96,6 +96,10 @@ class CohortGrid(InProcessGrid):
             return True
         return False
 
+    def _grid_node(self, msg: Message) -> bool:
+        """Whether the message is for one of this grid's nodes."""
+        return NODE_ID_OFFSET <= msg.metadata.dst_node_id < NODE_ID_OFFSET + self.states.num_nodes
+
     def _batchable(self, msg: Message) -> bool:
         """A plain training or evaluation request the batch may answer (else: the ClientApp)."""
         from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -104,7 +108,7 @@ class CohortGrid(InProcessGrid):
             return False
         node = msg.metadata.dst_node_id
         c = msg.content
-        if not NODE_ID_OFFSET <= node < NODE_ID_OFFSET + self.states.num_nodes or "arrays" not in c:
+        if not self._grid_node(msg) or "arrays" not in c:
             return False
         if msg.metadata.message_type == MessageType.EVALUATE:
             # click_mix's whole B (the secure Gram's), or the rows a client kept from it: the ClientApp's
@@ -119,9 +123,8 @@ class CohortGrid(InProcessGrid):
     def _secagg_fitins(self, msg: Message):
         """SecAgg+'s collect-masked-vectors message that carries a training request (legacy
         FitIns), to be batched: its FitIns; None for everything else."""
-        if self.reasons or self.refused or not self.secure or msg.metadata.message_type != MessageType.TRAIN:
-            return None
-        if not NODE_ID_OFFSET <= msg.metadata.dst_node_id < NODE_ID_OFFSET + self.states.num_nodes:
+        if (self.reasons or self.refused or not self.secure or msg.metadata.message_type != MessageType.TRAIN
+                or not self._grid_node(msg)):
             return None
         from ..federation.legacy import collect_stage_fitins
         return collect_stage_fitins(msg)
@@ -195,33 +198,38 @@ class CohortGrid(InProcessGrid):
             torch.set_num_threads(prev)
         return out
 
-    def _train_batch(self, msgs: list[Message]) -> dict[int, Message]:
-        from ..federation.client_state import shared_values, state_values
+    def _trained(self, groups: list[tuple]) -> list[tuple]:
+        """Each group, (shared arrays, [(message, server round), ...]), trained as one batch at the
+        batch's thread count: [(message, its node Context, (upload, metrics, state)), ...]."""
+        from ..federation.client_state import state_values
 
         setup = run_setup(self.cfg)
-        out, new_states = {}, []
+        out = []
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            for group in self._groups(msgs):
-                shared = shared_values(group[0].content["arrays"])
-                jobs, ctxs = [], []
-                for m in group:
-                    ctx, pid, data = self._client(m)
-                    jobs.append(cohort_train.Job(pid, data, state_values(ctx.state),
-                                                 int(m.content["config"]["server-round"])))
-                    ctxs.append(ctx)
+            for shared, members in groups:
+                clients = [(m, rnd, *self._client(m)) for m, rnd in members]  # message, round, ctx, pid, data
+                jobs = [cohort_train.Job(pid, data, state_values(ctx.state), rnd) for _, rnd, ctx, pid, data in clients]
                 results = cohort_train.train_cohort(setup, shared, jobs, self.chunk_mb)
-                for m, ctx, (upload, metrics, state) in zip(group, ctxs, results):
-                    reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}),
-                                    reply_to=m)
-                    reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-                    if self.privacy is not None:  # the train handler's privacy mods, on the batched reply
-                        reply = self.privacy(m, ctx, lambda _msg, _ctx, reply=reply: reply)
-                    out[id(m)] = reply
-                    new_states.append((m.metadata.dst_node_id, ctx, {k: fast_record(a) for k, a in state.items()}))
+                out += [(m, ctx, result) for (m, _, ctx, _, _), result in zip(clients, results)]
         finally:
             torch.set_num_threads(prev)
+        return out
+
+    def _train_batch(self, msgs: list[Message]) -> dict[int, Message]:
+        from ..federation.client_state import shared_values
+
+        groups = [(shared_values(group[0].content["arrays"]),
+                   [(m, int(m.content["config"]["server-round"])) for m in group]) for group in self._groups(msgs)]
+        out, new_states = {}, []
+        for m, ctx, (upload, metrics, state) in self._trained(groups):
+            reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}), reply_to=m)
+            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            if self.privacy is not None:  # the train handler's privacy mods, on the batched reply
+                reply = self.privacy(m, ctx, lambda _msg, _ctx, reply=reply: reply)
+            out[id(m)] = reply
+            new_states.append((m.metadata.dst_node_id, ctx, {k: fast_record(a) for k, a in state.items()}))
         for node, ctx, records in new_states:  # only once every reply is made (a failed batch changes no state)
             for key, record in records.items():  # client_state.store_state
                 ctx.state[key] = record
@@ -236,37 +244,21 @@ class CohortGrid(InProcessGrid):
         client's noise share), with the batch's reply where the train handler's would be; the
         protocol's other stages are the ClientApp's. A client whose chain fails (a non-finite
         update) fails as under the ClientApp (handle: an error reply)."""
-        from ..federation.client_state import shared_values, state_values, store_state
+        from ..federation.client_state import shared_values, store_state
         from ..federation.legacy import train_request
 
-        if not msgs:
-            return {}
-        setup = run_setup(self.cfg)
-        groups: list[tuple] = []  # (round, tensors, [(message, FitIns)]): one per model sent (one a round, usually)
+        groups: list[tuple] = []  # (round, tensors, shared arrays, members): one per model sent (one a round, usually)
         for m, fitins in msgs:
-            key = (int(fitins.config["server-round"]), fitins.parameters.tensors)
+            rnd, tensors = int(fitins.config["server-round"]), fitins.parameters.tensors
             # each node's FitIns record is its own, their tensors the same bytes (compared by identity first)
-            group = next((g for g in groups if g[0] == key[0] and g[1] == key[1]), None)
+            group = next((g for g in groups if g[0] == rnd and g[1] == tensors), None)
             if group is None:
-                groups.append(group := (*key, []))
-            group[2].append((m, fitins))
-        trained = []
-        prev = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            for _, _, group in groups:
-                names, nds, server_round = train_request(group[0][1])
-                shared = shared_values(ArrayRecord({n: Array(a) for n, a in zip(names, nds)}))
-                jobs = []
-                for m, _ in group:
-                    ctx, pid, data = self._client(m)
-                    jobs.append(cohort_train.Job(pid, data, state_values(ctx.state), server_round))
-                results = cohort_train.train_cohort(setup, shared, jobs, self.chunk_mb)
-                trained += [(m, r) for (m, _), r in zip(group, results)]
-        finally:
-            torch.set_num_threads(prev)
+                names, nds, _ = train_request(fitins)
+                group = (rnd, tensors, shared_values(ArrayRecord({n: Array(a) for n, a in zip(names, nds)})), [])
+                groups.append(group)
+            group[3].append((m, rnd))
         out = {}
-        for m, (upload, metrics, state) in trained:
+        for m, _, (upload, metrics, state) in self._trained([(shared, members) for _, _, shared, members in groups]):
             reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}), reply_to=m)
 
             def handler(_msg, ctx, reply=reply, state=state):  # the train handler's part: store, reply
@@ -275,7 +267,6 @@ class CohortGrid(InProcessGrid):
 
             out[id(m)] = handle(lambda msg, ctx, handler=handler: self.privacy(msg, ctx, handler), self.states, m)
         return out
-
 
 def run_cohort(server_app, client_app, num_nodes: int, cfg: dict, run_config: dict | None = None,
                state_dir=None) -> None:
