@@ -132,19 +132,18 @@ class _ByUser:
     def index(self, users):
         return np.concatenate([np.arange(self.ptr[u], self.ptr[u + 1]) for u in users]) if len(users) else np.empty(0, int)
 
-    def rows(self, users):
-        idx = self.index(users)
+    def rows(self, idx):
+        """(users, items, ratings) of the rows at `idx` (from `index`)."""
         return self.u[idx], self.i[idx], self.r[idx]
 
-    def labels(self, users):
-        """{label: values} of these users' rows (None: a rating log)."""
+    def labels(self, idx):
+        """{label: values} of the rows at `idx` (None: a rating log)."""
         if not self.y:
             return None
-        idx = self.index(users)
         return {k: torch.as_tensor(v[idx]) for k, v in self.y.items()}
 
-    def ages(self, users):
-        return None if self.age is None else torch.as_tensor(self.age[self.index(users)], dtype=torch.float32)
+    def ages(self, idx):
+        return None if self.age is None else torch.as_tensor(self.age[idx], dtype=torch.float32)
 
 
 class Federation:
@@ -167,8 +166,9 @@ class Federation:
     def client_data(self, users: np.ndarray) -> ClientData:
         users = np.asarray(users)
         local = {int(u): k for k, u in enumerate(users)}
-        tu, ti, tr = self._train.rows(users)
-        su, si, sr = self._test.rows(users)
+        train, test = self._train.index(users), self._test.index(users)  # these users' rows of each part
+        tu, ti, tr = self._train.rows(train)
+        su, si, sr = self._test.rows(test)
         loc = np.vectorize(local.__getitem__, otypes=[np.int64])
         return ClientData(
             users=users, user_cat=self.dataset.user_cat[users], n_items=self.dataset.n_items,
@@ -178,7 +178,7 @@ class Federation:
             test_i=torch.as_tensor(si, dtype=torch.long), test_r=torch.as_tensor(sr),
             cand=None if self.split.candidates is None else
             {k: torch.as_tensor(v[users], dtype=torch.long) for k, v in self.split.candidates.items()},
-            train_y=self._train.labels(users), test_y=self._test.labels(users), train_age=self._train.ages(users),
+            train_y=self._train.labels(train), test_y=self._test.labels(test), train_age=self._train.ages(train),
         )
 
     def partition_data(self, pid: int) -> ClientData:
