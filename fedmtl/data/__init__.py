@@ -28,14 +28,13 @@ LOG_KEYS = ("name", "path", "layout", "offers", "nrows")  # of a preset's block;
 
 def load_dataset(dcfg: dict) -> Dataset:
     name = dcfg.get("name")
-    if name == "synthetic":
+    if name in ("synthetic", "synthetic_funnel"):  # the funnel: the same federation's views, clicks, carts, purchases
         keys = ("n_users", "n_items", "dim", "mean_interactions", "n_genres", "popularity_skew",
                 "affinity_strength", "rating_noise")
-        return synthetic.generate(seed=dcfg.get("seed", 0), **{k: dcfg[k] for k in keys if k in dcfg})
-    if name == "synthetic_funnel":  # the synthetic federation's views, clicks, carts and purchases
-        keys = ("n_users", "n_items", "dim", "mean_interactions", "n_genres", "popularity_skew", "affinity_strength",
-                "rating_noise", "click_rate", "cart_rate", "purchase_rate", "step_noise")
-        return synthetic.funnel(seed=dcfg.get("seed", 0), **{k: dcfg[k] for k in keys if k in dcfg})
+        make = synthetic.generate
+        if name == "synthetic_funnel":
+            keys, make = keys + ("click_rate", "cart_rate", "purchase_rate", "step_noise"), synthetic.funnel
+        return make(seed=dcfg.get("seed", 0), **{k: dcfg[k] for k in keys if k in dcfg})
     if name in ("movielens100k", "movielens1m"):
         path = dcfg.get("path")
         if not path:

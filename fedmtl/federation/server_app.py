@@ -127,8 +127,8 @@ class Selection:
     last round's."""
 
     def __init__(self, cfg: dict, state: dict | None = None):
-        self.on = (cfg.get("split") or {}).get("name") == "leave_one_out"
-        self.key = selection_key(cfg["tasks"])
+        on = (cfg.get("split") or {}).get("name") == "leave_one_out"
+        self.key = selection_key(cfg["tasks"]) if on else None  # None: no selection, the last round's model
         self.round, self.value, self.arrays = None, None, None
         if state:
             self.round, self.value = state["round"], state["value"]
@@ -136,7 +136,7 @@ class Selection:
 
     def update(self, rnd: int, evaluation: dict, arrays: ArrayRecord) -> None:
         v = evaluation.get(self.key) if self.key else None
-        if self.on and v is not None and (self.value is None or v >= self.value):
+        if v is not None and (self.value is None or v >= self.value):
             self.round, self.value, self.arrays = rnd, v, arrays
 
     def chosen(self, last_round: int, last: ArrayRecord) -> tuple[int, ArrayRecord]:
