@@ -102,8 +102,7 @@ def top_frequency(C: np.ndarray) -> np.ndarray:
 def decayed_top_frequency(C: np.ndarray, decay: float, history: pd.DataFrame) -> np.ndarray:
     """The user's purchases weighted decay ** age (fedmtl.data.temporal.recency), popularity
     (of the plain counts C) for ties."""
-    D = np.zeros(C.shape, dtype=np.float64)
-    np.add.at(D, (history["user"].to_numpy(), history["item"].to_numpy()), decay ** recency(history).astype(np.float64))
+    D = counts(history, *C.shape, weights=decay ** recency(history).astype(np.float64))
     pop = C.sum(0)
     return D + 1e-6 * pop / (pop.max() + 1.0)  # below any decayed weight's difference that matters
 
@@ -181,9 +180,10 @@ METHODS = {"pop": popularity, "topfreq": top_frequency, "topfreq_decay": decayed
 # --- the protocol ----------------------------------------------------------------------------
 
 
-def counts(history: pd.DataFrame, n_users: int, n_items: int) -> np.ndarray:
+def counts(history: pd.DataFrame, n_users: int, n_items: int, weights: np.ndarray | float = 1.0) -> np.ndarray:
+    """The user x product matrix of purchase counts (each purchase adding `weights`, 1 by default)."""
     C = np.zeros((n_users, n_items), dtype=np.float64)
-    np.add.at(C, (history["user"].to_numpy(), history["item"].to_numpy()), 1.0)
+    np.add.at(C, (history["user"].to_numpy(), history["item"].to_numpy()), weights)
     return C
 
 
