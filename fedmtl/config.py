@@ -153,7 +153,7 @@ def check_server_lr(cfg: dict) -> None:
 
 
 def validate(cfg: dict) -> dict:
-    from .data import DATASETS
+    from .data import DATASETS, GENERATED
     from .federation_names import BACKENDS, PRIVACY, STRATEGIES
     from .model.towers import ARCHITECTURES
     from .weighting import REGISTRY as WEIGHTINGS, build_weighting
@@ -243,7 +243,7 @@ def validate(cfg: dict) -> dict:
     if cfg["dataset"].get("layout") == "log":
         if not cfg["dataset"].get("file"):
             raise ConfigError("dataset.file: dataset=log needs the log's file (a path, a glob or a list)")
-    elif cfg["dataset"]["name"] not in ("synthetic", "synthetic_funnel") and not cfg["dataset"].get("path"):
+    elif cfg["dataset"]["name"] not in GENERATED and not cfg["dataset"].get("path"):
         raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
                           "e.g. dataset.path=data/ml-100k")
     from .transfer import validate_config as validate_transfer

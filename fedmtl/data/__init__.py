@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 LOG_DATASETS = ("instacart", "instacart_sample", "kuairand", "tenrec", "taobao", "retailrocket", "recbole", "log",
                 "synthetic_funnel")
 DATASETS = ("synthetic", "movielens100k", "movielens1m", *LOG_DATASETS)
+GENERATED = ("synthetic", "synthetic_funnel")  # made from the seed: no files, no dataset.path
 LOG_KEYS = ("name", "path", "layout", "offers", "nrows")  # of a preset's block; `log` passes the rest to read_log
 
 
 def load_dataset(dcfg: dict) -> Dataset:
     name = dcfg.get("name")
-    if name in ("synthetic", "synthetic_funnel"):  # the funnel: the same federation's views, clicks, carts, purchases
+    if name in GENERATED:  # the funnel: the synthetic federation's views, clicks, carts, purchases
         keys = ("n_users", "n_items", "dim", "mean_interactions", "n_genres", "popularity_skew",
                 "affinity_strength", "rating_noise")
         make = synthetic.generate
