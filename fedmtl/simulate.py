@@ -139,10 +139,7 @@ def main(dcfg: DictConfig) -> dict | None:
 
     out_dir = HydraConfig.get().runtime.output_dir
     try:
-        cfg = validate(OmegaConf.to_container(dcfg, resolve=True))
-        if cfg.get("resume"):
-            from .federation.checkpoint import resumed_config
-            cfg, out_dir = resumed_config(cfg, out_dir)
+        cfg, out_dir = validated(OmegaConf.to_container(dcfg, resolve=True), out_dir)
         summary = run(cfg, out_dir)
     except FedMTLError as e:
         if in_sweep():  # one failing combination must not stop the sweep (fedmtl/sweep.py)
@@ -164,10 +161,22 @@ def main(dcfg: DictConfig) -> dict | None:
     return summary
 
 
+def validated(raw: dict, out_dir: str) -> tuple[dict, str | Path]:
+    """The run's config, validated once, and its folder: Hydra's composition of this
+    command, or, for `resume=`, the config.json of the run it continues (validated in its
+    place; this command's other values are then ignored)."""
+    if raw.get("resume"):
+        from .federation.checkpoint import resumed_config
+        return resumed_config(raw, out_dir)
+    return validate(raw), out_dir
+
+
 def precheck(argv: list[str]) -> None:
-    """Hydra's own errors (an unknown group option, an unknown key) as one line and exit 2,
-    like every other config error, before Hydra starts."""
-    from .config import CONF_DIR, SIMULATIONS_DIR, compose
+    """Before Hydra starts: an unknown group option as one line and exit 2, and for a sweep,
+    its first job composed so that what Hydra would reject in every job is one line before
+    any folder exists. A single run is composed once, by Hydra (`cli` turns Hydra's own
+    errors into one line)."""
+    from .config import CONF_DIR, SIMULATIONS_DIR
 
     overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra.")]
     try:
@@ -181,13 +190,28 @@ def precheck(argv: list[str]) -> None:
                         raise FedMTLError(f"{key}={v}: expected one of {options}")
         if any(a in ("-m", "--multirun") for a in argv):
             check_first_job(overrides)  # fedmtl/sweep.py
-        elif not any(a.startswith("--") for a in argv):
-            compose(overrides)
     except FedMTLError as e:
         print(f"fedmtl: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
+def cli(argv: list[str]) -> None:
+    """`python -m fedmtl.simulate ARGV`: Hydra composes the config once; its errors (an
+    unknown key, a malformed override, a bad interpolation) are one line and exit 2."""
+    import os
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    precheck(argv)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        print(f"fedmtl: error: {' '.join(lines[:2])}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    precheck(sys.argv[1:])
-    main()
+    cli(sys.argv[1:])

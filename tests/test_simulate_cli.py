@@ -53,3 +53,53 @@ def test_an_unknown_key_exits_2_with_one_error_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "no_such_key" in lines[0], proc.stderr
+
+
+COUNTING = """
+import atexit, json, runpy, sys
+import hydra
+import fedmtl.config as config
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+calls = {"hydra_loads": 0, "compose": 0, "validate": 0}
+load, compose, validate = ConfigLoaderImpl.load_configuration, hydra.compose, config.validate
+
+def counted_load(self, *args, **kwargs):
+    calls["hydra_loads"] += 1
+    return load(self, *args, **kwargs)
+
+def counted_compose(*args, **kwargs):
+    calls["compose"] += 1
+    return compose(*args, **kwargs)
+
+def counted_validate(cfg):
+    calls["validate"] += 1
+    return validate(cfg)
+
+ConfigLoaderImpl.load_configuration = counted_load
+hydra.compose = counted_compose  # what fedmtl.config.compose and the sweep's check call
+config.validate = counted_validate  # simulate binds it at import, after this
+atexit.register(lambda: print("CALLS " + json.dumps(calls)))
+sys.argv = ["fedmtl.simulate", *sys.argv[1:]]
+runpy.run_module("fedmtl.simulate", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_composes_and_validates_its_config_once(tmp_path, resume):
+    """fedmtl composes nothing itself (Hydra's launch composes the command) and validates one
+    config once. It used to compose and validate in a precheck, then validate again in the
+    run, and a resumed run a third time. Hydra 1.3's launch itself loads the config twice
+    (once to read the run mode, once to run), which is Hydra's and counted apart."""
+    out = tmp_path / "run"
+    if resume:
+        assert simulate(*TINY, "num_rounds=1", f"hydra.run.dir={out}").returncode == 0
+    argv = [*TINY, "num_rounds=2", f"hydra.run.dir={out}"] + ([f"resume={out}"] if resume else [])
+    proc = subprocess.run([sys.executable, "-c", COUNTING, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # a resumed run keeps its own config (num_rounds=1, finished): it adds no round
+    assert (out / "metrics.jsonl").read_text().count("\n") == (1 if resume else 2)
+    calls = json.loads(proc.stdout.split("CALLS ")[-1])
+    assert calls["compose"] == 0 and calls["validate"] == 1, calls
+    assert calls["hydra_loads"] <= 2, calls

@@ -211,7 +211,8 @@ def resume(ckpt: Checkpointer, strategy, metrics_path: Path):
 
 
 def resumed_config(cfg: dict, out_dir: str | Path) -> tuple[dict, Path]:
-    """The config and run folder a `resume=` run continues.
+    """The config and run folder a `resume=` run continues, validated (`cfg` is the
+    command's composed config, not yet validated: the run validates one config, once).
 
     `resume=PATH` continues the run folder PATH; `resume=true` the run folder of this
     command (`hydra.run.dir=...`), or starts a new run there if it holds none yet.
@@ -223,18 +224,22 @@ def resumed_config(cfg: dict, out_dir: str | Path) -> tuple[dict, Path]:
     from ..config import validate
 
     r = cfg["resume"]
+    if not isinstance(r, (bool, str)):
+        return validate(cfg), Path(out_dir)  # which names what is wrong with it
     folder = Path(out_dir) if r is True else Path(r)
     stored_path = folder / "config.json"
     if not stored_path.is_file():
         if r is True:
             log.warning("resume=true: %s holds no run yet; starting a new one there", folder)
-            return cfg, folder
+            return validate(cfg), folder
         raise ConfigError(f"resume={r}: {stored_path} not found; expected the folder of an earlier run")
     try:
         stored = json.loads(stored_path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"resume={r}: {stored_path} is unreadable ({e})") from None
     ignore = {"resume", "output_dir"}
+    if isinstance(cfg.get("split"), dict) and cfg["split"].get("seed") is None:  # as validate resolves it
+        cfg = {**cfg, "split": {**cfg["split"], "seed": cfg.get("seed")}}
     differ = sorted(k for k in set(cfg) | set(stored) if k not in ignore and cfg.get(k) != stored.get(k))
     if differ:
         log.warning("resume: using the config of %s; this command's values of %s are ignored", folder,
