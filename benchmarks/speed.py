@@ -311,7 +311,7 @@ def arithmetic_floor(base: list[str], results: dict, clients: int) -> None:
     import torch
 
     from fedmtl.client_step import run_setup
-    from fedmtl.cohort_train import Job, round_flops
+    from fedmtl.cohort import Job, round_flops
     from fedmtl.data import federation_for
 
     cfg = dict(compose(base), output_dir=tempfile.mkdtemp(prefix="fedmtl-bench-floor-"))

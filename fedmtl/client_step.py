@@ -9,7 +9,7 @@ rounds, {"personal": {name: ndarray}, "weighting": {name: ndarray}} (either key 
 its first round); `upload`: what the client sends back ({name: ndarray}: the shared
 parameters, or exchange=sparse's packed update). The ClientApp (federation/client_app.py)
 only moves these values in and out of Flower records; the cohort engine (engine/cohort.py)
-trains many clients at once and must give the same values (cohort_train.py).
+trains many clients at once and must give the same values (fedmtl/cohort/).
 """
 
 from __future__ import annotations

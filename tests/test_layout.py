@@ -3,8 +3,8 @@
 The import graph is read from the source with `ast` (module-level and function-level
 imports alike, since a function-level import is an arrow all the same) and checked:
 
-- the core (fedmtl/data, fedmtl/model, fedmtl/weighting, tasks, train, metrics,
-  client_step, cohort_train, sparse_codec, itemitem) imports nothing from
+- the core (fedmtl/data, fedmtl/model, fedmtl/weighting, fedmtl/cohort, tasks, train,
+  metrics, client_step, sparse_codec, itemitem) imports nothing from
   fedmtl.federation, fedmtl.engine, Flower, Ray or the entry points, and importing it
   loads none of them;
 - report and sweep are in no import cycle, and no cycle exists beyond those listed in
@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fedmtl"
 
-CORE_PACKAGES = ("fedmtl.data", "fedmtl.model", "fedmtl.weighting")
-CORE_MODULES = ("fedmtl.tasks", "fedmtl.train", "fedmtl.metrics", "fedmtl.client_step", "fedmtl.cohort_train",
+CORE_PACKAGES = ("fedmtl.data", "fedmtl.model", "fedmtl.weighting", "fedmtl.cohort")
+CORE_MODULES = ("fedmtl.tasks", "fedmtl.train", "fedmtl.metrics", "fedmtl.client_step",
                 "fedmtl.sparse_codec", "fedmtl.itemitem", "fedmtl.dp_rows", "fedmtl.privacy_floor")
 ENTRY_POINTS = ("fedmtl.simulate", "fedmtl.report", "fedmtl.sweep", "fedmtl.deploy", "fedmtl.baselines")
 ABOVE_CORE = ("fedmtl.federation", "fedmtl.engine", "flwr", "ray", *ENTRY_POINTS)

@@ -86,7 +86,7 @@ def test_preset_offers_its_labels():
 def test_cohort_batches_an_event_ranking_task_as_inprocess_does(tmp_path):
     """An every-row event (purchase) reads no label column, so backend=cohort batches it; its
     figures are the per-client path's (a pair task on a label column is not batched)."""
-    from fedmtl.cohort_train import unbatched
+    from fedmtl.cohort import unbatched
 
     write_log(tmp_path / "log.csv")
     got = {}

@@ -49,12 +49,12 @@ def load_dataset(dcfg: dict) -> Dataset:
 
 def read_interaction_log(dcfg: dict):
     """The InteractionLog of a log dataset block (a preset's layout at `path`, or `log`'s read_log spec)."""
-    from . import interaction_log as il, log_layouts
+    from . import log_layouts, log_reader
 
     name, layout = dcfg["name"], dcfg.get("layout") or dcfg["name"]
     if layout == "log":
         spec = {k: v for k, v in dcfg.items() if k not in ("layout", "offers", "path") and v is not None}
-        return il.read_log(spec)
+        return log_reader.read_log(spec)
     if not dcfg.get("path"):
         raise ConfigError(f"dataset.path: dataset={name} needs its files (a folder or the log file)")
     opts = {"nrows": dcfg["nrows"]} if dcfg.get("nrows") else {}

@@ -1,4 +1,4 @@
-"""The published layouts read by the generic reader (interaction_log.read_log): RecBole's
+"""The published layouts read by the generic reader (log_reader.read_log): RecBole's
 atomic files, and the presets of Instacart, KuaiRand, Tenrec, Taobao UserBehavior and
 RetailRocket (`load_layout`; Hydra presets in conf/dataset/)."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .interaction_log import InteractionLog, read_log
+from .interaction_log import InteractionLog
+from .log_reader import read_log
 
 
 # --- RecBole atomic files --------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 `CohortGrid` is `InProcessGrid` (the same node ids, the same per-node `Context`, the same
 client-state checkpoints) except that `send_and_receive` hands every plain training
-message of a round at once to `cohort_train.train_cohort`, which trains all those clients
+message of a round at once to `fedmtl.cohort.train_cohort`, which trains all those clients
 as one batched computation, and every evaluation message at once to
-`cohort_train.evaluate_cohort`, and answers each with the reply the ClientApp would have
+`fedmtl.cohort.evaluate_cohort`, and answers each with the reply the ClientApp would have
 given (the same arrays and metrics, to float tolerance; tests/engine/test_cohort.py).
 Under SecAgg+ (secagg, secagg_dp) the training requests ride on the protocol's
 collect-masked-vectors stage: those are batched the same way, and each batched reply then
@@ -12,7 +12,7 @@ goes through the train handler's mods (secaggplus_mod masks it) in place of the 
 Everything else goes through the ClientApp exactly as under backend=inprocess: query
 messages, SecAgg+'s other stages and its secure item Gram, a training request below a
 client's own privacy floor (it refuses it), and every message of a run whose knobs the
-batch does not implement (`cohort_train.unbatched`: the run says which, once, at start-up).
+batch does not implement (`fedmtl.cohort.unbatched`: the run says which, once, at start-up).
 Under central_dp, client_clip_dp and local_dp each batched reply passes through the train
 handler's privacy mod (federation/privacy.py: the client's floor, Flower's clipping, the
 noise from the OS CSPRNG) before it is sent, as the ClientApp's reply would.
@@ -37,8 +37,8 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 
-from .. import cohort_train
 from ..client_step import run_setup
+from ..cohort import EvalJob, Job, evaluate_cohort, train_cohort, unbatched
 from ..errors import ConfigError, FedMTLError
 from ..federation_names import SECAGG_MODES
 from ..federation.arrays import record as fast_record
@@ -68,7 +68,7 @@ class CohortGrid(InProcessGrid):
         if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or chunk <= 0:
             raise ConfigError(f"backend.chunk_mb={chunk!r}: expected a number of MB > 0")
         self.threads, self.chunk_mb = _threads(threads), float(chunk)
-        self.reasons = cohort_train.unbatched(cfg)
+        self.reasons = unbatched(cfg)
         self.secure = cfg["privacy"]["name"] in SECAGG_MODES  # SecAgg+: its collect stage's training is batched
         # central_dp, client_clip_dp, local_dp: each batched reply goes through the train handler's
         # privacy mod (the client's floor, then Flower's clipping and the mode's noise), as the ClientApp's would
@@ -187,8 +187,8 @@ class CohortGrid(InProcessGrid):
                     ctx, pid, data = self._client(m)
                     ii = ({k: v.numpy() for k, v in m.content["item_item"].items()} if "item_item" in m.content
                           else None)
-                    jobs.append(cohort_train.EvalJob(pid, data, state_values(ctx.state), ii))
-                parts = cohort_train.evaluate_cohort(run_setup(self.cfg), shared_values(group[0].content["arrays"]),
+                    jobs.append(EvalJob(pid, data, state_values(ctx.state), ii))
+                parts = evaluate_cohort(run_setup(self.cfg), shared_values(group[0].content["arrays"]),
                                                      jobs)
                 for m, part in zip(group, parts):
                     reply = Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=m)
@@ -210,8 +210,8 @@ class CohortGrid(InProcessGrid):
         try:
             for shared, members in groups:
                 clients = [(m, rnd, *self._client(m)) for m, rnd in members]  # message, round, ctx, pid, data
-                jobs = [cohort_train.Job(pid, data, state_values(ctx.state), rnd) for _, rnd, ctx, pid, data in clients]
-                results = cohort_train.train_cohort(setup, shared, jobs, self.chunk_mb)
+                jobs = [Job(pid, data, state_values(ctx.state), rnd) for _, rnd, ctx, pid, data in clients]
+                results = train_cohort(setup, shared, jobs, self.chunk_mb)
                 out += [(m, ctx, result) for (m, _, ctx, _, _), result in zip(clients, results)]
         finally:
             torch.set_num_threads(prev)

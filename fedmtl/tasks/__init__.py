@@ -52,7 +52,7 @@ def check_tasks(names, offered=None) -> list[str]:
 
 
 def label_task(name: str, spec: dict, ranking: dict | None = None) -> Task:
-    """The task of an interaction log's label (interaction_log's `labels` spec): numeric ->
+    """The task of an interaction log's label (log_reader's `labels` spec): numeric ->
     regression on it; binary -> binary on it (a 0/1 column; >= threshold is already applied
     by the reader); event with a column (an event type among other rows) -> binary; event
     without one (every row is the event: a purchase log) -> ranking over the items."""
@@ -86,7 +86,7 @@ def configure(cfg: dict) -> list[str]:
 def dataset_labels(dcfg: dict) -> dict | None:
     """{label: spec} a log dataset offers (None: a rating log: synthetic, MovieLens)."""
     from ..data import LOG_DATASETS
-    from ..data.interaction_log import _label_specs
+    from ..data.log_reader import _label_specs
     from ..data.log_layouts import PRESETS, recbole_labels
 
     name = dcfg.get("name")

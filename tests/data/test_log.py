@@ -1,4 +1,4 @@
-"""fedmtl/data/interaction_log.py: the generic interaction-log reader, RecBole atomic files and the presets.
+"""fedmtl/data/log_reader.py: the generic interaction-log reader, RecBole atomic files and the presets.
 
 Every layout is read from small files written here with the published column names; every
 malformed input is one DataError line naming the file (and line and column where there is one).
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedmtl.data import log_layouts as logmod
-from fedmtl.data.interaction_log import read_log
+from fedmtl.data.log_reader import read_log
 from fedmtl.data.log_layouts import load_layout, read_recbole
 from fedmtl.errors import ConfigError, DataError
 

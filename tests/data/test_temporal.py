@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedmtl.data.interaction_log import InteractionLog, read_log
+from fedmtl.data.interaction_log import InteractionLog
+from fedmtl.data.log_reader import read_log
 from fedmtl.data.temporal import last_basket, last_k
 from fedmtl.errors import ConfigError, DataError
 

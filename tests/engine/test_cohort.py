@@ -79,7 +79,7 @@ def test_cohort_matches_inprocess(tmp_path, family, caplog):
 def test_batched_round_matches_train_client():
     """One round of 12 clients: every upload array, metric and personal state as train_client's."""
     from fedmtl.client_step import run_setup, train_client
-    from fedmtl.cohort_train import Job, train_cohort
+    from fedmtl.cohort import Job, train_cohort
     from fedmtl.data import federation_for
     from fedmtl.model import get_arrays, shared_names
 
@@ -105,7 +105,7 @@ def test_batched_round_matches_train_client():
 def test_batched_evaluation_matches_evaluate_client(aggregate):
     """Every client's metric parts (fresh clients and trained ones) as evaluate_client's."""
     from fedmtl.client_step import evaluate_client, run_setup, train_client
-    from fedmtl.cohort_train import EvalJob, evaluate_cohort
+    from fedmtl.cohort import EvalJob, evaluate_cohort
     from fedmtl.data import federation_for
     from fedmtl.model import get_arrays, shared_names
 
@@ -156,7 +156,7 @@ def test_unbatched_knob_falls_back_to_the_client_app(tmp_path, knob, caplog, mon
     calls = []
     real = cohort.handle
     monkeypatch.setattr(cohort, "handle", lambda app, states, m, t=None: calls.append(m) or real(app, states, m, t))
-    monkeypatch.setattr(cohort.cohort_train, "train_cohort",
+    monkeypatch.setattr(cohort, "train_cohort",
                         lambda *a, **k: pytest.fail("a knob the batch does not implement reached the batch"))
     caplog.set_level(logging.INFO, logger="fedmtl")
     got, _ = _run(tmp_path, "cohort", knob + ["backend=cohort"])
@@ -210,8 +210,8 @@ def test_secagg_training_is_batched_inside_the_protocol(tmp_path, mode, caplog, 
     monkeypatch.setattr(quantization, "_stochastic_round", lambda a: np.asarray(np.rint(a)).astype(np.int32))
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
     monkeypatch.setattr(secure_random, "normal", lambda mean, std: float(mean))
-    real, batches = cohort.cohort_train.train_cohort, []
-    monkeypatch.setattr(cohort.cohort_train, "train_cohort",
+    real, batches = cohort.train_cohort, []
+    monkeypatch.setattr(cohort, "train_cohort",
                         lambda setup, shared, jobs, *a: batches.append(len(jobs)) or real(setup, shared, jobs, *a))
     clip = ["privacy.clipping_norm=0.05"] if "privacy=secagg_dp" in mode else []
     caplog.set_level(logging.INFO, logger="fedmtl")
@@ -255,8 +255,8 @@ def test_a_failing_batch_goes_through_the_client_app(tmp_path, caplog, monkeypat
     def boom(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cohort.cohort_train, "train_cohort", boom)
-    monkeypatch.setattr(cohort.cohort_train, "evaluate_cohort", boom)
+    monkeypatch.setattr(cohort, "train_cohort", boom)
+    monkeypatch.setattr(cohort, "evaluate_cohort", boom)
     caplog.set_level(logging.WARNING, logger="fedmtl")
     got, _ = _run(tmp_path, "cohort", ["backend=cohort"])
     ref, _ = _run(tmp_path, "inprocess", [])

@@ -1,0 +1,199 @@
+"""A cohort's training round: the knobs the batch does not implement (`unbatched`), the
+padded, masked mini-batch loop over each chunk, every client's upload, metrics and state as
+client_step.train_client gives them (`train_cohort`), and the round's FLOPs (`round_flops`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .. import dp_rows
+from ..client_step import PERSONAL, WEIGHTING, RunSetup, train_metrics
+from ..model import personal_names, shared_names
+from ..sparse_codec import ROW_TABLES, sparse_payloads
+from ..tasks import dataset_labels, get as task_of, ranking_tasks
+from .chunk import Chunk
+from .clients import Job, chunks, prepare
+from .optim import Optim
+
+
+def unbatched(cfg: dict) -> list[str]:
+    """The knobs of `cfg` the batched step does not implement (empty: it batches every client)."""
+    out = []
+    faults = cfg.get("faults") or {}
+    if faults.get("drop_rate") or faults.get("straggler_rate"):
+        out.append("faults.* (injected per-client failures)")
+    if cfg["weighting"]["name"] != "fixed":
+        out.append(f"weighting={cfg['weighting']['name']} (per-client gradient weighting)")
+    m = cfg["model"]
+    if m["name"] != "shared_bottom":
+        out.append(f"model={m['name']}")
+    if m.get("dropout", 0.0):
+        out.append("model.dropout > 0 (per-client dropout masks)")
+    if m.get("history"):
+        out.append("model.history=true")
+    if cfg["aggregate"] == "fedrep":
+        out.append("aggregate=fedrep")
+    if (cfg.get("init") or {}).get("freeze_encoder"):
+        out.append("init.freeze_encoder=true")
+    t = cfg["train"]
+    if t.get("weight_decay"):
+        out.append("train.weight_decay > 0 (decays rows outside a client's row set)")
+    if ranking_tasks(cfg["tasks"]) and t["click_loss"] == "sampled":
+        out.append("train.click_loss=sampled (per-client negative draws)")
+    if dataset_labels(cfg["dataset"]) is not None and any(task_of(t).pairwise for t in cfg["tasks"]):
+        # the batch carries the rating column only; an every-row event (ranking) reads no label
+        out.append(f"dataset={cfg['dataset']['name']} with pair tasks on its label columns")
+    if (cfg.get("transfer") or {}).get("new_items"):
+        out.append("transfer.new_items > 0 (hidden items)")
+    return out
+
+
+def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
+    """Train a chunk; per client (its losses summed over steps, its weights summed), both dicts by task."""
+    cfg, tcfg, dev = setup.cfg, setup.tcfg, setup.device
+    tasks = cfg["tasks"]
+    w = {t: float((cfg["weighting"].get("weights") or {}).get(t, 1.0)) for t in tasks}
+    bs = tcfg.batch_size
+    clients = chunk.clients
+    C = len(clients)
+    ns = np.array([c.n for c in clients])
+    opt = Optim(chunk, tcfg)
+    sums = [{t: 0.0 for t in tasks} for _ in clients]
+    wsum = [{t: 0.0 for t in tasks} for _ in clients]
+    steps_max = int(math.ceil(ns.max() / bs))
+    for e in range(tcfg.epochs):
+        epoch_sums = [{t: 0.0 for t in tasks} for _ in clients]
+        for s in range(steps_max):
+            lens = np.clip(ns - s * bs, 0, bs)
+            B = int(lens.max())
+            if B == 0:
+                break
+            u = np.zeros((C, B), np.int64)
+            il = np.zeros((C, B), np.int64)
+            r = np.zeros((C, B), np.float32)
+            for k, c in enumerate(clients):
+                if lens[k]:
+                    b = c.perms[e][s * bs:s * bs + lens[k]]
+                    u[k, :lens[k]] = c.tu[b]
+                    il[k, :lens[k]] = c.pos[b]
+                    r[k, :lens[k]] = c.tr[b]
+            mask_np = np.arange(B)[None, :] < lens[:, None]
+            mask = torch.as_tensor(mask_np, dtype=torch.float32, device=dev)
+            counts = torch.as_tensor(lens, dtype=torch.float32, device=dev)
+            ls, reg = chunk.losses(torch.as_tensor(u, device=dev), torch.as_tensor(il, device=dev),
+                                   torch.as_tensor(r, device=dev), mask, counts)
+            total = sum(w[t] * ls[t] for t in tasks) + reg
+            opt.zero_grad()
+            total.sum().backward()
+            opt.step(torch.as_tensor(lens > 0, device=dev))
+            vals = torch.stack([ls[t].detach() for t in tasks], 1).cpu().numpy()
+            for k in np.nonzero(lens)[0]:
+                for j, t in enumerate(tasks):
+                    epoch_sums[k][t] += float(vals[k, j])
+                    wsum[k][t] += w[t]
+        for k in range(C):
+            for t in tasks:
+                sums[k][t] += epoch_sums[k][t]
+    return list(zip(sums, wsum))
+
+
+def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = 1024.0
+                 ) -> list[tuple[dict, dict, dict]]:
+    """Every job's (upload, metrics, new state), as client_step.train_client gives them."""
+    cfg, tcfg = setup.cfg, setup.tcfg
+    if tcfg.weight_decay or unbatched(cfg):
+        raise ValueError(f"train_cohort: this config is not batched ({'; '.join(unbatched(cfg))})")
+    meta = setup.meta
+    n_items = int(meta["n_items"])
+    shared = dp_rows.without_indicator(shared)
+    clients = [prepare(setup, j, n_items) for j in jobs]
+    results: dict[int, tuple] = {}
+    mcfg = cfg["model"]
+    template = setup.template(1)
+    for part in chunks(clients, cfg, budget_mb, int(mcfg["dim"]), int(mcfg.get("hidden", 64))):
+        chunk = Chunk(setup, part, shared, template, meta)
+        stats = _train_chunk(setup, chunk)
+        results.update(_finish(setup, chunk, shared, stats, n_items))
+        del chunk
+    if dp_rows.enabled(cfg):  # each client's clipped update at full size and its row indicator (dp_rows.py)
+        budget = dp_rows.Budget.of(cfg)
+        results = {k: (dp_rows.client_upload(up, shared, budget), m, st) for k, (up, m, st) in results.items()}
+    return [results[id(j)] for j in jobs]
+
+
+def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats, n_items: int) -> dict:
+    """Every client's (upload, metrics, state) of a trained chunk."""
+    cfg = setup.cfg
+    model, _ = setup.template(1)
+    pnames, snames = personal_names(model, cfg["aggregate"]), shared_names(model, cfg["aggregate"])
+    P = {n: p.detach().cpu().numpy() for n, p in chunk.P.items()}
+    clients = chunk.clients
+    sparse = clients[0].send_rows is not None
+    if sparse:  # the updates of every client at once (sparse_codec.sparse_payloads: sparse_payload's arrays)
+        R = max(len(c.send_rows) for c in clients)
+        rd = {}
+        for n in snames:
+            if n in ROW_TABLES:  # send_rows is the row set the chunk holds (rows == send_rows)
+                rd[n] = P[n][:, :R].astype(np.float64) - shared[n][chunk.rows.cpu().numpy()[:, :R]].astype(np.float64)
+        dd = {n: P[n].astype(np.float64) - shared[n].astype(np.float64) for n in snames if n not in ROW_TABLES}
+        uploads = sparse_payloads(rd, dd, [c.send_rows for c in clients], n_items,
+                                  (cfg.get("exchange") or {}).get("dtype", "float32"),
+                                  [np.random.default_rng([c.seed, 2]) for c in clients])
+    out = {}
+    for k, c in enumerate(clients):
+        nu = len(c.job.data.users)
+        state = {PERSONAL: {n: np.array(P[n][k, :nu] if n.startswith("personal.user_") else P[n][k]) for n in pnames}}
+        if WEIGHTING in c.job.state:
+            state[WEIGHTING] = c.job.state[WEIGHTING]
+        sums, wsum = stats[k]
+        steps = max(len(c.perms) * int(math.ceil(c.n / setup.tcfg.batch_size)), 1)
+        metrics = train_metrics(c.n, {t: sums[t] / steps for t in cfg["tasks"]},
+                                {t: wsum[t] / steps for t in cfg["tasks"]})
+        if sparse:
+            upload = uploads[k]
+        else:
+            upload = {}
+            for n in snames:
+                if n in ROW_TABLES:
+                    full = shared[n].copy()
+                    full[c.rows] = P[n][k, :len(c.rows)]
+                    upload[n] = full
+                else:
+                    upload[n] = np.array(P[n][k])
+        out[id(c.job)] = (upload, metrics, state)
+    return out
+
+
+def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
+    """(multiply-add FLOPs of these clients' training round as the batch computes it, padding
+    included; as the per-client path computes it: every item through the item tower each step,
+    click logits per pair), counting the matmuls only (forward, and the backward's two)."""
+    cfg, tcfg = setup.cfg, setup.tcfg
+    m = cfg["model"]
+    d, h, layers = int(m["dim"]), int(m.get("hidden", 64)), int(m.get("layers", 1))
+    meta = setup.meta
+    n_items, feats = int(meta["n_items"]), sum(meta["item_cards"]) + meta["item_multi"].shape[1]
+    tower = 2 * (d * h + (layers - 1) * h * h + h * d) * 3  # per row: forward + two backward products
+    tasks, bs = cfg["tasks"], tcfg.batch_size
+
+    def step(c, rows, b, u, logits):  # c clients, `rows` items through the tower, `logits` click logits each
+        return c * (rows * (tower + 4 * feats * d) + u * tower + bool(ranking_tasks(tasks)) * logits * d * 6
+                    + b * d * 12 * len(tasks))
+
+    clients = [prepare(setup, j, n_items) for j in jobs]
+    padded = 0.0
+    for part in chunks(clients, cfg, 1024.0, d, h):
+        ns = np.array([c.n for c in part])
+        r, u = max(len(c.rows) for c in part), max(len(c.job.data.users) for c in part)
+        for s in range(int(math.ceil(ns.max() / bs))):
+            padded += tcfg.epochs * step(len(part), r, int(np.clip(ns - s * bs, 0, bs).max()), u, u * r)
+    single = 0.0
+    for c in clients:
+        for s in range(int(math.ceil(c.n / bs))):
+            b = min(bs, c.n - s * bs)
+            single += tcfg.epochs * step(1, n_items, b, len(c.job.data.users), b * len(c.rows))
+    return padded, single
