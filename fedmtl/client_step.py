@@ -97,7 +97,7 @@ def run_setup(cfg: dict) -> RunSetup:
 def init_user_emb(cfg: dict, pid: int, shape) -> torch.Tensor:
     """A client's seeded initial user embeddings (its first round)."""
     gen = torch.Generator().manual_seed(user_init_seed(cfg["seed"], pid))
-    return torch.randn(shape, generator=gen) * cfg["model"].get("init_std", 0.1)
+    return torch.randn(shape, generator=gen) * cfg["model"]["init_std"]
 
 
 def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: int):
@@ -119,8 +119,8 @@ def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: 
 def sparse_rows(cfg: dict, data: ClientData, n_items: int, seed: int) -> np.ndarray | None:
     """exchange=sparse: this round's row set (own items + pad rows), fixed before training
     because the click loss runs over it; None for exchange=dense."""
-    ex = cfg.get("exchange", {}) or {}
-    if ex.get("name", "dense") != "sparse":
+    ex = cfg["exchange"]
+    if ex["name"] != "sparse":
         return None
     return choose_rows(data.train_i.cpu().numpy(), n_items, int(ex.get("pad_rows", 0)),
                        np.random.default_rng([seed, 1]))
@@ -133,8 +133,7 @@ def upload_arrays(arrays: dict[str, np.ndarray], cfg: dict, received: dict[str, 
     if rows is None:
         return arrays
     from .sparse_codec import sparse_payload
-    ex = cfg.get("exchange", {}) or {}
-    return sparse_payload(arrays, received, rows, n_items, ex.get("dtype", "float32"), np.random.default_rng([seed, 2]))
+    return sparse_payload(arrays, received, rows, n_items, cfg["exchange"]["dtype"], np.random.default_rng([seed, 2]))
 
 
 def client_weighting(cfg: dict, saved: dict | None):

@@ -10,6 +10,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from .checks import backfill, block, choice, get, number
 from .errors import ConfigError
 from .tasks import REGISTRY as TASK_REGISTRY, check_tasks, configure as configure_tasks
 
@@ -52,32 +53,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     cfg = OmegaConf.to_container(dcfg, resolve=True)
     cfg.pop("hydra", None)
     return validate(cfg)
-
-
-def _choice(cfg: dict, key: str, allowed) -> None:
-    value = _get(cfg, key)
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(f"{key}={value}: expected one of {list(allowed)}")
-
-
-def _get(cfg: dict, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"{key}: missing from the config")
-        node = node[part]
-    return node
-
-
-def _number(cfg: dict, key: str, lo=None, hi=None, integer=False, lo_open=False, hi_open=False) -> None:
-    value = _get(cfg, key)
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        raise ConfigError(f"{key}={value!r}: expected {'an integer' if integer else 'a number'}")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ConfigError(f"{key}={value}: must be {'>' if lo_open else '>='} {lo}")
-    if hi is not None and (value >= hi if hi_open else value > hi):
-        raise ConfigError(f"{key}={value}: must be {'<' if hi_open else '<='} {hi}")
 
 
 # Ranges of the strategies' hyper-parameters (conf/strategy/*.yaml): checked at start-up,
@@ -123,29 +98,14 @@ def _strategy_options(cfg: dict) -> None:
                               f"{', '.join(sorted(own)) or 'no hyper-parameters'})")
     for key in cfg["strategy"]:
         if key != "name":
-            _number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))
-
-
-def _block(cfg: dict, name: str, defaults: dict) -> dict:
-    """cfg[name], a block of the keys of `defaults` (missing ones get their default): unknown
-    keys and a non-block are refused."""
-    block = cfg.setdefault(name, {})
-    keys = ", ".join(defaults)
-    if not isinstance(block, dict):
-        raise ConfigError(f"{name}={block!r}: expected a block with {keys}")
-    unknown = set(block) - set(defaults)
-    if unknown:
-        raise ConfigError(f"{name}.{sorted(unknown)[0]}: unknown key (expected {keys})")
-    for k, v in defaults.items():
-        block.setdefault(k, v)
-    return block
+            number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))
 
 
 def check_server_lr(cfg: dict) -> None:
     from .federation_names import SERVER_LR_SCHEDULES, SERVER_RATE
-    sched = _block(cfg, "server_lr", {"schedule": "constant", "final": 0.0})
-    _choice(cfg, "server_lr.schedule", SERVER_LR_SCHEDULES)
-    _number(cfg, "server_lr.final", lo=0, hi=1)
+    sched = block(cfg, "server_lr")
+    choice(cfg, "server_lr.schedule", SERVER_LR_SCHEDULES)
+    number(cfg, "server_lr.final", lo=0, hi=1)
     name = cfg["strategy"]["name"]
     if sched["schedule"] != "constant" and name not in SERVER_RATE:
         raise ConfigError(f"server_lr.schedule={sched['schedule']} with strategy={name}: it has no server learning "
@@ -159,85 +119,89 @@ def validate(cfg: dict) -> dict:
     from .weighting import REGISTRY as WEIGHTINGS, build_weighting
 
     cfg = json.loads(json.dumps(cfg))  # a plain, JSON-safe copy
-    _choice(cfg, "mode", MODES)
-    _choice(cfg, "exchange.name", EXCHANGES)
+    backfill(cfg)  # the keys a config written before them lacks (checks.BEFORE_KEY)
+    choice(cfg, "mode", MODES)
+    choice(cfg, "exchange.name", EXCHANGES)
     if cfg["exchange"]["name"] == "sparse":
-        _number(cfg, "exchange.pad_rows", lo=0, integer=True)
-        _choice(cfg, "exchange.dtype", ("float32", "float16", "int8"))
-        if (_get(cfg, "exchange.pad_rows") == 0 and _has_ranking(cfg.get("tasks") or [])
-                and _get(cfg, "train.click_loss") == "sampled"):
+        number(cfg, "exchange.pad_rows", lo=0, integer=True)
+        choice(cfg, "exchange.dtype", ("float32", "float16", "int8"))
+        if (get(cfg, "exchange.pad_rows") == 0 and _has_ranking(cfg.get("tasks") or [])
+                and get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
         from .federation_names import CLIENT_DP_MODES
-        mode = _get(cfg, "privacy.name")
+        mode = get(cfg, "privacy.name")
         if mode not in ("none", "secagg", *CLIENT_DP_MODES):
             raise ConfigError(f"exchange=sparse with privacy={mode}: the clipping and noise of this mode work on "
                               "the whole dense update of every client; use exchange=dense, or a mode that takes "
                               "sparse rows (secagg: two secure sums; client_clip_dp, secagg_dp: DP rows, "
                               "fedmtl/dp_rows.py)")
         if mode in CLIENT_DP_MODES:  # DP rows: dp_rows.Budget
-            if mode == "client_clip_dp" and _get(cfg, "privacy.clipping") != "fixed":
+            if mode == "client_clip_dp" and get(cfg, "privacy.clipping") != "fixed":
                 raise ConfigError("exchange=sparse with privacy.clipping=adaptive: DP rows split a fixed clipping "
                                   "norm between the update and the row indicator; use privacy.clipping=fixed")
-            _number(cfg, "privacy.max_rows", lo=1, integer=True)
-            _number(cfg, "privacy.count_share", lo=0, hi=1, lo_open=True, hi_open=True)
-            if _get(cfg, "privacy.min_row_count") is not None:
-                _number(cfg, "privacy.min_row_count", lo=0, lo_open=True)
-    _choice(cfg, "dataset.name", DATASETS)
+            number(cfg, "privacy.max_rows", lo=1, integer=True)
+            number(cfg, "privacy.count_share", lo=0, hi=1, lo_open=True, hi_open=True)
+            if get(cfg, "privacy.min_row_count") is not None:
+                number(cfg, "privacy.min_row_count", lo=0, lo_open=True)
+    choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
-    cfg["tasks"] = check_tasks(_get(cfg, "tasks"), offered)
-    _choice(cfg, "aggregate", AGGREGATE)
-    _choice(cfg, "device", DEVICES)
-    _choice(cfg, "model.name", ARCHITECTURES)
-    if not isinstance(cfg["model"].setdefault("history", False), bool):
+    cfg["tasks"] = check_tasks(get(cfg, "tasks"), offered)
+    choice(cfg, "aggregate", AGGREGATE)
+    choice(cfg, "device", DEVICES)
+    choice(cfg, "model.name", ARCHITECTURES)
+    if not isinstance(cfg["model"]["history"], bool):
         raise ConfigError(f"model.history={cfg['model']['history']}: expected true or false")
-    _choice(cfg, "weighting.name", WEIGHTINGS)
+    choice(cfg, "weighting.name", WEIGHTINGS)
     try:  # its options, now rather than in every client
         build_weighting(cfg["weighting"], cfg["tasks"])
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise ConfigError(f"weighting={cfg['weighting']['name']}: bad options {cfg['weighting']} ({e})") from None
-    _choice(cfg, "strategy.name", STRATEGIES)
+    choice(cfg, "strategy.name", STRATEGIES)
     _strategy_options(cfg)
     check_server_lr(cfg)
-    _choice(cfg, "privacy.name", PRIVACY)
+    choice(cfg, "privacy.name", PRIVACY)
     check_privacy(cfg)
     from .privacy_floor import check_config as check_floor
     check_floor(cfg)  # client_floor: what the clients themselves accept
-    _check_click_mix(cfg)
-    _choice(cfg, "backend.name", BACKENDS)
+    from .itemitem import check_config as check_click_mix
+    check_click_mix(cfg)
+    choice(cfg, "backend.name", BACKENDS)
     workers = cfg["backend"].get("workers", 1)
     if cfg["backend"]["name"] == "cohort" and workers != 1:
         raise ConfigError(f"backend.workers={workers!r}: backend=cohort (the default) is one process that batches "
                           "each round (backend.threads sets its cores); worker processes are backend=inprocess "
                           f"backend.workers={workers!r}")
-    _choice(cfg, "train.click_loss", CLICK_LOSSES)
-    cfg["train"].setdefault("optimizer", "adam")
-    _choice(cfg, "train.optimizer", ("adam", "sgd"))
-    if cfg["train"].setdefault("shared_lr", None) is not None:
-        _number(cfg, "train.shared_lr", lo=0, lo_open=True)
-    cfg.setdefault("on_client_failure", "continue")
-    _choice(cfg, "on_client_failure", ("continue", "stop"))
-    _number(cfg, "round_timeout", lo=0, lo_open=True)
+    choice(cfg, "train.click_loss", CLICK_LOSSES)
+    choice(cfg, "train.optimizer", ("adam", "sgd"))
+    if cfg["train"]["shared_lr"] is not None:
+        number(cfg, "train.shared_lr", lo=0, lo_open=True)
+    choice(cfg, "on_client_failure", ("continue", "stop"))
+    number(cfg, "round_timeout", lo=0, lo_open=True)
     for key in ("num_clients", "num_rounds", "local_epochs", "eval_every", "model.dim", "train.batch_size"):
-        _number(cfg, key, lo=1, integer=True)
+        number(cfg, key, lo=1, integer=True)
     for key in ("seed", "min_train_clients", "min_evaluate_clients", "train.num_negatives", "fedrep.head_epochs"):
-        _number(cfg, key, lo=0, integer=True)
-    cfg.setdefault("server_decay", 0.0)
-    _number(cfg, "server_decay", lo=0, hi=1, hi_open=True)
-    cfg.setdefault("average_last", 0)
-    _number(cfg, "average_last", lo=0, integer=True)  # above num_rounds: every round
+        number(cfg, key, lo=0, integer=True)
+    number(cfg, "server_decay", lo=0, hi=1, hi_open=True)
+    number(cfg, "average_last", lo=0, integer=True)  # above num_rounds: every round
     for key in ("fraction_train", "fraction_evaluate"):
-        _number(cfg, key, lo=0, hi=1, lo_open=True)
-    _number(cfg, "train.lr", lo=0, lo_open=True)
-    _number(cfg, "train.l2", lo=0)
-    _number(cfg, "train.weight_decay", lo=0)
-    cfg["train"].setdefault("personal_decay", 0.0)
-    _number(cfg, "train.personal_decay", lo=0)
-    _check_split(cfg)
+        number(cfg, key, lo=0, hi=1, lo_open=True)
+    number(cfg, "train.lr", lo=0, lo_open=True)
+    number(cfg, "train.l2", lo=0)
+    number(cfg, "train.weight_decay", lo=0)
+    number(cfg, "train.personal_decay", lo=0)
+    from .data.split import check_config as check_split
+    check_split(cfg)
+    if cfg["split"]["name"] == "leave_one_out":
+        from .tasks import selection_key
+        if selection_key(cfg["tasks"]) is None:  # its round selection reads the first ranking task's valid HR@K
+            raise ConfigError(f"split=leave_one_out with tasks={cfg['tasks']}: its figures are a ranking task's "
+                              "HR@10 and NDCG@10 (the reported round is chosen on its validation HR@10); add one "
+                              "(click)")
     _check_faults_and_resume(cfg)
     _check_robust(cfg)
     if cfg.get("baseline_epochs") is not None:
-        _number(cfg, "baseline_epochs", lo=1, integer=True)
+        number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
         cfg["split"]["seed"] = cfg["seed"]
     if cfg["dataset"].get("layout") == "log":
@@ -255,82 +219,16 @@ def validate(cfg: dict) -> dict:
     return cfg
 
 
-def _check_split(cfg: dict) -> None:
-    """split=per_user | leave_one_out (conf/split/) and eval.negatives (fedmtl/data/loo.py)."""
-    split = _get(cfg, "split")
-    if not isinstance(split, dict):
-        raise ConfigError(f"split={split!r}: expected a block (split=per_user or split=leave_one_out)")
-    name = split.setdefault("name", "per_user")
-    _choice(cfg, "split.name", ("per_user", "leave_one_out", "last_basket"))
-    if name == "per_user":
-        _number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
-        return
-    if name == "last_basket":
-        if split.get("path"):
-            raise ConfigError("split.path with split=last_basket: the split is computed from the log's baskets "
-                              "(deterministic); leave split.path empty")
-        t = cfg.get("transfer") or {}
-        if t.get("new_users") or t.get("new_items"):
-            raise ConfigError("split=last_basket with transfer.new_users or transfer.new_items: held-out users and "
-                              "items are built on split=per_user only")
-        return
-    _block(cfg, "eval", {"negatives": 99})
-    _number(cfg, "eval.negatives", lo=1, integer=True)
-    if cfg["split"].get("validation"):
-        raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
-                          "(the second latest interaction); the reported round is chosen on it")
-    from .tasks import selection_key
-    if selection_key(cfg["tasks"]) is None:  # its round selection reads the first ranking task's valid HR@K
-        raise ConfigError(f"split=leave_one_out with tasks={cfg['tasks']}: its figures are a ranking task's HR@10 "
-                          "and NDCG@10 (the reported round is chosen on its validation HR@10); add one (click)")
-    t = cfg.get("transfer") or {}
-    if t.get("new_users") or t.get("new_items"):
-        raise ConfigError("split=leave_one_out with transfer.new_users or transfer.new_items: held-out users and "
-                          "items are built on split=per_user only")
-
-
-def _check_click_mix(cfg: dict) -> None:
-    """click_mix.weight, .lam and the selection grid (fedmtl/itemitem.py)."""
-    mix = _block(cfg, "click_mix", {"weight": 0.0, "lam": 500.0, "grid_weight": [], "grid_lam": [],
-                                    "dp_clip": 20.0, "dp_noise_multiplier": 1.0})
-    _number(cfg, "click_mix.weight", lo=0, hi=1, hi_open=True)
-    _number(cfg, "click_mix.lam", lo=0, lo_open=True)
-    _number(cfg, "click_mix.dp_clip", lo=0, lo_open=True)
-    _number(cfg, "click_mix.dp_noise_multiplier", lo=0, lo_open=True)
-    for key, ok, want in (("grid_weight", lambda v: 0 <= v < 1, "in [0, 1)"), ("grid_lam", lambda v: v > 0, "> 0")):
-        values = mix[key] if mix[key] is not None else []
-        if not isinstance(values, (list, tuple)):
-            raise ConfigError(f"click_mix.{key}={values!r}: expected a list of numbers, e.g. [0, 0.1, 0.2]")
-        for i, v in enumerate(values):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"click_mix.{key}[{i}]={v!r}: expected a number")
-            if not ok(v):
-                raise ConfigError(f"click_mix.{key}[{i}]={v}: must be {want}")
-        mix[key] = list(values)
-    if bool(mix["grid_weight"]) != bool(mix["grid_lam"]):
-        raise ConfigError("click_mix.grid_weight and click_mix.grid_lam: give both (the grid is their product) "
-                          "or neither")
-    privacy = _get(cfg, "privacy.name")
-    from .itemitem import needed
-    from .federation_names import CLIENT_DP_MODES
-    if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg", *CLIENT_DP_MODES):
-        what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
-        raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
-                          "(none), by SecAgg+ (secagg), clipped and noised by the server (client_clip_dp) or by "
-                          "SecAgg+ with the clients' noise (secagg_dp); set click_mix.weight=0 and no grid")
-
-
 def _check_robust(cfg: dict) -> None:
     """The robust block: what the server accepts from a client (federation/replies.py)."""
-    robust = _block(cfg, "robust", {"max_abs_update": 100.0, "max_weight": None, "max_update_norm": None,
-                                    "on_large_update": "reject"})
-    _number(cfg, "robust.max_abs_update", lo=0, lo_open=True)
+    robust = block(cfg, "robust")
+    number(cfg, "robust.max_abs_update", lo=0, lo_open=True)
     for key in ("max_weight", "max_update_norm"):
         if robust[key] is not None:
-            _number(cfg, f"robust.{key}", lo=0, lo_open=True)
+            number(cfg, f"robust.{key}", lo=0, lo_open=True)
     if robust["max_weight"] is not None and robust["max_weight"] < 1:
         raise ConfigError(f"robust.max_weight={robust['max_weight']}: must be >= 1 (a client reports at least 1)")
-    _choice(cfg, "robust.on_large_update", ("reject", "clip"))
+    choice(cfg, "robust.on_large_update", ("reject", "clip"))
 
 
 def _check_faults(cfg: dict) -> None:
@@ -363,10 +261,10 @@ def _check_faults(cfg: dict) -> None:
 
 def _check_faults_and_resume(cfg: dict) -> None:
     if cfg.get("round_timeout") is not None:
-        _number(cfg, "round_timeout", lo=0, lo_open=True)
+        number(cfg, "round_timeout", lo=0, lo_open=True)
     _check_faults(cfg)
     if "checkpoint_every" in cfg:
-        _number(cfg, "checkpoint_every", lo=0, integer=True)
+        number(cfg, "checkpoint_every", lo=0, integer=True)
     r = cfg.get("resume", False)
     if not isinstance(r, (bool, str)):
         raise ConfigError(f"resume={r!r}: expected true, false or the path of a run folder")
@@ -391,30 +289,30 @@ def check_privacy(cfg: dict) -> None:
                           "the updates, not a median or trimmed mean; use fedavg, fedprox, fedavgm or the FedOpt "
                           "family (their server step runs on the released mean)")
     if mode in ("central_dp", "client_clip_dp"):
-        _choice(cfg, "privacy.clipping", ("fixed", "adaptive"))
+        choice(cfg, "privacy.clipping", ("fixed", "adaptive"))
     if mode in DP_MODES:
-        _number(cfg, "privacy.clipping_norm", lo=0, lo_open=True)
-        _number(cfg, "privacy.delta", lo=0, hi=1, lo_open=True)
+        number(cfg, "privacy.clipping_norm", lo=0, lo_open=True)
+        number(cfg, "privacy.delta", lo=0, hi=1, lo_open=True)
         if p.get("target_epsilon") is not None:
-            _number(cfg, "privacy.target_epsilon", lo=0, lo_open=True)
+            number(cfg, "privacy.target_epsilon", lo=0, lo_open=True)
     if mode == "local_dp":
-        _number(cfg, "privacy.epsilon", lo=0, lo_open=True)
+        number(cfg, "privacy.epsilon", lo=0, lo_open=True)
         if p.get("sensitivity") is not None:
-            _number(cfg, "privacy.sensitivity", lo=0, lo_open=True)
+            number(cfg, "privacy.sensitivity", lo=0, lo_open=True)
     elif mode in DP_MODES:
         if p.get("noise_multiplier") is None:
             if p.get("target_epsilon") is None:
                 raise ConfigError(f"privacy.noise_multiplier=null: privacy={mode} then needs privacy.target_epsilon "
                                   "to pick it from")
         else:
-            _number(cfg, "privacy.noise_multiplier", lo=0, lo_open=True)
+            number(cfg, "privacy.noise_multiplier", lo=0, lo_open=True)
     if mode in SECAGG_MODES:
         n = cfg["num_clients"]
         m = min(n, max(int(n * cfg["fraction_train"]), min(cfg["min_train_clients"], n)))
-        _number(cfg, "privacy.clipping_range", lo=0, lo_open=True)
-        _number(cfg, "privacy.quantization_range", lo=1, integer=True)
+        number(cfg, "privacy.clipping_range", lo=0, lo_open=True)
+        number(cfg, "privacy.quantization_range", lo=1, integer=True)
         if p.get("max_weight") is not None:
-            _number(cfg, "privacy.max_weight", lo=0, lo_open=True)
+            number(cfg, "privacy.max_weight", lo=0, lo_open=True)
         if m < 2:
             raise ConfigError(f"privacy={mode}: SecAgg+ needs at least 2 clients per round, this run samples {m}")
         if m * p["quantization_range"] > 2**32:

@@ -42,8 +42,7 @@ FLOOR_STDS = 2.0  # min_row_count=null: the floor is this many noise stds of a r
 
 def enabled(cfg: dict) -> bool:
     """Whether this run sends DP row updates: exchange=sparse under client_clip_dp / secagg_dp."""
-    return ((cfg.get("exchange") or {}).get("name", "dense") == "sparse"
-            and (cfg.get("privacy") or {}).get("name", "none") in CLIENT_DP_MODES)
+    return cfg["exchange"]["name"] == "sparse" and cfg["privacy"]["name"] in CLIENT_DP_MODES
 
 
 @dataclass(frozen=True)

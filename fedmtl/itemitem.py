@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .checks import block, get, number
+from .errors import ConfigError
 from .federation_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
 from .tasks import ranking_tasks
 
@@ -40,17 +42,15 @@ GRID_PREFIX = "mix_"  # metric groups of the selection grid: mix_w0.1_lam300/cli
 
 def active(cfg: dict) -> bool:
     """Whether a run blends item-item scores into click (click_mix.weight > 0 and a click task)."""
-    mix = cfg.get("click_mix") or {}
-    return float(mix.get("weight", 0.0)) > 0 and bool(ranking_tasks(cfg["tasks"]))
+    return float(cfg["click_mix"]["weight"]) > 0 and bool(ranking_tasks(cfg["tasks"]))
 
 
 def grid(cfg: dict) -> list[tuple[str, float, float]]:
     """(metric group, weight, lam) of every blend of the selection grid (empty: no grid)."""
-    mix = cfg.get("click_mix") or {}
+    mix = cfg["click_mix"]
     if not ranking_tasks(cfg["tasks"]):
         return []
-    return [(grid_name(float(w), float(lam)), float(w), float(lam))
-            for lam in mix.get("grid_lam") or [] for w in mix.get("grid_weight") or []]
+    return [(grid_name(float(w), float(lam)), float(w), float(lam)) for lam in mix["grid_lam"] for w in mix["grid_weight"]]
 
 
 def grid_name(weight: float, lam: float) -> str:
@@ -106,7 +106,7 @@ def gram_part(train_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def dp_gram(cfg: dict) -> bool:
     """Whether this run's item Gram is released under DP (a DP mode that takes click_mix)."""
-    return (cfg.get("privacy") or {}).get("name", "none") in CLIENT_DP_MODES
+    return cfg["privacy"]["name"] in CLIENT_DP_MODES
 
 
 def clip_part(block: np.ndarray, clip: float) -> np.ndarray:
@@ -210,3 +210,32 @@ def solve_each(cfg: dict, solve):
     own = float(cfg["click_mix"]["lam"]) if active(cfg) else None
     done = {lam: solve(lam) for lam in sorted({*grid_lams(cfg), *([] if own is None else [own])})}
     return (None if own is None else done[own]), {lam: done[lam] for lam in grid_lams(cfg)}
+
+
+def check_config(cfg: dict) -> None:
+    """click_mix.weight, .lam, the DP Gram's knobs and the selection grid: called by
+    `fedmtl.config.validate`."""
+    mix = block(cfg, "click_mix")
+    number(cfg, "click_mix.weight", lo=0, hi=1, hi_open=True)
+    number(cfg, "click_mix.lam", lo=0, lo_open=True)
+    number(cfg, "click_mix.dp_clip", lo=0, lo_open=True)
+    number(cfg, "click_mix.dp_noise_multiplier", lo=0, lo_open=True)
+    for key, ok, want in (("grid_weight", lambda v: 0 <= v < 1, "in [0, 1)"), ("grid_lam", lambda v: v > 0, "> 0")):
+        values = mix[key] if mix[key] is not None else []
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"click_mix.{key}={values!r}: expected a list of numbers, e.g. [0, 0.1, 0.2]")
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"click_mix.{key}[{i}]={v!r}: expected a number")
+            if not ok(v):
+                raise ConfigError(f"click_mix.{key}[{i}]={v}: must be {want}")
+        mix[key] = list(values)
+    if bool(mix["grid_weight"]) != bool(mix["grid_lam"]):
+        raise ConfigError("click_mix.grid_weight and click_mix.grid_lam: give both (the grid is their product) "
+                          "or neither")
+    privacy = get(cfg, "privacy.name")
+    if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg", *CLIENT_DP_MODES):
+        what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
+        raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
+                          "(none), by SecAgg+ (secagg), clipped and noised by the server (client_clip_dp) or by "
+                          "SecAgg+ with the clients' noise (secagg_dp); set click_mix.weight=0 and no grid")

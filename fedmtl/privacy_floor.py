@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+from .checks import BEFORE_KEY
 from .errors import ConfigError, PrivacyRefused
 from .federation_names import PRIVACY, SECAGG_MODES
 
@@ -50,7 +51,9 @@ ACCEPTS = {
 # (privacy.client_privacy_mod): the mods are built once from a few config keys and cached, so
 # what is this client's own reaches them here
 CURRENT_CLIENT: contextvars.ContextVar = contextvars.ContextVar("fedmtl_client", default=(None, None))
-DEFAULTS = {"privacy": "none", "gram": True, "sparse": True, "min_noise_multiplier": 0.0, "secagg_min_threshold": 2}
+# A node config that names none of the floor's keys has the floor of a config written before
+# client_floor existed: it accepts every mode and query.
+DEFAULTS = BEFORE_KEY["client_floor"]
 NODE_KEYS = {"privacy-floor": "privacy", "answer-gram": "gram", "send-sparse": "sparse",
              "min-noise-multiplier": "min_noise_multiplier", "secagg-min-threshold": "secagg_min_threshold"}
 
@@ -99,8 +102,8 @@ class Floor:
 
 
 def check_config(cfg: dict) -> None:
-    """The `client_floor` block of the config (missing keys get their defaults)."""
-    block = cfg.setdefault("client_floor", dict(DEFAULTS))
+    """The `client_floor` block of the config (validate's backfill gave it the keys it lacked)."""
+    block = cfg["client_floor"]
     if not isinstance(block, dict):
         raise ConfigError(f"client_floor={block!r}: expected a block with {', '.join(DEFAULTS)}")
     cfg["client_floor"] = dict(Floor.parse(block, "client_floor").__dict__)
@@ -128,7 +131,7 @@ def check_train(floor: Floor, cfg: dict, secagg_message: bool, noise_multiplier:
                 f"{', '.join(ACCEPTS[floor.privacy])})")
     if mode in SECAGG_MODES and not secagg_message:
         _refuse(f"privacy={mode} but the training request is not a SecAgg+ message (the update would go in the clear)")
-    exchange = (cfg.get("exchange") or {}).get("name", "dense")
+    exchange = cfg["exchange"]["name"]
     if exchange == "sparse" and not floor.sparse and mode not in SECAGG_MODES:  # under SecAgg+ rows travel masked
         _refuse("exchange=sparse names this client's items; its floor does not send sparse rows (sparse=false)")
     if noise_multiplier is not None and noise_multiplier < floor.min_noise_multiplier:

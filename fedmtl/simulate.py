@@ -65,7 +65,7 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, output_dir=str(out_dir.resolve()))
-    quiet_frameworks(cfg.get("verbose", False))
+    quiet_frameworks(cfg["verbose"])
     if not (cfg.get("resume") and (out_dir / "config.json").is_file()):  # a resumed run keeps its own
         write_json(out_dir / "config.json", cfg)
     t0 = time.time()
@@ -106,7 +106,7 @@ def run_federated(cfg: dict, num_clients: int) -> dict:
     from .federation.client_app import make_client_app
     from .federation.server_app import make_server_app
 
-    quiet_frameworks(cfg.get("verbose", False))  # again: importing Flower resets its logger
+    quiet_frameworks(cfg["verbose"])  # again: importing Flower resets its logger
     sink: dict = {}
     server_app, client_app = make_server_app(cfg, sink), make_client_app(cfg)
     backend = cfg["backend"]["name"]
@@ -126,7 +126,7 @@ def run_federated(cfg: dict, num_clients: int) -> dict:
     else:
         from .engine.ray import run_ray
         from .federation.faults import ray_extra_actors
-        run_ray(server_app, client_app, num_clients, cfg["backend"], cfg.get("verbose", False),
+        run_ray(server_app, client_app, num_clients, cfg["backend"], cfg["verbose"],
                 extra_actors=ray_extra_actors(cfg))
     if not sink:
         raise FedMTLError("the federated run ended without a result (see the log above)")

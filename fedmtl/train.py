@@ -38,10 +38,10 @@ def train_config(cfg: dict, epochs: int, prox_mu: float = 0.0) -> TrainConfig:
     """The TrainConfig of a run's `train` group (clients and baselines alike)."""
     t = cfg["train"]
     return TrainConfig(epochs=epochs, batch_size=t["batch_size"], lr=t["lr"], l2=t["l2"],
-                       weight_decay=t["weight_decay"], personal_decay=t.get("personal_decay", 0.0),
+                       weight_decay=t["weight_decay"], personal_decay=t["personal_decay"],
                        click_loss=t["click_loss"],
                        num_negatives=t["num_negatives"], prox_mu=prox_mu,
-                       optimizer=t.get("optimizer", "adam"), shared_lr=t.get("shared_lr"))
+                       optimizer=t["optimizer"], shared_lr=t["shared_lr"])
 
 
 @dataclass

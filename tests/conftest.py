@@ -5,11 +5,11 @@ otherwise see the log's tasks."""
 
 import pytest
 
-from fedmtl.tasks import configure
+from fedmtl.tasks import reset
 
 
 @pytest.fixture(autouse=True)
 def default_task_registry():
-    configure({})
+    reset()
     yield
-    configure({})
+    reset()

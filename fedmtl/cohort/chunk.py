@@ -82,7 +82,7 @@ class Chunk:
                 P[n] = self._personal(n, init[n], U)
             P[n] = P[n].detach().clone().contiguous().requires_grad_(True)
         self.P = P
-        self.layers = int(cfg["model"].get("layers", 1))
+        self.layers = int(cfg["model"]["layers"])
         self.anchor = ({n: P[n].detach().clone() for n in self.shared_names}
                        if setup.tcfg.prox_mu > 0 else None)
 

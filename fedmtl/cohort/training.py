@@ -23,21 +23,21 @@ from .optim import Optim
 def unbatched(cfg: dict) -> list[str]:
     """The knobs of `cfg` the batched step does not implement (empty: it batches every client)."""
     out = []
-    faults = cfg.get("faults") or {}
-    if faults.get("drop_rate") or faults.get("straggler_rate"):
+    faults = cfg["faults"]
+    if faults["drop_rate"] or faults["straggler_rate"]:
         out.append("faults.* (injected per-client failures)")
     if cfg["weighting"]["name"] != "fixed":
         out.append(f"weighting={cfg['weighting']['name']} (per-client gradient weighting)")
     m = cfg["model"]
     if m["name"] != "shared_bottom":
         out.append(f"model={m['name']}")
-    if m.get("dropout", 0.0):
+    if m["dropout"]:
         out.append("model.dropout > 0 (per-client dropout masks)")
     if m.get("history"):
         out.append("model.history=true")
     if cfg["aggregate"] == "fedrep":
         out.append("aggregate=fedrep")
-    if (cfg.get("init") or {}).get("freeze_encoder"):
+    if cfg["init"]["freeze_encoder"]:
         out.append("init.freeze_encoder=true")
     t = cfg["train"]
     if t.get("weight_decay"):
@@ -47,7 +47,7 @@ def unbatched(cfg: dict) -> list[str]:
     if dataset_labels(cfg["dataset"]) is not None and any(task_of(t).pairwise for t in cfg["tasks"]):
         # the batch carries the rating column only; an every-row event (ranking) reads no label
         out.append(f"dataset={cfg['dataset']['name']} with pair tasks on its label columns")
-    if (cfg.get("transfer") or {}).get("new_items"):
+    if cfg["transfer"]["new_items"]:
         out.append("transfer.new_items > 0 (hidden items)")
     return out
 
@@ -114,7 +114,7 @@ def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job]
     results: dict[int, tuple] = {}
     mcfg = cfg["model"]
     template = setup.template(1)
-    for part in chunks(clients, cfg, budget_mb, int(mcfg["dim"]), int(mcfg.get("hidden", 64))):
+    for part in chunks(clients, cfg, budget_mb, int(mcfg["dim"]), int(mcfg["hidden"])):
         chunk = Chunk(setup, part, shared, template, meta)
         stats = _train_chunk(setup, chunk)
         results.update(_finish(setup, chunk, shared, stats, n_items))
@@ -141,7 +141,7 @@ def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats,
                 rd[n] = P[n][:, :R].astype(np.float64) - shared[n][chunk.rows.cpu().numpy()[:, :R]].astype(np.float64)
         dd = {n: P[n].astype(np.float64) - shared[n].astype(np.float64) for n in snames if n not in ROW_TABLES}
         uploads = sparse_payloads(rd, dd, [c.send_rows for c in clients], n_items,
-                                  (cfg.get("exchange") or {}).get("dtype", "float32"),
+                                  cfg["exchange"]["dtype"],
                                   [np.random.default_rng([c.seed, 2]) for c in clients])
     out = {}
     for k, c in enumerate(clients):
@@ -174,7 +174,7 @@ def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
     click logits per pair), counting the matmuls only (forward, and the backward's two)."""
     cfg, tcfg = setup.cfg, setup.tcfg
     m = cfg["model"]
-    d, h, layers = int(m["dim"]), int(m.get("hidden", 64)), int(m.get("layers", 1))
+    d, h, layers = int(m["dim"]), int(m["hidden"]), int(m["layers"])
     meta = setup.meta
     n_items, feats = int(meta["n_items"]), sum(meta["item_cards"]) + meta["item_multi"].shape[1]
     tower = 2 * (d * h + (layers - 1) * h * h + h * d) * 3  # per row: forward + two backward products

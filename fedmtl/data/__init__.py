@@ -192,24 +192,24 @@ class Federation:
 
 def build_federation(cfg: dict) -> Federation:
     dataset = load_dataset(cfg["dataset"])
-    scfg = cfg.get("split", {}) or {}
-    if scfg.get("name") == "leave_one_out":  # the published protocol (loo.py)
+    scfg = cfg["split"]
+    if scfg["name"] == "leave_one_out":  # the published protocol (loo.py)
         return Federation(dataset, loo_split(cfg, dataset), cfg["num_clients"], cfg["seed"])
-    if scfg.get("name") == "last_basket":  # repeat consumption (temporal.py)
+    if scfg["name"] == "last_basket":  # repeat consumption (temporal.py)
         return Federation(dataset, basket_split(dataset, bool(scfg.get("validation"))), cfg["num_clients"], cfg["seed"])
     if scfg.get("path"):
         split = split_mod.read(scfg["path"], dataset)
     else:
-        split = split_mod.per_user_split(dataset.interactions, seed=scfg.get("seed", cfg["seed"]),
-                                         train_frac=scfg.get("train_frac", 0.8))
-    tcfg = cfg.get("transfer") or {}
+        split = split_mod.per_user_split(dataset.interactions, seed=scfg["seed"],
+                                         train_frac=scfg["train_frac"])
+    tcfg = cfg["transfer"]
     holdout = None
-    if tcfg.get("new_users") or tcfg.get("new_items"):
-        split, holdout = holdout_mod.hold_out(split, tcfg.get("new_users") or 0.0, tcfg.get("new_items") or 0.0,
-                                              seed=tcfg.get("seed") if tcfg.get("seed") is not None else cfg["seed"])
-    if scfg.get("validation", False):
+    if tcfg["new_users"] or tcfg["new_items"]:
+        split, holdout = holdout_mod.hold_out(split, tcfg["new_users"], tcfg["new_items"],
+                                              seed=tcfg["seed"] if tcfg["seed"] is not None else cfg["seed"])
+    if scfg["validation"]:
         # Tuning mode: the train part is carved again; test is never touched.
-        split = split_mod.carve_validation(split, seed=scfg.get("validation_seed", 1))
+        split = split_mod.carve_validation(split, seed=scfg["validation_seed"])
     return Federation(dataset, split, cfg["num_clients"], cfg["seed"], holdout)
 
 
@@ -238,7 +238,7 @@ def loo_split(cfg: dict, dataset: Dataset) -> Split:
         split.candidates = split_mod.read_candidates(scfg["path"], dataset, split)
         return split
     split = loo.leave_one_out(dataset.interactions)
-    negatives = int((cfg.get("eval") or {}).get("negatives", 99))
+    negatives = int(cfg["eval"]["negatives"])
     seed = scfg.get("seed") if scfg.get("seed") is not None else cfg["seed"]
     split.candidates = loo.draw_candidates(split, dataset.n_items, dataset.n_users, negatives, seed)
     return split

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..checks import block, choice, get, number
+from ..errors import ConfigError, DataError
 from .dataset import COLUMNS, Dataset
 
 log = logging.getLogger(__name__)
@@ -215,3 +216,34 @@ def read_valid(folder: str | Path, dataset: Dataset) -> pd.DataFrame:
         raw[col] = mapped.astype(np.int64)
     raw["rating"] = raw["rating"].astype(np.float32)
     return raw
+
+
+def check_config(cfg: dict) -> None:
+    """split=per_user | leave_one_out | last_basket (conf/split/) and eval.negatives
+    (data/loo.py): called by `fedmtl.config.validate`."""
+    split = get(cfg, "split")
+    if not isinstance(split, dict):
+        raise ConfigError(f"split={split!r}: expected a block (split=per_user or split=leave_one_out)")
+    name = split["name"]
+    choice(cfg, "split.name", ("per_user", "leave_one_out", "last_basket"))
+    if name == "per_user":
+        number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
+        return
+    if name == "last_basket":
+        if split.get("path"):
+            raise ConfigError("split.path with split=last_basket: the split is computed from the log's baskets "
+                              "(deterministic); leave split.path empty")
+        t = cfg["transfer"]
+        if t["new_users"] or t["new_items"]:
+            raise ConfigError("split=last_basket with transfer.new_users or transfer.new_items: held-out users and "
+                              "items are built on split=per_user only")
+        return
+    block(cfg, "eval")
+    number(cfg, "eval.negatives", lo=1, integer=True)
+    if cfg["split"].get("validation"):
+        raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
+                          "(the second latest interaction); the reported round is chosen on it")
+    t = cfg["transfer"]
+    if t["new_users"] or t["new_items"]:
+        raise ConfigError("split=leave_one_out with transfer.new_users or transfer.new_items: held-out users and "
+                          "items are built on split=per_user only")

@@ -61,7 +61,7 @@ class CohortGrid(InProcessGrid):
                  run_config: dict | None = None, state_dir=None):
         super().__init__(client_app, num_nodes, run_id=run_id, run_config=run_config, workers=1, state_dir=state_dir)
         self.cfg = cfg
-        bcfg = cfg.get("backend") or {}
+        bcfg = cfg["backend"]
         threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb", 1024)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f"backend.threads={threads!r}: expected an integer >= 0 (0: every core)")

@@ -147,7 +147,7 @@ def surviving_multiplier(noise_multiplier: float, answered: int, asked: int) -> 
 def gram_noise_multiplier(cfg: dict) -> float | None:
     """click_mix's DP Gram release (client_clip_dp, secagg_dp): its noise multiplier, or None."""
     from ..itemitem import dp_gram, needed
-    if cfg.get("mode", "federated") != "federated" or not needed(cfg) or not dp_gram(cfg):
+    if cfg["mode"] != "federated" or not needed(cfg) or not dp_gram(cfg):
         return None
     return float(cfg["click_mix"]["dp_noise_multiplier"])
 
@@ -173,7 +173,7 @@ def secret_sampling(cfg: dict, phase: str = "train") -> bool:
     """Whether this phase's sample must be secret: training rounds of the DP modes, whose
     accounting claims amplification by sampling (an adversary who can replay the sample
     from `seed` gets no amplification)."""
-    return phase == "train" and (cfg.get("privacy") or {}).get("name", "none") in DP_MODES
+    return phase == "train" and cfg["privacy"]["name"] in DP_MODES
 
 
 def distributed_noise_std(cfg: dict, noise_multiplier: float) -> float:

@@ -90,7 +90,7 @@ class TailAverage:
     which damps the server optimiser's round-to-round noise."""
 
     def __init__(self, cfg: dict):
-        k = int(cfg.get("average_last") or 0)
+        k = int(cfg["average_last"])
         self.start = max(1, cfg["num_rounds"] - k + 1) if k > 0 else None  # K > rounds: all of them
         self.mean: dict[str, np.ndarray] | None = None
         self.count = 0
@@ -127,7 +127,7 @@ class Selection:
     last round's."""
 
     def __init__(self, cfg: dict, state: dict | None = None):
-        on = (cfg.get("split") or {}).get("name") == "leave_one_out"
+        on = cfg["split"]["name"] == "leave_one_out"
         self.key = selection_key(cfg["tasks"]) if on else None  # None: no selection, the last round's model
         self.round, self.value, self.arrays = None, None, None
         if state:
@@ -170,7 +170,7 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, kept)
     row = {"round": rnd, **counts, "bytes_down": int(down), "bytes_up": int(up),
            "bytes_up_per_client": int(up / max(len(ok), 1))}
-    if (cfg.get("robust") or {}).get("on_large_update") == "clip" and cfg["robust"].get("max_update_norm"):
+    if cfg["robust"]["on_large_update"] == "clip" and cfg["robust"]["max_update_norm"]:
         row["clipped"] = clipped
     return agg, train_metrics, row, skipped
 
@@ -276,7 +276,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             no_metrics = (f"round {no_eval['round']}: no client's evaluation succeeded ({no_eval['failed_evaluate']} "
                           f"failed; the first: {no_eval['evaluate_error']}), so the run has no metrics; its rounds "
                           f"are in {out_dir}/metrics.jsonl")
-    if cfg.get("save_model", True):
+    if cfg["save_model"]:
         final = tail.model(arrays)  # average_last: the averaged model, the one evaluated
         saved_round, final = selection.chosen(n_rounds, final)  # leave-one-out: the round reported
         checkpoint.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_for(cfg).meta, saved_round)

@@ -143,10 +143,10 @@ def server_rate(cfg: dict, rnd: int) -> float | None:
     if key is None:
         return None
     base = float(cfg["strategy"].get(key, 1.0 if key == "server_learning_rate" else 0.1))
-    sched = cfg.get("server_lr") or {}
-    if sched.get("schedule", "constant") == "constant" or cfg["num_rounds"] <= 1:
+    sched = cfg["server_lr"]
+    if sched["schedule"] == "constant" or cfg["num_rounds"] <= 1:
         return base
-    final = float(sched.get("final", 0.0))
+    final = float(sched["final"])
     progress = (min(max(rnd, 1), cfg["num_rounds"]) - 1) / (cfg["num_rounds"] - 1)
     return base * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
@@ -226,7 +226,7 @@ def step_from(optimizer, server_round: int, arrays: ArrayRecord, mean: ArrayReco
 def build_strategy(cfg: dict, given_mean: bool = False):
     scfg = dict(cfg["strategy"])
     name = scfg.pop("name")
-    cls = strategy_class(name, (cfg.get("exchange") or {}).get("name", "dense"))
+    cls = strategy_class(name, cfg["exchange"]["name"])
     if given_mean:  # the mean is given (row-wise already under exchange=sparse): no SparseFedAvg in between
         cls = strategy_class(name, "dense")
         cls = type(cls.__name__, (cls, GivenMean), {"__doc__": cls.__doc__})
@@ -237,5 +237,5 @@ def build_strategy(cfg: dict, given_mean: bool = False):
         strategy = cls(**common, **scfg)
     except TypeError as e:
         raise ConfigError(f"strategy={name}: {e}") from None
-    strategy.server_decay = float(cfg.get("server_decay") or 0.0)  # a config exported before the key: none
+    strategy.server_decay = float(cfg["server_decay"])
     return strategy

@@ -66,13 +66,18 @@ def label_task(name: str, spec: dict, ranking: dict | None = None) -> Task:
     raise ConfigError(f"labels.{name}.kind={kind!r}: expected numeric, binary or event")
 
 
-def configure(cfg: dict) -> list[str]:
-    """Reset the registry to the defaults plus the labels of `cfg`'s dataset (an interaction
-    log); returns the task names the data set offers (for `tasks=[...]`)."""
+def reset() -> None:
+    """The registry of the default tasks only."""
     REGISTRY.clear()
     for t in DEFAULTS:
         register(t)
-    labels = dataset_labels(cfg.get("dataset") or {})
+
+
+def configure(cfg: dict) -> list[str]:
+    """Reset the registry to the defaults plus the labels of `cfg`'s dataset (an interaction
+    log); returns the task names the data set offers (for `tasks=[...]`)."""
+    reset()
+    labels = dataset_labels(cfg["dataset"])
     if labels is None:
         if ranking_options(cfg):
             register(Ranking("click", None, **ranking_options(cfg)))
@@ -108,7 +113,7 @@ def dataset_labels(dcfg: dict) -> dict | None:
 
 def ranking_options(cfg: dict) -> dict:
     """The `ranking` block (k, exclude_seen, recall) checked: options of every ranking task."""
-    r = cfg.get("ranking") or {}
+    r = cfg["ranking"]
     if not isinstance(r, dict):
         raise ConfigError(f"ranking={r!r}: expected a block with k, exclude_seen, recall")
     unknown = set(r) - {"k", "exclude_seen", "recall", "repeat_weight", "repeat_decay"}
@@ -121,7 +126,7 @@ def ranking_options(cfg: dict) -> dict:
     w = r.get("repeat_weight")
     if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0):
         raise ConfigError(f"ranking.repeat_weight={w!r}: expected a number >= 0")
-    if w and r.get("exclude_seen", True):
+    if w and r["exclude_seen"]:
         raise ConfigError("ranking.repeat_weight > 0 with ranking.exclude_seen=true: the repeat prior scores the "
                           "user's earlier items, which exclude_seen removes; set ranking.exclude_seen=false")
     if "k" in r and (not isinstance(r["k"], int) or isinstance(r["k"], bool) or r["k"] < 1):
