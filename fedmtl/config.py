@@ -142,7 +142,7 @@ def _block(cfg: dict, name: str, defaults: dict) -> dict:
 
 
 def check_server_lr(cfg: dict) -> None:
-    from .federation_names import SERVER_LR_SCHEDULES, SERVER_RATE
+    from .knob_names import SERVER_LR_SCHEDULES, SERVER_RATE
     sched = _block(cfg, "server_lr", {"schedule": "constant", "final": 0.0})
     _choice(cfg, "server_lr.schedule", SERVER_LR_SCHEDULES)
     _number(cfg, "server_lr.final", lo=0, hi=1)
@@ -154,7 +154,7 @@ def check_server_lr(cfg: dict) -> None:
 
 def validate(cfg: dict) -> dict:
     from .data import DATASETS, GENERATED
-    from .federation_names import BACKENDS, PRIVACY, STRATEGIES
+    from .knob_names import BACKENDS, PRIVACY, STRATEGIES
     from .model.towers import ARCHITECTURES
     from .weighting import REGISTRY as WEIGHTINGS, build_weighting
 
@@ -168,7 +168,7 @@ def validate(cfg: dict) -> dict:
                 and _get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
-        from .federation_names import CLIENT_DP_MODES
+        from .knob_names import CLIENT_DP_MODES
         mode = _get(cfg, "privacy.name")
         if mode not in ("none", "secagg", *CLIENT_DP_MODES):
             raise ConfigError(f"exchange=sparse with privacy={mode}: the clipping and noise of this mode work on "
@@ -312,7 +312,7 @@ def _check_click_mix(cfg: dict) -> None:
                           "or neither")
     privacy = _get(cfg, "privacy.name")
     from .itemitem import needed
-    from .federation_names import CLIENT_DP_MODES
+    from .knob_names import CLIENT_DP_MODES
     if needed(cfg) and cfg["mode"] == "federated" and privacy not in ("none", "secagg", *CLIENT_DP_MODES):
         what = f"click_mix.weight={mix['weight']}" if mix["weight"] > 0 else "click_mix.grid_*"
         raise ConfigError(f"{what} with privacy={privacy}: the clients' item Gram parts are summed in the clear "
@@ -379,13 +379,13 @@ def _check_faults_and_resume(cfg: dict) -> None:
 
 def check_privacy(cfg: dict) -> None:
     """The privacy= options (federation/privacy.py, docs/privacy.md)."""
-    from .federation_names import DP_MODES, SECAGG_MODES
+    from .knob_names import DP_MODES, SECAGG_MODES
 
     p, mode = cfg["privacy"], cfg["privacy"]["name"]
     if mode == "none":
         return
     strategy = cfg["strategy"]["name"]
-    from .federation_names import NOT_A_MEAN
+    from .knob_names import NOT_A_MEAN
     if mode != "local_dp" and strategy in NOT_A_MEAN:
         raise ConfigError(f"privacy={mode} with strategy={strategy}: the noise and SecAgg+ work on a plain mean of "
                           "the updates, not a median or trimmed mean; use fedavg, fedprox, fedavgm or the FedOpt "

@@ -36,7 +36,7 @@ import contextvars
 from dataclasses import dataclass
 
 from .errors import ConfigError, PrivacyRefused
-from .federation_names import PRIVACY, SECAGG_MODES
+from .knob_names import PRIVACY, SECAGG_MODES
 
 ACCEPTS = {
     "none": PRIVACY,
