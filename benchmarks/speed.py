@@ -119,7 +119,7 @@ def child(args) -> None:
         res = plain_loop(cfg, out)
         rounds, metrics = res["round_seconds"], res["metrics"]
     else:
-        from fedmtl.results import read_jsonl
+        from fedmtl.runfiles import read_jsonl
         from fedmtl.simulate import run
 
         summary = run(cfg, out)

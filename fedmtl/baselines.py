@@ -18,7 +18,7 @@ from .itemitem import pooled as pooled_item_item
 from .metrics import combine
 from .model import build_model
 from .progress import progress
-from .results import append_jsonl
+from .runfiles import append_jsonl
 from .schedule import client_round
 from .seeds import local_client_seed, pooled_epoch_seed, user_init_seed
 from .train import evaluate, local_train, train_config

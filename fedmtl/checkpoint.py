@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .results import write_json
+from .runfiles import write_json
 
 log = logging.getLogger("fedmtl")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .errors import FedMTLError
 from .itemitem import GRID_PREFIX, grid_overrides
-from .results import ERROR_FILE, read_jsonl
+from .runfiles import ERROR_FILE, read_jsonl
 
 SEED_KEYS = ("seed",)  # the axis the mean and std are taken over
 IGNORED_KEYS = ("verbose", "output_dir")  # do not change a result

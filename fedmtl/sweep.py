@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from .errors import FedMTLError
-from .results import ERROR_FILE, write_json
+from .runfiles import ERROR_FILE, write_json
 
 
 def in_sweep() -> bool:

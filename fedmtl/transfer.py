@@ -38,7 +38,7 @@ from . import checkpoint
 from .errors import ConfigError, FedMTLError
 from .metrics import HEADLINE, combine
 from .tasks import dataset_labels, get as get_task, ranking_tasks
-from .results import write_json
+from .runfiles import write_json
 from .seeds import cold_start_seed
 
 log = logging.getLogger("fedmtl")
@@ -337,7 +337,7 @@ def tables(report: dict, tasks) -> str:
 
 
 def read_curve(run_dir: str | Path, key: str) -> list[tuple[int, float]]:
-    from .results import read_jsonl
+    from .runfiles import read_jsonl
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FedMTLError(f"{run_dir}: no metrics.jsonl (not a run folder?)")

@@ -21,7 +21,7 @@ from ..data import federation_for
 from ..errors import DivergedError
 from ..model import build_model, shared_names
 from ..progress import progress
-from ..results import append_jsonl
+from ..runfiles import append_jsonl
 from ..tasks import get as get_task, selection_key
 from . import deployment, faults
 from .checkpoint import Checkpointer, resume, round_commit
