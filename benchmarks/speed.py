@@ -59,7 +59,7 @@ def plain_loop(cfg: dict, out: Path) -> dict:
     from fedmtl.federation.client_app import train_config
     from fedmtl.metrics import combine
     from fedmtl.model import build_model, get_arrays, personal_names, set_arrays, shared_names
-    from fedmtl.schedule import client_round
+    from fedmtl.local_rounds import client_round
     from fedmtl.seeds import client_round_seed
     from fedmtl.train import evaluate
     from fedmtl.weighting import build_weighting

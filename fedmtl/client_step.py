@@ -25,8 +25,8 @@ from . import dp_rows, transfer
 from .config import resolve_device
 from .data import ClientData, federation_for
 from .itemitem import Rows, blends
+from .local_rounds import client_round
 from .model import build_model, get_arrays, personal_names, set_arrays, shared_names
-from .schedule import client_round
 from .seeds import client_round_seed, user_init_seed
 from .tasks import choose_rows, click_candidates, configure as configure_tasks
 from .train import TrainConfig, evaluate, train_config as make_train_config
