@@ -15,7 +15,7 @@
   metrics are also reported on the new-item and the known-item test rows separately
   ("new_items/..." and "known_items/..."), each ranked among all items.
 - New task: `init.from=RUN_DIR` starts a run from another run's encoder
-  (`fedmtl.checkpoint`); `python -m fedmtl.transfer curves` compares learning curves
+  (`fedmtl.model.saved`); `python -m fedmtl.transfer curves` compares learning curves
   (rounds to a target, final metric).
 """
 
@@ -34,9 +34,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint
 from .errors import ConfigError, FedMTLError
 from .metrics import HEADLINE, combine
+from .model import saved
 from .tasks import dataset_labels, get as get_task, ranking_tasks
 from .runfiles import write_json
 from .seeds import cold_start_seed
@@ -73,7 +73,7 @@ def validate_config(cfg: dict) -> None:
     if init["from"] is not None and not isinstance(init["from"], str):
         raise ConfigError(f"init.from={init['from']!r}: expected the path of a run folder, or null")
     if init["from"]:
-        checkpoint.load(init["from"])  # exists and reads, now rather than after the data is loaded
+        saved.load(init["from"])  # exists and reads, now rather than after the data is loaded
     for key in ("new_users", "new_items"):
         v = t[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -279,7 +279,7 @@ def after_run(cfg: dict, fed, out_dir: str | Path, result: dict, write: bool = T
         log.info("new users: %d held out, %d with more than %d interactions scored", len(fed.holdout.users),
                  len(users), kmax)
         if users:
-            final = checkpoint.load(out_dir, what="run folder").arrays
+            final = saved.load(out_dir, what="run folder").arrays
             pop = reference_scores(Popularity(fed.split.train, fed.meta["n_items"]), fed, tasks, users, kmax)
             report["new_users"] = {
                 "users": len(users), "held_out": int(len(fed.holdout.users)), "k": ks,

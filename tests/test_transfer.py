@@ -15,7 +15,7 @@ from fedmtl.config import compose
 from fedmtl.data import federation_for
 from fedmtl.errors import ConfigError
 from fedmtl.metrics import combine
-from fedmtl.model import build_model
+from fedmtl.model import build_model, saved as saved_model
 from fedmtl.simulate import run
 from fedmtl.train import evaluate
 
@@ -48,7 +48,7 @@ def test_with_k_0_a_new_user_gets_scores_from_its_features(cold):
     cfg, out, _ = cold
     fed = federation_for(cfg)
     u = int(fed.holdout.users[0])
-    final = transfer.checkpoint.load(out).arrays
+    final = saved_model.load(out).arrays
     model = build_model(cfg["model"], TASKS, 1, fed.dataset.user_cat[[u]], fed.meta, cfg["seed"])
     from fedmtl.model import set_arrays
     set_arrays(model, final)
@@ -188,7 +188,7 @@ def test_the_baselines_hide_new_items_and_report_them_apart(tmp_path, mode):
 def test_new_users_start_from_the_aggregated_heads_where_the_checkpoint_has_them(cold):
     cfg, out, _ = cold
     fed = federation_for(cfg)
-    final = transfer.checkpoint.load(out).arrays  # aggregate=encoder: no heads, fresh ones
+    final = saved_model.load(out).arrays  # aggregate=encoder: no heads, fresh ones
     assert not any(k.startswith("personal.") for k in final)
     prior = dict(final, **{"personal.heads.rating.offset": np.array(1.0, np.float32)})
     plain = transfer.cold_start(cfg, fed, final, [0], 1, seed=0)[0]
