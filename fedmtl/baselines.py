@@ -22,7 +22,7 @@ from .progress import progress
 from .runfiles import append_jsonl
 from .seeds import local_client_seed, pooled_epoch_seed, user_init_seed
 from .train import evaluate, local_train, train_config
-from .transfer import item_parts, new_item_view
+from .transfer.new_items import item_parts, new_item_view
 from .weighting import build_weighting
 
 log = logging.getLogger("fedmtl")

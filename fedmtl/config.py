@@ -246,7 +246,7 @@ def validate(cfg: dict) -> dict:
     elif cfg["dataset"]["name"] not in GENERATED and not cfg["dataset"].get("path"):
         raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
                           "e.g. dataset.path=data/ml-100k")
-    from .transfer import validate_config as validate_transfer
+    from .transfer.checks import validate_config as validate_transfer
     validate_transfer(cfg)  # init.* and transfer.*
     if cfg["device"] == "cuda":
         import torch

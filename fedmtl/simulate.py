@@ -87,7 +87,7 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     else:
         result = run_federated(cfg, len(fed.clients))
         if fed.holdout:  # transfer.new_users / new_items: cold-start evaluations
-            from .transfer import after_run
+            from .transfer.evaluation import after_run
             result["transfer"] = after_run(cfg, fed, out_dir, result)
     if cfg["split"].get("name") == "leave_one_out":  # the test figures of the best validation round (data/loo.py)
         from .data.loo import reported
