@@ -59,7 +59,7 @@ def plain_loop(cfg: dict, out: Path) -> dict:
     from fedmtl.federation.client_app import train_config
     from fedmtl.metrics import combine
     from fedmtl.model import build_model, get_arrays, personal_names, set_arrays, shared_names
-    from fedmtl.schedule import client_round
+    from fedmtl.local_rounds import client_round
     from fedmtl.seeds import client_round_seed
     from fedmtl.train import evaluate
     from fedmtl.weighting import build_weighting
@@ -119,7 +119,7 @@ def child(args) -> None:
         res = plain_loop(cfg, out)
         rounds, metrics = res["round_seconds"], res["metrics"]
     else:
-        from fedmtl.results import read_jsonl
+        from fedmtl.runfiles import read_jsonl
         from fedmtl.simulate import run
 
         summary = run(cfg, out)

@@ -15,14 +15,14 @@ import torch
 from .config import resolve_device
 from .data import Federation
 from .itemitem import pooled as pooled_item_item
+from .local_rounds import client_round
 from .metrics import combine
 from .model import build_model
 from .progress import progress
-from .results import append_jsonl
-from .schedule import client_round
+from .runfiles import append_jsonl
 from .seeds import local_client_seed, pooled_epoch_seed, user_init_seed
 from .train import evaluate, local_train, train_config
-from .transfer import item_parts, new_item_view
+from .transfer.new_items import item_parts, new_item_view
 from .weighting import build_weighting
 
 log = logging.getLogger("fedmtl")

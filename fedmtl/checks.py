@@ -19,6 +19,7 @@ BEFORE_KEY = {
     "server_decay": 0.0,
     "average_last": 0,
     "split.name": "per_user",
+    "ranking": {"k": 10, "exclude_seen": True, "recall": None, "repeat_weight": 0.0, "repeat_decay": 1.0},
     "server_lr": {"schedule": "constant", "final": 0.0},
     "eval": {"negatives": 99},
     "click_mix": {"weight": 0.0, "lam": 500.0, "grid_weight": [], "grid_lam": [], "dp_clip": 20.0,

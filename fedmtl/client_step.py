@@ -21,15 +21,16 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from . import dp_rows, transfer
+from . import dp_rows
 from .config import resolve_device
 from .data import ClientData, federation_for
 from .itemitem import Rows, blends
+from .local_rounds import client_round
 from .model import build_model, get_arrays, personal_names, set_arrays, shared_names
-from .schedule import client_round
 from .seeds import client_round_seed, user_init_seed
 from .tasks import choose_rows, click_candidates, configure as configure_tasks
 from .train import TrainConfig, evaluate, train_config as make_train_config
+from .transfer import new_items
 from .weighting import build_weighting
 
 PERSONAL, WEIGHTING = "personal", "weighting"  # the keys of a client's state
@@ -47,7 +48,7 @@ def client_seed(cfg: dict, server_round: int, pid: int) -> int:
 
 
 def model_key(cfg: dict) -> str:
-    keys = ("dataset", "split", "num_clients", "seed", "model", "tasks", "ranking")
+    keys = ("dataset", "split", "num_clients", "seed", "transfer", "eval", "model", "tasks", "ranking")  # federation_for's too
     return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
 
 
@@ -162,7 +163,7 @@ def train_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, 
     shared = dp_rows.without_indicator(shared)
     model = client_model(setup, data, state.get(PERSONAL), pid)
     set_arrays(model, shared)
-    transfer.client_view(model, cfg)  # new items: features only, never trained
+    new_items.client_view(model, cfg)  # new items: features only, never trained
     weighting = client_weighting(cfg, state.get(WEIGHTING))
     seed = client_seed(cfg, server_round, pid)
     tcfg, rows, received = setup.tcfg, sparse_rows(cfg, data, model.n_items, seed), None
@@ -200,11 +201,11 @@ def evaluate_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[st
     shared = {k: v for k, v in shared.items() if k != dp_rows.ROW_COUNT}  # DP rows: the indicator's zeros
     model = client_model(setup, data, state.get(PERSONAL), pid)
     set_arrays(model, shared)
-    transfer.client_view(model, cfg)
+    new_items.client_view(model, cfg)
     blend, mixes = None, None
     if item_item is not None:  # click_mix: rows of the server's EASE weights (itemitem.py)
         blend, mixes = item_item_blends(cfg, item_item, data.train_u.device)
     part = evaluate(model, data, cfg["tasks"], item_item=blend, mixes=mixes)
-    part.update(transfer.item_parts(model, data, cfg["tasks"], transfer.hidden_items(cfg)))
+    part.update(new_items.item_parts(model, data, cfg["tasks"], new_items.hidden_items(cfg)))
     part["num-examples"] = int(len(data.test_u))
     return part

@@ -102,7 +102,7 @@ def _strategy_options(cfg: dict) -> None:
 
 
 def check_server_lr(cfg: dict) -> None:
-    from .federation_names import SERVER_LR_SCHEDULES, SERVER_RATE
+    from .knob_names import SERVER_LR_SCHEDULES, SERVER_RATE
     sched = block(cfg, "server_lr")
     choice(cfg, "server_lr.schedule", SERVER_LR_SCHEDULES)
     number(cfg, "server_lr.final", lo=0, hi=1)
@@ -114,7 +114,7 @@ def check_server_lr(cfg: dict) -> None:
 
 def validate(cfg: dict) -> dict:
     from .data import DATASETS, GENERATED
-    from .federation_names import BACKENDS, PRIVACY, STRATEGIES
+    from .knob_names import BACKENDS, PRIVACY, STRATEGIES
     from .model.towers import ARCHITECTURES
     from .weighting import REGISTRY as WEIGHTINGS, build_weighting
 
@@ -129,7 +129,7 @@ def validate(cfg: dict) -> dict:
                 and get(cfg, "train.click_loss") == "sampled"):
             raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
                               "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
-        from .federation_names import CLIENT_DP_MODES
+        from .knob_names import CLIENT_DP_MODES
         mode = get(cfg, "privacy.name")
         if mode not in ("none", "secagg", *CLIENT_DP_MODES):
             raise ConfigError(f"exchange=sparse with privacy={mode}: the clipping and noise of this mode work on "
@@ -190,6 +190,14 @@ def validate(cfg: dict) -> dict:
     number(cfg, "train.l2", lo=0)
     number(cfg, "train.weight_decay", lo=0)
     number(cfg, "train.personal_decay", lo=0)
+    if cfg["dataset"].get("layout") == "log":
+        if not cfg["dataset"].get("file"):
+            raise ConfigError("dataset.file: dataset=log needs the log's file (a path, a glob or a list)")
+    elif cfg["dataset"]["name"] not in GENERATED and not cfg["dataset"].get("path"):
+        raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
+                          "e.g. dataset.path=data/ml-100k")
+    from .transfer.checks import validate_config as validate_transfer
+    validate_transfer(cfg)  # init.* and transfer.* (the split's check reads them)
     from .data.split import check_config as check_split
     check_split(cfg)
     if cfg["split"]["name"] == "leave_one_out":
@@ -204,14 +212,6 @@ def validate(cfg: dict) -> dict:
         number(cfg, "baseline_epochs", lo=1, integer=True)
     if cfg["split"].get("seed") is None:
         cfg["split"]["seed"] = cfg["seed"]
-    if cfg["dataset"].get("layout") == "log":
-        if not cfg["dataset"].get("file"):
-            raise ConfigError("dataset.file: dataset=log needs the log's file (a path, a glob or a list)")
-    elif cfg["dataset"]["name"] not in GENERATED and not cfg["dataset"].get("path"):
-        raise ConfigError(f"dataset.path: dataset={cfg['dataset']['name']} needs the folder of its files, "
-                          "e.g. dataset.path=data/ml-100k")
-    from .transfer import validate_config as validate_transfer
-    validate_transfer(cfg)  # init.* and transfer.*
     if cfg["device"] == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -277,13 +277,13 @@ def _check_faults_and_resume(cfg: dict) -> None:
 
 def check_privacy(cfg: dict) -> None:
     """The privacy= options (federation/privacy.py, docs/privacy.md)."""
-    from .federation_names import DP_MODES, SECAGG_MODES
+    from .knob_names import DP_MODES, SECAGG_MODES
 
     p, mode = cfg["privacy"], cfg["privacy"]["name"]
     if mode == "none":
         return
     strategy = cfg["strategy"]["name"]
-    from .federation_names import NOT_A_MEAN
+    from .knob_names import NOT_A_MEAN
     if mode != "local_dp" and strategy in NOT_A_MEAN:
         raise ConfigError(f"privacy={mode} with strategy={strategy}: the noise and SecAgg+ work on a plain mean of "
                           "the updates, not a median or trimmed mean; use fedavg, fedprox, fedavgm or the FedOpt "

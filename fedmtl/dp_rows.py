@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .federation_names import CLIENT_DP_MODES
+from .knob_names import CLIENT_DP_MODES
 from .sparse_codec import ROW_COUNT, layout, unpack
 
 FLOOR_STDS = 2.0  # min_row_count=null: the floor is this many noise stds of a row's count estimate

@@ -34,7 +34,7 @@ import torch
 
 from .checks import block, get, number
 from .errors import ConfigError
-from .federation_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
+from .knob_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
 from .tasks import ranking_tasks
 
 GRID_PREFIX = "mix_"  # metric groups of the selection grid: mix_w0.1_lam300/click.ndcg@10

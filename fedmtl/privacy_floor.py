@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from .checks import BEFORE_KEY
 from .errors import ConfigError, PrivacyRefused
-from .federation_names import PRIVACY, SECAGG_MODES
+from .knob_names import PRIVACY, SECAGG_MODES
 
 ACCEPTS = {
     "none": PRIVACY,

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
 from .errors import FedMTLError
-from .results import write_json
+from .runfiles import write_json
 from .sweep import check_first_job, in_sweep, record_failure
 
 log = logging.getLogger("fedmtl")
@@ -87,11 +87,11 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     else:
         result = run_federated(cfg, len(fed.clients))
         if fed.holdout:  # transfer.new_users / new_items: cold-start evaluations
-            from .transfer import after_run
+            from .transfer.evaluation import after_run
             result["transfer"] = after_run(cfg, fed, out_dir, result)
     if cfg["split"].get("name") == "leave_one_out":  # the test figures of the best validation round (data/loo.py)
         from .data.loo import reported
-        from .results import read_jsonl
+        from .runfiles import read_jsonl
         from .tasks import selection_key
         result.update(reported(read_jsonl(out_dir / "metrics.jsonl"), result["metrics"], selection_key(cfg["tasks"])))
     summary = {"mode": cfg["mode"], "tasks": cfg["tasks"], "dataset": fed.dataset.name,

@@ -1,5 +1,5 @@
 """Hydra sweeps (`python -m fedmtl.simulate -m ...`): a failing run is recorded, not fatal,
-and the sweep ends with the report of fedmtl/report.py.
+and the sweep ends with the report of fedmtl/report/ (report.summary.write_report).
 
 - `record_failure`: in a sweep, a run that fails writes `error.json` into its own run folder
   and returns, so Hydra goes on with the other combinations (Hydra's basic sweeper would
@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from .errors import FedMTLError
-from .results import ERROR_FILE, write_json
+from .runfiles import ERROR_FILE, write_json
 
 
 def in_sweep() -> bool:
@@ -75,7 +75,7 @@ class SweepReport(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         if not self.enabled:
             return
-        from .report import write_report
+        from .report.summary import write_report
 
         sweep_dir = self.sweep_dir or Path(config.hydra.sweep.dir)
         try:

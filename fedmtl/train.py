@@ -170,7 +170,7 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
     item_item: (B's `Rows`, weight) blends EASE item-item scores into the click ranking
     (itemitem.py); mixes: {group: (Rows, weight)}, more blends scored as "group/click.*"."""
     model.eval()
-    if hasattr(model, "attach"):  # reference scorers (transfer.py) have no history to attach
+    if hasattr(model, "attach"):  # reference scorers (transfer/references.py) have no history to attach
         model.attach(data)
     u, i = (data.test_u, data.test_i) if on == "test" else (data.train_u, data.train_i)
     r = data.labels(on) if hasattr(data, "labels") else (data.test_r if on == "test" else data.train_r)

@@ -143,7 +143,8 @@ def test_the_scan_finds_a_restated_default():
     assert sorted(restated_defaults(src)) == [(3, "backend.name"), (3, "privacy")]
 
 
-MODULES = sorted(p for p in (ROOT / "fedmtl").rglob("*.py") if p.name not in ("config.py", "checks.py"))
+MODULES = sorted(p for p in (ROOT / "fedmtl").rglob("*.py") if p.relative_to(ROOT).as_posix() not in
+                 ("fedmtl/config.py", "fedmtl/checks.py"))  # validation itself: it reads configs not yet backfilled
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))

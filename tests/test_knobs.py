@@ -10,7 +10,7 @@ import pytest
 
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
-from fedmtl.federation_names import STRATEGIES
+from fedmtl.knob_names import STRATEGIES
 from fedmtl.model.towers import ARCHITECTURES
 from fedmtl.simulate import run
 from fedmtl.weighting import REGISTRY as WEIGHTINGS

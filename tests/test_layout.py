@@ -102,8 +102,8 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 
 def test_the_graph_sees_imports_at_every_level():
     # the graph itself: a function-level import and a relative `from . import module` are arrows
-    assert "fedmtl.report" in GRAPH["fedmtl.sweep"]  # SweepReport.on_multirun_end's import
-    assert "fedmtl.transfer" in GRAPH["fedmtl.client_step"]  # from . import transfer
+    assert "fedmtl.report.summary" in GRAPH["fedmtl.sweep"]  # SweepReport.on_multirun_end's import
+    assert "fedmtl.transfer.new_items" in GRAPH["fedmtl.client_step"]  # from .transfer import new_items
     assert "fedmtl.privacy_floor" in GRAPH["fedmtl.config"]  # inside validate
     assert len(CORE) > 20 and "fedmtl.data.split" in CORE and "fedmtl.weighting.pcgrad" in CORE
 
@@ -125,9 +125,10 @@ def test_importing_the_core_loads_no_flower():
 
 def test_report_and_sweep_are_in_no_cycle_and_no_new_cycle_exists():
     found = cycles(GRAPH)
-    assert not [c for c in found if c & {"fedmtl.report", "fedmtl.sweep"}], found
+    assert not [c for c in found if any(under(m, ("fedmtl.report", "fedmtl.sweep")) for m in c)], found
     assert set(found) <= KNOWN_CYCLES, f"new import cycles: {[sorted(c) for c in set(found) - KNOWN_CYCLES]}"
-    assert "fedmtl.sweep" not in GRAPH["fedmtl.report"]  # the report reads run folders without Hydra's callback
+    # the report reads run folders without Hydra's callback
+    assert not [m for m in GRAPH if under(m, ("fedmtl.report",)) and "fedmtl.sweep" in GRAPH[m]]
 
 
 def test_no_new_upward_import():

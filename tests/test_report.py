@@ -1,4 +1,4 @@
-"""fedmtl/report.py on run folders written by hand: how runs are grouped and named."""
+"""fedmtl/report/ on run folders written by hand: how runs are grouped and named."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from fedmtl.config import compose
-from fedmtl.report import write_report
+from fedmtl.report.cli import main
+from fedmtl.report.selection import select
+from fedmtl.report.summary import write_report
 
 
 def make_run(folder: Path, overrides: list[str] | None, rmse: list[float]) -> None:
@@ -73,8 +75,6 @@ def _run_with(folder: Path, overrides: list[str], curves: dict[str, list[float]]
 
 
 def test_select_ranks_configuration_and_round_by_mean_rank_on_validation(tmp_path, capsys):
-    from fedmtl.report import main, select
-
     v = ["split.validation=true", "num_rounds=3"]
     # a: best at round 2 (then overfits); b: worse everywhere; c: diverged (never a candidate)
     _run_with(tmp_path / "a", [*v, "train.lr=0.1"], {"rating.rmse": [1.0, 0.90, 0.95], "like.auc": [0.7, 0.80, 0.78]})
@@ -91,16 +91,12 @@ def test_select_ranks_configuration_and_round_by_mean_rank_on_validation(tmp_pat
 
 
 def test_select_warns_when_runs_were_scored_on_test(tmp_path, capsys):
-    from fedmtl.report import main
-
     _run_with(tmp_path / "a", ["num_rounds=1"], {"rating.rmse": [1.0]})
     assert main([str(tmp_path), "--select", "--no-plots"]) == 0
     assert "TEST" in capsys.readouterr().err
 
 
 def test_select_ranks_each_blend_of_a_click_mix_grid_with_ties_sharing_a_rank(tmp_path, capsys):
-    from fedmtl.report import main, select
-
     v = ["split.validation=true", "num_rounds=2", "click_mix.grid_weight=[0,0.1]", "click_mix.grid_lam=[300]"]
     for seed, (nd_head, nd_w0, nd_w01) in enumerate([(0.20, 0.20, 0.26), (0.22, 0.22, 0.24)]):
         folder = tmp_path / f"s{seed}"

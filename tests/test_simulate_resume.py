@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedmtl.config import compose
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl import transfer
 from fedmtl.config import compose
 from fedmtl.data import federation_for
 from fedmtl.errors import ConfigError
 from fedmtl.metrics import combine
-from fedmtl.model import build_model
+from fedmtl.model import build_model, saved as saved_model
 from fedmtl.simulate import run
 from fedmtl.train import evaluate
+from fedmtl.transfer import cli, curves, new_items, new_users
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=4", "device=cpu"]
 TASKS = ["rating", "click", "like"]
@@ -48,7 +48,7 @@ def test_with_k_0_a_new_user_gets_scores_from_its_features(cold):
     cfg, out, _ = cold
     fed = federation_for(cfg)
     u = int(fed.holdout.users[0])
-    final = transfer.checkpoint.load(out).arrays
+    final = saved_model.load(out).arrays
     model = build_model(cfg["model"], TASKS, 1, fed.dataset.user_cat[[u]], fed.meta, cfg["seed"])
     from fedmtl.model import set_arrays
     set_arrays(model, final)
@@ -77,14 +77,14 @@ def test_fine_tuning_a_new_user_leaves_the_encoder_unchanged(cold):
     rows = fed.holdout.user_log[fed.holdout.user_log["user"] == u]
     model = build_model(cfg["model"], TASKS, 1, fed.dataset.user_cat[[u]], fed.meta, cfg["seed"])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    transfer.fine_tune(model, transfer._one_user_data(rows, fed.dataset.user_cat[[u]], 40, 5, 5), cfg, 5, seed=0)
+    new_users.fine_tune(model, new_users._one_user_data(rows, fed.dataset.user_cat[[u]], 40, 5, 5), cfg, 5, seed=0)
     after = dict(model.named_parameters())
     for n, p in before.items():
         if n.startswith("encoder."):
             assert torch.equal(p, after[n]), n
     assert not torch.equal(before["personal.user_emb.weight"], after["personal.user_emb.weight"])
     assert torch.equal(before["personal.heads.rating.proj"], after["personal.heads.rating.proj"])  # tune=user
-    transfer.fine_tune(model, transfer._one_user_data(rows, fed.dataset.user_cat[[u]], 40, 5, 5),
+    new_users.fine_tune(model, new_users._one_user_data(rows, fed.dataset.user_cat[[u]], 40, 5, 5),
                        dict(cfg, transfer=dict(cfg["transfer"], tune="personal")), 5, seed=0)
     assert not torch.equal(before["personal.heads.rating.proj"], after["personal.heads.rating.proj"])
     for n, p in before.items():
@@ -110,7 +110,7 @@ def test_grouped_metric_parts_combine_like_their_subset():
     data = fed.partition_data(0)
     model = build_model(cfg["model"], TASKS, len(data.users), data.user_cat, fed.meta, 0)
     items = np.arange(0, 40, 3)
-    parts = transfer.item_parts(model, data, TASKS, items)
+    parts = new_items.item_parts(model, data, TASKS, items)
     sel = torch.as_tensor(np.isin(data.test_i.numpy(), items))
     from dataclasses import replace
     direct = combine([evaluate(model, replace(data, test_u=data.test_u[sel], test_i=data.test_i[sel],
@@ -125,8 +125,8 @@ def test_every_client_sends_the_same_metric_keys_with_or_without_new_items():
     fed = federation_for(cfg)
     data = fed.partition_data(0)
     model = build_model(cfg["model"], TASKS, len(data.users), data.user_cat, fed.meta, 0)
-    some = transfer.item_parts(model, data, TASKS, data.test_i[:1].numpy())
-    none = transfer.item_parts(model, data, TASKS, np.array([10_000]))
+    some = new_items.item_parts(model, data, TASKS, data.test_i[:1].numpy())
+    none = new_items.item_parts(model, data, TASKS, np.array([10_000]))
     assert some.keys() == none.keys() and none["new_items/click.n"] == 0
     assert combine([none, some])["new_items/rating.rmse"] == pytest.approx(combine([some])["new_items/rating.rmse"])
 
@@ -137,9 +137,9 @@ def test_rounds_to_target_and_the_curves_table(tmp_path, capsys):
         d.mkdir()
         (d / "metrics.jsonl").write_text("".join(json.dumps({"round": r + 1, "test": {"click.ndcg@10": v}}) + "\n"
                                                  for r, v in enumerate(vals)))
-    assert transfer.rounds_to_target(transfer.read_curve(tmp_path / "a", "click.ndcg@10"), 0.2) == 2
-    assert transfer.rounds_to_target([(1, 1.2), (2, 0.95)], 1.0, larger_is_better=False) == 2
-    transfer.main(["curves", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--target", "0.2",
+    assert curves.rounds_to_target(curves.read_curve(tmp_path / "a", "click.ndcg@10"), 0.2) == 2
+    assert curves.rounds_to_target([(1, 1.2), (2, 0.95)], 1.0, larger_is_better=False) == 2
+    cli.main(["curves", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--target", "0.2",
                    "--plot", str(tmp_path / "c.png")])
     text = capsys.readouterr().out
     assert "| a | 2 | 0.3000 | 0.3000 |" in text and "| b | not reached | 0.1500 |" in text
@@ -164,7 +164,7 @@ def test_a_frozen_encoder_with_a_gradient_weighting_is_refused():
 
 def test_a_finished_run_can_be_re_evaluated_with_other_k(cold, capsys):
     _, out, _ = cold
-    transfer.main(["evaluate", str(out), "--name", "again", "transfer.k=[0,5]", "transfer.tune=personal"])
+    cli.main(["evaluate", str(out), "--name", "again", "transfer.k=[0,5]", "transfer.tune=personal"])
     again = json.loads((out / "again.json").read_text())["new_users"]
     first = json.loads((out / "transfer.json").read_text())["new_users"]
     assert again["k"] == [0, 5] and again["tune"] == "personal" and first["tune"] == "user"
@@ -174,7 +174,7 @@ def test_a_finished_run_can_be_re_evaluated_with_other_k(cold, capsys):
     assert again["transfer"]["5"]["rating.rmse"] != pytest.approx(first["transfer"]["5"]["rating.rmse"])
     assert "| 5 | transfer |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        transfer.main(["evaluate", str(out), "num_rounds=3"])
+        cli.main(["evaluate", str(out), "num_rounds=3"])
 
 
 @pytest.mark.parametrize("mode", ["centralized", "local"])
@@ -188,11 +188,11 @@ def test_the_baselines_hide_new_items_and_report_them_apart(tmp_path, mode):
 def test_new_users_start_from_the_aggregated_heads_where_the_checkpoint_has_them(cold):
     cfg, out, _ = cold
     fed = federation_for(cfg)
-    final = transfer.checkpoint.load(out).arrays  # aggregate=encoder: no heads, fresh ones
+    final = saved_model.load(out).arrays  # aggregate=encoder: no heads, fresh ones
     assert not any(k.startswith("personal.") for k in final)
     prior = dict(final, **{"personal.heads.rating.offset": np.array(1.0, np.float32)})
-    plain = transfer.cold_start(cfg, fed, final, [0], 1, seed=0)[0]
-    with_prior = transfer.cold_start(cfg, fed, prior, [0], 1, seed=0)[0]
+    plain = new_users.cold_start(cfg, fed, final, [0], 1, seed=0)[0]
+    with_prior = new_users.cold_start(cfg, fed, prior, [0], 1, seed=0)[0]
     assert with_prior["rating.rmse"] > plain["rating.rmse"] + 0.5  # an offset of 1 instead of 3.5 shows
 
 

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl import checkpoint
 from fedmtl.config import compose
 from fedmtl.data import federation_for
 from fedmtl.errors import ConfigError
 from fedmtl.federation.server_app import initial_arrays
-from fedmtl.model import build_model, get_arrays, set_arrays, shared_names
+from fedmtl.model import build_model, get_arrays, saved as saved_model, set_arrays, shared_names
 from fedmtl.simulate import run
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=2", "device=cpu"]
@@ -31,10 +30,10 @@ def source(tmp_path_factory):
 
 def test_a_run_folder_holds_the_encoder_and_how_to_rebuild_it(source):
     cfg, out = source
-    info = json.loads((out / checkpoint.CONFIG_FILE).read_text())
+    info = json.loads((out / saved_model.CONFIG_FILE).read_text())
     assert info["model"] == cfg["model"] and info["tasks"] == ["rating", "like"] and info["aggregate"] == "all"
     assert info["n_items"] == 40 and info["rounds"] == 2
-    state = torch.load(out / checkpoint.SHARED_FILE)
+    state = torch.load(out / saved_model.SHARED_FILE)
     assert "personal.heads.like.proj" in state  # aggregate=all: the heads are shared, a prior for newcomers
     assert not any(k.startswith("personal.user_") for k in state)  # never a user's own parameters
 
@@ -43,11 +42,11 @@ def test_a_checkpoint_round_trips_to_the_same_predictions(source):
     cfg, out = source
     fed = federation_for(cfg)
     data = fed.partition_data(0)
-    ckpt = checkpoint.load(out)
+    ckpt = saved_model.load(out)
     # The model a client holds at the end: the server's arrays and its own user parameters.
     original = build_model(cfg["model"], cfg["tasks"], len(data.users), data.user_cat, fed.meta, 123)
     set_arrays(original, {k: v.copy() for k, v in ckpt.arrays.items()})
-    rebuilt = checkpoint.rebuild(checkpoint.load(out / checkpoint.SHARED_FILE), fed.meta, len(data.users),
+    rebuilt = saved_model.rebuild(saved_model.load(out / saved_model.SHARED_FILE), fed.meta, len(data.users),
                                  data.user_cat)
     users = ["personal.user_emb.weight", "personal.user_bias.weight"]
     set_arrays(rebuilt, get_arrays(original, users))
@@ -65,7 +64,7 @@ def test_init_from_starts_the_run_from_the_checkpoint(source):
     _, out = source
     cfg = compose(TINY + ["tasks=[rating,like]", "aggregate=all", "model=mmoe", f"init.from={out}"])
     start = {k: v.numpy() for k, v in initial_arrays(cfg).items()}
-    saved = checkpoint.load(out).arrays
+    saved = saved_model.load(out).arrays
     assert start.keys() == saved.keys()
     for k in saved:
         np.testing.assert_array_equal(start[k], saved[k], err_msg=k)
@@ -75,7 +74,7 @@ def test_a_new_task_takes_what_the_checkpoint_has_for_it_and_keeps_the_rest_fres
     _, out = source
     cfg = compose(TINY + ["tasks=[like,click]", "aggregate=all", "model=mmoe", f"init.from={out}"])
     start = {k: v.numpy() for k, v in initial_arrays(cfg).items()}
-    saved = checkpoint.load(out).arrays  # tasks [rating, like]
+    saved = saved_model.load(out).arrays  # tasks [rating, like]
     fed = federation_for(cfg)
     fresh = get_arrays(build_model(cfg["model"], cfg["tasks"], 1, np.zeros((1, 2), np.int64), fed.meta,
                                    cfg["seed"]), list(start))
@@ -93,7 +92,7 @@ def test_a_frozen_encoder_leaves_the_federation_as_it_came(source, tmp_path):
     _, out = source
     cfg = compose(TINY + ["tasks=[like]", "model=mmoe", f"init.from={out}", "init.freeze_encoder=true"])
     run(cfg, tmp_path)
-    before, after = checkpoint.load(out).arrays, checkpoint.load(tmp_path).arrays
+    before, after = saved_model.load(out).arrays, saved_model.load(tmp_path).arrays
     model = build_model(cfg["model"], cfg["tasks"], 1, np.zeros((1, 2), np.int64), federation_for(cfg).meta, 0)
     names = shared_names(model, "encoder")
     assert set(after) == set(names)
@@ -101,7 +100,7 @@ def test_a_frozen_encoder_leaves_the_federation_as_it_came(source, tmp_path):
         if k == "encoder.item_bias.weight":
             np.testing.assert_allclose(after[k][:, 0], before[k][:, 1], rtol=0, atol=1e-7)
         else:  # like is task 1 of the source: its gates are gates.1 there
-            src = checkpoint.source_name(k, ["like"], ["rating", "like"])
+            src = saved_model.source_name(k, ["like"], ["rating", "like"])
             np.testing.assert_allclose(after[k], before[src], rtol=0, atol=1e-7, err_msg=k)
 
 

@@ -40,8 +40,8 @@ from flwr.clientapp import ClientApp
 from ..client_step import run_setup
 from ..cohort import EvalJob, Job, evaluate_cohort, train_cohort, unbatched
 from ..errors import ConfigError, FedMTLError
-from ..federation_names import SECAGG_MODES
 from ..federation.arrays import record as fast_record
+from ..knob_names import SECAGG_MODES
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, run_on_grid
 
 log = logging.getLogger("fedmtl")

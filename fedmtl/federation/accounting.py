@@ -25,7 +25,7 @@ from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, Neighboring
                                                SamplingMethod)
 
 from ..errors import ConfigError
-from ..federation_names import DP_MODES
+from ..knob_names import DP_MODES
 
 
 def sample_size(cfg: dict) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, FedMTLError
-from ..results import read_jsonl, write_json
+from ..runfiles import read_jsonl, write_json
 
 log = logging.getLogger("fedmtl")
 
@@ -182,7 +182,7 @@ def resume(ckpt: Checkpointer, strategy, metrics_path: Path):
     the checkpoint's rows."""
     from flwr.app import Array, ArrayRecord
 
-    from ..results import append_jsonl
+    from ..runfiles import append_jsonl
 
     server = ckpt.load()
     if server is None:

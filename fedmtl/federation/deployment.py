@@ -35,7 +35,7 @@ from flwr.app import Context
 from ..config import resolve_device
 from ..data import ClientData, Federation, federation_for
 from ..errors import ConfigError, FedMTLError
-from ..results import write_json
+from ..runfiles import write_json
 
 log = logging.getLogger("fedmtl")
 

@@ -39,7 +39,7 @@ from flwr.supercore.differential_privacy import compute_clip_model_update, compu
 
 from .. import dp_rows, secure_random
 from ..errors import ConfigError
-from ..federation_names import DP_MODES, SECAGG_MODES
+from ..knob_names import DP_MODES, SECAGG_MODES
 from .accounting import (Ledger, client_key, distributed_noise_std, gram_noise_multiplier, local_dp_std,
                          noise_multiplier, own_noise_multiplier, sample_size, surviving_multiplier)
 

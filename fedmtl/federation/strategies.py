@@ -28,7 +28,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fs
 
 from ..errors import ConfigError
-from ..federation_names import NOT_A_MEAN, SERVER_RATE
+from ..knob_names import NOT_A_MEAN, SERVER_RATE
 from ..metrics import combine
 from .sparse import SparseFedAvg
 

@@ -12,6 +12,7 @@ interaction). A data set's labels add more (`register_labels`); `tasks=[...]` pi
 
 from __future__ import annotations
 
+from ..checks import get as config_value
 from ..errors import ConfigError
 from .base import REGISTRY, Task, get, pair_tasks, ranking_tasks, register, selection_key
 from .binary import Binary
@@ -77,7 +78,7 @@ def configure(cfg: dict) -> list[str]:
     """Reset the registry to the defaults plus the labels of `cfg`'s dataset (an interaction
     log); returns the task names the data set offers (for `tasks=[...]`)."""
     reset()
-    labels = dataset_labels(cfg["dataset"])
+    labels = dataset_labels(config_value(cfg, "dataset"))
     if labels is None:
         if ranking_options(cfg):
             register(Ranking("click", None, **ranking_options(cfg)))

@@ -10,10 +10,9 @@ import torch
 
 from fedmtl.config import compose
 from fedmtl.data import build_federation, federation_for
-from fedmtl.model import build_model
+from fedmtl.model import build_model, saved as saved_model
 from fedmtl.simulate import run
 from fedmtl.tasks import losses
-from fedmtl import checkpoint
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=2", "device=cpu"]
 HOLD = ["transfer.new_users=0.2", "transfer.new_items=0.2", "transfer.k=[0,1]", "transfer.epochs=2"]
@@ -69,7 +68,7 @@ def test_the_exported_split_holds_no_new_user_or_item_in_train(held):
 
 def test_what_the_server_holds_knows_nothing_of_new_items(held):
     _, fed, out = held
-    emb = checkpoint.load(out).arrays["encoder.item_emb.weight"]
+    emb = saved_model.load(out).arrays["encoder.item_emb.weight"]
     new = fed.holdout.items
     assert np.all(emb[new] == 0) and np.all(np.abs(emb[np.setdiff1d(np.arange(len(emb)), new)]).sum(1) > 0)
 

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from compose_native import NativeCompose
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 
 pytestmark = pytest.mark.skipif(os.environ.get("FEDMTL_TEST_COMPOSE") != "1",
                                 reason="opt-in (FEDMTL_TEST_COMPOSE=1): runs the whole compose layout, ~2 min")

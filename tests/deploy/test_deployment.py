@@ -13,7 +13,7 @@ import pytest
 
 from fedmtl.config import compose
 from fedmtl.deploy.local import LocalDeployment, free_port
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
 pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None or shutil.which("flwr") is None,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fedmtl.config import compose
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
 # 8 users a client, 4 examples a batch: uneven clients take different numbers of steps per epoch

@@ -15,7 +15,7 @@ import pytest
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError, FedMTLError
 from fedmtl.federation import checkpoint as ck
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
 # fraction_train < 1: Flower samples the clients with `random`, so the RNG state matters;

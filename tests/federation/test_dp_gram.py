@@ -13,7 +13,7 @@ from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation import click_mix
 from fedmtl.federation.accounting import Ledger, noise_multiplier
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
 BASE = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=8", "num_rounds=2", "device=cpu",

@@ -13,7 +13,7 @@ import torch
 from fedmtl import dp_rows, secure_random
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 from fedmtl.sparse_codec import ROW_COUNT, dense_rows, rowwise_mean, sparse_payload
 

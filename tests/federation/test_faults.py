@@ -20,7 +20,7 @@ from fedmtl.data import federation_for
 from fedmtl.errors import ConfigError
 from fedmtl.federation.faults import DROP, LATE, OK, FaultPlan
 from fedmtl.metrics import HEADLINE, combine
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 from fedmtl.train import evaluate
 

@@ -22,7 +22,7 @@ from fedmtl.errors import ConfigError
 from fedmtl.federation import replies as rp
 from fedmtl.federation.failures import RoundFailure
 from fedmtl.federation.faults import GRAM_FAULTS, INJECT_KEY, TRAIN_FAULTS
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
 TINY = ["backend=inprocess", "dataset.n_users=40", "dataset.n_items=30", "num_clients=4", "num_rounds=2", "local_epochs=1",

@@ -17,7 +17,7 @@ from fedmtl.config import compose
 from fedmtl.engine.inprocess import InProcessGrid
 from fedmtl import client_step
 from fedmtl.federation.server_app import initial_arrays
-from fedmtl.federation_names import PRIVACY
+from fedmtl.knob_names import PRIVACY
 from fedmtl.simulate import run
 
 TINY = ["backend=inprocess", "dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "device=cpu"]

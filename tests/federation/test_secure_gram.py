@@ -10,7 +10,7 @@ import pytest
 from fedmtl.config import compose
 from fedmtl.errors import FedMTLError
 from fedmtl.federation import legacy, server_app
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=10", "num_rounds=2", "device=cpu",

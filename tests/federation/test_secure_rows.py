@@ -10,7 +10,7 @@ import torch
 
 from fedmtl.config import compose
 from fedmtl.federation import legacy
-from fedmtl.results import read_jsonl
+from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 from fedmtl.sparse_codec import dense_rows, rowwise_mean, sparse_payload
 

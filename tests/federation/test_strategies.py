@@ -19,8 +19,8 @@ from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation.client_app import train_config
 from fedmtl.federation.strategies import CLASSES, build_strategy, decay_arrays, server_rate, set_server_rate
-from fedmtl.federation_names import STRATEGIES
 from fedmtl.federation.sparse import sparse_payload
+from fedmtl.knob_names import STRATEGIES
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "strategy"
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
 
-from fedmtl import checkpoint
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation.server_app import TailAverage
+from fedmtl.model import saved as saved_model
 from fedmtl.simulate import run
 
 
@@ -39,7 +39,7 @@ def saved_shared(tmp_path, name, *overrides):
     out = tmp_path / name
     out.mkdir()
     metrics = run(cfg, out)["metrics"]
-    return checkpoint.load(out).arrays, metrics
+    return saved_model.load(out).arrays, metrics
 
 
 def test_a_run_saves_and_scores_the_mean_of_its_last_rounds(tmp_path):

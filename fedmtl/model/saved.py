@@ -1,4 +1,4 @@
-"""Checkpoints: the final shared encoder of a run, and what rebuilds a model around it.
+"""The saved final model of a run (its shared encoder), and what rebuilds a model around it.
 
 A run folder holds
 - `model_shared.pt`: {parameter name: tensor} of what the server aggregated at the end
@@ -11,6 +11,8 @@ A run folder holds
 experiment): parameters are matched by name and shape, task-indexed ones (the item bias
 columns, MMoE gates, PLE task experts and gates) by task name; what the checkpoint does
 not have for a task keeps its seeded initial value.
+
+The per-round checkpoints a run resumes from are another thing: fedmtl/federation/checkpoint.py.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .results import write_json
+from ..errors import ConfigError
+from ..runfiles import write_json
+from .parts import set_arrays
+from .recommender import build_model
 
 log = logging.getLogger("fedmtl")
 
@@ -128,7 +132,7 @@ def map_arrays(ckpt: Checkpoint, current: dict[str, np.ndarray], tasks: list[str
 
 def init_shared(cfg: dict, current: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
     """The run's round-0 shared arrays: from `init.from` where set, else `current` unchanged."""
-    path = (cfg.get("init") or {}).get("from")
+    path = cfg["init"]["from"]
     if not path:
         return current
     ckpt = load(path)
@@ -143,8 +147,6 @@ def init_shared(cfg: dict, current: dict[str, np.ndarray], meta: dict) -> dict[s
 def rebuild(ckpt: Checkpoint, meta: dict, n_users: int = 1, user_cat: np.ndarray | None = None):
     """A model of the checkpoint's config with its shared arrays loaded (personal parts at
     their seeded initial values)."""
-    from .model import build_model, set_arrays
-
     cfg = {"model": ckpt.info["model"], "dataset": ckpt.info["dataset"]}
     check_compatible(ckpt, cfg, meta, what="checkpoint")
     if user_cat is None:

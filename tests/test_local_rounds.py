@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fedmtl.schedule as schedule
+import fedmtl.local_rounds as local_rounds
 from fedmtl.config import compose
 from fedmtl.data import federation_for
 from fedmtl.federation.client_app import train_config
@@ -25,10 +25,10 @@ def setup(aggregate, *overrides):
 
 
 def record_phases(monkeypatch):
-    """Wrap schedule.local_train: for each call, its epochs, shared names and the
+    """Wrap local_rounds.local_train: for each call, its epochs, shared names and the
     parameters it changed."""
     calls = []
-    real = schedule.local_train
+    real = local_rounds.local_train
 
     def spy(model, data, tasks, weighting, tcfg, seed, shared=None, trainable=None):
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -37,12 +37,12 @@ def record_phases(monkeypatch):
         calls.append({"epochs": tcfg.epochs, "shared": shared, "trainable": trainable, "changed": changed})
         return out
 
-    monkeypatch.setattr(schedule, "local_train", spy)
+    monkeypatch.setattr(local_rounds, "local_train", spy)
     return calls
 
 
 def run_round(cfg, data, model):
-    return schedule.client_round(model, data, cfg["tasks"], build_weighting(cfg["weighting"], cfg["tasks"]),
+    return local_rounds.client_round(model, data, cfg["tasks"], build_weighting(cfg["weighting"], cfg["tasks"]),
                                  train_config(cfg), cfg, seed=0)
 
 

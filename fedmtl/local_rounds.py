@@ -19,12 +19,12 @@ from .train import TrainConfig, TrainResult, local_train
 def client_round(model, data, tasks, weighting, tcfg: TrainConfig, cfg: dict, seed: int) -> TrainResult:
     aggregate = cfg["aggregate"]
     shared = shared_names(model, aggregate)
-    if (cfg.get("init") or {}).get("freeze_encoder"):  # a transferred encoder, kept as it came
+    if cfg["init"]["freeze_encoder"]:  # a transferred encoder, kept as it came
         personal = [n for n in dict(model.named_parameters()) if not n.startswith("encoder.")]
         return local_train(model, data, tasks, weighting, tcfg, seed, shared=shared, trainable=personal)
     if aggregate != "fedrep":
         return local_train(model, data, tasks, weighting, tcfg, seed, shared=shared)
-    head_epochs = int(cfg.get("fedrep", {}).get("head_epochs", 1))
+    head_epochs = int(cfg["fedrep"]["head_epochs"])
     local_train(model, data, tasks, weighting, replace(tcfg, epochs=head_epochs), seed,
                 shared=shared, trainable=personal_names(model, aggregate))
     return local_train(model, data, tasks, weighting, tcfg, seed + 1, shared=shared, trainable=shared)
