@@ -141,7 +141,7 @@ def main(dcfg: DictConfig) -> dict | None:
     try:
         cfg = validate(OmegaConf.to_container(dcfg, resolve=True))
         if cfg.get("resume"):
-            from .federation.checkpoint import resumed_config
+            from .federation.resume import resumed_config
             cfg, out_dir = resumed_config(cfg, out_dir)
         summary = run(cfg, out_dir)
     except FedMTLError as e:

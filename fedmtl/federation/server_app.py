@@ -24,7 +24,7 @@ from ..progress import progress
 from ..results import append_jsonl
 from ..tasks import get as get_task, selection_key
 from . import deployment, faults
-from .checkpoint import Checkpointer, resume, round_commit
+from .resume import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_refusals, check_replies, needed_nodes, wait_for_nodes
 from .accounting import secret_sampling

@@ -42,7 +42,7 @@ def rows(out) -> list[dict]:
 
 def round_arrays(out) -> dict:
     """The shared arrays of the run's last checkpointed round."""
-    from fedmtl.federation.checkpoint import FOLDER, LATEST
+    from fedmtl.federation.resume import FOLDER, LATEST
     root = out / FOLDER
     folder = root / json.loads((root / LATEST).read_text())["dir"]
     return pickle.loads((folder / "server.pkl").read_bytes())["arrays"]
