@@ -63,7 +63,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from .. import itemitem, secure_random
 from ..errors import ConfigError, DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows, rowwise_mean
-from . import faults
+from . import failures
 from .accounting import secret_sampling
 
 NAMES_KEY = "fedmtl-arrays"  # the names of the shared arrays, in the order of the legacy Parameters
@@ -186,7 +186,7 @@ def _own_copy(msg: Message) -> Message:
 
 class _CountingGrid:
     """The round's grid, counting bytes, who answered each SecAgg+ stage, and why the
-    others did not (faults.round_counts' kinds: dropped, error, late)."""
+    others did not (failures.round_counts' kinds: dropped, error, late)."""
 
     def __init__(self, grid):
         self.grid = grid
@@ -205,7 +205,7 @@ class _CountingGrid:
         ok = [r for r in replies if not r.has_error()]
         self.up += sum(_bytes(r.content) for r in ok)
         self.stages[stage] = [len(messages), len(ok)]
-        self.failed_by[stage] = faults.round_counts(messages, replies)["failed_by"]
+        self.failed_by[stage] = failures.round_counts(messages, replies)["failed_by"]
         if stage == Stage.SETUP:  # a client's floor refuses at the first stage (privacy_floor.py)
             from .failures import check_refusals
             check_refusals("SecAgg+ setup", messages, replies, "the clients' privacy floors do not accept this "
@@ -218,7 +218,7 @@ class _CountingGrid:
         (setup, key sharing or training: each stage is sent only to the previous one's survivors)."""
         sampled = self.stages.get(Stage.SETUP, [0, 0])[0]
         answered = self.stages.get(Stage.COLLECT_MASKED_VECTORS, [0, 0])[1]
-        by = dict.fromkeys(faults.FAILURE_KINDS, 0)
+        by = dict.fromkeys(failures.FAILURE_KINDS, 0)
         for stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS):
             for k, v in self.failed_by.get(stage, {}).items():
                 by[k] += v
@@ -387,7 +387,7 @@ class SecAggRound:
                                      on_fit_config_fn=self._fit_config,
                                      fit_metrics_aggregation_fn=lambda _: {})  # blinded; losses come masked
         self.workflow = _quorum_workflow(
-            faults.quorum(self.cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
+            failures.quorum(self.cfg), num_shares=p["num_shares"], reconstruction_threshold=p["reconstruction_threshold"],
             max_weight=weight_bound, clipping_range=clip, quantization_range=int(p["quantization_range"]),
             timeout=self.cfg.get("round_timeout"))
         self.client_manager = manager
@@ -426,7 +426,7 @@ class SecAggRound:
         min_train_clients (as in a plain round), else too few for SecAgg+ itself."""
         if self.workflow.refused:
             return self.workflow.refused
-        quorum = faults.skip_reason(counts, self.cfg)
+        quorum = failures.skip_reason(counts, self.cfg)
         if quorum is not None:
             return quorum
         by = ", ".join(f"{v} {k}" for k, v in counts["failed_by"].items() if v)

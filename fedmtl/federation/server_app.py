@@ -23,7 +23,7 @@ from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
 from ..tasks import get as get_task, selection_key
-from . import deployment, faults
+from . import deployment, failures, faults
 from .resume import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_refusals, check_replies, needed_nodes, wait_for_nodes
@@ -165,8 +165,8 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies)  # replies.py: the strategy sees valid ones only
     ok = [r for r in kept if not r.has_error()]
     up = _bytes(r.content["arrays"] for r in ok)
-    counts = faults.round_counts(msgs, replies, invalid)
-    skipped = faults.skip_reason(counts, cfg)
+    counts = failures.round_counts(msgs, replies, invalid)
+    skipped = failures.skip_reason(counts, cfg)
     agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, kept)
     row = {"round": rnd, **counts, "bytes_down": int(down), "bytes_up": int(up),
            "bytes_up_per_client": int(up / max(len(ok), 1))}
