@@ -109,8 +109,8 @@ class ItemItem:
 
 def secure_item_item_round(grid: Grid, cfg: dict, strategy):
     """click_mix under privacy=secagg: the item Gram as a SecAgg+ sum of the clients' parts
-    (legacy.SecureGram), EASE solved on it; B goes whole to each node once (ItemItem)."""
-    from .legacy import SecureGram
+    (secure_gram.SecureGram), EASE solved on it; B goes whole to each node once (ItemItem)."""
+    from .secure_gram import SecureGram
 
     t0 = time.time()
     wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0, "item Gram")

@@ -99,7 +99,7 @@ class ServerPrivacy:
             if self.optimizer is not None or self.rows is not None:
                 self.strategy = StepAfterRelease(self.strategy, self.optimizer, self.rows, cfg.get("server_decay"))
         if self.mode in SECAGG_MODES:
-            from .legacy import SecAggRound
+            from .secagg_round import SecAggRound
             self.secure_round = SecAggRound(cfg, self.rows)
 
     def server_step(self, rnd: int, sent, mean):

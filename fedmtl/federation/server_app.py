@@ -209,7 +209,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             break
         t0 = time.time()
         rate = set_server_rate(strategy, cfg, rnd)  # server_lr.schedule
-        if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
+        if privacy.secure_round is not None:  # SecAgg+ (secagg_round.py)
             seed_sampling(cfg, "train", rnd)
             agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
             if agg is not None:  # the server optimiser's step from the released mean, then server_decay

@@ -181,7 +181,7 @@ def test_secagg_dp_samples_its_legacy_clients_secretly():
     import random
     from types import SimpleNamespace
 
-    from fedmtl.federation.legacy import client_manager
+    from fedmtl.federation.secagg_round import client_manager
 
     def samples(cfg):
         manager = client_manager(cfg)
