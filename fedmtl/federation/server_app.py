@@ -30,7 +30,7 @@ from .failures import check_refusals, check_replies, needed_nodes, wait_for_node
 from .accounting import secret_sampling
 from .privacy import SecretOrder, ServerPrivacy
 from .click_mix import ItemItem, item_item_round, secure_item_item_round, send_evaluate  # noqa: F401 (re-exported)
-from .replies import by_node, screen_evaluate, screen_train
+from .screening import by_node, screen_evaluate, screen_train
 from .strategies import build_strategy, set_server_rate
 
 log = logging.getLogger("fedmtl")
@@ -162,7 +162,7 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     check_refusals(f"round {rnd} train", msgs, replies, "the clients' privacy floors do not accept this run's "
                    f"privacy={cfg['privacy']['name']}")
     check_replies(cfg, rnd, "train", msgs, replies)
-    kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies)  # replies.py: the strategy sees valid ones only
+    kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies)  # screening.py: the strategy sees valid ones only
     ok = [r for r in kept if not r.has_error()]
     up = _bytes(r.content["arrays"] for r in ok)
     counts = failures.round_counts(msgs, replies, invalid)
@@ -238,7 +238,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             ereplies, added = send_evaluate(grid, cfg, emsgs, item_item, final=rnd == n_rounds)
             row["bytes_down"] += added
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
-            ereplies, row["invalid_evaluate"] = screen_evaluate(rnd, ereplies)  # replies.py
+            ereplies, row["invalid_evaluate"] = screen_evaluate(rnd, ereplies)  # screening.py
             row["failed_evaluate"] = len(emsgs) - sum(1 for r in ereplies if not r.has_error())
             ev = strategy.aggregate_evaluate(rnd, ereplies)
             if ev is not None:
