@@ -80,7 +80,7 @@ def largest_client(cfg: dict) -> float:
     return float(max(int(counts.reindex(users).fillna(0).sum()) for users in fed.clients))
 
 
-UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # privacy.py: their clients report 1
+UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # client_privacy.py: their clients report 1
 
 
 def _noise_allowance(cfg: dict) -> float:

@@ -56,7 +56,7 @@ def _install_mask_prg() -> None:
     """The clients' secaggplus_mod draws its masks from `mask_prg` (its module's
     `pseudo_rand_gen`); the server's unmask stage (quorum_workflow) calls mask_prg itself.
     Both sides of a fedmtl run import this module before SecAgg+ runs (the client's
-    privacy._chain through legacy.py, the server's SecAggRound through secagg_round.py).
+    client_privacy._chain through legacy.py, the server's SecAggRound through secagg_round.py).
     A peer with Flower's own generator cannot unmask with ours: its round is refused by
     check_release, never silently wrong."""
     import importlib

@@ -23,7 +23,8 @@ from fedmtl import secure_random
 from fedmtl.config import compose
 from fedmtl.federation import server_app
 from fedmtl.federation.accounting import Ledger, distributed_noise_std, local_dp_multiplier
-from fedmtl.federation.privacy import GaussianNoiseMod, ServerPrivacy, client_mods
+from fedmtl.federation.client_privacy import GaussianNoiseMod, client_mods
+from fedmtl.federation.privacy import ServerPrivacy
 from fedmtl.federation.strategies import build_strategy
 from fedmtl.simulate import run
 
