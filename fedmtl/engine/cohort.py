@@ -155,7 +155,7 @@ class CohortGrid(InProcessGrid):
 
     def _client(self, m: Message):
         """(the message's node Context, partition id, its ClientData)."""
-        from ..federation.deployment import node_data
+        from ..federation.deployed import node_data
 
         ctx = self.states.get(m.metadata.dst_node_id)
         pid = m.metadata.dst_node_id - NODE_ID_OFFSET

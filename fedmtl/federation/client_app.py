@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 
 from ..client_step import evaluate_client, run_setup, train_client, train_config  # noqa: F401 (train_config: tests)
 from ..itemitem import clip_part, dp_gram, gram_part
-from .deployment import node_data
+from .deployed import node_data
 from .faults import before_training, inject_reply_mod
 from .client_state import config_from_context, shared_values, state_values, store_state
 from ..privacy_floor import check_gram, client_floor

@@ -61,7 +61,7 @@ def answer_chunk(msg: Message, ctx: Context, spec: str) -> Message:
     passes it on): the chunk as a FitRes, for secaggplus_mod to mask; refused below a
     privacy floor with gram=false."""
     from ..errors import PrivacyRefused
-    from .deployment import node_data
+    from .deployed import node_data
 
     from ..privacy_floor import CURRENT_CLIENT
 

@@ -23,7 +23,7 @@ from ..model import build_model, shared_names
 from ..progress import progress
 from ..results import append_jsonl
 from ..tasks import get as get_task, selection_key
-from . import deployment, failures, faults
+from . import deployed, failures, faults
 from .resume import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_refusals, check_replies, needed_nodes, wait_for_nodes
@@ -295,7 +295,7 @@ def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) ->
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if cfg is None:  # a deployed run (flwr run): config from the run config, own run folder
-            deployment.serve(grid, context, run_rounds)
+            deployed.serve(grid, context, run_rounds)
             return
         run_cfg = config_from_context(context, cfg)
         out_dir = Path(run_cfg.get("output_dir") or "outputs/deployed")
