@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedmtl.config import compose  # noqa: E402
-from fedmtl.federation import checkpoint as ck  # noqa: E402
+from fedmtl.federation import resume as ck  # noqa: E402
 from fedmtl.simulate import run  # noqa: E402
 
 

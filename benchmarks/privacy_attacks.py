@@ -77,9 +77,9 @@ def _snap(msg, cache: dict) -> dict:
 
 
 def _gram_chunk(sent: list[dict]) -> bool:
-    """Whether these messages ask for a chunk of click_mix's secure item Gram (legacy.GRAM_KEY
+    """Whether these messages ask for a chunk of click_mix's secure item Gram (secure_gram.GRAM_KEY
     in the FitIns config of SecAgg+'s collect stage)."""
-    from fedmtl.federation.legacy import GRAM_KEY
+    from fedmtl.federation.secure_gram import GRAM_KEY
     return any(GRAM_KEY in rec for s in sent[:1] for rec in s.get("configs", {}).values())
 
 

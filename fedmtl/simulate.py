@@ -166,7 +166,7 @@ def validated(raw: dict, out_dir: str) -> tuple[dict, str | Path]:
     command, or, for `resume=`, the config.json of the run it continues (validated in its
     place; this command's other values are then ignored)."""
     if raw.get("resume"):
-        from .federation.checkpoint import resumed_config
+        from .federation.resume import resumed_config
         return resumed_config(raw, out_dir)
     return validate(raw), out_dir
 

@@ -145,7 +145,7 @@ def test_click_mix_config_is_checked():
     with pytest.raises(ConfigError, match="click_mix.grid_\\* with privacy=local_dp"):
         compose(["click_mix.grid_weight=[0.1]", "click_mix.grid_lam=[300]", "privacy=local_dp"])
     compose(["click_mix.weight=0.3", "privacy=secagg_dp"])  # a DP Gram (test_dp_gram.py)
-    compose(["click_mix.weight=0.3", "privacy=secagg"])  # a SecAgg+ sum of the parts (legacy.SecureGram)
+    compose(["click_mix.weight=0.3", "privacy=secagg"])  # a SecAgg+ sum of the parts (secure_gram.SecureGram)
 
 
 def test_the_grid_names_every_weight_and_lam_and_needs_the_gram():

@@ -14,7 +14,7 @@ messages, SecAgg+'s other stages and its secure item Gram, a training request be
 client's own privacy floor (it refuses it), and every message of a run whose knobs the
 batch does not implement (`fedmtl.cohort.unbatched`: the run says which, once, at start-up).
 Under central_dp, client_clip_dp and local_dp each batched reply passes through the train
-handler's privacy mod (federation/privacy.py: the client's floor, Flower's clipping, the
+handler's privacy mod (federation/client_privacy.py: the client's floor, Flower's clipping, the
 noise from the OS CSPRNG) before it is sent, as the ClientApp's reply would.
 
 It uses torch's threads (`backend.threads`, 0 = every core this process may use; the
@@ -72,7 +72,7 @@ class CohortGrid(InProcessGrid):
         self.secure = cfg["privacy"]["name"] in SECAGG_MODES  # SecAgg+: its collect stage's training is batched
         # central_dp, client_clip_dp, local_dp: each batched reply goes through the train handler's
         # privacy mod (the client's floor, then Flower's clipping and the mode's noise), as the ClientApp's would
-        from ..federation.privacy import client_privacy_mod
+        from ..federation.client_privacy import client_privacy_mod
         self.privacy = client_privacy_mod(cfg) if cfg["privacy"]["name"] != "none" else None
         self.data: dict[int, object] = {}  # partition id -> its ClientData (states in memory only)
         self.refused = self._floor_refuses()
@@ -84,7 +84,7 @@ class CohortGrid(InProcessGrid):
                      self.threads, self.chunk_mb)
 
     def _floor_refuses(self) -> bool:
-        """Whether the clients' own floor (privacy.client_privacy_mod; this grid's nodes have no node
+        """Whether the clients' own floor (client_privacy.client_privacy_mod; this grid's nodes have no node
         config of their own, so the run's client_floor) refuses this run's training requests: then
         the ClientApp gives its refusal."""
         from ..privacy_floor import check_train, client_floor
@@ -155,7 +155,7 @@ class CohortGrid(InProcessGrid):
 
     def _client(self, m: Message):
         """(the message's node Context, partition id, its ClientData)."""
-        from ..federation.deployment import node_data
+        from ..federation.deployed import node_data
 
         ctx = self.states.get(m.metadata.dst_node_id)
         pid = m.metadata.dst_node_id - NODE_ID_OFFSET

@@ -15,7 +15,7 @@ polling: the cost of a round is the clients' own work.
   took longer than T seconds, as a real grid would after the round's deadline
   (clients of a real round run side by side, so the deadline is per client).
 - `save_client_states` / `load_client_states` copy every node's state to and
-  from a checkpoint folder (fedmtl.federation.checkpoint).
+  from a checkpoint folder (fedmtl.federation.resume).
 """
 
 from __future__ import annotations

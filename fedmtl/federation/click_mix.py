@@ -17,7 +17,7 @@ from ..data import federation_for
 from .arrays import nbytes, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
 from .accounting import gram_noise_multiplier
-from .replies import by_node, screen_gram
+from .screening import by_node, screen_gram
 
 log = logging.getLogger("fedmtl")
 
@@ -109,8 +109,8 @@ class ItemItem:
 
 def secure_item_item_round(grid: Grid, cfg: dict, strategy):
     """click_mix under privacy=secagg: the item Gram as a SecAgg+ sum of the clients' parts
-    (legacy.SecureGram), EASE solved on it; B goes whole to each node once (ItemItem)."""
-    from .legacy import SecureGram
+    (secure_gram.SecureGram), EASE solved on it; B goes whole to each node once (ItemItem)."""
+    from .secure_gram import SecureGram
 
     t0 = time.time()
     wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0, "item Gram")
@@ -151,7 +151,7 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
     replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
     check_refusals("item Gram", msgs, replies, "the clients' privacy floors do not answer item Gram queries "
                    "(click_mix needs them: set click_mix.weight=0 and no grid)")
-    for r in screen_gram(n_items, replies, clip):  # replies.py: well-formed parts only, one log line per other
+    for r in screen_gram(n_items, replies, clip):  # screening.py: well-formed parts only, one log line per other
         up += r.content["gram"].count_bytes()
         items = r.content["gram"]["items"].numpy()
         itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())

@@ -9,11 +9,11 @@ from flwr.clientapp import ClientApp
 
 from ..client_step import evaluate_client, run_setup, train_client, train_config  # noqa: F401 (train_config: tests)
 from ..itemitem import clip_part, dp_gram, gram_part
-from .deployment import node_data
+from .deployed import node_data
 from .faults import before_training, inject_reply_mod
 from .client_state import config_from_context, shared_values, state_values, store_state
 from ..privacy_floor import check_gram, client_floor
-from .privacy import client_privacy_mod
+from .client_privacy import client_privacy_mod
 
 
 def _client_data(cfg, context: Context):
@@ -34,7 +34,7 @@ def make_client_app(cfg: dict | None = None) -> ClientApp:
     """A ClientApp bound to `cfg` (simulation), or reading it from the run config (deployment)."""
     app = ClientApp()
 
-    # privacy= mods on the train handler only (privacy.py); inject_reply_mod, outermost, does nothing
+    # privacy= mods on the train handler only (client_privacy.py); inject_reply_mod, outermost, does nothing
     # unless the node config asks for injected hostile replies (faults.py, tests)
     @app.train(mods=[inject_reply_mod, client_privacy_mod(cfg)])
     def train(msg: Message, context: Context) -> Message:

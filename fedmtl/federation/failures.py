@@ -11,6 +11,12 @@ exchange `check_replies` applies `on_client_failure`:
   metrics.jsonl's `failed`), and later rounds sample from the nodes still connected;
 - `stop`: the first node that fails or does not answer stops the run with one line
   naming the round, the stage and the reason. Finished rounds stay in metrics.jsonl.
+
+Every round counts its failed clients by kind (`round_counts`: dropped by injection,
+refused below a privacy floor, error, invalid reply, late). A round whose answers are
+fewer than the strategy's minimum (`min_train_clients`, at least 1: `quorum`) is
+skipped: the global arrays and the strategy's state stay as they were and
+metrics.jsonl records the reason (`skip_reason`).
 """
 
 from __future__ import annotations
@@ -18,12 +24,53 @@ from __future__ import annotations
 import time
 
 from ..errors import FedMTLError
+from .faults import MARK
 
 POLICIES = ("continue", "stop")
 
 
 class RoundFailure(FedMTLError):
     """A round could not go on: too few nodes, or a node failed under on_client_failure=stop."""
+
+
+FAILURE_KINDS = ("dropped", "refused", "error", "invalid", "late")
+REFUSED = "fedmtl refused:"  # in the reason of a client's refusal (a request below its privacy floor)
+
+
+def refused(reply) -> bool:
+    """Whether an error reply is a client's refusal (its privacy floor), not a crash."""
+    reason = (reply.error.reason or "") if reply.has_error() else ""
+    return REFUSED in reason and MARK not in reason
+
+
+def round_counts(sent, replies, invalid: int = 0) -> dict:
+    """How many clients were sampled, answered and failed, and why they failed:
+    `dropped` (injected), `refused` (below the client's privacy floor), `error` (any other
+    exception), `invalid` (a reply that failed replies.py's checks: `invalid` of the replies
+    without error), `late` (no reply by the timeout)."""
+    replies = list(replies)
+    errors = [r for r in replies if r.has_error()]
+    dropped = sum(MARK in (r.error.reason or "") for r in errors)
+    refusals = sum(refused(r) for r in errors)
+    sampled, answered = len(sent), len(replies) - len(errors) - invalid
+    return {"sampled": sampled, "answered": answered, "failed": sampled - answered,
+            "failed_by": {"dropped": dropped, "refused": refusals, "error": len(errors) - dropped - refusals,
+                          "invalid": invalid, "late": sampled - len(replies)}}
+
+
+def quorum(cfg: dict) -> int:
+    """The fewest training answers a round aggregates: the strategy's min_train_nodes, at least 1."""
+    return max(1, min(int(cfg.get("min_train_clients", 1)), int(cfg["num_clients"])))
+
+
+def skip_reason(counts: dict, cfg: dict) -> str | None:
+    """Why a round with these counts is not aggregated, or None when it is."""
+    need = quorum(cfg)
+    if counts["answered"] >= need:
+        return None
+    by = ", ".join(f"{v} {k}" for k, v in counts["failed_by"].items() if v)
+    return (f"only {counts['answered']} of {counts['sampled']} clients answered ({by or 'none failed'}); "
+            f"fewer than min_train_clients={need}")
 
 
 class BoundedGrid:
@@ -96,8 +143,6 @@ def check_replies(cfg: dict, rnd: int, stage: str, msgs, replies) -> None:
 
 def refusal_reason(replies) -> str | None:
     """The first refusal's reason (`fedmtl refused: ...`, a client's privacy floor), or None."""
-    from .faults import REFUSED, refused
-
     for r in replies:
         if refused(r):
             reason = r.error.reason
@@ -108,8 +153,6 @@ def refusal_reason(replies) -> str | None:
 def check_refusals(what: str, msgs, replies, because: str) -> None:
     """Stop the run when every client asked refused (below its privacy floor): going on
     would only repeat the refusals. `because`: what the floors do not accept."""
-    from .faults import refused
-
     replies = list(replies)
     if msgs and len(replies) == len(msgs) and all(refused(r) for r in replies):
         raise RoundFailure(f"{what}: all {len(msgs)} clients refused ({refusal_reason(replies)}); {because}")

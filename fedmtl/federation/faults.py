@@ -1,5 +1,5 @@
-"""Injected client faults (`faults.drop_rate`, `faults.straggler_rate`) and how a
-round accounts for the clients that did not answer.
+"""Injected client faults (`faults.drop_rate`, `faults.straggler_rate`) and injected
+hostile replies, for tests and robustness experiments.
 
 Each client's fate in a round is a pure function of (faults.seed, round,
 partition id), so a run, its rerun and its resumed continuation inject the same
@@ -17,10 +17,8 @@ faults, and a test can recompute exactly which clients failed:
   engine starts `ray_extra_actors(cfg)` more actors than the cores allow: the
   stalled ones never take a slot a punctual client needs.
 
-A round whose answers are fewer than the strategy's minimum (`min_train_clients`,
-at least 1) is skipped: the global arrays and the strategy's state stay as they
-were and metrics.jsonl records the reason. No Flower import at module level: the config
-check uses this module.
+How a round counts the clients that failed, injected or not, and its quorum are in
+failures.py. No Flower import at module level: the config check uses this module.
 
 `inject_reply_mod` injects hostile replies (node config `inject-reply=KIND`): a client that
 sends a weight of 1e9, a NaN, a wrong shape, a row index outside the catalogue, ... so that
@@ -133,46 +131,6 @@ def quiet_injected_drops() -> None:
     flwr_log = logging.getLogger("flwr")
     if not any(isinstance(f, _HideInjected) for f in flwr_log.filters):
         flwr_log.addFilter(_HideInjected())
-
-
-FAILURE_KINDS = ("dropped", "refused", "error", "invalid", "late")
-REFUSED = "fedmtl refused:"  # in the reason of a client's refusal (a request below its privacy floor)
-
-
-def refused(reply) -> bool:
-    """Whether an error reply is a client's refusal (its privacy floor), not a crash."""
-    reason = (reply.error.reason or "") if reply.has_error() else ""
-    return REFUSED in reason and MARK not in reason
-
-
-def round_counts(sent, replies, invalid: int = 0) -> dict:
-    """How many clients were sampled, answered and failed, and why they failed:
-    `dropped` (injected), `refused` (below the client's privacy floor), `error` (any other
-    exception), `invalid` (a reply that failed replies.py's checks: `invalid` of the replies
-    without error), `late` (no reply by the timeout)."""
-    replies = list(replies)
-    errors = [r for r in replies if r.has_error()]
-    dropped = sum(MARK in (r.error.reason or "") for r in errors)
-    refusals = sum(refused(r) for r in errors)
-    sampled, answered = len(sent), len(replies) - len(errors) - invalid
-    return {"sampled": sampled, "answered": answered, "failed": sampled - answered,
-            "failed_by": {"dropped": dropped, "refused": refusals, "error": len(errors) - dropped - refusals,
-                          "invalid": invalid, "late": sampled - len(replies)}}
-
-
-def quorum(cfg: dict) -> int:
-    """The fewest training answers a round aggregates: the strategy's min_train_nodes, at least 1."""
-    return max(1, min(int(cfg.get("min_train_clients", 1)), int(cfg["num_clients"])))
-
-
-def skip_reason(counts: dict, cfg: dict) -> str | None:
-    """Why a round with these counts is not aggregated, or None when it is."""
-    need = quorum(cfg)
-    if counts["answered"] >= need:
-        return None
-    by = ", ".join(f"{v} {k}" for k, v in counts["failed_by"].items() if v)
-    return (f"only {counts['answered']} of {counts['sampled']} clients answered ({by or 'none failed'}); "
-            f"fewer than min_train_clients={need}")
 
 
 # --- injected hostile replies (tests and robustness experiments) -----------------------------

@@ -1,4 +1,6 @@
 """`privacy=`: what the server may learn about one client, wired from Flower's own parts.
+This module holds the server's side (`ServerPrivacy`, Flower's DP wrappers with secret
+noise); the client's side, the train handler's mods, is client_privacy.py.
 
 | privacy=       | client side (train handler only)              | server side                                      |
 | none           | -                                             | the strategy as configured                       |
@@ -26,29 +28,19 @@ Accounting (the ledger, the multipliers, whether a sample must be secret): accou
 
 from __future__ import annotations
 
-import json
 import logging
-from functools import lru_cache
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
-from flwr.client.mod.utils import make_ffn
-from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp import strategy as fs
-from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
+from flwr.supercore.differential_privacy import compute_stdv
 
 from .. import dp_rows, secure_random
 from ..errors import ConfigError
 from ..knob_names import DP_MODES, SECAGG_MODES
-from .accounting import (Ledger, client_key, distributed_noise_std, gram_noise_multiplier, local_dp_std,
-                         noise_multiplier, own_noise_multiplier, sample_size, surviving_multiplier)
+from .accounting import Ledger, gram_noise_multiplier, noise_multiplier, sample_size, surviving_multiplier
 
 log = logging.getLogger("fedmtl")
-
-WEIGHT_KEY = "num-examples"  # the strategies' weighted_by_key
-
-
-# --- server --------------------------------------------------------------------------------------
 
 
 class SecretOrder:
@@ -99,7 +91,7 @@ class ServerPrivacy:
             if self.optimizer is not None or self.rows is not None:
                 self.strategy = StepAfterRelease(self.strategy, self.optimizer, self.rows, cfg.get("server_decay"))
         if self.mode in SECAGG_MODES:
-            from .legacy import SecAggRound
+            from .secagg_round import SecAggRound
             self.secure_round = SecAggRound(cfg, self.rows)
 
     def server_step(self, rnd: int, sent, mean):
@@ -320,124 +312,3 @@ def wrap_strategy(strategy, p: dict, noise_multiplier: float, num_sampled: int, 
                    clipped_count_stddev=p.get("clipped_count_stddev"))
     except ValueError as e:
         raise ConfigError(f"privacy={mode}: {e}") from None
-
-
-# --- client --------------------------------------------------------------------------------------
-
-
-def uniform_weight_mod(msg: Message, ctx: Context, call_next) -> Message:
-    """Report weight 1 (not the example count), so that the DP mean is a plain mean: the noise
-    z*C/m covers one client only if no client weighs more than 1/m."""
-    reply = call_next(msg, ctx)
-    if reply.has_content() and "metrics" in reply.content:
-        reply.content["metrics"][WEIGHT_KEY] = 1.0
-    return reply
-
-
-def only_weight_mod(msg: Message, ctx: Context, call_next) -> Message:
-    """local_dp: the reply's metrics say only weight 1: the example count and the
-    training losses are functions of the client's data that no noise covers."""
-    reply = call_next(msg, ctx)
-    if reply.has_content() and "metrics" in reply.content:
-        reply.content["metrics"] = MetricRecord({WEIGHT_KEY: 1.0})
-    return reply
-
-
-class SecureLocalDpMod:
-    """What Flower's LocalDpMod does (clip the update to C with Flower's own clipping, add
-    Gaussian noise to it), with the noise from the OS CSPRNG (secure_random) and the std of
-    `local_dp_std`: Flower's mod draws it from NumPy's seedable global RNG."""
-
-    def __init__(self, clipping_norm: float, std: float):
-        self.clipping_norm, self.std = clipping_norm, std
-
-    def __call__(self, msg: Message, ctx: Context, call_next) -> Message:
-        if len(msg.content.array_records) != 1:
-            raise ValueError("local_dp: the training message must hold exactly one ArrayRecord")
-        sent = next(iter(msg.content.array_records.values()))
-        reply = call_next(msg, ctx)
-        if reply.has_error():
-            return reply
-        key, record = next(iter(reply.content.array_records.items()))
-        if list(record.keys()) != list(sent.keys()):
-            raise ValueError("local_dp: the reply's arrays are not the ones sent")
-        nds = record.to_numpy_ndarrays()
-        compute_clip_model_update(nds, sent.to_numpy_ndarrays(), self.clipping_norm)
-        secure_random.add_gaussian_inplace(nds, self.std)
-        reply.content[key] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), nds)})
-        return reply
-
-
-class GaussianNoiseMod:
-    """Add N(0, std^2) to every uploaded array (the client's share of distributed DP noise),
-    drawn from the OS CSPRNG (secure_random)."""
-
-    def __init__(self, std: float):
-        self.std = std
-
-    def __call__(self, msg: Message, ctx: Context, call_next) -> Message:
-        reply = call_next(msg, ctx)
-        if reply.has_error():
-            return reply
-        for key, record in list(reply.content.array_records.items()):
-            nds = record.to_numpy_ndarrays()
-            secure_random.add_gaussian_inplace(nds, self.std)
-            reply.content[key] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(record.keys(), nds)})
-        return reply
-
-
-@lru_cache(maxsize=8)
-def _chain(cfg_json: str) -> tuple:
-    cfg = json.loads(cfg_json)
-    p = cfg.get("privacy") or {"name": "none"}
-    mode = p["name"]
-    if mode == "central_dp":
-        return (uniform_weight_mod,)
-    if mode == "client_clip_dp":
-        return (uniform_weight_mod, fixedclipping_mod if p["clipping"] == "fixed" else adaptiveclipping_mod)
-    if mode == "local_dp":
-        return (only_weight_mod, SecureLocalDpMod(float(p["clipping_norm"]), local_dp_std(p)))
-    if mode in SECAGG_MODES:
-        from flwr.client.mod import secaggplus_mod
-
-        from .legacy import LegacyFitMod, blind_fitres_mod
-        from .secagg_guard import SecAggGuard
-        chain = [blind_fitres_mod, SecAggGuard(), secaggplus_mod, LegacyFitMod(cfg)]
-        if mode == "secagg_dp":  # z: the client's floor checked it (floor.check_train)
-            chain += [GaussianNoiseMod(distributed_noise_std(cfg, noise_multiplier(cfg))), fixedclipping_mod]
-        return tuple(chain)
-    return ()
-
-
-def client_mods(cfg: dict) -> tuple:
-    """The Flower mods of the train handler for this run's privacy mode."""
-    return _chain(client_key(cfg))
-
-
-def client_privacy_mod(bound: dict | None):
-    """One mod for the train handler: first the client's own floor (privacy_floor.py: a request
-    below it is refused), then the run's privacy mods, chosen from the run's config (bound
-    in simulation, read from the run config when deployed)."""
-    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-
-    from .client_state import config_from_context
-    from ..privacy_floor import check_train, client_floor
-
-    def privacy_mod(msg: Message, ctx: Context, call_next) -> Message:
-        cfg = config_from_context(ctx, bound)
-        floor = client_floor(ctx.node_config, bound)
-        check_train(floor, cfg, RECORD_KEY_CONFIGS in msg.content, own_noise_multiplier(cfg))
-        mods = client_mods(cfg)
-        if not mods:
-            return call_next(msg, ctx)
-        # the cached mods read this client's config and floor from here (SecAggGuard: its
-        # threshold floor; LegacyFitMod: the secure Gram's chunk needs the client's data);
-        # imported here, not closed over: a ContextVar does not pickle (workers, Ray)
-        from ..privacy_floor import CURRENT_CLIENT
-        token = CURRENT_CLIENT.set((cfg, floor))
-        try:
-            return make_ffn(call_next, list(mods))(msg, ctx)
-        finally:
-            CURRENT_CLIENT.reset(token)
-
-    return privacy_mod

@@ -8,7 +8,7 @@ reply is checked here against what the server sent and what the run allows
 (`validate_train_reply`), and every item Gram part against what a part can be
 (`validate_gram_part`). A reply that fails is a failed client (metrics.jsonl's
 `failed_by: invalid`) with one log line naming the node and the problem; the round
-aggregates the rest (server_app.train_round).
+aggregates the rest (screening.py screens a round's replies with these checks).
 
 What a training reply must be (`Rules`, from the config, once per run):
 
@@ -32,7 +32,7 @@ What a training reply must be (`Rules`, from the config, once per run):
   and Flower's `norm_bit`, 0 or 1, which adaptive client-side clipping needs), finite numbers.
   A privacy mode may leave some out (local_dp sends the weight alone); Flower's FedAvg refuses
   a round whose replies differ in their metric keys, so the strategy gets each valid reply's
-  metrics restricted to the keys all of them hold (`common_metrics`).
+  metrics restricted to the keys all of them hold (`screening.common_metrics`).
 
 A Gram part (click_mix, itemitem.py): `items` 1-d integers, unique, in [0, n_items); `block`
 (k, k) for its k items, finite non-negative integers, symmetric, no co-occurrence count
@@ -42,17 +42,13 @@ above either item's own count (its diagonal).
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from .failures import RoundFailure
 from .sparse import DENSE_DELTA, DENSE_SCALE, ROWS_DELTA, ROWS_KEY, ROWS_SCALE, layout
-
-log = logging.getLogger("fedmtl")
 
 WEIGHT_KEY = "num-examples"
 NORM_BIT = "norm_bit"  # flwr.clientapp.mod.adaptiveclipping_mod's metric
@@ -84,7 +80,7 @@ def largest_client(cfg: dict) -> float:
     return float(max(int(counts.reindex(users).fillna(0).sum()) for users in fed.clients))
 
 
-UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # privacy.py: their clients report 1
+UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # client_privacy.py: their clients report 1
 
 
 def _noise_allowance(cfg: dict) -> float:
@@ -337,21 +333,6 @@ def clip_update(content, sent: dict[str, np.ndarray], rules: Rules):
     return out, norm
 
 
-def common_metrics(replies) -> None:
-    """Restrict the metrics of valid replies (in place) to the keys all of them hold, which
-    Flower's FedAvg requires of a round (it raises otherwise)."""
-    from flwr.app import MetricRecord
-
-    replies = [r for r in replies if not r.has_error()]
-    if not replies:
-        return
-    common = set.intersection(*(set(r.content["metrics"].keys()) for r in replies))
-    for r in replies:
-        m = r.content["metrics"]
-        if set(m.keys()) != common:
-            r.content["metrics"] = MetricRecord({k: v for k, v in m.items() if k in common})
-
-
 def validate_gram_part(content, n_items: int, clip: float | None = None) -> str | None:
     """What is wrong with a client's item Gram part (itemitem.gram_part), or None. With `clip`
     (click_mix's DP Gram: itemitem.clip_part) the counts may be scaled down, to Frobenius
@@ -392,69 +373,6 @@ def validate_gram_part(content, n_items: int, clip: float | None = None) -> str 
     return None
 
 
-def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
-    """A training round's replies as the strategy may take them: (error replies and valid
-    replies, in their order, valid ones clipped where robust.on_large_update=clip; how many
-    were invalid; how many were clipped). One WARNING line per invalid reply; under
-    on_client_failure=stop the first one stops the run."""
-    rules = rules_for(cfg)
-    sent_to = {m.metadata.dst_node_id: m.content["arrays"] for m in msgs}
-    decoded: dict[int, dict[str, np.ndarray]] = {}  # the messages of a round share one record: decode it once
-
-    def sent(node: int) -> dict[str, np.ndarray]:
-        record = sent_to.get(node) or next(iter(sent_to.values()))
-        if id(record) not in decoded:
-            decoded[id(record)] = {k: v.numpy() for k, v in record.items()}
-        return decoded[id(record)]
-
-    kept, invalid, clipped, problems = [], 0, 0, []
-    for r in replies:
-        if r.has_error():
-            kept.append(r)
-            continue
-        node = r.metadata.src_node_id
-        problem = validate_train_reply(r.content, sent(node), rules)
-        if problem is not None:
-            problems.append(problem)
-            if cfg.get("on_client_failure", "continue") == "stop":
-                raise RoundFailure(f"round {rnd} train: node {node} sent an invalid reply ({problem}); stopping "
-                                   "(on_client_failure=stop)")
-            log.warning("round %d: node %d sent an invalid reply (%s); left out of the aggregate", rnd, node, problem)
-            invalid += 1
-            continue
-        if rules.max_update_norm is not None and rules.on_large_update == "clip":
-            r.content, norm = clip_update(r.content, sent(node), rules)
-            if norm is not None:
-                clipped += 1
-                log.info("round %d: node %d's update norm %.4g clipped to robust.max_update_norm=%g", rnd, node,
-                         norm, rules.max_update_norm)
-        kept.append(r)
-    if problems and len(problems) == sum(1 for r in replies if not r.has_error()) \
-            and all("NaN/inf" in p or "robust.max_abs_update" in p for p in problems):  # every client diverged
-        from ..errors import DivergedError
-        raise DivergedError(f"round {rnd}: every client's update holds NaN/inf or out-of-bound values ({problems[0]}; "
-                            "training diverged); lower train.lr, train.shared_lr or the strategy's server rate; "
-                            "rounds before it are in metrics.jsonl and checkpoint/")
-    common_metrics(kept)
-    return kept, invalid, clipped
-
-
-def screen_gram(n_items: int, replies, clip: float | None = None) -> list:
-    """The Gram replies that carry a valid part (in their order); one WARNING line for each
-    that does not (error replies are left out silently: the caller counts them)."""
-    kept = []
-    for r in replies:
-        if r.has_error():
-            continue
-        problem = validate_gram_part(r.content, n_items, clip)
-        if problem is not None:
-            log.warning("item Gram: node %d sent an invalid part (%s); left out of the Gram", r.metadata.src_node_id,
-                        problem)
-            continue
-        kept.append(r)
-    return kept
-
-
 def validate_evaluate_reply(content) -> str | None:
     """What is wrong with a client's evaluation reply (a MetricRecord 'metrics' of finite
     numbers or lists of them, a test count >= 0, parts that metrics.combine can pool), or None."""
@@ -477,42 +395,3 @@ def validate_evaluate_reply(content) -> str | None:
     except Exception as e:  # noqa: BLE001 -- any way a part breaks the pooling makes it invalid
         return f"its metric parts do not pool ({type(e).__name__}: {str(e)[:80]})"
     return None
-
-
-def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
-    """An evaluation's replies as the strategy may take them: (error replies and valid ones,
-    in their order; how many were invalid). A valid reply must also hold the metric keys
-    most replies hold (Flower's mean raises on a round whose replies differ). One WARNING
-    line per invalid reply; the evaluation pools the rest."""
-    from collections import Counter
-
-    ok, kept, invalid = [], [], 0
-    for r in replies:
-        if r.has_error():
-            kept.append(r)
-            continue
-        problem = validate_evaluate_reply(r.content)
-        if problem is None:
-            ok.append(r)
-            kept.append(r)
-            continue
-        log.warning("round %d: node %d sent an invalid evaluation (%s); left out", rnd, r.metadata.src_node_id,
-                    problem)
-        invalid += 1
-    if ok:
-        usual = Counter(frozenset(r.content["metrics"].keys()) for r in ok).most_common(1)[0][0]
-        for r in ok:
-            keys = frozenset(r.content["metrics"].keys())
-            if keys != usual:
-                odd = sorted(keys ^ usual)[0]
-                log.warning("round %d: node %d sent an invalid evaluation (metric %s is %s the others'); left out",
-                            rnd, r.metadata.src_node_id, odd[:60], "not among" if odd in keys else "missing from")
-                kept.remove(r)
-                invalid += 1
-    return kept, invalid
-
-
-def by_node(replies) -> list:
-    """Replies in node order: the strategy's float sums then do not depend on the order in
-    which clients were sampled or answered (same seed, same config -> same bits)."""
-    return sorted(replies, key=lambda m: m.metadata.src_node_id)

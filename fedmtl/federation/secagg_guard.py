@@ -45,7 +45,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.constant import ErrorCode
 
 from ..errors import ConfigError
-from .faults import REFUSED
+from .failures import REFUSED
 from ..privacy_floor import CURRENT_CLIENT
 
 log = logging.getLogger("fedmtl")

@@ -22,14 +22,14 @@ from ..model import build_model, saved as saved_model, shared_names
 from ..progress import progress
 from ..runfiles import append_jsonl
 from ..tasks import get as get_task, selection_key
-from . import deployment, faults
-from .checkpoint import Checkpointer, resume, round_commit
+from . import deployed, failures, faults
+from .resume import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_refusals, check_replies, needed_nodes, wait_for_nodes
 from .accounting import secret_sampling
 from .privacy import SecretOrder, ServerPrivacy
 from .click_mix import ItemItem, item_item_round, secure_item_item_round, send_evaluate  # noqa: F401 (re-exported)
-from .replies import by_node, screen_evaluate, screen_train
+from .screening import by_node, screen_evaluate, screen_train
 from .strategies import build_strategy, set_server_rate
 
 log = logging.getLogger("fedmtl")
@@ -161,11 +161,11 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     check_refusals(f"round {rnd} train", msgs, replies, "the clients' privacy floors do not accept this run's "
                    f"privacy={cfg['privacy']['name']}")
     check_replies(cfg, rnd, "train", msgs, replies)
-    kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies)  # replies.py: the strategy sees valid ones only
+    kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies)  # screening.py: the strategy sees valid ones only
     ok = [r for r in kept if not r.has_error()]
     up = _bytes(r.content["arrays"] for r in ok)
-    counts = faults.round_counts(msgs, replies, invalid)
-    skipped = faults.skip_reason(counts, cfg)
+    counts = failures.round_counts(msgs, replies, invalid)
+    skipped = failures.skip_reason(counts, cfg)
     agg, train_metrics = (None, None) if skipped else strategy.aggregate_train(rnd, kept)
     row = {"round": rnd, **counts, "bytes_down": int(down), "bytes_up": int(up),
            "bytes_up_per_client": int(up / max(len(ok), 1))}
@@ -208,7 +208,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             break
         t0 = time.time()
         rate = set_server_rate(strategy, cfg, rnd)  # server_lr.schedule
-        if privacy.secure_round is not None:  # SecAgg+ (legacy.py)
+        if privacy.secure_round is not None:  # SecAgg+ (secagg_round.py)
             seed_sampling(cfg, "train", rnd)
             agg, train_metrics, row, skipped = privacy.secure_round(rnd, arrays, grid)
             if agg is not None:  # the server optimiser's step from the released mean, then server_decay
@@ -237,7 +237,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
             ereplies, added = send_evaluate(grid, cfg, emsgs, item_item, final=rnd == n_rounds)
             row["bytes_down"] += added
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)
-            ereplies, row["invalid_evaluate"] = screen_evaluate(rnd, ereplies)  # replies.py
+            ereplies, row["invalid_evaluate"] = screen_evaluate(rnd, ereplies)  # screening.py
             row["failed_evaluate"] = len(emsgs) - sum(1 for r in ereplies if not r.has_error())
             ev = strategy.aggregate_evaluate(rnd, ereplies)
             if ev is not None:
@@ -294,7 +294,7 @@ def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) ->
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if cfg is None:  # a deployed run (flwr run): config from the run config, own run folder
-            deployment.serve(grid, context, run_rounds)
+            deployed.serve(grid, context, run_rounds)
             return
         run_cfg = config_from_context(context, cfg)
         out_dir = Path(run_cfg.get("output_dir") or "outputs/deployed")

@@ -12,7 +12,7 @@ experiment): parameters are matched by name and shape, task-indexed ones (the it
 columns, MMoE gates, PLE task experts and gates) by task name; what the checkpoint does
 not have for a task keeps its seeded initial value.
 
-The per-round checkpoints a run resumes from are another thing: fedmtl/federation/checkpoint.py.
+The per-round checkpoints a run resumes from are another thing: fedmtl/federation/resume.py.
 """
 
 from __future__ import annotations

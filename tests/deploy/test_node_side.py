@@ -15,7 +15,7 @@ from fedmtl.config import compose
 from fedmtl.data import federation_for
 from fedmtl.deploy.export import export_partitions
 from fedmtl.errors import ConfigError
-from fedmtl.federation import deployment
+from fedmtl.federation import deployed
 from fedmtl.federation.failures import RoundFailure, check_replies, wait_for_nodes
 
 SMALL = ["num_clients=3", "dataset.n_users=30", "dataset.n_items=40", "dataset.mean_interactions=10"]
@@ -28,15 +28,15 @@ def ctx(node_config=None, run_config=None, run_id=7):
 
 def test_node_partition_is_checked_against_the_run():
     cfg = compose(SMALL)
-    assert deployment.node_partition(ctx({"partition-id": 2, "num-partitions": 3}), cfg) == 2
+    assert deployed.node_partition(ctx({"partition-id": 2, "num-partitions": 3}), cfg) == 2
     with pytest.raises(ConfigError, match="partition-id: missing"):
-        deployment.node_partition(ctx({}), cfg)
+        deployed.node_partition(ctx({}), cfg)
     with pytest.raises(ConfigError, match="num-partitions=4: the run has num_clients=3"):
-        deployment.node_partition(ctx({"partition-id": 0, "num-partitions": 4}), cfg)
+        deployed.node_partition(ctx({"partition-id": 0, "num-partitions": 4}), cfg)
     with pytest.raises(ConfigError, match="partition-id=3: the run has num_clients=3, so 0..2"):
-        deployment.node_partition(ctx({"partition-id": 3}), cfg)
+        deployed.node_partition(ctx({"partition-id": 3}), cfg)
     with pytest.raises(ConfigError, match="expected an integer"):
-        deployment.node_partition(ctx({"partition-id": "zero"}), cfg)
+        deployed.node_partition(ctx({"partition-id": "zero"}), cfg)
 
 
 def test_a_node_with_its_own_files_gets_exactly_its_partition(tmp_path):
@@ -45,7 +45,7 @@ def test_a_node_with_its_own_files_gets_exactly_its_partition(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["partition-0", "partition-1", "partition-2"]
     whole = federation_for(cfg)
     for k in range(3):
-        pid, own = deployment.node_data(cfg, ctx({"partition-id": k, "split-path": str(tmp_path / f"partition-{k}")}))
+        pid, own = deployed.node_data(cfg, ctx({"partition-id": k, "split-path": str(tmp_path / f"partition-{k}")}))
         ref = whole.partition_data(k)
         assert pid == k
         np.testing.assert_array_equal(own.users, ref.users)
@@ -62,17 +62,17 @@ def test_a_node_with_its_own_files_gets_exactly_its_partition(tmp_path):
 
 def test_missing_split_path_is_one_clear_line(tmp_path):
     with pytest.raises(ConfigError, match="split-path=.*no train.tsv"):
-        deployment.node_data(compose(SMALL), ctx({"partition-id": 0, "split-path": str(tmp_path / "nowhere")}))
+        deployed.node_data(compose(SMALL), ctx({"partition-id": 0, "split-path": str(tmp_path / "nowhere")}))
 
 
 def test_run_folder_and_summary(tmp_path, monkeypatch):
     cfg = compose(SMALL)
-    out = deployment.start_run(ctx(run_config={"output-dir": str(tmp_path / "r")}), cfg)
+    out = deployed.start_run(ctx(run_config={"output-dir": str(tmp_path / "r")}), cfg)
     assert out == (tmp_path / "r").resolve()
     written = json.loads((out / "config.json").read_text())
     assert written["run_id"] == 7 and written["num_clients"] == 3 and written["output_dir"] == str(out)
     monkeypatch.chdir(tmp_path)
-    default = deployment.run_dir(ctx(run_config={"output-dir": ""}, run_id=99))
+    default = deployed.run_dir(ctx(run_config={"output-dir": ""}, run_id=99))
     assert default.parts[:2] == ("outputs", "deployed") and default.name.endswith("-run99")
 
 
@@ -85,8 +85,8 @@ def test_stopped_run_says_why_and_keeps_finished_rounds(tmp_path):
         raise RoundFailure("round 3 train: 1 of 3 node(s) failed; stopping (on_client_failure=stop)")
 
     rc = {"output-dir": str(tmp_path), "overrides": " ".join(SMALL)}
-    with pytest.raises(deployment.RoundStopped, match="round 3 train.*2 finished round"):
-        deployment.serve(None, ctx(run_config=rc), two_rounds_then_fail)
+    with pytest.raises(deployed.RoundStopped, match="round 3 train.*2 finished round"):
+        deployed.serve(None, ctx(run_config=rc), two_rounds_then_fail)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rounds"] == 2 and summary["stopped"].startswith("round 3 train")
 
@@ -164,8 +164,8 @@ def test_superlinks_own_error_reply_counts_once(identity):
 
 def test_bad_override_in_the_run_config_is_one_line(tmp_path, caplog):
     rc = {"output-dir": str(tmp_path / "r"), "overrides": "num_rounds=zero"}
-    with pytest.raises(deployment.RoundStopped, match=r"run config: num_rounds='zero': expected an integer"):
-        deployment.serve(None, ctx(run_config=rc), lambda *a: pytest.fail("no round may run"))
+    with pytest.raises(deployed.RoundStopped, match=r"run config: num_rounds='zero': expected an integer"):
+        deployed.serve(None, ctx(run_config=rc), lambda *a: pytest.fail("no round may run"))
     assert not (tmp_path / "r").exists()
 
 

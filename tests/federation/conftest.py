@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedmtl.data import federation_for
-from fedmtl.federation.legacy import max_weight
+from fedmtl.federation.secagg_round import max_weight
 from fedmtl.metrics import combine
 from fedmtl.model import build_model
 from fedmtl.train import evaluate

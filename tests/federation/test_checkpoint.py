@@ -1,4 +1,4 @@
-"""fedmtl/federation/checkpoint.py: round checkpoints and resume.
+"""fedmtl/federation/resume.py: round checkpoints and resume.
 
 A run interrupted after any round and resumed with `resume=true` ends with the
 same metrics.jsonl rows and final metrics as the same run left alone: the
@@ -14,7 +14,7 @@ import pytest
 
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError, FedMTLError
-from fedmtl.federation import checkpoint as ck
+from fedmtl.federation import resume as ck
 from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 

@@ -148,7 +148,7 @@ def test_dp_rows_need_fixed_clipping():
 def test_a_resumed_dp_rows_run_keeps_its_row_counts(tmp_path, monkeypatch):
     """The running count estimate is in the checkpoint: with the noise off, a run stopped after
     round 2 and resumed ends as the uninterrupted one; forgetting the counts changes it."""
-    from fedmtl.federation import checkpoint as ck
+    from fedmtl.federation import resume as ck
     from fedmtl.federation import privacy
 
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)

@@ -233,7 +233,7 @@ SECAGG = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "local_ep
 @pytest.fixture
 def secure_rounds(monkeypatch):
     """Each SecAgg+ round's (round, arrays sent, arrays aggregated or None)."""
-    from fedmtl.federation.legacy import SecAggRound
+    from fedmtl.federation.secagg_round import SecAggRound
 
     seen = []
     original = SecAggRound.__call__

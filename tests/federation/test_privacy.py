@@ -22,7 +22,8 @@ from fedmtl.config import compose
 from fedmtl.errors import ConfigError
 from fedmtl.federation import strategies
 from fedmtl.federation.accounting import Ledger, calibrate_noise, distributed_noise_std, local_dp_multiplier
-from fedmtl.federation.privacy import GaussianNoiseMod, ServerPrivacy, client_mods
+from fedmtl.federation.client_privacy import GaussianNoiseMod, client_mods
+from fedmtl.federation.privacy import ServerPrivacy
 from fedmtl.federation.strategies import build_strategy
 from fedmtl.simulate import run
 
@@ -42,7 +43,7 @@ def rows(out) -> list[dict]:
 
 def round_arrays(out) -> dict:
     """The shared arrays of the run's last checkpointed round."""
-    from fedmtl.federation.checkpoint import FOLDER, LATEST
+    from fedmtl.federation.resume import FOLDER, LATEST
     root = out / FOLDER
     folder = root / json.loads((root / LATEST).read_text())["dir"]
     return pickle.loads((folder / "server.pkl").read_bytes())["arrays"]

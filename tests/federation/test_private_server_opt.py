@@ -9,7 +9,7 @@ import pytest
 
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
-from fedmtl.federation import legacy, privacy, strategies
+from fedmtl.federation import privacy, secagg_round, strategies
 from fedmtl.simulate import run
 
 TINY = ["dataset.n_users=60", "dataset.n_items=40", "num_clients=6", "num_rounds=2", "device=cpu"]
@@ -21,7 +21,7 @@ def trace(monkeypatch):
     """Every release a privacy mode made, what the optimiser was given, and what it returned."""
     seen = {"released": [], "given": [], "stepped": []}
     noise = privacy.SecureNoise._add_noise_to_aggregated_arrays
-    secure = legacy.SecAggRound.__call__
+    secure = secagg_round.SecAggRound.__call__
     given = strategies.GivenMean.aggregate_train
     step = strategies.step_from
 
@@ -48,7 +48,7 @@ def trace(monkeypatch):
         return out
 
     monkeypatch.setattr(privacy.SecureNoise, "_add_noise_to_aggregated_arrays", noised)
-    monkeypatch.setattr(legacy.SecAggRound, "__call__", unmasked)
+    monkeypatch.setattr(secagg_round.SecAggRound, "__call__", unmasked)
     monkeypatch.setattr(strategies.GivenMean, "aggregate_train", given_spy)
     monkeypatch.setattr(strategies, "step_from", step_spy)
     return seen

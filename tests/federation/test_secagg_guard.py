@@ -17,7 +17,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from fedmtl.errors import ConfigError
-from fedmtl.federation.privacy import client_mods
+from fedmtl.federation.client_privacy import client_mods
 from fedmtl.federation.secagg_guard import SecAggGuard
 from fedmtl.config import compose
 

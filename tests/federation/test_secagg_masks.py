@@ -1,4 +1,4 @@
-"""SecAgg+'s secret randomness (legacy.py): masks keyed by the whole secret, not by Flower's
+"""SecAgg+'s secret randomness (secagg_workflow.py): masks keyed by the whole secret, not by Flower's
 32-bit fold of it, and a neighbour ring drawn from the OS CSPRNG, not from `seed`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
 from fedmtl.config import compose
 from fedmtl.engine.inprocess import InProcessGrid
-from fedmtl.federation.legacy import mask_prg
+from fedmtl.federation.secagg_workflow import mask_prg
 from fedmtl.simulate import run
 
 SHAPES = [(3, 4), (), (7,)]

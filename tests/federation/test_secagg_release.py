@@ -1,4 +1,4 @@
-"""What a SecAgg+ round releases is checked before it is used (legacy.py): a tampered masked
+"""What a SecAgg+ round releases is checked before it is used (secagg_workflow.py): a tampered masked
 vector refuses the round and leaves the model as it was; values saturated at the clipping
 range stop the run with one line; 0-d arrays (aggregate=all's head offsets) come back as the
 FedAvg mean, which Flower's own unmask stage got wrong (issue 24 item 8)."""
@@ -17,7 +17,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fedmtl.config import compose
 from fedmtl.engine.inprocess import InProcessGrid
 from fedmtl.errors import ConfigError
-from fedmtl.federation.legacy import check_release, dequantise
+from fedmtl.federation.secagg_workflow import check_release, dequantise
 from fedmtl.federation.server_app import initial_arrays
 from fedmtl.simulate import run
 

@@ -23,7 +23,8 @@ from fedmtl import secure_random
 from fedmtl.config import compose
 from fedmtl.federation import server_app
 from fedmtl.federation.accounting import Ledger, distributed_noise_std, local_dp_multiplier
-from fedmtl.federation.privacy import GaussianNoiseMod, ServerPrivacy, client_mods
+from fedmtl.federation.client_privacy import GaussianNoiseMod, client_mods
+from fedmtl.federation.privacy import ServerPrivacy
 from fedmtl.federation.strategies import build_strategy
 from fedmtl.simulate import run
 
@@ -181,7 +182,7 @@ def test_secagg_dp_samples_its_legacy_clients_secretly():
     import random
     from types import SimpleNamespace
 
-    from fedmtl.federation.legacy import client_manager
+    from fedmtl.federation.secagg_round import client_manager
 
     def samples(cfg):
         manager = client_manager(cfg)

@@ -9,7 +9,7 @@ import pytest
 
 from fedmtl.config import compose
 from fedmtl.errors import FedMTLError
-from fedmtl.federation import legacy, server_app
+from fedmtl.federation import secure_gram, server_app
 from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 
@@ -27,7 +27,7 @@ def grams(monkeypatch):
         real(self, cfg, gram, node_items, whole_once, dp_release)
 
     monkeypatch.setattr(server_app.ItemItem, "__init__", spy)
-    monkeypatch.setattr(legacy, "GRAM_CHUNK", 97)  # 820 values of the 40 x 40 triangle: 9 SecAgg+ rounds
+    monkeypatch.setattr(secure_gram, "GRAM_CHUNK", 97)  # 820 values of the 40 x 40 triangle: 9 SecAgg+ rounds
     return seen
 
 

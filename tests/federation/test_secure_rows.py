@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedmtl.config import compose
-from fedmtl.federation import legacy
+from fedmtl.federation import secagg_round
 from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 from fedmtl.sparse_codec import dense_rows, rowwise_mean, sparse_payload
@@ -48,14 +48,14 @@ def test_rowwise_mean_of_two_sums_is_the_mean_over_each_rows_senders():
 
 def test_sparse_under_secagg_trains_the_model_plain_sparse_does(tmp_path, monkeypatch):
     collected = []
-    real = legacy._CountingGrid.send_and_receive
+    real = secagg_round._CountingGrid.send_and_receive
 
     def spy(self, messages, *, timeout=None):
         replies = real(self, messages, timeout=timeout)
         collected.append(replies)
         return replies
 
-    monkeypatch.setattr(legacy._CountingGrid, "send_and_receive", spy)
+    monkeypatch.setattr(secagg_round._CountingGrid, "send_and_receive", spy)
     secure = run(compose(TINY + ["privacy=secagg"]), tmp_path / "secagg")
     monkeypatch.undo()
     plain = run(compose(TINY), tmp_path / "plain")

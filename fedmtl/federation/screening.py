@@ -1,0 +1,134 @@
+"""A round's replies screened before a strategy sees them, with the checks of one reply in
+replies.py: the invalid ones left out (one WARNING line each, or the run stopped under
+on_client_failure=stop), large updates clipped (robust.on_large_update=clip), the metrics
+restricted to the keys all replies hold, and the replies put in node order. Training
+(`screen_train`), evaluation (`screen_evaluate`) and item Gram parts (`screen_gram`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .failures import RoundFailure
+from .replies import clip_update, rules_for, validate_evaluate_reply, validate_gram_part, validate_train_reply
+
+log = logging.getLogger("fedmtl")
+
+
+def common_metrics(replies) -> None:
+    """Restrict the metrics of valid replies (in place) to the keys all of them hold, which
+    Flower's FedAvg requires of a round (it raises otherwise)."""
+    from flwr.app import MetricRecord
+
+    replies = [r for r in replies if not r.has_error()]
+    if not replies:
+        return
+    common = set.intersection(*(set(r.content["metrics"].keys()) for r in replies))
+    for r in replies:
+        m = r.content["metrics"]
+        if set(m.keys()) != common:
+            r.content["metrics"] = MetricRecord({k: v for k, v in m.items() if k in common})
+
+
+def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
+    """A training round's replies as the strategy may take them: (error replies and valid
+    replies, in their order, valid ones clipped where robust.on_large_update=clip; how many
+    were invalid; how many were clipped). One WARNING line per invalid reply; under
+    on_client_failure=stop the first one stops the run."""
+    rules = rules_for(cfg)
+    sent_to = {m.metadata.dst_node_id: m.content["arrays"] for m in msgs}
+    decoded: dict[int, dict[str, np.ndarray]] = {}  # the messages of a round share one record: decode it once
+
+    def sent(node: int) -> dict[str, np.ndarray]:
+        record = sent_to.get(node) or next(iter(sent_to.values()))
+        if id(record) not in decoded:
+            decoded[id(record)] = {k: v.numpy() for k, v in record.items()}
+        return decoded[id(record)]
+
+    kept, invalid, clipped, problems = [], 0, 0, []
+    for r in replies:
+        if r.has_error():
+            kept.append(r)
+            continue
+        node = r.metadata.src_node_id
+        problem = validate_train_reply(r.content, sent(node), rules)
+        if problem is not None:
+            problems.append(problem)
+            if cfg.get("on_client_failure", "continue") == "stop":
+                raise RoundFailure(f"round {rnd} train: node {node} sent an invalid reply ({problem}); stopping "
+                                   "(on_client_failure=stop)")
+            log.warning("round %d: node %d sent an invalid reply (%s); left out of the aggregate", rnd, node, problem)
+            invalid += 1
+            continue
+        if rules.max_update_norm is not None and rules.on_large_update == "clip":
+            r.content, norm = clip_update(r.content, sent(node), rules)
+            if norm is not None:
+                clipped += 1
+                log.info("round %d: node %d's update norm %.4g clipped to robust.max_update_norm=%g", rnd, node,
+                         norm, rules.max_update_norm)
+        kept.append(r)
+    if problems and len(problems) == sum(1 for r in replies if not r.has_error()) \
+            and all("NaN/inf" in p or "robust.max_abs_update" in p for p in problems):  # every client diverged
+        from ..errors import DivergedError
+        raise DivergedError(f"round {rnd}: every client's update holds NaN/inf or out-of-bound values ({problems[0]}; "
+                            "training diverged); lower train.lr, train.shared_lr or the strategy's server rate; "
+                            "rounds before it are in metrics.jsonl and checkpoint/")
+    common_metrics(kept)
+    return kept, invalid, clipped
+
+
+def screen_gram(n_items: int, replies, clip: float | None = None) -> list:
+    """The Gram replies that carry a valid part (in their order); one WARNING line for each
+    that does not (error replies are left out silently: the caller counts them)."""
+    kept = []
+    for r in replies:
+        if r.has_error():
+            continue
+        problem = validate_gram_part(r.content, n_items, clip)
+        if problem is not None:
+            log.warning("item Gram: node %d sent an invalid part (%s); left out of the Gram", r.metadata.src_node_id,
+                        problem)
+            continue
+        kept.append(r)
+    return kept
+
+
+def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
+    """An evaluation's replies as the strategy may take them: (error replies and valid ones,
+    in their order; how many were invalid). A valid reply must also hold the metric keys
+    most replies hold (Flower's mean raises on a round whose replies differ). One WARNING
+    line per invalid reply; the evaluation pools the rest."""
+    from collections import Counter
+
+    ok, kept, invalid = [], [], 0
+    for r in replies:
+        if r.has_error():
+            kept.append(r)
+            continue
+        problem = validate_evaluate_reply(r.content)
+        if problem is None:
+            ok.append(r)
+            kept.append(r)
+            continue
+        log.warning("round %d: node %d sent an invalid evaluation (%s); left out", rnd, r.metadata.src_node_id,
+                    problem)
+        invalid += 1
+    if ok:
+        usual = Counter(frozenset(r.content["metrics"].keys()) for r in ok).most_common(1)[0][0]
+        for r in ok:
+            keys = frozenset(r.content["metrics"].keys())
+            if keys != usual:
+                odd = sorted(keys ^ usual)[0]
+                log.warning("round %d: node %d sent an invalid evaluation (metric %s is %s the others'); left out",
+                            rnd, r.metadata.src_node_id, odd[:60], "not among" if odd in keys else "missing from")
+                kept.remove(r)
+                invalid += 1
+    return kept, invalid
+
+
+def by_node(replies) -> list:
+    """Replies in node order: the strategy's float sums then do not depend on the order in
+    which clients were sampled or answered (same seed, same config -> same bits)."""
+    return sorted(replies, key=lambda m: m.metadata.src_node_id)

@@ -1,0 +1,142 @@
+"""click_mix under privacy=secagg / secagg_dp: the item Gram as a secure sum, one chunk of
+its upper triangle per SecAgg+ round. The server's side is `SecureGram` (a SecAggRound, run
+before round 1); a client answers a chunk request with `answer_chunk` (LegacyFitMod passes
+the request on)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+
+from .. import itemitem, secure_random
+from .secagg_round import SecAggRound, legacy_sample
+
+GRAM_KEY = "fedmtl-gram"  # a FitIns config key: "k/K", the chunk of the Gram's upper triangle asked for
+GRAM_CHUNK = 1 << 17  # values per chunk: 943 clients' masked chunks are ~1 GB at once on the server
+
+
+def gram_chunks(n_items: int) -> int:
+    return -(-(n_items * (n_items + 1) // 2) // GRAM_CHUNK)
+
+
+_TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def triu_chunk(n_items: int, k: int, chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the k-th of `chunks` slices of the n x n upper triangle (row major)."""
+    if n_items not in _TRIU:
+        _TRIU.clear()
+        _TRIU[n_items] = tuple(a.astype(np.int32) for a in np.triu_indices(n_items))
+    r, c = _TRIU[n_items]
+    lo = k * GRAM_CHUNK
+    return r[lo:lo + GRAM_CHUNK], c[lo:lo + GRAM_CHUNK]
+
+
+def gram_share_std(cfg: dict) -> float:
+    """secagg_dp: the std of each client's share of the DP Gram's noise, z * dp_clip / sqrt(N)
+    (every one of the N clients sends every chunk: the sum holds N(0, (z * dp_clip)^2))."""
+    mix = cfg["click_mix"]
+    return float(mix["dp_noise_multiplier"]) * float(mix["dp_clip"]) / math.sqrt(cfg["num_clients"])
+
+
+def gram_chunk_of(train_mask, n_items: int, k: int, chunks: int, clip: float | None = None) -> np.ndarray:
+    """This client's Gram part (its users' item co-occurrence counts) at the k-th chunk of the
+    upper triangle, as float64 (small integers: SecAgg+ sums them exactly); with `clip`, the part
+    scaled to Frobenius norm <= clip first (itemitem.clip_part: the DP Gram)."""
+    items, block = itemitem.gram_part(train_mask)
+    if clip is not None:
+        block = itemitem.clip_part(block, clip)
+    full = np.zeros((n_items, n_items), np.float32)
+    full[np.ix_(items, items)] = block
+    r, c = triu_chunk(n_items, k, chunks)
+    return full[r, c].astype(np.float64)
+
+
+def answer_chunk(msg: Message, ctx: Context, spec: str) -> Message:
+    """A client's answer to a request for chunk `spec` ("k/K") of its Gram part (LegacyFitMod
+    passes it on): the chunk as a FitRes, for secaggplus_mod to mask; refused below a
+    privacy floor with gram=false."""
+    from ..errors import PrivacyRefused
+    from .deployed import node_data
+
+    from ..privacy_floor import CURRENT_CLIENT
+
+    cfg, floor = CURRENT_CLIENT.get()
+    if cfg is None:
+        raise ValueError("secure item Gram: asked outside the train handler's privacy mod")
+    if floor is not None and not floor.gram:
+        raise PrivacyRefused("fedmtl refused: item Gram (secure sum): this client does not send its part "
+                             "(gram=false)")
+    k, chunks = (int(x) for x in spec.split("/"))
+    _, data = node_data(cfg, ctx)
+    n_items = int(data.n_items) if hasattr(data, "n_items") else int(data.train_mask().shape[1])
+    if not (0 <= k < chunks == gram_chunks(n_items)):
+        raise ValueError(f"secure item Gram: chunk {spec} does not fit {n_items} items")
+    if itemitem.dp_gram(cfg):  # secagg_dp: the chunk of the clipped part, plus this client's share of the noise
+        chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks, float(cfg["click_mix"]["dp_clip"]))
+        chunk += secure_random.gaussian(chunk.shape, gram_share_std(cfg))
+    else:
+        chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([chunk]), 1, {})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
+class SecureGram(SecAggRound):
+    """click_mix's item Gram under privacy=secagg: the clients' parts summed by SecAgg+, one
+    chunk of the upper triangle per SecAgg+ round (before round 1), so the server learns the
+    sum over all clients and no client's items. Every value is a small integer count: with
+    clipping_range a power of two at least the largest client's user count and weight 1,
+    SecAgg+'s quantisation is exact, and the sum is the same matrix the parts in the clear add
+    up to. The clients then get the whole of EASE's B once (the server does not know whose
+    rows are whose) and keep their own rows (server_app.ItemItem)."""
+
+    def __init__(self, cfg: dict):
+        from flwr.server.client_manager import SimpleClientManager
+
+        from ..data import federation_for
+
+        fed = federation_for(cfg)
+        self.cfg, self.tasks, self.names, self.rows = cfg, [], ["gram"], None
+        self.n_items = int(fed.meta["n_items"])
+        self.chunks = gram_chunks(self.n_items)
+        users = max(len(c) for c in fed.clients)
+        self.clip = float(2 ** max(0, int(np.ceil(np.log2(max(users, 1))))))  # a count never exceeds it
+        self.dp = itemitem.dp_gram(cfg)
+        if self.dp:  # secagg_dp: a clipped part's entry is <= dp_clip; its noise share stays within 8 stds
+            bound = float(cfg["click_mix"]["dp_clip"]) + 8 * gram_share_std(cfg)
+            self.clip = float(2 ** max(0, int(np.ceil(np.log2(bound)))))
+        self.k = 0
+        self._setup(dict(legacy_sample(cfg), fraction_fit=1.0), 1.0, self.clip, SimpleClientManager())  # everyone
+
+    def _fit_config(self, rnd: int) -> dict:
+        return {"server-round": 0, GRAM_KEY: f"{self.k}/{self.chunks}"}
+
+    def gram(self, grid) -> tuple[np.ndarray, int, int]:
+        """(the summed Gram, bytes up, clients summed); RoundFailure when a chunk is not aggregated."""
+        from .failures import RoundFailure
+
+        gram = np.zeros((self.n_items, self.n_items), np.float64)
+        up, summed = 0, set()
+        for k in range(self.chunks):
+            self.k = k
+            sent, got, counting = self._run(0, [np.zeros(1)], grid)  # the clients send their chunk, not this
+            up += counting.up
+            if got is sent:
+                raise RoundFailure(f"secure item Gram: chunk {k + 1} of {self.chunks} not aggregated "
+                                   f"({self._halt_reason(counting, counting.counts())})")
+            m = self.workflow.last_release["active"]
+            summed.add(m)
+            mean = parameters_to_ndarrays(compat.arrayrecord_to_parameters(got, keep_input=True))[0]
+            r, c = triu_chunk(self.n_items, k, self.chunks)
+            total = np.asarray(mean, np.float64).ravel() * m
+            gram[r, c] = total if self.dp else np.rint(total)  # DP: noised, no longer whole counts
+        gram = np.triu(gram) + np.triu(gram, 1).T
+        if len(summed) > 1:
+            import logging
+            logging.getLogger("fedmtl").warning("secure item Gram: chunks summed %s clients (dropouts between "
+                                                "chunks)", sorted(summed))
+        return gram, up, min(summed)
