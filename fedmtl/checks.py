@@ -20,6 +20,7 @@ BEFORE_KEY = {
     "average_last": 0,
     "split.name": "per_user",
     "ranking": {"k": 10, "exclude_seen": True, "recall": None, "repeat_weight": 0.0, "repeat_decay": 1.0},
+    "faults": {"drop_rate": 0.0, "straggler_rate": 0.0, "straggler_delay": None, "seed": None},
     "server_lr": {"schedule": "constant", "final": 0.0},
     "eval": {"negatives": 99},
     "click_mix": {"weight": 0.0, "lam": 500.0, "grid_weight": [], "grid_lam": [], "dp_clip": 20.0,

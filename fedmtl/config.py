@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .checks import backfill, block, choice, get, number
+from .checks import BEFORE_KEY, backfill, block, choice, get, number
 from .errors import ConfigError
 from .tasks import REGISTRY as TASK_REGISTRY, check_tasks, configure as configure_tasks
 
@@ -233,9 +233,9 @@ def _check_robust(cfg: dict) -> None:
 
 def _check_faults(cfg: dict) -> None:
     """The `faults` keys (federation/faults.py injects them)."""
-    f = cfg.get("faults")
-    if f is None:
-        return
+    if cfg.get("faults") is None:  # null: no faults
+        cfg["faults"] = dict(BEFORE_KEY["faults"])
+    f = cfg["faults"]
     if not isinstance(f, dict):
         raise ConfigError(f"faults={f!r}: expected a group with drop_rate, straggler_rate, straggler_delay, seed")
     for key in ("drop_rate", "straggler_rate"):

@@ -85,7 +85,7 @@ class GaussianNoiseMod:
 @lru_cache(maxsize=8)
 def _chain(cfg_json: str) -> tuple:
     cfg = json.loads(cfg_json)
-    p = cfg.get("privacy") or {"name": "none"}
+    p = cfg["privacy"]
     mode = p["name"]
     if mode == "central_dp":
         return (uniform_weight_mod,)

@@ -60,7 +60,7 @@ def round_counts(sent, replies, invalid: int = 0) -> dict:
 
 def quorum(cfg: dict) -> int:
     """The fewest training answers a round aggregates: the strategy's min_train_nodes, at least 1."""
-    return max(1, min(int(cfg.get("min_train_clients", 1)), int(cfg["num_clients"])))
+    return max(1, min(int(cfg["min_train_clients"]), int(cfg["num_clients"])))
 
 
 def skip_reason(counts: dict, cfg: dict) -> str | None:
@@ -134,7 +134,7 @@ def failure_reasons(msgs, replies) -> list[str]:
 def check_replies(cfg: dict, rnd: int, stage: str, msgs, replies) -> None:
     """Apply on_client_failure to one exchange (train or evaluate)."""
     reasons = failure_reasons(msgs, replies)
-    if reasons and cfg.get("on_client_failure", "continue") == "stop":
+    if reasons and cfg["on_client_failure"] == "stop":
         first = reasons[0].splitlines()[0][:200]
         raise RoundFailure(f"round {rnd} {stage}: {len(reasons)} of {len(msgs)} node(s) failed or gave no reply "
                            f"within round_timeout={cfg['round_timeout']:g}s ({first}); stopping "

@@ -54,13 +54,13 @@ class FaultPlan:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "FaultPlan":
-        f = cfg.get("faults") or {}
-        delay = f.get("straggler_delay")
+        f, timeout = cfg["faults"], cfg["round_timeout"]
+        delay = f["straggler_delay"]
         if delay is None:
-            delay = float(cfg.get("round_timeout") or 0) + 1.0
-        seed = f.get("seed")
-        return cls(float(f.get("drop_rate", 0.0)), float(f.get("straggler_rate", 0.0)), float(delay),
-                   int(cfg.get("seed", 0) if seed is None else seed))
+            delay = (float(timeout) if timeout is not None else 0.0) + 1.0
+        seed = f["seed"]
+        return cls(float(f["drop_rate"]), float(f["straggler_rate"]), float(delay),
+                   int(cfg["seed"] if seed is None else seed))
 
     @property
     def active(self) -> bool:
@@ -110,7 +110,7 @@ def ray_extra_actors(cfg: dict) -> int:
     if plan.straggler_rate <= 0:
         return 0
     n = int(cfg["num_clients"])
-    sampled = min(n, max(int(n * cfg.get("fraction_train", 1.0)), min(int(cfg.get("min_train_clients", 1)), n)))
+    sampled = min(n, max(int(n * cfg["fraction_train"]), min(int(cfg["min_train_clients"]), n)))
     per_round = sorted((min(sum(plan.fate(r, pid) == LATE for pid in range(n)), sampled)
                         for r in range(1, int(cfg["num_rounds"]) + 1)), reverse=True)
     overlap = int(plan.straggler_delay // float(cfg["round_timeout"])) + 1

@@ -63,7 +63,7 @@ class ServerPrivacy:
     secagg modes the SecAgg+ training round that replaces the plain one."""
 
     def __init__(self, cfg: dict, strategy):
-        self.cfg, self.p = cfg, dict(cfg.get("privacy") or {"name": "none"})
+        self.cfg, self.p = cfg, dict(cfg["privacy"])
         self.mode = self.p["name"]
         self.strategy = strategy
         self.ledger: Ledger | None = None

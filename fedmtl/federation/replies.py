@@ -85,8 +85,8 @@ UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # client_pr
 
 def _noise_allowance(cfg: dict) -> float:
     """How far local_dp's Gaussian noise may move a value: NOISE_SIGMAS of its stds."""
-    p = cfg.get("privacy") or {}
-    if p.get("name") != "local_dp":
+    p = cfg["privacy"]
+    if p["name"] != "local_dp":
         return 0.0
     from .accounting import local_dp_std
 
@@ -96,29 +96,29 @@ def _noise_allowance(cfg: dict) -> float:
 def expected_metrics(cfg: dict) -> tuple[frozenset, frozenset]:
     """(the metric keys a training reply may hold, those it must hold)."""
     allowed = {WEIGHT_KEY, NORM_BIT} | {f"{k}.{t}" for t in cfg["tasks"] for k in ("loss", "weight")}
-    p = cfg.get("privacy") or {}
-    adaptive = p.get("name") == "client_clip_dp" and p.get("clipping") == "adaptive"
+    p = cfg["privacy"]
+    adaptive = p["name"] == "client_clip_dp" and p.get("clipping") == "adaptive"
     return frozenset(allowed), frozenset({WEIGHT_KEY, NORM_BIT} if adaptive else {WEIGHT_KEY})
 
 
 @lru_cache(maxsize=8)
 def _rules(cfg_json: str) -> Rules:
     cfg = json.loads(cfg_json)
-    robust, ex = cfg.get("robust") or {}, cfg.get("exchange") or {}
-    mode = (cfg.get("privacy") or {}).get("name", "none")
+    robust, ex, p = cfg["robust"], cfg["exchange"], cfg["privacy"]
+    mode = p["name"]
     allowed, required = expected_metrics(cfg)
-    max_weight, max_norm = robust.get("max_weight"), robust.get("max_update_norm")
-    p, bound, on_large = cfg.get("privacy") or {}, "robust.max_update_norm", robust.get("on_large_update", "reject")
+    max_weight, max_norm = robust["max_weight"], robust["max_update_norm"]
+    bound, on_large = "robust.max_update_norm", robust["on_large_update"]
     if max_norm is None and mode == "client_clip_dp" and p.get("clipping") == "fixed":
         # every honest client clips its update (with DP rows: update and row indicator) to C itself:
         # an update above it was not clipped, and the noise z*C/m would not cover it
         max_norm, bound, on_large = float(p["clipping_norm"]) * (1 + 1e-3), "privacy.clipping_norm", "reject"
     from ..dp_rows import enabled as dp_rows
-    exchange = "dense" if dp_rows(cfg) else ex.get("name", "dense")  # DP rows: full-size arrays (dp_rows.py)
+    exchange = "dense" if dp_rows(cfg) else ex["name"]  # DP rows: full-size arrays (dp_rows.py)
     return Rules(exchange=exchange, dtype=ex.get("dtype", "float32"),
                  max_weight=float(max_weight) if max_weight is not None else largest_client(cfg),
                  fixed_weight=1.0 if mode in UNIFORM_WEIGHT_MODES else None,
-                 max_abs_update=float(robust.get("max_abs_update", 100.0)) + _noise_allowance(cfg),
+                 max_abs_update=float(robust["max_abs_update"]) + _noise_allowance(cfg),
                  max_update_norm=float(max_norm) if max_norm is not None else None,
                  on_large_update=on_large, norm_bound=bound, metrics=allowed, required=required)
 

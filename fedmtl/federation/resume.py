@@ -124,7 +124,7 @@ class Checkpointer:
 
     def __init__(self, out_dir: str | Path, cfg: dict, grid):
         self.root = Path(out_dir) / FOLDER
-        self.every = int(cfg.get("checkpoint_every", 1))
+        self.every = int(cfg["checkpoint_every"])
         self.num_rounds = int(cfg["num_rounds"])
         self.grid = grid
         self.clients = hasattr(grid, "save_client_states")

@@ -56,7 +56,7 @@ def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
         problem = validate_train_reply(r.content, sent(node), rules)
         if problem is not None:
             problems.append(problem)
-            if cfg.get("on_client_failure", "continue") == "stop":
+            if cfg["on_client_failure"] == "stop":
                 raise RoundFailure(f"round {rnd} train: node {node} sent an invalid reply ({problem}); stopping "
                                    "(on_client_failure=stop)")
             log.warning("round %d: node %d sent an invalid reply (%s); left out of the aggregate", rnd, node, problem)

@@ -69,8 +69,7 @@ def secure_rows(cfg: dict) -> bool:
     off its rows) and its 0/1 row indicator; the server gets only the two sums (sparse_codec).
     (Under secagg_dp the train handler itself sends DP rows, dp_rows.py: full-size weights and
     the indicator among the shared arrays, clipped and noised as they are.)"""
-    return ((cfg.get("exchange") or {}).get("name", "dense") == "sparse"
-            and (cfg.get("privacy") or {}).get("name") == "secagg")
+    return cfg["exchange"]["name"] == "sparse" and cfg["privacy"]["name"] == "secagg"
 
 
 def extra_names(cfg: dict) -> list[str]:
