@@ -5,8 +5,8 @@ checks.BEFORE_KEY). The code neither fills in other values nor restates conf's.
   key) and every key BEFORE_KEY names is one conf/ has;
 - no module reads a key that every composed config has with a fallback of its own
   (`cfg.get("key", default)`, `cfg.get("block") or {}`): the code's defaults used to
-  drift from conf/ (backend.disk_from_clients 5000 in simulate.py against conf/'s 20000,
-  min_train_clients 1 in faults.py against 2).
+  drift from conf/ (min_train_clients 1 in faults.py against conf/'s 2; personal_decay 0.0
+  in train.py against 0.05).
 """
 
 from __future__ import annotations
