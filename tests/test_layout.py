@@ -26,7 +26,8 @@ PACKAGE = ROOT / "fedmtl"
 
 CORE_PACKAGES = ("fedmtl.data", "fedmtl.model", "fedmtl.weighting", "fedmtl.cohort")
 CORE_MODULES = ("fedmtl.tasks", "fedmtl.train", "fedmtl.metrics", "fedmtl.client_step",
-                "fedmtl.sparse_codec", "fedmtl.itemitem", "fedmtl.dp_rows", "fedmtl.privacy_floor")
+                "fedmtl.sparse_codec", "fedmtl.itemitem", "fedmtl.dp_rows", "fedmtl.privacy_floor",
+                "fedmtl.local_rounds", "fedmtl.checks", "fedmtl.knob_names", "fedmtl.errors", "fedmtl.seeds")
 ENTRY_POINTS = ("fedmtl.simulate", "fedmtl.report", "fedmtl.sweep", "fedmtl.deploy", "fedmtl.baselines")
 ABOVE_CORE = ("fedmtl.federation", "fedmtl.engine", "flwr", "ray", *ENTRY_POINTS)
 
@@ -135,3 +136,11 @@ def test_no_new_upward_import():
     upward = {(m, d) for m, deps in GRAPH.items() if not under(m, ABOVE_CORE) for d in deps
               if under(d, ABOVE_CORE) and d in MODULES}
     assert upward <= KNOWN_UPWARD, f"new imports of federation / engine / entry points from below: {upward - KNOWN_UPWARD}"
+
+
+MAX_LINES = 400
+
+
+def test_no_module_is_over_400_lines():
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them by job): {long}"
