@@ -32,7 +32,6 @@ def _register_resolvers() -> None:
 _register_resolvers()
 
 MODES = ("federated", "centralized", "local")
-AGGREGATE = ("encoder", "all", "fedrep")
 DEVICES = ("auto", "cpu", "cuda")
 CLICK_LOSSES = ("softmax", "sampled_softmax", "sampled")
 EXCHANGES = ("dense", "sparse")
@@ -115,6 +114,7 @@ def check_server_lr(cfg: dict) -> None:
 def validate(cfg: dict) -> dict:
     from .data import DATASETS, GENERATED
     from .knob_names import BACKENDS, PRIVACY, STRATEGIES
+    from .model.parts import AGGREGATE_MODES
     from .model.towers import ARCHITECTURES
     from .weighting import REGISTRY as WEIGHTINGS, build_weighting
 
@@ -147,7 +147,7 @@ def validate(cfg: dict) -> dict:
     choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
     cfg["tasks"] = check_tasks(get(cfg, "tasks"), offered)
-    choice(cfg, "aggregate", AGGREGATE)
+    choice(cfg, "aggregate", AGGREGATE_MODES)
     choice(cfg, "device", DEVICES)
     choice(cfg, "model.name", ARCHITECTURES)
     if not isinstance(cfg["model"]["history"], bool):

@@ -1,5 +1,7 @@
 """The project's own error: one line that names what is wrong and where."""
 
+import sys
+
 
 class FedMTLError(Exception):
     """A user-facing error. `simulate` prints its message as one line and exits 2."""
@@ -20,3 +22,10 @@ class DivergedError(FedMTLError):
 class PrivacyRefused(FedMTLError):
     """A client refuses a request below its own privacy floor (privacy_floor.py); its
     message starts with "fedmtl refused:", which the server counts as `failed_by: refused`."""
+
+
+def print_error(e: BaseException | str) -> int:
+    """Print a command's error as its one line (`fedmtl: error: ...` on stderr) and return
+    the exit status every fedmtl command uses for it, 2."""
+    print(f"fedmtl: error: {e}", file=sys.stderr)
+    return 2

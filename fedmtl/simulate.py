@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import validate
-from .errors import FedMTLError
+from .errors import FedMTLError, print_error
 from .runfiles import write_json
 from .sweep import check_first_job, in_sweep, record_failure
 
@@ -144,8 +144,7 @@ def main(dcfg: DictConfig) -> dict | None:
     except FedMTLError as e:
         if in_sweep():  # one failing combination must not stop the sweep (fedmtl/sweep.py)
             return record_failure(out_dir, e)
-        print(f"fedmtl: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(e))
     except KeyboardInterrupt:
         print(f"fedmtl: interrupted; finished rounds are in {out_dir} "
               f"(continue with: python -m fedmtl.simulate resume={out_dir})", file=sys.stderr)
@@ -191,8 +190,7 @@ def precheck(argv: list[str]) -> None:
         if any(a in ("-m", "--multirun") for a in argv):
             check_first_job(overrides)  # fedmtl/sweep.py
     except FedMTLError as e:
-        print(f"fedmtl: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(e))
 
 
 def cli(argv: list[str]) -> None:
@@ -209,8 +207,7 @@ def cli(argv: list[str]) -> None:
         main()
     except (HydraException, OmegaConfBaseException) as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        print(f"fedmtl: error: {' '.join(lines[:2])}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(" ".join(lines[:2])))
 
 
 if __name__ == "__main__":

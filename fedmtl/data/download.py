@@ -12,7 +12,7 @@ import argparse
 import sys
 import urllib.error
 
-from ..errors import FedMTLError
+from ..errors import FedMTLError, print_error
 from .movielens import URLS, download
 
 
@@ -25,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = download(args.name, args.dest)
     except (FedMTLError, urllib.error.URLError, OSError) as e:
-        print(f"fedmtl: error: downloading {args.name} from {URLS[args.name]}: {e}", file=sys.stderr)
-        return 2
+        return print_error(f"downloading {args.name} from {URLS[args.name]}: {e}")
     print(path)
     return 0
 

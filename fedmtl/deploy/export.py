@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import FedMTLError
+from ..errors import FedMTLError, print_error
 
 
 def export_partitions(cfg: dict, out_dir: str | Path) -> list[Path]:
@@ -49,8 +49,7 @@ def main(argv=None) -> None:
         cfg = compose(argv[1:])
         folders = export_partitions(cfg, argv[0])
     except FedMTLError as e:
-        print(f"fedmtl: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(e))
     print(f"{len(folders)} partitions of {cfg['dataset']['name']} -> {Path(argv[0]).resolve()}/partition-K")
 
 

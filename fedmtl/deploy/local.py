@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from ..errors import FedMTLError
+from ..errors import FedMTLError, print_error
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_PARTS = ("pyproject.toml", "fedmtl", "conf")
@@ -344,8 +344,7 @@ def main(argv=None) -> None:
                 raise DeploymentError(f"run {run_id} ended {status}{': ' + why if why else ''} "
                                       f"(log: {dep.logs / f'run-{run_id}.log'})")
     except FedMTLError as e:
-        print(f"fedmtl: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(e))
 
 
 if __name__ == "__main__":

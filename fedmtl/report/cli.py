@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import FedMTLError
+from ..errors import FedMTLError, print_error
 from .groups import is_grid, is_tail
 from .selection import SELECT_METRICS, on_validation, select, selection_table
 from .summary import write_report
@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rep = write_report(args.path, args.out, plots=not args.no_plots)
     except FedMTLError as e:
-        print(f"fedmtl: error: {e}", file=sys.stderr)
-        return 2
+        return print_error(e)
     print(rep.headline_table())
     bad = [r for r in rep.runs if r.status != "complete"]
     for r in bad:
