@@ -144,3 +144,16 @@ MAX_LINES = 400
 def test_no_module_is_over_400_lines():
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them by job): {long}"
+
+
+CLIENT_SIDE = ("fedmtl.federation.deployed",)  # a SuperNode builds its own partition's data
+
+
+def test_the_server_side_reads_the_federation_s_metadata_not_its_data():
+    """Server code (ServerApp, strategies, reply checks, SecAgg+, the Gram round) gets
+    data.federation_meta: the model's sizes and item features and two bounds, never the
+    interactions that federation_for holds."""
+    readers = sorted(m for m in MODULES if under(m, ("fedmtl.federation",)) and m not in CLIENT_SIDE
+                     and "federation_for" in MODULES[m].read_text())
+    assert not readers, f"federation modules reading the whole federation (use federation_meta): {readers}"
+    assert "federation_meta" in MODULES["fedmtl.federation.server_app"].read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 import json
 
 import numpy as np
@@ -159,9 +159,19 @@ class Federation:
 
     @property
     def meta(self) -> dict:
+        """What the model is built from: the catalogue's size and item features, the user
+        features' sizes."""
         d = self.dataset
         return {"n_items": d.n_items, "user_cards": d.user_cards, "item_cards": d.item_cards,
                 "item_cat": d.item_cat, "item_multi": d.item_multi}
+
+    @cached_property
+    def bounds(self) -> dict:
+        """The two bounds the server checks replies against: the most training examples
+        (`max_examples`) and the most users (`max_users`) one client holds."""
+        counts = self.split.train.groupby("user").size()
+        return {"max_examples": max(int(counts.reindex(users).fillna(0).sum()) for users in self.clients),
+                "max_users": max(len(c) for c in self.clients)}
 
     def client_data(self, users: np.ndarray) -> ClientData:
         users = np.asarray(users)
@@ -247,6 +257,14 @@ def loo_split(cfg: dict, dataset: Dataset) -> Split:
 @lru_cache(maxsize=2)
 def _cached(key: str) -> Federation:
     return build_federation(json.loads(key))
+
+
+def federation_meta(cfg: dict) -> dict:
+    """What the server side (the ServerApp, its strategies, reply checks and SecAgg+) may know
+    of the federation: `Federation.meta` and `Federation.bounds`, never the interactions.
+    Server code reads this, not federation_for (tests/test_layout.py holds it to that)."""
+    fed = federation_for(cfg)
+    return {**fed.meta, **fed.bounds}
 
 
 def federation_for(cfg: dict) -> Federation:

@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from .. import itemitem, secure_random
-from ..data import federation_for
+from ..data import federation_meta
 from .arrays import nbytes, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
 from .accounting import gram_noise_multiplier
@@ -145,7 +145,7 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
                                   "item Gram").get_node_ids())
     msgs = [Message(RecordDict({"config": ConfigRecord({"query": "gram"})}), dst_node_id=n,
                     message_type=MessageType.QUERY) for n in nodes]
-    n_items = int(federation_for(cfg).meta["n_items"])
+    n_items = int(federation_meta(cfg)["n_items"])
     gram = np.zeros((n_items, n_items), dtype=np.float64)
     up, node_items = 0, {}
     replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))

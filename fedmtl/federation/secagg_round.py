@@ -103,10 +103,8 @@ def max_weight(cfg: dict) -> float:
         return 1.0
     if p.get("max_weight") is not None:
         return float(p["max_weight"])
-    from ..data import federation_for
-    fed = federation_for(cfg)
-    counts = fed.split.train.groupby("user").size()
-    return float(max(int(counts.reindex(users).fillna(0).sum()) for users in fed.clients))
+    from ..data import federation_meta
+    return float(federation_meta(cfg)["max_examples"])
 
 
 def _value_bytes(v) -> int:

@@ -97,13 +97,13 @@ class SecureGram(SecAggRound):
     def __init__(self, cfg: dict):
         from flwr.server.client_manager import SimpleClientManager
 
-        from ..data import federation_for
+        from ..data import federation_meta
 
-        fed = federation_for(cfg)
+        meta = federation_meta(cfg)
         self.cfg, self.tasks, self.names, self.rows = cfg, [], ["gram"], None
-        self.n_items = int(fed.meta["n_items"])
+        self.n_items = int(meta["n_items"])
         self.chunks = gram_chunks(self.n_items)
-        users = max(len(c) for c in fed.clients)
+        users = meta["max_users"]
         self.clip = float(2 ** max(0, int(np.ceil(np.log2(max(users, 1))))))  # a count never exceeds it
         self.dp = itemitem.dp_gram(cfg)
         if self.dp:  # secagg_dp: a clipped part's entry is <= dp_clip; its noise share stays within 8 stds

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..data import federation_for
+from ..data import federation_meta
 from ..errors import DivergedError
 from ..model import build_model, saved as saved_model, shared_names
 from ..progress import progress
@@ -37,12 +37,12 @@ log = logging.getLogger("fedmtl")
 
 def initial_arrays(cfg: dict) -> ArrayRecord:
     """The shared parameters at round 0, from the same seeded build every client uses."""
-    fed = federation_for(cfg)
-    model = build_model(cfg["model"], cfg["tasks"], 1, np.zeros((1, len(fed.dataset.user_cards)), np.int64),
-                        fed.meta, cfg["seed"])
+    meta = federation_meta(cfg)
+    model = build_model(cfg["model"], cfg["tasks"], 1, np.zeros((1, len(meta["user_cards"])), np.int64), meta,
+                        cfg["seed"])
     params = dict(model.named_parameters())
     arrays = {n: params[n].detach().numpy().copy() for n in shared_names(model, cfg["aggregate"])}
-    arrays = saved_model.init_shared(cfg, arrays, fed.meta)  # init.from=RUN_DIR, if set
+    arrays = saved_model.init_shared(cfg, arrays, meta)  # init.from=RUN_DIR, if set
     return ArrayRecord({n: Array(a) for n, a in arrays.items()})
 
 
@@ -278,7 +278,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     if cfg["save_model"]:
         final = tail.model(arrays)  # average_last: the averaged model, the one evaluated
         saved_round, final = selection.chosen(n_rounds, final)  # leave-one-out: the round reported
-        saved_model.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_for(cfg).meta, saved_round)
+        saved_model.save(out_dir, cfg, {k: v.numpy() for k, v in final.items()}, federation_meta(cfg), saved_round)
     summary = {"metrics": last_eval, "seconds": round(time.time() - t_start, 2), "rounds": len(history),
                "bytes_up_total": sum(h["bytes_up"] for h in history) + gram_up, "item_gram_bytes_up": gram_up,
                "bytes_down_total": sum(h["bytes_down"] for h in history), "privacy": privacy.summary()}
