@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .config_types import RunConfig
 from .config import resolve_device
 from .data import Federation
 from .itemitem import pooled as pooled_item_item
@@ -28,11 +29,11 @@ from .weighting import build_weighting
 log = logging.getLogger("fedmtl")
 
 
-def epochs_of(cfg: dict) -> int:
+def epochs_of(cfg: RunConfig) -> int:
     return cfg.get("baseline_epochs") or cfg["num_rounds"] * cfg["local_epochs"]
 
 
-def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
+def run_centralized(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
     device = resolve_device(cfg)
     data = fed.all_data().to(device)
     tasks = cfg["tasks"]
@@ -59,7 +60,7 @@ def run_centralized(cfg: dict, fed: Federation, out_dir: Path) -> dict:
     return {"metrics": last, "epochs": epochs}
 
 
-def run_local(cfg: dict, fed: Federation, out_dir: Path) -> dict:
+def run_local(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
     device = resolve_device(cfg)
     tasks = cfg["tasks"]
     epochs = epochs_of(cfg)

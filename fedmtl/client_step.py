@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import dp_rows
+from .config_types import RunConfig
 from .config import resolve_device
 from .data import ClientData, federation_for
 from .itemitem import Rows, blends
@@ -36,18 +37,18 @@ from .weighting import build_weighting
 PERSONAL, WEIGHTING = "personal", "weighting"  # the keys of a client's state
 
 
-def train_config(cfg: dict) -> TrainConfig:
+def train_config(cfg: RunConfig) -> TrainConfig:
     """A client's TrainConfig: the run's `train` group, local_epochs, FedProx's mu."""
     prox = cfg["strategy"].get("proximal_mu", 0.0) if cfg["strategy"]["name"] == "fedprox" else 0.0
     return make_train_config(cfg, cfg["local_epochs"], prox)
 
 
-def client_seed(cfg: dict, server_round: int, pid: int) -> int:
+def client_seed(cfg: RunConfig, server_round: int, pid: int) -> int:
     """The seed of a client's round: its permutations, row set and rounding."""
     return client_round_seed(cfg["seed"], server_round, pid)
 
 
-def model_key(cfg: dict) -> str:
+def model_key(cfg: RunConfig) -> str:
     keys = ("dataset", "split", "num_clients", "seed", "transfer", "eval", "model", "tasks", "ranking")  # federation_for's too
     return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
 
@@ -69,7 +70,7 @@ class RunSetup:
     validated config, its device and train config, and (lazily) the federation's metadata
     and the model template."""
 
-    cfg: dict
+    cfg: RunConfig
     device: torch.device
     tcfg: TrainConfig
     key: str
@@ -90,12 +91,12 @@ def _setup(cfg_json: str) -> RunSetup:
     return RunSetup(cfg, resolve_device(cfg), train_config(cfg), model_key(cfg))
 
 
-def run_setup(cfg: dict) -> RunSetup:
+def run_setup(cfg: RunConfig) -> RunSetup:
     """The run setup of `cfg`, built once per process and config."""
     return _setup(json.dumps(cfg, sort_keys=True, default=str))
 
 
-def init_user_emb(cfg: dict, pid: int, shape) -> torch.Tensor:
+def init_user_emb(cfg: RunConfig, pid: int, shape) -> torch.Tensor:
     """A client's seeded initial user embeddings (its first round)."""
     gen = torch.Generator().manual_seed(user_init_seed(cfg["seed"], pid))
     return torch.randn(shape, generator=gen) * cfg["model"]["init_std"]
@@ -117,7 +118,7 @@ def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: 
     return model
 
 
-def sparse_rows(cfg: dict, data: ClientData, n_items: int, seed: int) -> np.ndarray | None:
+def sparse_rows(cfg: RunConfig, data: ClientData, n_items: int, seed: int) -> np.ndarray | None:
     """exchange=sparse: this round's row set (own items + pad rows), fixed before training
     because the click loss runs over it; None for exchange=dense."""
     ex = cfg["exchange"]
@@ -127,7 +128,7 @@ def sparse_rows(cfg: dict, data: ClientData, n_items: int, seed: int) -> np.ndar
                        np.random.default_rng([seed, 1]))
 
 
-def upload_arrays(arrays: dict[str, np.ndarray], cfg: dict, received: dict[str, np.ndarray] | None,
+def upload_arrays(arrays: dict[str, np.ndarray], cfg: RunConfig, received: dict[str, np.ndarray] | None,
                   rows: np.ndarray | None, n_items: int, seed: int) -> dict[str, np.ndarray]:
     """What a client uploads from its trained shared `arrays`: them (dense), or (exchange=sparse,
     `rows` given) its update since `received`, row tables restricted to `rows` (sparse.py)."""
@@ -137,7 +138,7 @@ def upload_arrays(arrays: dict[str, np.ndarray], cfg: dict, received: dict[str, 
     return sparse_payload(arrays, received, rows, n_items, cfg["exchange"]["dtype"], np.random.default_rng([seed, 2]))
 
 
-def client_weighting(cfg: dict, saved: dict | None):
+def client_weighting(cfg: RunConfig, saved: dict | None):
     """The task weighting with its learned state (personal to the client) restored."""
     weighting = build_weighting(cfg["weighting"], cfg["tasks"])
     if saved:
@@ -185,7 +186,7 @@ def train_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, 
     return upload, train_metrics(result.num_examples, result.losses, result.weights), new_state
 
 
-def item_item_blends(cfg: dict, record: dict[str, np.ndarray], device):
+def item_item_blends(cfg: RunConfig, record: dict[str, np.ndarray], device):
     """click_mix: (the run's blend, {grid group: blend}) from the rows of B the server sent
     ("b": at click_mix.lam; "grid@<lam>": the selection grid's, final evaluation only)."""
     items = torch.from_numpy(record["items"]).to(device)

@@ -10,6 +10,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from .config_types import RunConfig
 from .checks import BEFORE_KEY, backfill, block, choice, get, number
 from .errors import ConfigError
 from .tasks import REGISTRY as TASK_REGISTRY, check_tasks, configure as configure_tasks
@@ -37,7 +38,7 @@ CLICK_LOSSES = ("softmax", "sampled_softmax", "sampled")
 EXCHANGES = ("dense", "sparse")
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "config") -> dict:
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> RunConfig:
     """Compose conf/ with Hydra outside `python -m fedmtl.simulate` (tests, deployed apps)."""
     from hydra import compose as hcompose, initialize_config_dir
     from hydra.errors import HydraException
@@ -111,7 +112,7 @@ def check_server_lr(cfg: dict) -> None:
                           f"rate to schedule; use one of {sorted(SERVER_RATE)}")
 
 
-def validate(cfg: dict) -> dict:
+def validate(cfg: dict) -> RunConfig:
     from .data import DATASETS, GENERATED
     from .knob_names import BACKENDS, PRIVACY, STRATEGIES
     from .model.parts import AGGREGATE_MODES

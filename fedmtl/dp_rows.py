@@ -34,13 +34,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config_types import RunConfig
 from .knob_names import CLIENT_DP_MODES
 from .sparse_codec import ROW_COUNT, layout, unpack
 
 FLOOR_STDS = 2.0  # min_row_count=null: the floor is this many noise stds of a row's count estimate
 
 
-def enabled(cfg: dict) -> bool:
+def enabled(cfg: RunConfig) -> bool:
     """Whether this run sends DP row updates: exchange=sparse under client_clip_dp / secagg_dp."""
     return cfg["exchange"]["name"] == "sparse" and cfg["privacy"]["name"] in CLIENT_DP_MODES
 
@@ -55,7 +56,7 @@ class Budget:
     min_row_count: float | None  # the server's floor on a row's estimated count; None: FLOOR_STDS of its noise
 
     @classmethod
-    def of(cls, cfg: dict) -> "Budget":
+    def of(cls, cfg: RunConfig) -> "Budget":
         p = cfg["privacy"]
         floor = p.get("min_row_count")
         return cls(float(p["clipping_norm"]), int(p["max_rows"]), float(p["count_share"]),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config_types import RunConfig
 from .checks import block, get, number
 from .errors import ConfigError
 from .knob_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
@@ -40,12 +41,12 @@ from .tasks import ranking_tasks
 GRID_PREFIX = "mix_"  # metric groups of the selection grid: mix_w0.1_lam300/click.ndcg@10
 
 
-def active(cfg: dict) -> bool:
+def active(cfg: RunConfig) -> bool:
     """Whether a run blends item-item scores into click (click_mix.weight > 0 and a click task)."""
     return float(cfg["click_mix"]["weight"]) > 0 and bool(ranking_tasks(cfg["tasks"]))
 
 
-def grid(cfg: dict) -> list[tuple[str, float, float]]:
+def grid(cfg: RunConfig) -> list[tuple[str, float, float]]:
     """(metric group, weight, lam) of every blend of the selection grid (empty: no grid)."""
     mix = cfg["click_mix"]
     if not ranking_tasks(cfg["tasks"]):
@@ -64,12 +65,12 @@ def grid_overrides(name: str) -> str:
     return f"click_mix.weight={w} click_mix.lam={lam}"
 
 
-def needed(cfg: dict) -> bool:
+def needed(cfg: RunConfig) -> bool:
     """Whether the run needs the item Gram (a blend, or a selection grid)."""
     return active(cfg) or bool(grid(cfg))
 
 
-def grid_lams(cfg: dict) -> list[float]:
+def grid_lams(cfg: RunConfig) -> list[float]:
     return sorted({lam for _, _, lam in grid(cfg)})
 
 
@@ -104,7 +105,7 @@ def gram_part(train_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return items.numpy().astype(np.int64), (xs.T @ xs).numpy()
 
 
-def dp_gram(cfg: dict) -> bool:
+def dp_gram(cfg: RunConfig) -> bool:
     """Whether this run's item Gram is released under DP (a DP mode that takes click_mix)."""
     return cfg["privacy"]["name"] in CLIENT_DP_MODES
 
@@ -187,7 +188,7 @@ def blended(scores: torch.Tensor, mask: torch.Tensor, mixes: dict) -> dict[str, 
     return out
 
 
-def blends(cfg: dict, own: Rows | None, grid_rows: dict[float, Rows]):
+def blends(cfg: RunConfig, own: Rows | None, grid_rows: dict[float, Rows]):
     """(the run's own blend or None, {grid group: blend}), a blend being (B's rows, weight) as
     `train.evaluate` takes them; own: B's rows at click_mix.lam, grid_rows: at each grid lam
     (final evaluation only)."""
@@ -195,7 +196,7 @@ def blends(cfg: dict, own: Rows | None, grid_rows: dict[float, Rows]):
     return mine, {name: (grid_rows[lam], w) for name, w, lam in grid(cfg) if lam in grid_rows}
 
 
-def pooled(cfg: dict, train_mask: torch.Tensor):
+def pooled(cfg: RunConfig, train_mask: torch.Tensor):
     """`blends` from these users' own Gram matrix (centralised or local-only runs)."""
     if not needed(cfg):
         return None, {}
@@ -204,7 +205,7 @@ def pooled(cfg: dict, train_mask: torch.Tensor):
                                                                  train_mask.device)))
 
 
-def solve_each(cfg: dict, solve):
+def solve_each(cfg: RunConfig, solve):
     """(solve(click_mix.lam) when the run blends, else None; {grid lam: solve(lam)}), each lam
     solved once (the run's own lam is often one of the grid's)."""
     own = float(cfg["click_mix"]["lam"]) if active(cfg) else None

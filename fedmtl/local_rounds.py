@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .config_types import RunConfig
 from .model import personal_names, shared_names
 from .train import TrainConfig, TrainResult, local_train
 
 
-def client_round(model, data, tasks, weighting, tcfg: TrainConfig, cfg: dict, seed: int) -> TrainResult:
+def client_round(model, data, tasks, weighting, tcfg: TrainConfig, cfg: RunConfig, seed: int) -> TrainResult:
     aggregate = cfg["aggregate"]
     shared = shared_names(model, aggregate)
     if cfg["init"]["freeze_encoder"]:  # a transferred encoder, kept as it came

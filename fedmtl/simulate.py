@@ -14,6 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .config_types import RunConfig
 from .config import validate
 from .errors import FedMTLError, print_error
 from .runfiles import write_json
@@ -58,7 +59,7 @@ def quiet_frameworks(verbose: bool) -> None:
     logging.getLogger("ray").setLevel(level)
 
 
-def run(cfg: dict, out_dir: str | Path) -> dict:
+def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     """Run one validated config, writing every result into `out_dir`. Returns the summary."""
     from .data import federation_for, split as split_mod
 
@@ -102,7 +103,7 @@ def run(cfg: dict, out_dir: str | Path) -> dict:
     return summary
 
 
-def run_federated(cfg: dict, num_clients: int) -> dict:
+def run_federated(cfg: RunConfig, num_clients: int) -> dict:
     from .federation.client_app import make_client_app
     from .federation.server_app import make_server_app
 

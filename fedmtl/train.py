@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .config_types import RunConfig
 from .data import ClientData
 from .errors import DataError
 from .itemitem import blended
@@ -34,7 +35,7 @@ class TrainConfig:
     candidates: tuple | None = None  # (item ids, logit offsets): the click loss's items (exchange=sparse)
 
 
-def train_config(cfg: dict, epochs: int, prox_mu: float = 0.0) -> TrainConfig:
+def train_config(cfg: RunConfig, epochs: int, prox_mu: float = 0.0) -> TrainConfig:
     """The TrainConfig of a run's `train` group (clients and baselines alike)."""
     t = cfg["train"]
     return TrainConfig(epochs=epochs, batch_size=t["batch_size"], lr=t["lr"], l2=t["l2"],

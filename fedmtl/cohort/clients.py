@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config_types import RunConfig
 from ..client_step import RunSetup, client_seed, sparse_rows
 from ..data import ClientData
 from ..tasks import choose_rows, ranking_tasks
@@ -73,7 +74,7 @@ def prepare(setup: RunSetup, job: Job, n_items: int) -> Client:
                    data.train_u.cpu().numpy(), data.train_r.cpu().numpy())
 
 
-def chunks(clients: list[Client], cfg: dict, budget_mb: float, dim: int, hidden: int) -> list[list[Client]]:
+def chunks(clients: list[Client], cfg: RunConfig, budget_mb: float, dim: int, hidden: int) -> list[list[Client]]:
     """Clients sorted by size, in chunks whose padded step fits about `budget_mb`."""
     bs = int(cfg["train"]["batch_size"])
     click = bool(ranking_tasks(cfg["tasks"]))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import dp_rows
+from ..config_types import RunConfig
 from ..client_step import PERSONAL, WEIGHTING, RunSetup, train_metrics
 from ..model import personal_names, shared_names
 from ..sparse_codec import ROW_TABLES, sparse_payloads
@@ -20,7 +21,7 @@ from .clients import Job, chunks, prepare
 from .optim import Optim
 
 
-def unbatched(cfg: dict) -> list[str]:
+def unbatched(cfg: RunConfig) -> list[str]:
     """The knobs of `cfg` the batched step does not implement (empty: it batches every client)."""
     out = []
     faults = cfg["faults"]

@@ -37,6 +37,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 
+from ..config_types import RunConfig
 from ..client_step import run_setup
 from ..cohort import EvalJob, Job, evaluate_cohort, train_cohort, unbatched
 from ..errors import ConfigError, FedMTLError
@@ -57,7 +58,7 @@ def _threads(n: int) -> int:
 
 
 class CohortGrid(InProcessGrid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, cfg: dict, run_id: int = 1,
+    def __init__(self, client_app: ClientApp, num_nodes: int, cfg: RunConfig, run_id: int = 1,
                  run_config: dict | None = None, state_dir=None):
         super().__init__(client_app, num_nodes, run_id=run_id, run_config=run_config, workers=1, state_dir=state_dir)
         self.cfg = cfg
@@ -268,7 +269,7 @@ class CohortGrid(InProcessGrid):
             out[id(m)] = handle(lambda msg, ctx, handler=handler: self.privacy(msg, ctx, handler), self.states, m)
         return out
 
-def run_cohort(server_app, client_app, num_nodes: int, cfg: dict, run_config: dict | None = None,
+def run_cohort(server_app, client_app, num_nodes: int, cfg: RunConfig, run_config: dict | None = None,
                state_dir=None) -> None:
     """Run the ServerApp's main function on a cohort grid."""
     run_on_grid(server_app, CohortGrid(client_app, num_nodes, cfg, run_config=run_config, state_dir=state_dir),

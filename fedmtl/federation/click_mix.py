@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from .. import itemitem, secure_random
+from ..config_types import RunConfig
 from ..data import federation_meta
 from .arrays import nbytes, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
@@ -27,7 +28,7 @@ class ItemItem:
     Gram part named, so that each evaluation message carries only the rows of B that the
     node's users need (x_u B reads the rows of u's items)."""
 
-    def __init__(self, cfg: dict, gram: np.ndarray, node_items: dict, whole_once: bool = False,
+    def __init__(self, cfg: RunConfig, gram: np.ndarray, node_items: dict, whole_once: bool = False,
                  dp_release: tuple[int, int] | None = None):
         self.cfg, self.node_items, self.n_items = cfg, node_items, gram.shape[0]
         self.dp_release = dp_release  # a DP Gram: (clients summed, clients asked), for the ledger
@@ -107,7 +108,7 @@ class ItemItem:
         return total
 
 
-def secure_item_item_round(grid: Grid, cfg: dict, strategy):
+def secure_item_item_round(grid: Grid, cfg: RunConfig, strategy):
     """click_mix under privacy=secagg: the item Gram as a SecAgg+ sum of the clients' parts
     (secure_gram.SecureGram), EASE solved on it; B goes whole to each node once (ItemItem)."""
     from .secure_gram import SecureGram
@@ -124,7 +125,7 @@ def secure_item_item_round(grid: Grid, cfg: dict, strategy):
     return ii, up
 
 
-def item_item_round(grid: Grid, cfg: dict, strategy):
+def item_item_round(grid: Grid, cfg: RunConfig, strategy):
     """click_mix (itemitem.py), before round 1: ask every connected client for its users'
     item Gram part, add the parts up and solve EASE. Returns (an `ItemItem`, the bytes the
     parts took up), or (None, 0) when the run blends nothing and scores no selection grid.
@@ -173,7 +174,7 @@ def item_item_round(grid: Grid, cfg: dict, strategy):
     return ii, up
 
 
-def send_evaluate(grid: Grid, cfg: dict, msgs: list, item_item: ItemItem | None, final: bool) -> tuple[list, int]:
+def send_evaluate(grid: Grid, cfg: RunConfig, msgs: list, item_item: ItemItem | None, final: bool) -> tuple[list, int]:
     """(the replies in node order, the bytes click_mix's rows of B add) of evaluation messages.
     With click_mix, the rows are attached a chunk of messages at a time (ItemItem.chunks), sent,
     and taken off the messages once answered, so the server holds one chunk's rows."""

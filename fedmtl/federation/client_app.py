@@ -7,6 +7,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from ..config_types import RunConfig
 from ..client_step import evaluate_client, run_setup, train_client, train_config  # noqa: F401 (train_config: tests)
 from ..itemitem import clip_part, dp_gram, gram_part
 from .deployed import node_data
@@ -30,7 +31,7 @@ def own_rows(record: dict, data) -> dict:
     return {"items": items, **{k: np.ascontiguousarray(v[items]) for k, v in record.items() if k != "whole"}}
 
 
-def make_client_app(cfg: dict | None = None) -> ClientApp:
+def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
     """A ClientApp bound to `cfg` (simulation), or reading it from the run config (deployment)."""
     app = ClientApp()
 

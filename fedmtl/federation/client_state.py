@@ -16,6 +16,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, RecordDict
 
 from .. import client_step
+from ..config_types import RunConfig
 from ..client_step import sparse_rows  # noqa: F401 (the ClientApp's and tests' name for it)
 from ..data import ClientData
 from ..weighting import build_weighting
@@ -68,19 +69,19 @@ def _composed(overrides: str) -> dict:
     return json.loads(_composed_json(overrides))
 
 
-def client_model(cfg: dict, data: ClientData, state: RecordDict, pid: int):
+def client_model(cfg: RunConfig, data: ClientData, state: RecordDict, pid: int):
     """The template model loaded with this client's personal parameters (or their
     seeded initial values on the client's first round): client_step.client_model."""
     personal = {k: v.numpy() for k, v in state[PERSONAL_KEY].items()} if PERSONAL_KEY in state else None
     return client_step.client_model(client_step.run_setup(cfg), data, personal, pid)
 
 
-def save_personal(model, cfg: dict, state: RecordDict) -> None:
+def save_personal(model, cfg: RunConfig, state: RecordDict) -> None:
     arrays = get_arrays(model, personal_names(model, cfg["aggregate"]))
     state[PERSONAL_KEY] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def shared_record(model, cfg: dict, received: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
+def shared_record(model, cfg: RunConfig, received: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
                   seed: int = 0) -> ArrayRecord:
     """What a client uploads (client_step.upload_arrays), as a record."""
     arrays = client_step.upload_arrays(get_arrays(model, shared_names(model, cfg["aggregate"])), cfg, received, rows,
@@ -115,7 +116,7 @@ def store_state(state: RecordDict, values: dict) -> None:
         state[key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def client_weighting(cfg: dict, state: RecordDict):
+def client_weighting(cfg: RunConfig, state: RecordDict):
     """The task weighting with its learned state (personal to the client) restored."""
     weighting = build_weighting(cfg["weighting"], cfg["tasks"])
     if WEIGHTING_KEY in state:

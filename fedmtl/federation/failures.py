@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 
+from ..config_types import RunConfig
 from ..errors import FedMTLError
 from .faults import MARK
 
@@ -58,12 +59,12 @@ def round_counts(sent, replies, invalid: int = 0) -> dict:
                           "invalid": invalid, "late": sampled - len(replies)}}
 
 
-def quorum(cfg: dict) -> int:
+def quorum(cfg: RunConfig) -> int:
     """The fewest training answers a round aggregates: the strategy's min_train_nodes, at least 1."""
     return max(1, min(int(cfg["min_train_clients"]), int(cfg["num_clients"])))
 
 
-def skip_reason(counts: dict, cfg: dict) -> str | None:
+def skip_reason(counts: dict, cfg: RunConfig) -> str | None:
     """Why a round with these counts is not aggregated, or None when it is."""
     need = quorum(cfg)
     if counts["answered"] >= need:
@@ -131,7 +132,7 @@ def failure_reasons(msgs, replies) -> list[str]:
     return reasons
 
 
-def check_replies(cfg: dict, rnd: int, stage: str, msgs, replies) -> None:
+def check_replies(cfg: RunConfig, rnd: int, stage: str, msgs, replies) -> None:
     """Apply on_client_failure to one exchange (train or evaluate)."""
     reasons = failure_reasons(msgs, replies)
     if reasons and cfg["on_client_failure"] == "stop":

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config_types import RunConfig
 from ..errors import ConfigError
 
 log = logging.getLogger("fedmtl")
@@ -53,7 +54,7 @@ class FaultPlan:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "FaultPlan":
+    def from_config(cls, cfg: RunConfig) -> "FaultPlan":
         f, timeout = cfg["faults"], cfg["round_timeout"]
         delay = f["straggler_delay"]
         if delay is None:
@@ -78,12 +79,12 @@ class FaultPlan:
         return OK
 
 
-def _backend(cfg: dict) -> str | None:
+def _backend(cfg: RunConfig) -> str | None:
     b = cfg.get("backend")
     return b.get("name") if isinstance(b, dict) else None
 
 
-def before_training(cfg: dict, server_round: int, pid: int, sent_at: float | None = None) -> None:
+def before_training(cfg: RunConfig, server_round: int, pid: int, sent_at: float | None = None) -> None:
     """The ClientApp's hook: fail or stall this client if the plan says so. `sent_at`:
     when the server created the message (its metadata.created_at, a Unix time)."""
     plan = FaultPlan.from_config(cfg)
@@ -99,7 +100,7 @@ def before_training(cfg: dict, server_round: int, pid: int, sent_at: float | Non
             time.sleep(plan.straggler_delay)
 
 
-def ray_extra_actors(cfg: dict) -> int:
+def ray_extra_actors(cfg: RunConfig) -> int:
     """How many actors Flower's Ray pool needs beyond one per `num_cpus_per_client` so that
     stalled clients never hold a slot a punctual client needs: the most stragglers that can
     be stalling at once. A straggler stalls until `straggler_delay` after its round's send,

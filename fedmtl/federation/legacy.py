@@ -24,6 +24,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from ..config_types import RunConfig
 from ..errors import DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows
 from . import secagg_workflow  # noqa: F401  (importing it installs mask_prg for secaggplus_mod)
@@ -64,7 +65,7 @@ class LegacyFitMod:
     A non-finite update is not sent (the client fails; SecAgg+ treats it as dropped), and a
     weight above the round's max_weight is lowered to it (Flower only warns, then overflows)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: RunConfig):
         p = cfg["privacy"]
         self.dp = p["name"] == "secagg_dp"
         self.clipping_norm = float(p["clipping_norm"]) if self.dp else None

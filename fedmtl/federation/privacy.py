@@ -36,6 +36,7 @@ from flwr.serverapp import strategy as fs
 from flwr.supercore.differential_privacy import compute_stdv
 
 from .. import dp_rows, secure_random
+from ..config_types import RunConfig
 from ..errors import ConfigError
 from ..knob_names import DP_MODES, SECAGG_MODES
 from .accounting import Ledger, gram_noise_multiplier, noise_multiplier, sample_size, surviving_multiplier
@@ -62,7 +63,7 @@ class ServerPrivacy:
     """The server's side of `privacy=`: the wrapped strategy, the ledger, and for the
     secagg modes the SecAgg+ training round that replaces the plain one."""
 
-    def __init__(self, cfg: dict, strategy):
+    def __init__(self, cfg: RunConfig, strategy):
         self.cfg, self.p = cfg, dict(cfg["privacy"])
         self.mode = self.p["name"]
         self.strategy = strategy
@@ -218,7 +219,7 @@ class RowRelease:
     round sends (the shared ones and the row indicator's zeros) and the new shared arrays
     from a released mean; its running row counts are kept in the checkpoint."""
 
-    def __init__(self, cfg: dict, noise_multiplier: float):
+    def __init__(self, cfg: RunConfig, noise_multiplier: float):
         self.cfg, self.noise_multiplier = cfg, noise_multiplier
         self.budget = dp_rows.Budget.of(cfg)
         self.counts = dp_rows.RowCounts()

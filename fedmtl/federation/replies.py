@@ -48,6 +48,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..config_types import RunConfig
 from .sparse import DENSE_DELTA, DENSE_SCALE, ROWS_DELTA, ROWS_KEY, ROWS_SCALE, layout
 
 WEIGHT_KEY = "num-examples"
@@ -71,7 +72,7 @@ class Rules:
     required: frozenset = frozenset({WEIGHT_KEY})  # and must hold
 
 
-def largest_client(cfg: dict) -> float:
+def largest_client(cfg: RunConfig) -> float:
     """The largest number of training examples a client of this federation holds."""
     from ..data import federation_meta
 
@@ -81,7 +82,7 @@ def largest_client(cfg: dict) -> float:
 UNIFORM_WEIGHT_MODES = ("central_dp", "client_clip_dp", "local_dp")  # client_privacy.py: their clients report 1
 
 
-def _noise_allowance(cfg: dict) -> float:
+def _noise_allowance(cfg: RunConfig) -> float:
     """How far local_dp's Gaussian noise may move a value: NOISE_SIGMAS of its stds."""
     p = cfg["privacy"]
     if p["name"] != "local_dp":
@@ -91,7 +92,7 @@ def _noise_allowance(cfg: dict) -> float:
     return NOISE_SIGMAS * local_dp_std(p)
 
 
-def expected_metrics(cfg: dict) -> tuple[frozenset, frozenset]:
+def expected_metrics(cfg: RunConfig) -> tuple[frozenset, frozenset]:
     """(the metric keys a training reply may hold, those it must hold)."""
     allowed = {WEIGHT_KEY, NORM_BIT} | {f"{k}.{t}" for t in cfg["tasks"] for k in ("loss", "weight")}
     p = cfg["privacy"]
@@ -121,7 +122,7 @@ def _rules(cfg_json: str) -> Rules:
                  on_large_update=on_large, norm_bound=bound, metrics=allowed, required=required)
 
 
-def rules_for(cfg: dict) -> Rules:
+def rules_for(cfg: RunConfig) -> Rules:
     """The run's `Rules`, computed once per run (the largest client's count reads the split)."""
     return _rules(json.dumps(cfg, sort_keys=True, default=str))
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config_types import RunConfig
 from ..errors import ConfigError, FedMTLError
 from ..runfiles import read_jsonl, write_json
 
@@ -122,7 +123,7 @@ def round_commit():
 class Checkpointer:
     """Saves a checkpoint after finished rounds and restores the last one."""
 
-    def __init__(self, out_dir: str | Path, cfg: dict, grid):
+    def __init__(self, out_dir: str | Path, cfg: RunConfig, grid):
         self.root = Path(out_dir) / FOLDER
         self.every = int(cfg["checkpoint_every"])
         self.num_rounds = int(cfg["num_rounds"])
@@ -210,7 +211,7 @@ def resume(ckpt: Checkpointer, strategy, metrics_path: Path):
     return server["round"] + 1, arrays, history
 
 
-def resumed_config(cfg: dict, out_dir: str | Path) -> tuple[dict, Path]:
+def resumed_config(cfg: RunConfig, out_dir: str | Path) -> tuple[dict, Path]:
     """The config and run folder a `resume=` run continues, validated (`cfg` is the
     command's composed config, not yet validated: the run validates one config, once).
 

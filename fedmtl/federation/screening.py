@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 
+from ..config_types import RunConfig
 from .failures import RoundFailure
 from .replies import clip_update, rules_for, validate_evaluate_reply, validate_gram_part, validate_train_reply
 
@@ -32,7 +33,7 @@ def common_metrics(replies) -> None:
             r.content["metrics"] = MetricRecord({k: v for k, v in m.items() if k in common})
 
 
-def screen_train(cfg: dict, rnd: int, msgs, replies) -> tuple[list, int, int]:
+def screen_train(cfg: RunConfig, rnd: int, msgs, replies) -> tuple[list, int, int]:
     """A training round's replies as the strategy may take them: (error replies and valid
     replies, in their order, valid ones clipped where robust.on_large_update=clip; how many
     were invalid; how many were clipped). One WARNING line per invalid reply; under

@@ -53,6 +53,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from .. import secure_random
+from ..config_types import RunConfig
 from ..errors import ConfigError
 from ..sparse_codec import ROW_COUNT, rowwise_mean
 from . import failures
@@ -64,7 +65,7 @@ LOSS_SCALE = 100.0  # losses travel as loss / LOSS_SCALE, inside SecAgg+'s clipp
 MAX_SATURATION = 1e-3  # a round whose quantised values sat at +-clipping_range more often stops the run
 
 
-def secure_rows(cfg: dict) -> bool:
+def secure_rows(cfg: RunConfig) -> bool:
     """exchange=sparse under privacy=secagg: each client sends its row update at full size (zero
     off its rows) and its 0/1 row indicator; the server gets only the two sums (sparse_codec).
     (Under secagg_dp the train handler itself sends DP rows, dp_rows.py: full-size weights and
@@ -72,7 +73,7 @@ def secure_rows(cfg: dict) -> bool:
     return cfg["exchange"]["name"] == "sparse" and cfg["privacy"]["name"] == "secagg"
 
 
-def extra_names(cfg: dict) -> list[str]:
+def extra_names(cfg: RunConfig) -> list[str]:
     """What travels masked after the shared arrays: with exchange=sparse the row indicator;
     under secagg the mean training losses and the clients' saturation figure; nothing more
     under secagg_dp (both would be un-noised)."""
@@ -90,13 +91,13 @@ def check_threshold(p: dict) -> None:
                           "clients' SecAgg+ guard refuses less: a server could rebuild a client's secrets)")
 
 
-def legacy_sample(cfg: dict) -> dict:
+def legacy_sample(cfg: RunConfig) -> dict:
     n = cfg["num_clients"]
     return dict(fraction_fit=cfg["fraction_train"], min_fit_clients=min(cfg["min_train_clients"], n),
                 min_available_clients=min(cfg["min_train_clients"], n))
 
 
-def max_weight(cfg: dict) -> float:
+def max_weight(cfg: RunConfig) -> float:
     """SecAgg+'s max_weight: the largest client weight (more loses precision, less overflows)."""
     p = cfg["privacy"]
     if p["name"] == "secagg_dp":
@@ -172,7 +173,7 @@ class _CountingGrid:
         return {"sampled": sampled, "answered": answered, "failed": sampled - answered, "failed_by": by}
 
 
-def client_manager(cfg: dict):
+def client_manager(cfg: RunConfig):
     """The legacy client manager SecAgg+'s workflow samples from: under a DP mode one whose
     clients come in a CSPRNG order before each `random.sample` (the same argument as
     SecretOrder), else Flower's own."""
@@ -195,7 +196,7 @@ def client_manager(cfg: dict):
 class SecAggRound:
     """One SecAgg+ training round: Flower's SecAggPlusWorkflow over a legacy FedAvg."""
 
-    def __init__(self, cfg: dict, rows=None):
+    def __init__(self, cfg: RunConfig, rows=None):
 
         self.cfg, self.tasks = cfg, list(cfg["tasks"])
         self.rows = rows  # privacy.RowRelease under secagg_dp with exchange=sparse (DP rows)

@@ -13,6 +13,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.compat.common import recorddict_compat as compat
 
 from .. import itemitem, secure_random
+from ..config_types import RunConfig
 from .secagg_round import SecAggRound, legacy_sample
 
 GRAM_KEY = "fedmtl-gram"  # a FitIns config key: "k/K", the chunk of the Gram's upper triangle asked for
@@ -36,7 +37,7 @@ def triu_chunk(n_items: int, k: int, chunks: int) -> tuple[np.ndarray, np.ndarra
     return r[lo:lo + GRAM_CHUNK], c[lo:lo + GRAM_CHUNK]
 
 
-def gram_share_std(cfg: dict) -> float:
+def gram_share_std(cfg: RunConfig) -> float:
     """secagg_dp: the std of each client's share of the DP Gram's noise, z * dp_clip / sqrt(N)
     (every one of the N clients sends every chunk: the sum holds N(0, (z * dp_clip)^2))."""
     mix = cfg["click_mix"]
@@ -94,7 +95,7 @@ class SecureGram(SecAggRound):
     up to. The clients then get the whole of EASE's B once (the server does not know whose
     rows are whose) and keep their own rows (server_app.ItemItem)."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: RunConfig):
         from flwr.server.client_manager import SimpleClientManager
 
         from ..data import federation_meta

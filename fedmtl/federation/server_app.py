@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from ..config_types import RunConfig
 from ..data import federation_meta
 from ..errors import DivergedError
 from ..model import build_model, saved as saved_model, shared_names
@@ -35,7 +36,7 @@ from .strategies import build_strategy, set_server_rate
 log = logging.getLogger("fedmtl")
 
 
-def initial_arrays(cfg: dict) -> ArrayRecord:
+def initial_arrays(cfg: RunConfig) -> ArrayRecord:
     """The shared parameters at round 0, from the same seeded build every client uses."""
     meta = federation_meta(cfg)
     model = build_model(cfg["model"], cfg["tasks"], 1, np.zeros((1, len(meta["user_cards"])), np.int64), meta,
@@ -57,7 +58,7 @@ def check_finite(arrays: ArrayRecord, rnd: int) -> None:
                                 "server rate; rounds before it are in metrics.jsonl and checkpoint/")
 
 
-def seed_sampling(cfg: dict, phase: str, rnd: int) -> None:
+def seed_sampling(cfg: RunConfig, phase: str, rnd: int) -> None:
     """Flower's strategies sample nodes with Python's `random`: reseed it from (seed, phase,
     round) so which clients train in a round does not depend on how often the run evaluates.
     Under a DP mode the sample is secret all the same: the nodes it picks positions from come
@@ -66,7 +67,7 @@ def seed_sampling(cfg: dict, phase: str, rnd: int) -> None:
     random.seed(f"fedmtl-{phase}-{cfg['seed']}-{rnd}")
 
 
-def sampling_grid(cfg: dict, grid):
+def sampling_grid(cfg: RunConfig, grid):
     """The grid a strategy samples a training round from (secret under the DP modes)."""
     return SecretOrder(grid) if secret_sampling(cfg) else grid
 
@@ -88,7 +89,7 @@ class TailAverage:
     own model; evaluations from round num_rounds-K+1 on, and the saved model, use the mean,
     which damps the server optimiser's round-to-round noise."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: RunConfig):
         k = int(cfg["average_last"])
         self.start = max(1, cfg["num_rounds"] - k + 1) if k > 0 else None  # K > rounds: all of them
         self.mean: dict[str, np.ndarray] | None = None
@@ -125,7 +126,7 @@ class Selection:
     that round's evaluated model, so the model saved is the one reported. Other splits: the
     last round's."""
 
-    def __init__(self, cfg: dict, state: dict | None = None):
+    def __init__(self, cfg: RunConfig, state: dict | None = None):
         on = cfg["split"]["name"] == "leave_one_out"
         self.key = selection_key(cfg["tasks"]) if on else None  # None: no selection, the last round's model
         self.round, self.value, self.arrays = None, None, None
@@ -148,7 +149,7 @@ class Selection:
         return {"round": self.round, "value": self.value, "arrays": {k: v.numpy() for k, v in self.arrays.items()}}
 
 
-def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
+def train_round(strategy, grid: Grid, cfg: RunConfig, rnd: int, arrays: ArrayRecord):
     """One plain training round: (new arrays or None, train metrics, the metrics.jsonl row,
     the reason the round was skipped or None)."""
     train_cfg = ConfigRecord({"local-epochs": cfg["local_epochs"]})
@@ -174,7 +175,7 @@ def train_round(strategy, grid: Grid, cfg: dict, rnd: int, arrays: ArrayRecord):
     return agg, train_metrics, row, skipped
 
 
-def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
+def run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
     random.seed(cfg["seed"])  # Flower samples nodes with `random`
     privacy = ServerPrivacy(cfg, build_strategy(cfg))  # DP wrappers, accountant, SecAgg+ (privacy.py)
     strategy = privacy.strategy
@@ -287,7 +288,7 @@ def run_rounds(grid: Grid, cfg: dict, out_dir: Path) -> dict:
     return summary
 
 
-def make_server_app(cfg: dict | None = None, result_sink: dict | None = None) -> ServerApp:
+def make_server_app(cfg: RunConfig | None = None, result_sink: dict | None = None) -> ServerApp:
     """A ServerApp bound to `cfg`; `result_sink` (a dict) receives the run summary."""
     app = ServerApp()
 

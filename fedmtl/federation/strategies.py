@@ -27,6 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fs
 
+from ..config_types import RunConfig
 from ..errors import ConfigError
 from ..knob_names import NOT_A_MEAN, SERVER_RATE
 from ..metrics import combine
@@ -133,7 +134,7 @@ def strategy_class(name: str, exchange: str = "dense") -> type:
     return type(cls.__name__, bases, {"__doc__": cls.__doc__})
 
 
-def server_rate(cfg: dict, rnd: int) -> float | None:
+def server_rate(cfg: RunConfig, rnd: int) -> float | None:
     """The server rate of round `rnd` under `server_lr.schedule` (None: the strategy has none).
 
     cosine: from the strategy's configured rate at round 1 down to `server_lr.final` times it
@@ -151,7 +152,7 @@ def server_rate(cfg: dict, rnd: int) -> float | None:
     return base * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def set_server_rate(strategy, cfg: dict, rnd: int) -> float | None:
+def set_server_rate(strategy, cfg: RunConfig, rnd: int) -> float | None:
     """Give the strategy (or the optimiser or strategy a privacy wrapper holds) its rate for round `rnd`."""
     rate = server_rate(cfg, rnd)
     if rate is not None:
@@ -177,7 +178,7 @@ class GivenMean(fs.FedAvg):
 SERVER_OPTIMIZERS = tuple(SERVER_RATE)  # the strategies whose server step is more than a mean
 
 
-def _common(cfg: dict) -> dict:
+def _common(cfg: RunConfig) -> dict:
     return dict(
         fraction_train=cfg["fraction_train"],
         fraction_evaluate=cfg["fraction_evaluate"],
@@ -189,7 +190,7 @@ def _common(cfg: dict) -> dict:
     )
 
 
-def averager(cfg: dict):
+def averager(cfg: RunConfig):
     """A plain FedAvg with the run's sampling: what a privacy mode clips, noises or sums
     under a server optimiser (`server_optimizer`)."""
     strategy = strategy_class("fedavg")(**_common(cfg))
@@ -197,7 +198,7 @@ def averager(cfg: dict):
     return strategy
 
 
-def server_optimizer(cfg: dict):
+def server_optimizer(cfg: RunConfig):
     """The run's server optimiser (FedOpt family, FedAvgM) stepping from a given mean
     (`GivenMean`), with its dtypes and server_decay kept; None for strategies whose
     server step is the mean itself."""
@@ -223,7 +224,7 @@ def step_from(optimizer, server_round: int, arrays: ArrayRecord, mean: ArrayReco
     return optimizer.aggregate_train(server_round, [])
 
 
-def build_strategy(cfg: dict, given_mean: bool = False):
+def build_strategy(cfg: RunConfig, given_mean: bool = False):
     scfg = dict(cfg["strategy"])
     name = scfg.pop("name")
     cls = strategy_class(name, cfg["exchange"]["name"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config_types import RunConfig
 from ..errors import ConfigError
 from ..runfiles import write_json
 from .parts import set_arrays
@@ -51,7 +52,7 @@ class Checkpoint:
         return list(self.info["tasks"])
 
 
-def save(out_dir: str | Path, cfg: dict, arrays: dict[str, np.ndarray], meta: dict, rounds: int | None = None) -> None:
+def save(out_dir: str | Path, cfg: RunConfig, arrays: dict[str, np.ndarray], meta: dict, rounds: int | None = None) -> None:
     """Write both files atomically (a reader never sees half a checkpoint)."""
     out_dir = Path(out_dir)
     tmp = out_dir / f".{SHARED_FILE}.tmp"
@@ -81,7 +82,7 @@ def load(path: str | Path, what: str = "init.from") -> Checkpoint:
     return Checkpoint({k: v.numpy() for k, v in state.items()}, info)
 
 
-def check_compatible(ckpt: Checkpoint, cfg: dict, meta: dict, what: str = "init.from") -> None:
+def check_compatible(ckpt: Checkpoint, cfg: RunConfig, meta: dict, what: str = "init.from") -> None:
     info = ckpt.info
     for key in ("name", "dim"):
         if info["model"].get(key) != cfg["model"].get(key):
@@ -130,7 +131,7 @@ def map_arrays(ckpt: Checkpoint, current: dict[str, np.ndarray], tasks: list[str
     return out, fresh
 
 
-def init_shared(cfg: dict, current: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
+def init_shared(cfg: RunConfig, current: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
     """The run's round-0 shared arrays: from `init.from` where set, else `current` unchanged."""
     path = cfg["init"]["from"]
     if not path:

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..config_types import RunConfig
 from ..errors import FedMTLError
 from ..metrics import combine
 from ..model import saved
@@ -21,7 +22,7 @@ from .tables import tables
 log = logging.getLogger("fedmtl")
 
 
-def after_run(cfg: dict, fed, out_dir: str | Path, result: dict, write: bool = True) -> dict:
+def after_run(cfg: RunConfig, fed, out_dir: str | Path, result: dict, write: bool = True) -> dict:
     """The transfer evaluations of a finished federated run, written to transfer.json."""
     out_dir = Path(out_dir)
     tcfg = cfg["transfer"]

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ..config_types import RunConfig
 from ..tasks import get as get_task
 
 
@@ -28,7 +29,7 @@ def new_item_view(model, items: np.ndarray | None, hide: bool = True) -> None:
         enc.item_bias.weight[mask] = enc.item_bias.weight[~mask].mean(0)
 
 
-def hidden_items(cfg: dict) -> np.ndarray:
+def hidden_items(cfg: RunConfig) -> np.ndarray:
     """The run's new items (empty, without touching the data, when transfer.new_items=0)."""
     if not cfg["transfer"]["new_items"]:
         return np.empty(0, np.int64)
@@ -36,7 +37,7 @@ def hidden_items(cfg: dict) -> np.ndarray:
     return federation_for(cfg).holdout.items
 
 
-def client_view(model, cfg: dict) -> None:
+def client_view(model, cfg: RunConfig) -> None:
     """What a client applies after loading the server's arrays (a no-op without new items)."""
     new_item_view(model, hidden_items(cfg))
 

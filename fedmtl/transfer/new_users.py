@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config_types import RunConfig
 from ..metrics import combine
 from ..seeds import cold_start_seed
 from .new_items import new_item_view
@@ -22,7 +23,7 @@ def _one_user_data(rows: pd.DataFrame, user_cat: np.ndarray, n_items: int, train
                       test_u=t(np.zeros(len(te))), test_i=t(te["item"]), test_r=t(te["rating"], torch.float32))
 
 
-def fine_tune(model, data, cfg: dict, epochs: int, seed: int):
+def fine_tune(model, data, cfg: RunConfig, epochs: int, seed: int):
     """A new user's fine-tuning on all its k interactions at once, the encoder frozen, with the
     run's fixed task weights (equal ones otherwise). `transfer.tune=user` trains only the
     user's embedding and biases (the heads stay as received), `personal` the heads too."""
@@ -40,7 +41,7 @@ def fine_tune(model, data, cfg: dict, epochs: int, seed: int):
     return local_train(model, data, tasks, build_weighting(wcfg, tasks), tc, seed=seed, trainable=names)
 
 
-def cold_start(cfg: dict, fed, arrays: dict[str, np.ndarray], ks, epochs: int, seed: int) -> dict[int, dict]:
+def cold_start(cfg: RunConfig, fed, arrays: dict[str, np.ndarray], ks, epochs: int, seed: int) -> dict[int, dict]:
     """Metrics per k of the new users, each fine-tuned alone from `arrays` (the shared
     arrays; heads too where the checkpoint holds them) with the encoder frozen."""
     from ..model import build_model, set_arrays
@@ -79,7 +80,7 @@ def reference_scores(scorer, fed, tasks, users_rows: list, kmax: int) -> dict:
     return combine(parts)
 
 
-def initial_arrays(cfg: dict, meta: dict) -> dict[str, np.ndarray]:
+def initial_arrays(cfg: RunConfig, meta: dict) -> dict[str, np.ndarray]:
     """The untrained encoder: the seeded build every run starts from (no init.from)."""
     from ..model import build_model, get_arrays, shared_names
     model = build_model(cfg["model"], cfg["tasks"], 1, np.zeros((1, len(meta["user_cards"])), np.int64), meta,
