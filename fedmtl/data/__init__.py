@@ -259,16 +259,61 @@ def _cached(key: str) -> Federation:
     return build_federation(json.loads(key))
 
 
+META_FILE = "federation_meta.json"  # written by `python -m fedmtl.deploy.export` beside the partitions
+_GIVEN_META: dict[str, dict] = {}  # data key -> a metadata file's content (a deployed ServerApp's)
+
+
+def _data_key(cfg: dict) -> str:
+    keys = ("dataset", "split", "num_clients", "seed", "transfer", "eval")
+    return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str)
+
+
 def federation_meta(cfg: dict) -> dict:
     """What the server side (the ServerApp, its strategies, reply checks and SecAgg+) may know
     of the federation: `Federation.meta` and `Federation.bounds`, never the interactions.
-    Server code reads this, not federation_for (tests/test_layout.py holds it to that)."""
+    Server code reads this, not federation_for (tests/test_layout.py holds it to that). A
+    deployed ServerApp given a metadata file (`use_federation_meta`) reads no data at all."""
+    given = _GIVEN_META.get(_data_key(cfg))
+    if given is not None:
+        return given
     fed = federation_for(cfg)
     return {**fed.meta, **fed.bounds}
+
+
+def write_federation_meta(cfg: dict, path) -> None:
+    """`federation_meta(cfg)` as JSON at `path` (what a deployed ServerApp needs instead of
+    the data set)."""
+    from ..runfiles import write_json
+
+    meta = federation_meta(cfg)
+    write_json(path, {k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v for k, v in meta.items()})
+
+
+def use_federation_meta(cfg: dict, path) -> dict:
+    """Read a metadata file written by `write_federation_meta` and serve it as this
+    process's `federation_meta(cfg)`: the server side then never builds the federation."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+        n = int(raw["n_items"])
+        meta = {"n_items": n, "user_cards": [int(c) for c in raw["user_cards"]],
+                "item_cards": [int(c) for c in raw["item_cards"]],
+                "item_cat": np.asarray(raw["item_cat"], dtype=np.int64),
+                "item_multi": np.asarray(raw["item_multi"], dtype=np.float32),
+                "max_examples": int(raw["max_examples"]), "max_users": int(raw["max_users"])}
+        for key in ("item_cat", "item_multi"):
+            if meta[key].ndim != 2 or meta[key].shape[0] != n:
+                raise ValueError(f"{key} has shape {list(meta[key].shape)}, expected [{n}, columns]")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"federation-meta={path}: not a metadata file of python -m fedmtl.deploy.export "
+                          f"({type(e).__name__}: {e})") from None
+    _GIVEN_META[_data_key(cfg)] = meta
+    return meta
 
 
 def federation_for(cfg: dict) -> Federation:
     """The federation of `cfg`, built once per process (clients of a simulation share it;
     each client only ever reads its own partition from it)."""
-    keys = ("dataset", "split", "num_clients", "seed", "transfer", "eval")
-    return _cached(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str))
+    return _cached(_data_key(cfg))

@@ -5,7 +5,10 @@
 composes the config like `python -m fedmtl.simulate`, builds the split and the
 partition into `num_clients` clients, and writes OUT_DIR/partition-K/train.tsv and
 test.tsv (user item rating ts, the data set's raw ids) holding only partition K's
-users. A SuperNode started with
+users, and OUT_DIR/federation_meta.json: what the ServerApp needs instead of the data set
+(the catalogue's size and item features, the user features' sizes, the most examples and
+users one client holds); `flwr run ... --run-config 'federation-meta="OUT_DIR/federation_meta.json"'`
+lets the SuperLink's machine run without the data. A SuperNode started with
 
     --node-config 'partition-id=K num-partitions=N split-path="OUT_DIR/partition-K"'
 
@@ -23,7 +26,7 @@ from ..errors import FedMTLError, print_error
 
 
 def export_partitions(cfg: dict, out_dir: str | Path) -> list[Path]:
-    from ..data import federation_for, split as split_mod
+    from ..data import META_FILE, federation_for, split as split_mod, write_federation_meta
     from ..data.split import Split
 
     fed = federation_for(cfg)
@@ -35,6 +38,7 @@ def export_partitions(cfg: dict, out_dir: str | Path) -> list[Path]:
         folder = out / f"partition-{k}"
         split_mod.write(part, fed.dataset, folder)
         folders.append(folder)
+    write_federation_meta(cfg, out / META_FILE)
     return folders
 
 

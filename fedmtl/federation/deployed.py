@@ -158,6 +158,14 @@ def serve(grid, context: Context, run_rounds) -> dict:
     except FedMTLError as e:
         log.error("fedmtl: error: %s (run config overrides=%r)", e, context.run_config.get("overrides", ""))
         raise RoundStopped(f"run config: {e}") from None
+    meta_path = str(context.run_config.get("federation-meta", "") or "")
+    if meta_path:  # the SuperLink's machine needs no data set: the metadata file stands for it
+        from ..data import use_federation_meta
+        try:
+            use_federation_meta(cfg, Path(meta_path).expanduser())
+        except FedMTLError as e:
+            log.error("fedmtl: error: %s", e)
+            raise RoundStopped(f"run config: {e}") from None
     out_dir = start_run(context, cfg)
     log.info("fedmtl deployed run %s -> %s", context.run_id, out_dir)
     t0 = time.time()

@@ -42,7 +42,7 @@ def test_node_partition_is_checked_against_the_run():
 def test_a_node_with_its_own_files_gets_exactly_its_partition(tmp_path):
     cfg = compose(SMALL)
     export_partitions(cfg, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["partition-0", "partition-1", "partition-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["federation_meta.json", "partition-0", "partition-1", "partition-2"]
     whole = federation_for(cfg)
     for k in range(3):
         pid, own = deployed.node_data(cfg, ctx({"partition-id": k, "split-path": str(tmp_path / f"partition-{k}")}))
