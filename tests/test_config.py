@@ -70,6 +70,7 @@ def config_error(overrides) -> str:
     (["strategy=fedavgm", "strategy.server_momentum=-0.1"], "strategy.server_momentum=-0.1"),
     (["strategy=fedprox", "strategy.proximal_mu=-1"], "strategy.proximal_mu=-1"),
     (["strategy=fedtrimmedavg", "strategy.beta=0.5"], "strategy.beta=0.5"),
+    (["split=leave_one_out", "transfer.new_users=0.1"], "split=leave_one_out with transfer.new_users"),
 ])
 def test_a_wrong_value_is_one_line_naming_the_key(overrides, key):
     assert key in config_error(overrides)

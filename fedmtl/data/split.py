@@ -229,21 +229,17 @@ def check_config(cfg: dict) -> None:
     if name == "per_user":
         number(cfg, "split.train_frac", lo=0, hi=1, lo_open=True)
         return
+    t = cfg["transfer"]
+    if t["new_users"] or t["new_items"]:
+        raise ConfigError(f"split={name} with transfer.new_users or transfer.new_items: held-out users and items "
+                          "are built on split=per_user only")
     if name == "last_basket":
         if split.get("path"):
             raise ConfigError("split.path with split=last_basket: the split is computed from the log's baskets "
                               "(deterministic); leave split.path empty")
-        t = cfg["transfer"]
-        if t["new_users"] or t["new_items"]:
-            raise ConfigError("split=last_basket with transfer.new_users or transfer.new_items: held-out users and "
-                              "items are built on split=per_user only")
         return
     block(cfg, "eval")
     number(cfg, "eval.negatives", lo=1, integer=True)
     if cfg["split"].get("validation"):
         raise ConfigError("split.validation=true with split=leave_one_out: it holds its own validation item "
                           "(the second latest interaction); the reported round is chosen on it")
-    t = cfg["transfer"]
-    if t["new_users"] or t["new_items"]:
-        raise ConfigError("split=leave_one_out with transfer.new_users or transfer.new_items: held-out users and "
-                          "items are built on split=per_user only")
