@@ -24,7 +24,7 @@ import torch
 from . import dp_rows
 from .config_types import RunConfig
 from .config import resolve_device
-from .data import ClientData, federation_for
+from .data import DATA_KEYS, ClientData, federation_for
 from .itemitem import Rows, blends
 from .local_rounds import client_round
 from .model import build_model, get_arrays, personal_names, set_arrays, shared_names
@@ -49,7 +49,7 @@ def client_seed(cfg: RunConfig, server_round: int, pid: int) -> int:
 
 
 def model_key(cfg: RunConfig) -> str:
-    keys = ("dataset", "split", "num_clients", "seed", "transfer", "eval", "model", "tasks", "ranking")  # federation_for's too
+    keys = (*DATA_KEYS, "model", "tasks", "ranking")  # the template reads the federation too
     return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)
 
 

@@ -263,9 +263,11 @@ META_FILE = "federation_meta.json"  # written by `python -m fedmtl.deploy.export
 _GIVEN_META: dict[str, dict] = {}  # data key -> a metadata file's content (a deployed ServerApp's)
 
 
+DATA_KEYS = ("dataset", "split", "num_clients", "seed", "transfer", "eval")  # what a federation is built from
+
+
 def _data_key(cfg: dict) -> str:
-    keys = ("dataset", "split", "num_clients", "seed", "transfer", "eval")
-    return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True, default=str)
+    return json.dumps({k: cfg.get(k) for k in DATA_KEYS}, sort_keys=True, default=str)
 
 
 def federation_meta(cfg: dict) -> dict:
