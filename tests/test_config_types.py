@@ -4,15 +4,13 @@ Required key present), so a type checker reading `cfg["train"]["lr"]` sees what 
 
 from __future__ import annotations
 
-import tempfile
 import types
 import typing
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
-import yaml
 
+from config_options import option_overrides
 from fedmtl.config import CONF_DIR, compose
 from fedmtl.config_types import RunConfig
 from fedmtl.errors import ConfigError
@@ -54,32 +52,6 @@ def mismatches(value, tp, path: str = "cfg") -> list[str]:
     else:
         ok = isinstance(value, tp)
     return [] if ok else [f"{path}: {value!r} is not {getattr(tp, '__name__', tp)}"]
-
-
-RECBOLE = Path(tempfile.mkdtemp(prefix="fedmtl-types-")) / "ml"  # a RecBole folder: its labels come from the header
-
-
-def option_overrides() -> list[list[str]]:
-    """One composition per option of every config group (a data set with what it needs)."""
-    RECBOLE.mkdir(parents=True, exist_ok=True)
-    (RECBOLE / "ml.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t2\t4\t10\n")
-    out = [[]]
-    for group in sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()):
-        for option in sorted((CONF_DIR / group).glob("*.yaml")):
-            ov = [f"{group}={option.stem}"]
-            if group == "dataset":
-                spec = yaml.safe_load(option.read_text()) or {}
-                if option.stem == "recbole":
-                    ov += [f"dataset.path={RECBOLE}", "tasks=[rating]"]
-                elif "path" in spec and option.stem not in ("synthetic", "synthetic_funnel"):
-                    ov.append("dataset.path=/data")
-                if option.stem == "log":  # the generic reader: a file and one label
-                    ov += ["dataset.file=/data/log.csv", "dataset.offers=[like]",
-                           "+dataset.labels.like={kind:binary,column:is_like}", "tasks=[like]"]
-                elif spec.get("offers") and option.stem != "recbole":
-                    ov.append(f"tasks=[{spec['offers'][0]}]")
-            out.append(ov)
-    return out
 
 
 @pytest.mark.parametrize("overrides", option_overrides(), ids=lambda ov: " ".join(ov) or "default")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from config_options import option_overrides
 from fedmtl.checks import BEFORE_KEY
-from fedmtl.config import CONF_DIR, compose, validate
+from fedmtl.config import compose, validate
 from fedmtl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
 
 
 def leaves(node, prefix=()):
@@ -44,15 +44,9 @@ def lookup(cfg, path):
 
 @lru_cache(maxsize=1)
 def compositions() -> tuple[dict, ...]:
-    """The default config and one per option of every config group."""
-    out = [compose([])]
-    for group in GROUPS:
-        for option in sorted((CONF_DIR / group).glob("*.yaml")):
-            try:
-                out.append(compose([f"{group}={option.stem}"]))
-            except ConfigError:  # an option that needs more (a data path): its own keys still count
-                continue
-    return tuple(out)
+    """The default config and one per option of every config group, each with what it needs
+    (config_options.py): a key only some data sets have is not "always present"."""
+    return tuple(compose(ov) for ov in option_overrides())
 
 
 def always_present(path: tuple[str, ...]) -> bool:
