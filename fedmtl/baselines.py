@@ -41,7 +41,7 @@ def run_centralized(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
     new_item_view(model, fed.holdout.items)  # transfer.new_items: never trained, scored from features
     weighting = build_weighting(cfg["weighting"], tasks)
     epochs = epochs_of(cfg)
-    item_item, mixes = pooled_item_item(cfg, data.train_mask())  # click_mix: EASE on the pooled train items
+    item_item, mixes = pooled_item_item(cfg, data)  # click_mix: EASE on the pooled train items
     last: dict = {}
     t_start = time.time()
     for ep in range(1, epochs + 1):
@@ -76,7 +76,7 @@ def run_local(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
         client_round(model, data, tasks, weighting, train_config(cfg, epochs), cfg,
                      seed=local_client_seed(cfg["seed"], pid))
         new_item_view(model, fed.holdout.items)
-        item_item, mixes = pooled_item_item(cfg, data.train_mask())  # click_mix: this client's own items only
+        item_item, mixes = pooled_item_item(cfg, data)  # click_mix: this client's own items only
         parts.append(evaluate(model, data, tasks, item_item=item_item, mixes=mixes)
                      | item_parts(model, data, tasks, fed.holdout.items))
         if (pid + 1) % max(1, n // 10) == 0 or pid + 1 == n:

@@ -188,11 +188,12 @@ def train_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, 
 
 def item_item_blends(cfg: RunConfig, record: dict[str, np.ndarray], device):
     """click_mix: (the run's blend, {grid group: blend}) from the rows of B the server sent
-    ("b": at click_mix.lam; "grid@<lam>": the selection grid's, final evaluation only)."""
+    ("b": at click_mix.lam; "grid@<lam>": the selection grid's, final evaluation only; "seq": the
+    sequence score's S, click_mix.seq_weight)."""
     items = torch.from_numpy(record["items"]).to(device)
     rows = lambda key: Rows(items, torch.from_numpy(record[key]).to(device))  # noqa: E731
     grid = {float(k.split("@", 1)[1]): rows(k) for k in record if k.startswith("grid@")}
-    return blends(cfg, rows("b") if "b" in record else None, grid)
+    return blends(cfg, rows("b") if "b" in record else None, grid, rows("seq") if "seq" in record else None)
 
 
 def evaluate_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, np.ndarray], state: dict,

@@ -175,6 +175,10 @@ class ClickMixConfig(TypedDict):
     grid_lam: list[Number]
     dp_clip: Number
     dp_noise_multiplier: Number
+    seq_weight: Number
+    seq_window: int
+    seq_last: int
+    seq_decay: Number
 
 
 class ClientFloorConfig(TypedDict):

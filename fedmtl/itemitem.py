@@ -17,6 +17,18 @@ its users have (`Rows`: x_u B needs no others) with the evaluation messages; eac
 then scores its own users (`blend`). Centralised and local-only runs build G from the
 data they train on (`gram`), so the three settings share this code.
 
+Sequence (`click_mix.seq_weight` > 0): a user's next item is often one that other users had
+close to the user's latest ones. The windowed Gram counts, for each pair of different items,
+the users who had both within `seq_window` events (baskets) of each other:
+
+    W = sum over users of w_u,  w_u[i, j] = 1 if i != j are within seq_window steps in u's train history
+    S = W / sqrt((c + 1)(c + 1)^T)     (c: diag(G), each item's user count)
+    h_u[i] = seq_decay ** age  for the user's seq_last latest items (age 0: the latest)
+    score_u = (1 - w) z(click logits) + w z(x_u B) + w_seq z(h_u S)
+
+W is a sum of per-user 0/1 parts like G (`window_part`), so it federates the same way, in
+the clear or through SecAgg+, beside G; a client reads only the rows of S for its own items.
+
 `click_mix.grid_weight` x `click_mix.grid_lam` (`grid`) scores every blend of that grid in
 the final evaluation besides the run's own, as metric groups `mix_w<w>_lam<lam>/click.*`:
 training does not depend on the blend, so one validation run per seed is the whole
@@ -74,6 +86,71 @@ def grid_lams(cfg: RunConfig) -> list[float]:
     return sorted({lam for _, _, lam in grid(cfg)})
 
 
+def seq_active(cfg: RunConfig) -> bool:
+    """Whether the run's blends add the sequence score (click_mix.seq_weight > 0)."""
+    return needed(cfg) and float(cfg["click_mix"]["seq_weight"]) > 0
+
+
+@dataclass
+class Seq:
+    """The sequence score of a blend: S's rows for the client's items, its weight, and how the
+    user's history vector h_u is made (its `seq_last` latest items, `seq_decay` ** age)."""
+
+    rows: "Rows"
+    weight: float
+    last: int
+    decay: float
+
+
+def history(train_u: torch.Tensor, train_i: torch.Tensor, train_age: torch.Tensor | None, n_users: int,
+            n_items: int, last: int, decay: float) -> torch.Tensor:
+    """h (users x n_items): decay ** age at the items of each user's `last` latest steps (age <
+    last; an item seen at several ages: its latest), 0 elsewhere."""
+    from .errors import DataError
+
+    if train_age is None:
+        raise DataError("click_mix.seq_weight > 0: these interactions have no timestamps to order them by; "
+                        "set click_mix.seq_weight=0")
+    age = train_age.to(train_u.device).to(torch.float32)
+    keep = age < last
+    h = torch.zeros(n_users * n_items, dtype=torch.float32, device=train_u.device)
+    w = torch.pow(torch.full_like(age[keep], float(decay)), age[keep])
+    h.scatter_reduce_(0, train_u[keep] * n_items + train_i[keep], w, reduce="amax")
+    return h.view(n_users, n_items)
+
+
+def window_part(train_u, train_i, train_age, items: np.ndarray, window: int) -> np.ndarray:
+    """The windowed Gram part over `items` (this client's train items, `gram_part`'s): block[a, b]
+    = how many of its users have items[a] != items[b] within `window` steps (ages) of each other."""
+    from .errors import DataError
+
+    if train_age is None:
+        raise DataError("click_mix.seq_weight > 0: these interactions have no timestamps to order them by; "
+                        "set click_mix.seq_weight=0")
+    u, i = train_u.cpu().numpy(), np.searchsorted(items, train_i.cpu().numpy())
+    age = train_age.cpu().numpy().astype(np.int64)
+    k = len(items)
+    order = np.argsort(u, kind="stable")
+    bounds = np.searchsorted(u[order], np.arange(int(u.max()) + 2)) if len(u) else [0]
+    pairs = [np.zeros(0, np.int64)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        rows = order[a:b]
+        if len(rows) < 2:
+            continue
+        li, ag = i[rows], age[rows]
+        x, y = np.nonzero((np.abs(ag[:, None] - ag[None, :]) <= window) & (li[:, None] != li[None, :]))
+        pairs.append(np.unique(li[x] * k + li[y]))  # 0/1 per user: a pair counts once however often it recurs
+    return np.bincount(np.concatenate(pairs), minlength=k * k).reshape(k, k).astype(np.float32)
+
+
+def seq_matrix(window_gram: np.ndarray, gram_matrix: np.ndarray) -> np.ndarray:
+    """S = W / sqrt((c + 1)(c + 1)^T), c = diag(G) (clamped at 0: a DP Gram's noise), float32."""
+    c = np.sqrt(np.clip(np.diag(np.asarray(gram_matrix, np.float64)), 0, None) + 1.0)
+    s = np.asarray(window_gram, np.float64) / c[:, None] / c[None, :]
+    np.fill_diagonal(s, 0.0)
+    return s.astype(np.float32)
+
+
 @dataclass
 class Rows:
     """The rows of EASE's B for `items`: all that x_u B needs for users whose train items are
@@ -88,12 +165,13 @@ class Rows:
         return cls(torch.from_numpy(items.astype(np.int64)).to(device),
                    torch.from_numpy(np.ascontiguousarray(b[items])).to(device))
 
-    def scores(self, mask: torch.Tensor) -> torch.Tensor:
-        """x B for each row x of the 0/1 matrix `mask` (users x n_items)."""
-        sub = mask[:, self.items.to(mask.device)]
-        if int(sub.sum()) != int(mask.sum()):
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """x B for each row x of `x` (users x n_items: the 0/1 train mask, or a history h whose
+        nonzero items are train items)."""
+        sub = x[:, self.items.to(x.device)]
+        if int((sub != 0).sum()) != int((x != 0).sum()):
             raise ValueError(f"item-item rows for {len(self.items)} items miss items these users have in train")
-        return sub.to(self.rows.dtype) @ self.rows.to(mask.device)
+        return sub.to(self.rows.dtype) @ self.rows.to(x.device)
 
 
 def gram_part(train_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +196,26 @@ def clip_part(block: np.ndarray, clip: float) -> np.ndarray:
     if norm <= clip:
         return block
     return (np.asarray(block, np.float64) * (clip * (1 - 1e-6) / norm)).astype(block.dtype)  # inside, after rounding
+
+
+def gram_parts(cfg: RunConfig, data) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(items, {"block": its Gram part, "window": its windowed Gram part when the run has a
+    sequence score}): what a client sends for click_mix, both over the same items."""
+    items, block = gram_part(data.train_mask())
+    parts = {"block": block}
+    if seq_active(cfg):
+        parts["window"] = window_part(data.train_u, data.train_i, data.train_age, items,
+                                      int(cfg["click_mix"]["seq_window"]))
+    return items, parts
+
+
+def clip_parts(parts: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
+    """`clip_part` over the parts together: their joint Frobenius norm <= clip, so that one
+    client moves the released pair (G, W) by at most clip (one DP release, accounted as one)."""
+    norm = float(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in parts.values())))
+    if norm <= clip:
+        return parts
+    return {k: (np.asarray(v, np.float64) * (clip * (1 - 1e-6) / norm)).astype(v.dtype) for k, v in parts.items()}
 
 
 def add_part(gram: np.ndarray, items: np.ndarray, block: np.ndarray) -> None:
@@ -175,34 +273,67 @@ def blend(scores: torch.Tensor, mask: torch.Tensor, b: Rows, weight: float) -> t
     return blended(scores, mask, {"": (b, weight)})[""]
 
 
-def blended(scores: torch.Tensor, mask: torch.Tensor, mixes: dict) -> dict[str, torch.Tensor]:
-    """`blend` for each {name: (Rows, weight)} of `mixes`: z(scores) once, and z(x B) once per
-    Rows (the blends of a grid share one Rows per lam)."""
+def blended(scores: torch.Tensor, mask: torch.Tensor, mixes: dict, hist: torch.Tensor | None = None) -> dict:
+    """`blend` for each {name: (Rows, weight)} or {name: (Rows, weight, Seq)} of `mixes`:
+    z(scores) once, z(x B) once per Rows (the blends of a grid share one Rows per lam), and
+    with a Seq, + seq.weight z(h S) (hist: the users' h, `history`)."""
     out, z_ii, z_head = {}, {}, None
-    for name, (b, weight) in mixes.items():
+    for name, (b, weight, *seq) in mixes.items():
         if id(b) not in z_ii:
             z_ii[id(b)] = standardise(b.scores(mask), mask)
         if z_head is None:
             z_head = standardise(scores.to(z_ii[id(b)].dtype), mask)
         out[name] = (1.0 - weight) * z_head + weight * z_ii[id(b)]
+        if seq and seq[0] is not None:
+            if hist is None:
+                raise ValueError("a blend with a sequence score needs the users' history (itemitem.history)")
+            if id(seq[0].rows) not in z_ii:
+                z_ii[id(seq[0].rows)] = standardise(seq[0].rows.scores(hist), mask)
+            out[name] = out[name] + seq[0].weight * z_ii[id(seq[0].rows)]
     return out
 
 
-def blends(cfg: RunConfig, own: Rows | None, grid_rows: dict[float, Rows]):
-    """(the run's own blend or None, {grid group: blend}), a blend being (B's rows, weight) as
-    `train.evaluate` takes them; own: B's rows at click_mix.lam, grid_rows: at each grid lam
-    (final evaluation only)."""
-    mine = (own, float(cfg["click_mix"]["weight"])) if active(cfg) and own is not None else None
-    return mine, {name: (grid_rows[lam], w) for name, w, lam in grid(cfg) if lam in grid_rows}
+def seq_history(mixes: dict, data) -> torch.Tensor | None:
+    """The users' h for the first Seq among `mixes`' blends (they share one), or None."""
+    seq = next((m[2] for m in mixes.values() if m is not None and len(m) > 2 and m[2] is not None), None)
+    if seq is None:
+        return None
+    return history(data.train_u, data.train_i, data.train_age, len(data.users), data.n_items, seq.last, seq.decay)
 
 
-def pooled(cfg: RunConfig, train_mask: torch.Tensor):
+def seq_of(cfg: RunConfig, rows: Rows | None) -> Seq | None:
+    """The run's Seq from S's rows (None: no sequence score)."""
+    if rows is None or not seq_active(cfg):
+        return None
+    mix = cfg["click_mix"]
+    return Seq(rows, float(mix["seq_weight"]), int(mix["seq_last"]), float(mix["seq_decay"]))
+
+
+def blends(cfg: RunConfig, own: Rows | None, grid_rows: dict[float, Rows], seq_rows: Rows | None = None):
+    """(the run's own blend or None, {grid group: blend}), a blend being (B's rows, weight, Seq
+    or None) as `train.evaluate` takes them; own: B's rows at click_mix.lam, grid_rows: at each
+    grid lam (final evaluation only); seq_rows: S's rows (every blend adds the run's sequence score)."""
+    seq = seq_of(cfg, seq_rows)
+    mine = (own, float(cfg["click_mix"]["weight"]), seq) if active(cfg) and own is not None else None
+    return mine, {name: (grid_rows[lam], w, seq) for name, w, lam in grid(cfg) if lam in grid_rows}
+
+
+def pooled(cfg: RunConfig, data):
     """`blends` from these users' own Gram matrix (centralised or local-only runs)."""
     if not needed(cfg):
         return None, {}
+    train_mask = data.train_mask()
     items, block = gram_part(train_mask)
-    return blends(cfg, *solve_each(cfg, lambda lam: rows_of_part(items, block, train_mask.shape[1], lam,
-                                                                 train_mask.device)))
+    seq_rows = None
+    if seq_active(cfg):
+        window = window_part(data.train_u, data.train_i, data.train_age, items, int(cfg["click_mix"]["seq_window"]))
+        s = np.zeros((len(items), train_mask.shape[1]), np.float32)
+        s[:, items] = seq_matrix(window, block)
+        seq_rows = Rows(torch.from_numpy(np.asarray(items, np.int64)).to(train_mask.device),
+                        torch.from_numpy(s).to(train_mask.device))
+    own, grid_rows = solve_each(cfg, lambda lam: rows_of_part(items, block, train_mask.shape[1], lam,
+                                                              train_mask.device))
+    return blends(cfg, own, grid_rows, seq_rows)
 
 
 def solve_each(cfg: RunConfig, solve):
@@ -221,6 +352,13 @@ def check_config(cfg: dict) -> None:
     number(cfg, "click_mix.lam", lo=0, lo_open=True)
     number(cfg, "click_mix.dp_clip", lo=0, lo_open=True)
     number(cfg, "click_mix.dp_noise_multiplier", lo=0, lo_open=True)
+    number(cfg, "click_mix.seq_weight", lo=0)
+    number(cfg, "click_mix.seq_window", lo=1, integer=True)
+    number(cfg, "click_mix.seq_last", lo=1, integer=True)
+    number(cfg, "click_mix.seq_decay", lo=0, hi=1, lo_open=True)
+    if mix["seq_weight"] > 0 and mix["weight"] <= 0:
+        raise ConfigError(f"click_mix.seq_weight={mix['seq_weight']} rides on the item-item blend: set "
+                          "click_mix.weight > 0 too (e.g. 0.1), or click_mix.seq_weight=0")
     for key, ok, want in (("grid_weight", lambda v: 0 <= v < 1, "in [0, 1)"), ("grid_lam", lambda v: v > 0, "> 0")):
         values = mix[key] if mix[key] is not None else []
         if not isinstance(values, (list, tuple)):

@@ -15,7 +15,7 @@ from . import metrics as M
 from .config_types import RunConfig
 from .data import ClientData
 from .errors import DataError
-from .itemitem import blended
+from .itemitem import blended, seq_history
 from .tasks import choose_rows, click_candidates, losses as task_losses, pair_tasks, ranking_tasks
 
 
@@ -168,8 +168,9 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
              mixes: dict | None = None) -> dict:
     """Additive metric parts (see `metrics.combine`) of this data's test interactions.
 
-    item_item: (B's `Rows`, weight) blends EASE item-item scores into the click ranking
-    (itemitem.py); mixes: {group: (Rows, weight)}, more blends scored as "group/click.*"."""
+    item_item: (B's `Rows`, weight[, Seq]) blends EASE item-item scores (and the sequence
+    score) into the click ranking (itemitem.py); mixes: {group: blend}, more blends scored as
+    "group/click.*"."""
     model.eval()
     if hasattr(model, "attach"):  # reference scorers (transfer/references.py) have no history to attach
         model.attach(data)
@@ -191,6 +192,7 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
         nd_all: dict = {p: [] for p in rankers}
         rc_all: dict = {p: [] for p in rankers}
         mask = data.train_mask()
+        hist = seq_history(rankers, data)  # click_mix.seq_weight: the users' latest items (itemitem.history)
         seen = mask if task.exclude_seen else None  # ranking.exclude_seen=false: earlier items stay candidates
         if task.repeat_weight:
             counts = torch.zeros(mask.shape, device=mask.device).index_put_(
@@ -207,7 +209,8 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
             head = model.all_item_scores(users[sl], task.name, ir)
             if task.repeat_weight:  # ranking.repeat_weight: the user's own counts
                 head = head + task.repeat_weight * torch.log1p(counts[sl])
-            mixed = blended(head, mask[sl], {p: m for p, m in rankers.items() if m is not None})
+            mixed = blended(head, mask[sl], {p: m for p, m in rankers.items() if m is not None},
+                            None if hist is None else hist[sl])
             for prefix in rankers:
                 if cand is None and task.recall:
                     hr, nd, rc = M.rank_metrics(mixed.get(prefix, head), None if seen is None else seen[sl],

@@ -29,10 +29,12 @@ class ItemItem:
     node's users need (x_u B reads the rows of u's items)."""
 
     def __init__(self, cfg: RunConfig, gram: np.ndarray, node_items: dict, whole_once: bool = False,
-                 dp_release: tuple[int, int] | None = None):
+                 dp_release: tuple[int, int] | None = None, window: np.ndarray | None = None):
         self.cfg, self.node_items, self.n_items = cfg, node_items, gram.shape[0]
         self.dp_release = dp_release  # a DP Gram: (clients summed, clients asked), for the ledger
         self.own, self.grid = itemitem.solve_each(cfg, lambda lam: itemitem.ease(gram, lam))
+        # click_mix.seq_weight: S from the windowed Gram (itemitem.seq_matrix), rows sent like B's
+        self.seq = None if window is None else itemitem.seq_matrix(window, gram)
         # secure Gram (privacy=secagg): the server does not know whose items are whose, so each
         # node gets the whole of B once (and the grid's at the final evaluation) and keeps its rows
         self.whole_once, self.sent = whole_once, set()
@@ -55,6 +57,8 @@ class ItemItem:
             arrays = {"items": items}
             if self.own is not None:
                 arrays["b"] = self.own[items]
+            if self.seq is not None:
+                arrays["seq"] = self.seq[items]
             if final:
                 arrays.update({f"grid@{lam:g}": b[items] for lam, b in self.grid.items()})
             if len(arrays) > 1:
@@ -74,7 +78,8 @@ class ItemItem:
         dropped before the next: at 6,040 clients of MovieLens-1M the rows of all would be 11 GB."""
         if self.whole_once:
             return [msgs]
-        per_item = 4 * self.n_items * ((self.own is not None) + (len(self.grid) if final else 0))
+        per_item = 4 * self.n_items * ((self.own is not None) + (self.seq is not None)
+                                       + (len(self.grid) if final else 0))
         out, cur, size = [], [], 0
         for m in msgs:
             items = self.node_items.get(m.metadata.dst_node_id)
@@ -99,6 +104,8 @@ class ItemItem:
                 arrays = {"whole": Array(np.ones(1, np.float32))}
                 if self.own is not None:
                     arrays["b"] = Array(self.own)
+                if self.seq is not None:
+                    arrays["seq"] = Array(self.seq)
                 if final:
                     arrays.update({f"grid@{lam:g}": Array(b) for lam, b in self.grid.items()})
                 rec = ArrayRecord(arrays)
@@ -116,12 +123,12 @@ def secure_item_item_round(grid: Grid, cfg: RunConfig, strategy):
     t0 = time.time()
     wait_for_nodes(grid, needed_nodes(strategy, "train"), cfg["round_timeout"], 0, "item Gram")
     secure = SecureGram(cfg)
-    gram, up, summed = secure.gram(grid)
+    (gram, window), up, summed = secure.gram(grid)
     dp = (summed, cfg["num_clients"]) if itemitem.dp_gram(cfg) else None  # secagg_dp: the clients' noise is in it
-    ii = ItemItem(cfg, gram, {}, whole_once=True, dp_release=dp)
-    log.info("click_mix: item Gram summed by SecAgg+ from %d clients in %d chunks (%.1f MB up), EASE (lam %s) "
-             "solved; %.1fs in all", summed, secure.chunks, up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),
-             time.time() - t0)
+    ii = ItemItem(cfg, gram, {}, whole_once=True, dp_release=dp, window=window)
+    log.info("click_mix: item Gram%s summed by SecAgg+ from %d clients in %d chunks (%.1f MB up), EASE (lam %s) "
+             "solved; %.1fs in all", " and windowed Gram" if window is not None else "", summed, secure.chunks,
+             up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()), time.time() - t0)
     return ii, up
 
 
@@ -147,26 +154,31 @@ def item_item_round(grid: Grid, cfg: RunConfig, strategy):
     msgs = [Message(RecordDict({"config": ConfigRecord({"query": "gram"})}), dst_node_id=n,
                     message_type=MessageType.QUERY) for n in nodes]
     n_items = int(federation_meta(cfg)["n_items"])
+    seq = itemitem.seq_active(cfg)  # click_mix.seq_weight: the windowed Gram comes with each part
     gram = np.zeros((n_items, n_items), dtype=np.float64)
+    window = np.zeros((n_items, n_items), dtype=np.float64) if seq else None
     up, node_items = 0, {}
     replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
     check_refusals("item Gram", msgs, replies, "the clients' privacy floors do not answer item Gram queries "
                    "(click_mix needs them: set click_mix.weight=0 and no grid)")
-    for r in screen_gram(n_items, replies, clip):  # screening.py: well-formed parts only, one log line per other
+    for r in screen_gram(n_items, replies, clip, seq):  # screening.py: well-formed parts only, one log line per other
         up += r.content["gram"].count_bytes()
         items = r.content["gram"]["items"].numpy()
         itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())
+        if seq:
+            itemitem.add_part(window, items, r.content["gram"]["window"].numpy())
         node_items[r.metadata.src_node_id] = np.asarray(items, dtype=np.int64)
     ok = len(node_items)
     if ok == 0:
         raise RoundFailure(f"item Gram: none of the {len(msgs)} clients sent its part "
                            "(click_mix needs them)")
-    if dp:  # N(0, (z * dp_clip)^2) on each entry of the upper triangle, from the OS CSPRNG, mirrored
+    if dp:  # N(0, (z * dp_clip)^2) on each entry of the upper triangles, from the OS CSPRNG, mirrored
         upper = np.triu_indices(n_items)
-        noise = np.zeros_like(gram)
-        noise[upper] = secure_random.gaussian(len(upper[0]), gram_noise_multiplier(cfg) * clip)
-        gram += noise + np.triu(noise, 1).T
-    ii = ItemItem(cfg, gram, node_items, dp_release=(ok, len(msgs)) if dp else None)
+        for m in (gram, window) if seq else (gram,):
+            noise = np.zeros_like(m)
+            noise[upper] = secure_random.gaussian(len(upper[0]), gram_noise_multiplier(cfg) * clip)
+            m += noise + np.triu(noise, 1).T
+    ii = ItemItem(cfg, gram, node_items, dp_release=(ok, len(msgs)) if dp else None, window=window)
     log.log(logging.INFO if ok == len(msgs) else logging.WARNING,
             "click_mix: item Gram from %d of %d clients (%.1f MB up), EASE (lam %s) solved in %.1fs", ok,
             len(msgs), up / 1e6, ", ".join(f"{lam:g}" for lam in ii.lams()),

@@ -9,7 +9,7 @@ from flwr.clientapp import ClientApp
 
 from ..config_types import RunConfig
 from ..client_step import evaluate_client, run_setup, train_client, train_config  # noqa: F401 (train_config: tests)
-from ..itemitem import clip_part, dp_gram, gram_part
+from ..itemitem import clip_parts, dp_gram, gram_parts
 from .deployed import node_data
 from .faults import before_training, inject_reply_mod
 from .client_state import config_from_context, shared_values, state_values, store_state
@@ -78,10 +78,11 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         _, data = _client_data(run_cfg, context)
         if "config" in msg.content and msg.content["config"].get("query") == "gram":
             check_gram(client_floor(context.node_config, cfg), run_cfg)  # the part names its items: privacy_floor.py
-            items, block = gram_part(data.train_mask())
+            items, parts = gram_parts(run_cfg, data)
             if dp_gram(run_cfg):  # client_clip_dp: the part clipped by the client, the noise the server's
-                block = clip_part(block, float(run_cfg["click_mix"]["dp_clip"]))
-            return Message(RecordDict({"gram": ArrayRecord({"items": Array(items), "block": Array(block)})}),
+                parts = clip_parts(parts, float(run_cfg["click_mix"]["dp_clip"]))
+            return Message(RecordDict({"gram": ArrayRecord({"items": Array(items), **{k: Array(v) for k, v in
+                                                                                      parts.items()}})}),
                            reply_to=msg)
         return Message(RecordDict({}), reply_to=msg)
 

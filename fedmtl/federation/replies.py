@@ -34,9 +34,10 @@ What a training reply must be (`Rules`, from the config, once per run):
   a round whose replies differ in their metric keys, so the strategy gets each valid reply's
   metrics restricted to the keys all of them hold (`screening.common_metrics`).
 
-A Gram part (click_mix, itemitem.py): `items` 1-d integers, unique, in [0, n_items); `block`
-(k, k) for its k items, finite non-negative integers, symmetric, no co-occurrence count
-above either item's own count (its diagonal).
+A Gram part (click_mix, itemitem.py; checked by `screening.validate_gram_part`): `items` 1-d
+integers, unique, in [0, n_items); `block` (k, k) for its k items, finite non-negative
+integers, symmetric, no co-occurrence count above either item's own count (its diagonal); with
+a sequence score, `window` too, the same shape, zero diagonal, no pair above block's count.
 """
 
 from __future__ import annotations
@@ -330,46 +331,6 @@ def clip_update(content, sent: dict[str, np.ndarray], rules: Rules):
     out = RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in scaled.items()}),
                       "metrics": content["metrics"]})
     return out, norm
-
-
-def validate_gram_part(content, n_items: int, clip: float | None = None) -> str | None:
-    """What is wrong with a client's item Gram part (itemitem.gram_part), or None. With `clip`
-    (click_mix's DP Gram: itemitem.clip_part) the counts may be scaled down, to Frobenius
-    norm <= clip."""
-    try:
-        if list(content.keys()) != ["gram"] or list(content.array_records) != ["gram"]:
-            return f"expected one ArrayRecord 'gram', got {', '.join(content.keys()) or 'nothing'}"
-        record = content["gram"]
-        _check_keys(sorted(record.keys()), ["block", "items"], ordered=True)
-        items, block = _decode(record, "items"), _decode(record, "block")
-        if items.ndim != 1 or items.dtype.kind not in "iu":
-            return f"items is {items.dtype}{list(items.shape)}, not a list of item indices"
-        if items.size and (int(items.min()) < 0 or int(items.max()) >= n_items):
-            bad = int(items.min()) if int(items.min()) < 0 else int(items.max())
-            return f"items names item {bad}, outside the catalogue's 0..{n_items - 1}"
-        if len(np.unique(items)) != len(items):
-            return f"items names {len(items) - len(np.unique(items))} item(s) twice"
-        k = len(items)
-        if block.shape != (k, k):
-            return f"block has shape {list(block.shape)}, its {k} items need [{k}, {k}]"
-        _finite("block", block)
-        if block.size and float(block.min()) < 0:
-            return f"block holds a negative count {_fmt(block.min())}"
-        if clip is None and not np.array_equal(block, np.round(block)):
-            return "block holds counts that are not whole numbers"
-        norm = float(np.linalg.norm(block.astype(np.float64)))
-        if clip is not None and norm > clip * (1 + 1e-5):
-            return f"block's norm {_fmt(norm)} is above click_mix.dp_clip={_fmt(clip)}"
-        if not np.array_equal(block, block.T):
-            return "block is not symmetric"
-        diag = np.diag(block)
-        if (block > np.minimum(diag[:, None], diag[None, :])).any():
-            return "block counts a pair of items more often than one of its items"
-    except Invalid as e:
-        return str(e)
-    except Exception as e:
-        return f"unreadable part ({type(e).__name__}: {str(e)[:120]})"
-    return None
 
 
 def validate_evaluate_reply(content) -> str | None:

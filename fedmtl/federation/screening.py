@@ -13,7 +13,8 @@ import numpy as np
 
 from ..config_types import RunConfig
 from .failures import RoundFailure
-from .replies import clip_update, rules_for, validate_evaluate_reply, validate_gram_part, validate_train_reply
+from .replies import (Invalid, _check_keys, _decode, _finite, _fmt, clip_update, rules_for,
+                      validate_evaluate_reply, validate_train_reply)
 
 log = logging.getLogger("fedmtl")
 
@@ -80,14 +81,66 @@ def screen_train(cfg: RunConfig, rnd: int, msgs, replies) -> tuple[list, int, in
     return kept, invalid, clipped
 
 
-def screen_gram(n_items: int, replies, clip: float | None = None) -> list:
-    """The Gram replies that carry a valid part (in their order); one WARNING line for each
-    that does not (error replies are left out silently: the caller counts them)."""
+def validate_gram_part(content, n_items: int, clip: float | None = None, window: bool = False) -> str | None:
+    """What is wrong with a client's item Gram part (itemitem.gram_parts), or None. With `clip`
+    (click_mix's DP Gram: itemitem.clip_parts) the counts may be scaled down, to a joint
+    Frobenius norm <= clip. `window`: the part must also hold the windowed Gram ("window",
+    click_mix.seq_weight), over the same items, no pair counted more often than in "block"."""
+    try:
+        if list(content.keys()) != ["gram"] or list(content.array_records) != ["gram"]:
+            return f"expected one ArrayRecord 'gram', got {', '.join(content.keys()) or 'nothing'}"
+        record = content["gram"]
+        _check_keys(sorted(record.keys()), ["block", "items", "window"] if window else ["block", "items"],
+                    ordered=True)
+        items, block = _decode(record, "items"), _decode(record, "block")
+        if items.ndim != 1 or items.dtype.kind not in "iu":
+            return f"items is {items.dtype}{list(items.shape)}, not a list of item indices"
+        if items.size and (int(items.min()) < 0 or int(items.max()) >= n_items):
+            bad = int(items.min()) if int(items.min()) < 0 else int(items.max())
+            return f"items names item {bad}, outside the catalogue's 0..{n_items - 1}"
+        if len(np.unique(items)) != len(items):
+            return f"items names {len(items) - len(np.unique(items))} item(s) twice"
+        k = len(items)
+        blocks = {"block": block, **({"window": _decode(record, "window")} if window else {})}
+        for name, b in blocks.items():
+            if b.shape != (k, k):
+                return f"{name} has shape {list(b.shape)}, its {k} items need [{k}, {k}]"
+            _finite(name, b)
+            if b.size and float(b.min()) < 0:
+                return f"{name} holds a negative count {_fmt(b.min())}"
+            if clip is None and not np.array_equal(b, np.round(b)):
+                return f"{name} holds counts that are not whole numbers"
+            if not np.array_equal(b, b.T):
+                return f"{name} is not symmetric"
+        norm = float(np.sqrt(sum(np.sum(b.astype(np.float64) ** 2) for b in blocks.values())))
+        if clip is not None and norm > clip * (1 + 1e-5):
+            what = "block's norm" if not window else "block and window's joint norm"
+            return f"{what} {_fmt(norm)} is above click_mix.dp_clip={_fmt(clip)}"
+        diag = np.diag(block)
+        if (block > np.minimum(diag[:, None], diag[None, :])).any():
+            return "block counts a pair of items more often than one of its items"
+        if window:
+            w = blocks["window"]
+            if np.diag(w).any():
+                return "window counts an item with itself"
+            if (w > block * (1 + 1e-5)).any():
+                return "window counts a pair of items more often than block does"
+    except Invalid as e:
+        return str(e)
+    except Exception as e:
+        return f"unreadable part ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def screen_gram(n_items: int, replies, clip: float | None = None, window: bool = False) -> list:
+    """The Gram replies that carry a valid part (in their order; `window`: with the windowed
+    Gram too); one WARNING line for each that does not (error replies are left out silently:
+    the caller counts them)."""
     kept = []
     for r in replies:
         if r.has_error():
             continue
-        problem = validate_gram_part(r.content, n_items, clip)
+        problem = validate_gram_part(r.content, n_items, clip, window)
         if problem is not None:
             log.warning("item Gram: node %d sent an invalid part (%s); left out of the Gram", r.metadata.src_node_id,
                         problem)

@@ -1,5 +1,5 @@
-"""click_mix under privacy=secagg / secagg_dp: the item Gram as a secure sum, one chunk of
-its upper triangle per SecAgg+ round. The server's side is `SecureGram` (a SecAggRound, run
+"""click_mix under privacy=secagg / secagg_dp: the item Gram (and, with click_mix.seq_weight,
+the windowed Gram after it) as a secure sum, one chunk of an upper triangle per SecAgg+ round. The server's side is `SecureGram` (a SecAggRound, run
 before round 1); a client answers a chunk request with `answer_chunk` (LegacyFitMod passes
 the request on)."""
 
@@ -20,8 +20,14 @@ GRAM_KEY = "fedmtl-gram"  # a FitIns config key: "k/K", the chunk of the Gram's 
 GRAM_CHUNK = 1 << 17  # values per chunk: 943 clients' masked chunks are ~1 GB at once on the server
 
 
-def gram_chunks(n_items: int) -> int:
-    return -(-(n_items * (n_items + 1) // 2) // GRAM_CHUNK)
+def gram_chunks(n_items: int, parts: int = 1) -> int:
+    """Chunks of the secure sum: each part's upper triangle in GRAM_CHUNK slices, part after part."""
+    return parts * -(-(n_items * (n_items + 1) // 2) // GRAM_CHUNK)
+
+
+def part_names(cfg: RunConfig) -> list[str]:
+    """The parts summed: the Gram's "block", and "window" (itemitem.gram_parts) with a sequence score."""
+    return ["block", "window"] if itemitem.seq_active(cfg) else ["block"]
 
 
 _TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -44,16 +50,18 @@ def gram_share_std(cfg: RunConfig) -> float:
     return float(mix["dp_noise_multiplier"]) * float(mix["dp_clip"]) / math.sqrt(cfg["num_clients"])
 
 
-def gram_chunk_of(train_mask, n_items: int, k: int, chunks: int, clip: float | None = None) -> np.ndarray:
-    """This client's Gram part (its users' item co-occurrence counts) at the k-th chunk of the
-    upper triangle, as float64 (small integers: SecAgg+ sums them exactly); with `clip`, the part
-    scaled to Frobenius norm <= clip first (itemitem.clip_part: the DP Gram)."""
-    items, block = itemitem.gram_part(train_mask)
+def gram_chunk_of(cfg: RunConfig, data, n_items: int, k: int, chunks: int, clip: float | None = None) -> np.ndarray:
+    """This client's Gram parts (its users' item co-occurrence counts; with a sequence score, the
+    windowed ones after them) at the k-th chunk, as float64 (small integers: SecAgg+ sums them
+    exactly); with `clip`, the parts scaled to a joint Frobenius norm <= clip first
+    (itemitem.clip_parts: the DP Gram)."""
+    items, parts = itemitem.gram_parts(cfg, data)
     if clip is not None:
-        block = itemitem.clip_part(block, clip)
+        parts = itemitem.clip_parts(parts, clip)
+    per = chunks // len(parts)
     full = np.zeros((n_items, n_items), np.float32)
-    full[np.ix_(items, items)] = block
-    r, c = triu_chunk(n_items, k, chunks)
+    full[np.ix_(items, items)] = parts[part_names(cfg)[k // per]]
+    r, c = triu_chunk(n_items, k % per, per)
     return full[r, c].astype(np.float64)
 
 
@@ -75,13 +83,13 @@ def answer_chunk(msg: Message, ctx: Context, spec: str) -> Message:
     k, chunks = (int(x) for x in spec.split("/"))
     _, data = node_data(cfg, ctx)
     n_items = int(data.n_items) if hasattr(data, "n_items") else int(data.train_mask().shape[1])
-    if not (0 <= k < chunks == gram_chunks(n_items)):
+    if not (0 <= k < chunks == gram_chunks(n_items, len(part_names(cfg)))):
         raise ValueError(f"secure item Gram: chunk {spec} does not fit {n_items} items")
     if itemitem.dp_gram(cfg):  # secagg_dp: the chunk of the clipped part, plus this client's share of the noise
-        chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks, float(cfg["click_mix"]["dp_clip"]))
+        chunk = gram_chunk_of(cfg, data, n_items, k, chunks, float(cfg["click_mix"]["dp_clip"]))
         chunk += secure_random.gaussian(chunk.shape, gram_share_std(cfg))
     else:
-        chunk = gram_chunk_of(data.train_mask(), n_items, k, chunks)
+        chunk = gram_chunk_of(cfg, data, n_items, k, chunks)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([chunk]), 1, {})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
@@ -103,7 +111,8 @@ class SecureGram(SecAggRound):
         meta = federation_meta(cfg)
         self.cfg, self.tasks, self.names, self.rows = cfg, [], ["gram"], None
         self.n_items = int(meta["n_items"])
-        self.chunks = gram_chunks(self.n_items)
+        self.parts = part_names(cfg)
+        self.chunks = gram_chunks(self.n_items, len(self.parts))
         users = meta["max_users"]
         self.clip = float(2 ** max(0, int(np.ceil(np.log2(max(users, 1))))))  # a count never exceeds it
         self.dp = itemitem.dp_gram(cfg)
@@ -116,11 +125,13 @@ class SecureGram(SecAggRound):
     def _fit_config(self, rnd: int) -> dict:
         return {"server-round": 0, GRAM_KEY: f"{self.k}/{self.chunks}"}
 
-    def gram(self, grid) -> tuple[np.ndarray, int, int]:
-        """(the summed Gram, bytes up, clients summed); RoundFailure when a chunk is not aggregated."""
+    def gram(self, grid) -> tuple[tuple[np.ndarray, np.ndarray | None], int, int]:
+        """((the summed Gram, the summed windowed Gram or None), bytes up, clients summed);
+        RoundFailure when a chunk is not aggregated."""
         from .failures import RoundFailure
 
-        gram = np.zeros((self.n_items, self.n_items), np.float64)
+        sums = [np.zeros((self.n_items, self.n_items), np.float64) for _ in self.parts]
+        per = self.chunks // len(self.parts)
         up, summed = 0, set()
         for k in range(self.chunks):
             self.k = k
@@ -132,12 +143,12 @@ class SecureGram(SecAggRound):
             m = self.workflow.last_release["active"]
             summed.add(m)
             mean = parameters_to_ndarrays(compat.arrayrecord_to_parameters(got, keep_input=True))[0]
-            r, c = triu_chunk(self.n_items, k, self.chunks)
+            r, c = triu_chunk(self.n_items, k % per, per)
             total = np.asarray(mean, np.float64).ravel() * m
-            gram[r, c] = total if self.dp else np.rint(total)  # DP: noised, no longer whole counts
-        gram = np.triu(gram) + np.triu(gram, 1).T
+            sums[k // per][r, c] = total if self.dp else np.rint(total)  # DP: noised, no longer whole counts
+        sums = [np.triu(g) + np.triu(g, 1).T for g in sums]
         if len(summed) > 1:
             import logging
             logging.getLogger("fedmtl").warning("secure item Gram: chunks summed %s clients (dropouts between "
                                                 "chunks)", sorted(summed))
-        return gram, up, min(summed)
+        return (sums[0], sums[1] if len(sums) > 1 else None), up, min(summed)

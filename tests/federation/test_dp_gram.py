@@ -37,7 +37,7 @@ def test_every_clipped_part_passes_the_servers_bound():
     import torch
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    from fedmtl.federation.replies import validate_gram_part
+    from fedmtl.federation.screening import validate_gram_part
     rng = np.random.default_rng(0)
     for k in [1, 2, 7, 50, 199, 333, 512, 737, 900]:
         mask = torch.from_numpy(rng.random((int(rng.integers(1, 4)), 1000)) < k / 1000)
@@ -115,7 +115,7 @@ def test_a_part_above_the_clip_is_left_out(tmp_path, monkeypatch, caplog):
     import logging
 
     from fedmtl.federation import client_app
-    monkeypatch.setattr(client_app, "clip_part", lambda block, clip: block * 10)  # hostile: above the bound
+    monkeypatch.setattr(client_app, "clip_parts", lambda parts, clip: {k: v * 10 for k, v in parts.items()})  # hostile: above the bound
     caplog.set_level(logging.WARNING, logger="fedmtl")
     with pytest.raises(Exception, match="none of the 8 clients sent its part"):
         run(compose(TINY + ["privacy=client_clip_dp", "num_rounds=1"]), tmp_path)

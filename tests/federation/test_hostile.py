@@ -20,6 +20,7 @@ from fedmtl.config import compose
 from fedmtl.engine.inprocess import NODE_ID_OFFSET
 from fedmtl.errors import ConfigError
 from fedmtl.federation import replies as rp
+from fedmtl.federation.screening import validate_gram_part
 from fedmtl.federation.failures import RoundFailure
 from fedmtl.federation.faults import GRAM_FAULTS, INJECT_KEY, TRAIN_FAULTS
 from fedmtl.runfiles import read_jsonl
@@ -232,7 +233,7 @@ def test_max_weight_is_the_largest_client_s_training_examples():
 def test_a_gram_part_must_be_what_gram_part_makes(items, block, said):
     content = RecordDict({"gram": ArrayRecord({"items": Array(np.asarray(items, np.int64)),
                                                "block": Array(np.asarray(block, np.float32))})})
-    problem = rp.validate_gram_part(content, 30)
+    problem = validate_gram_part(content, 30)
     assert problem is None if said is None else said in problem
 
 

@@ -22,9 +22,9 @@ def grams(monkeypatch):
     seen = []
     real = server_app.ItemItem.__init__
 
-    def spy(self, cfg, gram, node_items, whole_once=False, dp_release=None):
+    def spy(self, cfg, gram, node_items, whole_once=False, dp_release=None, window=None):
         seen.append(gram.copy())
-        real(self, cfg, gram, node_items, whole_once, dp_release)
+        real(self, cfg, gram, node_items, whole_once, dp_release, window)
 
     monkeypatch.setattr(server_app.ItemItem, "__init__", spy)
     monkeypatch.setattr(secure_gram, "GRAM_CHUNK", 97)  # 820 values of the 40 x 40 triangle: 9 SecAgg+ rounds
