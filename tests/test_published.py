@@ -66,3 +66,31 @@ def test_fedmtl_rows_read_the_selected_figures_and_seeds(tmp_path):
     hrs, nds, seeds = published.fedmtl_rows(str(tmp_path / "*"))
     assert (hrs, nds, seeds) == ([0.6, 0.7], [0.3, 0.35], ["0", "1"])
     assert published.fmt(hrs) == "65.00 ± 7.07"
+
+
+def write_ring_split(folder: Path, n_users=60, n_items=80, length=10, seed=0) -> None:
+    """Each user had `length` consecutive items of a ring in time order (test_seq_mix.py's ring):
+    only the order tells the item after a user's train segment from the ones before it."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        s = int(rng.integers(0, n_items))
+        rows += [(u, (s + k) % n_items, 4.0, 1000 * u + k) for k in range(length)]
+    inter = pd.DataFrame(rows, columns=["user", "item", "rating", "ts"]).astype(
+        {"user": np.int64, "item": np.int64, "rating": np.float32, "ts": np.int64})
+    ds = Dataset(name="ring", interactions=inter, n_users=n_users, n_items=n_items,
+                 user_cat=np.zeros((n_users, 1), np.int64), user_cards=[1], item_cat=np.zeros((n_items, 1), np.int64),
+                 item_cards=[1], item_multi=np.zeros((n_items, 1), np.float32), raw_user_ids=np.arange(n_users),
+                 raw_item_ids=np.arange(n_items))
+    sp = loo.leave_one_out(ds.interactions)
+    sp.candidates = loo.draw_candidates(sp, n_items, n_users, 30, seed=0)
+    split_mod.write(sp, ds, folder)
+
+
+def test_the_sequence_reference_beats_ease_where_order_tells_the_next_item(tmp_path):
+    write_ring_split(tmp_path / "split")
+    refs = published.references(tmp_path)
+    assert set(refs) == {"popularity", "EASE", "EASE + sequence"}
+    assert refs["EASE + sequence"]["ndcg"] > refs["EASE"]["ndcg"] + 0.1
+    w = float(refs["EASE + sequence"]["setting"].rsplit("weight ", 1)[1])
+    assert w in published.SEQ_WEIGHTS

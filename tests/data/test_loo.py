@@ -205,7 +205,9 @@ def test_the_published_protocol_presets_are_the_readme_recipes_on_the_leave_one_
         cfg = compose([f"experiment={preset}", path])
         assert cfg["split"]["name"] == "leave_one_out" and cfg["eval"]["negatives"] == 99
         assert cfg["tasks"] == tasks
-        assert {k for k in base if cfg.get(k) != base[k]} <= {"split", "tasks", "eval"}, preset
+        assert {k for k in base if cfg.get(k) != base[k]} <= {"split", "tasks", "eval", "click_mix"}, preset
+        # the recipe's blend, plus the sequence score (the protocol's held-out items are the latest)
+        assert cfg["click_mix"] == {**base["click_mix"], "seq_weight": 0.5}, preset
 
 
 def test_a_federated_leave_one_out_run_saves_the_model_of_the_round_it_reports(tmp_path):
