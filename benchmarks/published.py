@@ -41,7 +41,8 @@ sys.path.insert(0, str(HERE.parent))  # fedmtl from this checkout, installed or 
 from fedmtl.data.split import read_part  # noqa: E402
 from fedmtl.errors import DataError  # noqa: E402
 from fedmtl.data.temporal import recency  # noqa: E402
-from fedmtl.itemitem import ease, history, seq_matrix, standardise, window_part  # noqa: E402
+from fedmtl.itemitem import ease, standardise  # noqa: E402
+from fedmtl.sequence import history, seq_matrix, window_part  # noqa: E402
 from fedmtl.metrics import sampled_rank_metrics  # noqa: E402
 
 # (system, setting, HR@10 %, NDCG@10 %, source). MovieLens-100K, leave-one-out, 99 negatives.

@@ -26,8 +26,9 @@ the users who had both within `seq_window` events (baskets) of each other:
     h_u[i] = seq_decay ** age  for the user's seq_last latest items (age 0: the latest)
     score_u = (1 - w) z(click logits) + w z(x_u B) + w_seq z(h_u S)
 
-W is a sum of per-user 0/1 parts like G (`window_part`), so it federates the same way, in
-the clear or through SecAgg+, beside G; a client reads only the rows of S for its own items.
+W is a sum of per-user 0/1 parts like G (`sequence.window_part`), so it federates the same
+way, in the clear or through SecAgg+, beside G; a client reads only the rows of S for its own
+items. The sequence maths (h_u, W's part, S) is in fedmtl/sequence.py.
 
 `click_mix.grid_weight` x `click_mix.grid_lam` (`grid`) scores every blend of that grid in
 the final evaluation besides the run's own, as metric groups `mix_w<w>_lam<lam>/click.*`:
@@ -49,6 +50,7 @@ from .checks import block, get, number
 from .errors import ConfigError
 from .knob_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
 from .tasks import ranking_tasks
+from .sequence import Seq, history, seq_matrix, window_part
 
 GRID_PREFIX = "mix_"  # metric groups of the selection grid: mix_w0.1_lam300/click.ndcg@10
 
@@ -89,66 +91,6 @@ def grid_lams(cfg: RunConfig) -> list[float]:
 def seq_active(cfg: RunConfig) -> bool:
     """Whether the run's blends add the sequence score (click_mix.seq_weight > 0)."""
     return needed(cfg) and float(cfg["click_mix"]["seq_weight"]) > 0
-
-
-@dataclass
-class Seq:
-    """The sequence score of a blend: S's rows for the client's items, its weight, and how the
-    user's history vector h_u is made (its `seq_last` latest items, `seq_decay` ** age)."""
-
-    rows: "Rows"
-    weight: float
-    last: int
-    decay: float
-
-
-def history(train_u: torch.Tensor, train_i: torch.Tensor, train_age: torch.Tensor | None, n_users: int,
-            n_items: int, last: int, decay: float) -> torch.Tensor:
-    """h (users x n_items): decay ** age at the items of each user's `last` latest steps (age <
-    last; an item seen at several ages: its latest), 0 elsewhere."""
-    from .errors import DataError
-
-    if train_age is None:
-        raise DataError("click_mix.seq_weight > 0: these interactions have no timestamps to order them by; "
-                        "set click_mix.seq_weight=0")
-    age = train_age.to(train_u.device).to(torch.float32)
-    keep = age < last
-    h = torch.zeros(n_users * n_items, dtype=torch.float32, device=train_u.device)
-    w = torch.pow(torch.full_like(age[keep], float(decay)), age[keep])
-    h.scatter_reduce_(0, train_u[keep] * n_items + train_i[keep], w, reduce="amax")
-    return h.view(n_users, n_items)
-
-
-def window_part(train_u, train_i, train_age, items: np.ndarray, window: int) -> np.ndarray:
-    """The windowed Gram part over `items` (this client's train items, `gram_part`'s): block[a, b]
-    = how many of its users have items[a] != items[b] within `window` steps (ages) of each other."""
-    from .errors import DataError
-
-    if train_age is None:
-        raise DataError("click_mix.seq_weight > 0: these interactions have no timestamps to order them by; "
-                        "set click_mix.seq_weight=0")
-    u, i = train_u.cpu().numpy(), np.searchsorted(items, train_i.cpu().numpy())
-    age = train_age.cpu().numpy().astype(np.int64)
-    k = len(items)
-    order = np.argsort(u, kind="stable")
-    bounds = np.searchsorted(u[order], np.arange(int(u.max()) + 2)) if len(u) else [0]
-    pairs = [np.zeros(0, np.int64)]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        rows = order[a:b]
-        if len(rows) < 2:
-            continue
-        li, ag = i[rows], age[rows]
-        x, y = np.nonzero((np.abs(ag[:, None] - ag[None, :]) <= window) & (li[:, None] != li[None, :]))
-        pairs.append(np.unique(li[x] * k + li[y]))  # 0/1 per user: a pair counts once however often it recurs
-    return np.bincount(np.concatenate(pairs), minlength=k * k).reshape(k, k).astype(np.float32)
-
-
-def seq_matrix(window_gram: np.ndarray, gram_matrix: np.ndarray) -> np.ndarray:
-    """S = W / sqrt((c + 1)(c + 1)^T), c = diag(G) (clamped at 0: a DP Gram's noise), float32."""
-    c = np.sqrt(np.clip(np.diag(np.asarray(gram_matrix, np.float64)), 0, None) + 1.0)
-    s = np.asarray(window_gram, np.float64) / c[:, None] / c[None, :]
-    np.fill_diagonal(s, 0.0)
-    return s.astype(np.float32)
 
 
 @dataclass

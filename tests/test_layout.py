@@ -26,7 +26,7 @@ PACKAGE = ROOT / "fedmtl"
 
 CORE_PACKAGES = ("fedmtl.data", "fedmtl.model", "fedmtl.weighting", "fedmtl.cohort")
 CORE_MODULES = ("fedmtl.tasks", "fedmtl.train", "fedmtl.metrics", "fedmtl.client_step",
-                "fedmtl.sparse_codec", "fedmtl.itemitem", "fedmtl.dp_rows", "fedmtl.privacy_floor",
+                "fedmtl.sparse_codec", "fedmtl.itemitem", "fedmtl.sequence", "fedmtl.dp_rows", "fedmtl.privacy_floor",
                 "fedmtl.local_rounds", "fedmtl.checks", "fedmtl.knob_names", "fedmtl.errors", "fedmtl.seeds",
                 "fedmtl.config_types")
 ENTRY_POINTS = ("fedmtl.simulate", "fedmtl.report", "fedmtl.sweep", "fedmtl.deploy", "fedmtl.baselines")

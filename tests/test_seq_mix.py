@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl import itemitem
+from fedmtl import itemitem, sequence
 from fedmtl.config import compose, validate
 from fedmtl.errors import ConfigError
 
@@ -25,12 +25,12 @@ def test_the_window_part_counts_each_user_once_per_pair_within_the_window():
     i = torch.tensor([5, 7, 9, 7, 5, 9])
     age = torch.tensor([3, 2, 1, 0, 1, 0])
     items = np.array([5, 7, 9])
-    w = itemitem.window_part(u, i, age, items, window=1)
+    w = sequence.window_part(u, i, age, items, window=1)
     # window 1: user 0 has (5,7), (7,9), (9,7) -> pairs 5-7 and 7-9 once each; user 1 has 5-9
     assert w.tolist() == [[0, 1, 1], [1, 0, 1], [1, 1, 0]]
-    w2 = itemitem.window_part(u, i, age, items, window=2)  # user 0 now also has 5-9 (ages 3 and 1)
+    w2 = sequence.window_part(u, i, age, items, window=2)  # user 0 now also has 5-9 (ages 3 and 1)
     assert w2.tolist() == [[0, 1, 2], [1, 0, 1], [2, 1, 0]]
-    baskets = itemitem.window_part(torch.tensor([0, 0, 0]), torch.tensor([5, 7, 9]), torch.tensor([1, 1, 0]),
+    baskets = sequence.window_part(torch.tensor([0, 0, 0]), torch.tensor([5, 7, 9]), torch.tensor([1, 1, 0]),
                                    items, window=0)  # one basket (same age): its items are within 0 steps
     assert baskets.tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
 
@@ -39,16 +39,16 @@ def test_the_history_weighs_the_latest_items_by_decay_to_the_age():
     u = torch.tensor([0, 0, 0, 1])
     i = torch.tensor([2, 3, 2, 1])
     age = torch.tensor([2, 1, 0, 0])
-    h = itemitem.history(u, i, age, 2, 5, last=2, decay=0.5)
+    h = sequence.history(u, i, age, 2, 5, last=2, decay=0.5)
     assert h.tolist() == [[0, 0, 1.0, 0.5, 0], [0, 1.0, 0, 0, 0]]  # item 2 at ages 2 and 0: its latest, 1.0
-    h1 = itemitem.history(u, i, age, 2, 5, last=1, decay=0.5)
+    h1 = sequence.history(u, i, age, 2, 5, last=1, decay=0.5)
     assert h1.tolist() == [[0, 0, 1.0, 0, 0], [0, 1.0, 0, 0, 0]]
 
 
 def test_s_divides_by_the_items_user_counts_and_rows_refuse_a_history_outside_them():
     w = np.array([[0, 2, 1], [2, 0, 0], [1, 0, 0]], np.float64)
     g = np.diag([3.0, 1.0, 0.0])
-    s = itemitem.seq_matrix(w, g)
+    s = sequence.seq_matrix(w, g)
     assert s[0, 1] == pytest.approx(2 / np.sqrt(4 * 2)) and s[0, 2] == pytest.approx(1 / np.sqrt(4 * 1))
     assert np.all(np.diag(s) == 0) and np.allclose(s, s.T)
     rows = itemitem.Rows.of(s, np.array([0, 1]))
@@ -64,11 +64,11 @@ def test_a_blend_adds_the_sequence_score_and_weight_0_adds_nothing():
     b = itemitem.Rows.of(np.zeros((4, 4), np.float32))
     s = np.zeros((4, 4), np.float32)
     s[0, 3] = s[3, 0] = 1.0  # item 3 is what follows item 0
-    seq = itemitem.Seq(itemitem.Rows.of(s), 1.0, 1, 0.5)
+    seq = sequence.Seq(itemitem.Rows.of(s), 1.0, 1, 0.5)
     hist = torch.tensor([[1.0, 0, 0, 0]])
     plain = itemitem.blended(head, mask, {"": (b, 0.5)})[""]
     assert torch.equal(itemitem.blended(head, mask, {"": (b, 0.5, None)}, hist)[""], plain)
-    off = itemitem.blended(head, mask, {"": (b, 0.5, itemitem.Seq(seq.rows, 0.0, 1, 0.5))}, hist)[""]
+    off = itemitem.blended(head, mask, {"": (b, 0.5, sequence.Seq(seq.rows, 0.0, 1, 0.5))}, hist)[""]
     assert torch.equal(off, plain)
     mixed = itemitem.blended(head, mask, {"": (b, 0.5, seq)}, hist)[""]
     assert int(plain[0, 1:].argmax()) == 0 and int(mixed[0, 1:].argmax()) == 2  # item 3 first once S counts

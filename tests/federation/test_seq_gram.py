@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.common import MessageType
 
-from fedmtl import itemitem
+from fedmtl import itemitem, sequence
 from fedmtl.config import compose
 from fedmtl.data import federation_for
 from fedmtl.federation.screening import validate_gram_part
@@ -24,7 +24,7 @@ def pooled_window(cfg) -> np.ndarray:
     data = federation_for(cfg).all_data()
     items, _ = itemitem.gram_part(data.train_mask())
     w = np.zeros((cfg["dataset"]["n_items"],) * 2)
-    itemitem.add_part(w, items, itemitem.window_part(data.train_u, data.train_i, data.train_age, items,
+    itemitem.add_part(w, items, sequence.window_part(data.train_u, data.train_i, data.train_age, items,
                                                      int(cfg["click_mix"]["seq_window"])))
     return w
 
@@ -41,7 +41,7 @@ def test_the_servers_window_gram_is_the_sum_of_the_clients_parts():
     pooled = pooled_window(cfg)
     assert pooled.max() > 1  # several users of a client, and of several clients, share a pair
     g = itemitem.gram(federation_for(cfg).all_data().train_mask())
-    np.testing.assert_allclose(ii.seq, itemitem.seq_matrix(pooled, g), rtol=1e-6)
+    np.testing.assert_allclose(ii.seq, sequence.seq_matrix(pooled, g), rtol=1e-6)
     msgs = [Message(RecordDict({}), dst_node_id=n, message_type=MessageType.EVALUATE) for n in ii.node_items]
     ii.attach(msgs, final=False)
     for m in msgs:
