@@ -49,28 +49,6 @@ def test_the_servers_window_gram_is_the_sum_of_the_clients_parts():
         np.testing.assert_array_equal(rec["seq"].numpy(), ii.seq[ii.node_items[m.metadata.dst_node_id]])
 
 
-def window_content(items, block, window):
-    return RecordDict({"gram": ArrayRecord({"items": Array(np.asarray(items, np.int64)),
-                                            "block": Array(np.asarray(block, np.float32)),
-                                            **({} if window is None else
-                                               {"window": Array(np.asarray(window, np.float32))})})})
-
-
-@pytest.mark.parametrize("window, said", [
-    ([[0, 1], [1, 0]], None),
-    (None, "array window is missing"),
-    ([[0, 2], [2, 0]], "more often than block does"),
-    ([[1, 0], [0, 0]], "counts an item with itself"),
-    ([[0, 1], [0, 0]], "window is not symmetric"),
-    ([[0, 1, 0], [1, 0, 0]], "window has shape [2, 3]"),
-])
-def test_a_window_part_must_be_what_window_part_makes(window, said):
-    problem = validate_gram_part(window_content([0, 1], [[2, 1], [1, 2]], window), 30, window=True)
-    assert problem is None if said is None else said in problem
-
-
-
-
 @pytest.fixture
 def windows(monkeypatch):
     seen = []
