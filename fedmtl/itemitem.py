@@ -134,10 +134,7 @@ def clip_part(block: np.ndarray, clip: float) -> np.ndarray:
     """A client's Gram part scaled to Frobenius norm <= `clip` (click_mix.dp_clip): the most one
     client adds to the Gram, whatever its data; the sum then takes N(0, (z * clip)^2) on each
     entry of its upper triangle (the upper triangle's norm is at most the whole part's)."""
-    norm = float(np.linalg.norm(np.asarray(block, np.float64)))  # float64: a float32 sum errs by more than 1e-5
-    if norm <= clip:
-        return block
-    return (np.asarray(block, np.float64) * (clip * (1 - 1e-6) / norm)).astype(block.dtype)  # inside, after rounding
+    return clip_parts({"block": block}, clip)["block"]
 
 
 def gram_parts(cfg: RunConfig, data) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -154,6 +151,7 @@ def gram_parts(cfg: RunConfig, data) -> tuple[np.ndarray, dict[str, np.ndarray]]
 def clip_parts(parts: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
     """`clip_part` over the parts together: their joint Frobenius norm <= clip, so that one
     client moves the released pair (G, W) by at most clip (one DP release, accounted as one)."""
+    # float64: a float32 sum errs by more than 1e-5; 1 - 1e-6: inside the bound after rounding
     norm = float(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in parts.values())))
     if norm <= clip:
         return parts
