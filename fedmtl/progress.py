@@ -16,9 +16,13 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m"
 
 
-def progress(what: str, step: int, total: int, t_start: float) -> str:
+def progress(what: str, step: int, total: int, t_start: float, t_steps: float | None = None,
+             first: int = 1) -> str:
     """`round 3/25  12.4s elapsed, ~1m31s left`: the time left assumes the remaining steps
-    take as long as the finished ones did on average."""
-    elapsed = time.time() - t_start
-    left = elapsed / max(step, 1) * (total - step)
+    take as long as the finished ones did on average. `t_steps` (default `t_start`): when this
+    process began step `first`, so one-off set-up before it (a secure item Gram, data loading)
+    and the steps a resumed run did before it do not count as time per step."""
+    now = time.time()
+    elapsed = now - t_start
+    left = (now - (t_start if t_steps is None else t_steps)) / max(step - first + 1, 1) * (total - step)
     return f"{what} {step}/{total}  {duration(elapsed)} elapsed" + (f", ~{duration(left)} left" if step < total else "")

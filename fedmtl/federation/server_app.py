@@ -203,6 +203,7 @@ def run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
                  gram_dp["gram_noise_multiplier"], gram_dp["epsilon_after_gram"])
     last_eval: dict = next((dict(h["test"]) for h in reversed(history) if "test" in h), {})
     last_eval_round = next((h["round"] for h in reversed(history) if "test" in h), 0)
+    t_rounds = time.time()  # the time left counts rounds only, not the item Gram before them
     for rnd in range(first, n_rounds + 1):
         if privacy.stop_reason(rnd):
             log.warning("stopping before round %d: %s", rnd, privacy.stopped)
@@ -257,8 +258,8 @@ def run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
                              "selection": selection.state_dict()})
         if "test" in row:
             last_eval_round = rnd
-        log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start), row["answered"],
-                 row["sampled"], " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
+        log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start, t_rounds, first),
+                 row["answered"], row["sampled"], " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
                  f"test@{last_eval_round} " + format_metrics(last_eval, cfg["tasks"]) if last_eval else "")
     if privacy.stopped and history and "test" not in history[-1]:
         # The budget ended the run between evaluations: evaluate the last released model.
