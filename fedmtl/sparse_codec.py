@@ -186,13 +186,10 @@ def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, n
     noise_rows = [np.zeros(d.shape) for d in rd]
     noise_dense = np.zeros((C, sum(dense_sizes)))
     if dtype == "int8":  # each client's uniforms, drawn in sparse_payload's order from its own stream
-        for c in range(C):
-            u = rngs[c].random(int(lens[c]) * sum(widths) + sum(dense_sizes))
-            pos = 0
-            for t, w in enumerate(widths):
-                noise_rows[t][c, :lens[c]] = u[pos:pos + lens[c] * w].reshape(lens[c], w)
-                pos += lens[c] * w
-            noise_dense[c] = u[pos:]
+        for c in range(C):  # consecutive draws into each place: the values of one draw of the whole length
+            for t in range(len(widths)):
+                rngs[c].random(out=noise_rows[t][c, :lens[c]])
+            rngs[c].random(out=noise_dense[c])
 
     def enc(delta, noise):  # encode() over a leading client axis
         if dtype == "float32":

@@ -211,14 +211,17 @@ def dense_update(record, sent: dict[str, np.ndarray], rules: Rules) -> dict[str,
     return upd
 
 
-def _packed_width(shapes: dict[str, tuple]) -> tuple[int, int, int, int]:
-    """(row-table width, dense values, dense scale rows, catalogue size) of what was sent."""
+@lru_cache(maxsize=16)
+def _packed_width(shape_items: tuple[tuple[str, tuple], ...]) -> tuple[int, int, int, int, int]:
+    """(row-table width, dense values, dense scale rows, catalogue size, row tables) of what was
+    sent, given as its (name, shape) pairs (a round's replies all share them: computed once)."""
+    shapes = dict(shape_items)
     dense_names, row_names = layout(shapes)
-    width = sum(int(np.prod(shapes[n][1:])) for n in row_names)
-    size = sum(int(np.prod(shapes[n])) for n in dense_names)
+    width = sum(math.prod(shapes[n][1:]) for n in row_names)
+    size = sum(math.prod(shapes[n]) for n in dense_names)
     srows = sum(shapes[n][0] if len(shapes[n]) > 1 else 1 for n in dense_names)
     n_items = min((shapes[n][0] for n in row_names), default=0)
-    return width, size, srows, n_items
+    return width, size, srows, n_items, len(row_names)
 
 
 def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules, decode: bool = True
@@ -232,8 +235,7 @@ def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules, decode: boo
     want = [ROWS_KEY, ROWS_DELTA, DENSE_DELTA] + ([ROWS_SCALE, DENSE_SCALE] if int8 else [])
     _check_keys(list(record.keys()), want, ordered=False)
     shapes = {k: v.shape for k, v in sent.items()}
-    width, size, srows, n_items = _packed_width(shapes)
-    n_tables = len(layout(shapes)[1])
+    width, size, srows, n_items, n_tables = _packed_width(tuple(shapes.items()))
     v = {k: _decode(record, k) for k in want}
     rows = v[ROWS_KEY]
     if rows.ndim != 1 or rows.dtype.kind not in "iu":
