@@ -65,9 +65,11 @@ def prepare(setup: RunSetup, job: Job, n_items: int) -> Client:
     else:
         rows = np.unique(touched)
     if offset is None and ranking:  # tasks.click_candidates: own 0, pads log(others / pads)
-        own = np.isin(rows, np.unique(touched))
+        uniq = np.unique(touched)
+        own = np.zeros(len(rows), bool)
+        own[np.searchsorted(rows, uniq)] = True  # np.isin(rows, uniq): every row set holds the client's items
         n_pad = int((~own).sum())
-        offset = np.where(own, 0.0, math.log((n_items - len(np.unique(touched))) / n_pad) if n_pad else 0.0)
+        offset = np.where(own, 0.0, math.log((n_items - len(uniq)) / n_pad) if n_pad else 0.0)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     perms = [torch.randperm(data.n_train, generator=gen).numpy() for _ in range(tcfg.epochs)]
     return Client(job, seed, send, rows, offset, np.searchsorted(rows, touched), perms,
