@@ -132,18 +132,22 @@ class Invalid(Exception):
     """What is wrong with a reply, in a few words."""
 
 
-def _fmt(x) -> str:
+# The checks screening.py shares (a Gram part's arrays): a number as a refusal line writes it, an
+# array read from a record, its values numbers and finite, a record's keys those expected.
+
+
+def fmt_num(x) -> str:
     return f"{float(x):.4g}"
 
 
-def _decode(record, key: str) -> np.ndarray:
+def decode_array(record, key: str) -> np.ndarray:
     try:
         return record[key].numpy()
     except Exception as e:  # foreign serialisation, bytes that are no .npy, pickled objects
         raise Invalid(f"{key} is unreadable ({type(e).__name__})") from None
 
 
-def _finite(name: str, v: np.ndarray) -> None:
+def require_finite(name: str, v: np.ndarray) -> None:
     if v.dtype.kind not in "iuf":
         raise Invalid(f"{name} has dtype {v.dtype}, not a number")
     if v.dtype.kind == "f" and not np.isfinite(v).all():
@@ -154,7 +158,7 @@ def _bounded(name: str, upd: np.ndarray, bound: float, what: str = "an update of
     if upd.size:
         top = float(np.abs(upd).max())
         if not top <= bound:
-            raise Invalid(f"{name} holds {what} {_fmt(top)} > robust.max_abs_update={bound:g}")
+            raise Invalid(f"{name} holds {what} {fmt_num(top)} > robust.max_abs_update={bound:g}")
 
 
 def _records(content):
@@ -181,12 +185,12 @@ def _check_metrics(metrics, rules: Rules) -> None:
     w = float(metrics[WEIGHT_KEY])
     if rules.fixed_weight is not None:
         if w != rules.fixed_weight:
-            raise Invalid(f"{WEIGHT_KEY}={_fmt(w)}; this privacy mode's clients report {rules.fixed_weight:g}")
+            raise Invalid(f"{WEIGHT_KEY}={fmt_num(w)}; this privacy mode's clients report {rules.fixed_weight:g}")
     elif not 1.0 <= w <= rules.max_weight:
-        raise Invalid(f"{WEIGHT_KEY}={_fmt(w)} outside [1, {rules.max_weight:g}] (the largest client's examples)")
+        raise Invalid(f"{WEIGHT_KEY}={fmt_num(w)} outside [1, {rules.max_weight:g}] (the largest client's examples)")
 
 
-def _check_keys(got: list[str], want: list[str], ordered: bool) -> None:
+def check_keys(got: list[str], want: list[str], ordered: bool) -> None:
     if (got == want) if ordered else (set(got) == set(want)):
         return
     missing, extra = [k for k in want if k not in got], [k for k in got if k not in want]
@@ -199,13 +203,13 @@ def _check_keys(got: list[str], want: list[str], ordered: bool) -> None:
 
 def dense_update(record, sent: dict[str, np.ndarray], rules: Rules) -> dict[str, np.ndarray]:
     """A dense reply's update (weights minus sent, float64), checked."""
-    _check_keys(list(record.keys()), list(sent), ordered=True)
+    check_keys(list(record.keys()), list(sent), ordered=True)
     upd = {}
     for k, ref in sent.items():
-        v = _decode(record, k)
+        v = decode_array(record, k)
         if v.shape != ref.shape or v.dtype != ref.dtype:
             raise Invalid(f"{k} is {v.dtype}{list(v.shape)}, sent as {ref.dtype}{list(ref.shape)}")
-        _finite(k, v)
+        require_finite(k, v)
         upd[k] = v.astype(np.float64) - ref.astype(np.float64)
         _bounded(k, upd[k], rules.max_abs_update)
     return upd
@@ -233,10 +237,10 @@ def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules, decode: boo
 
     int8 = rules.dtype == "int8"
     want = [ROWS_KEY, ROWS_DELTA, DENSE_DELTA] + ([ROWS_SCALE, DENSE_SCALE] if int8 else [])
-    _check_keys(list(record.keys()), want, ordered=False)
+    check_keys(list(record.keys()), want, ordered=False)
     shapes = {k: v.shape for k, v in sent.items()}
     width, size, srows, n_items, n_tables = _packed_width(tuple(shapes.items()))
-    v = {k: _decode(record, k) for k in want}
+    v = {k: decode_array(record, k) for k in want}
     rows = v[ROWS_KEY]
     if rows.ndim != 1 or rows.dtype.kind not in "iu":
         raise Invalid(f"{ROWS_KEY} is {rows.dtype}{list(rows.shape)}, not a list of row indices")
@@ -251,7 +255,7 @@ def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules, decode: boo
     for k, shape in expect.items():
         if v[k].shape != shape:
             raise Invalid(f"{k} has shape {list(v[k].shape)}, the arrays sent need {list(shape)}")
-        _finite(k, v[k])
+        require_finite(k, v[k])
     for k in (ROWS_DELTA, DENSE_DELTA):
         if v[k].size and v[k].dtype != np.dtype(rules.dtype):
             raise Invalid(f"{k} is {v[k].dtype}, exchange.dtype is {rules.dtype}")
@@ -260,9 +264,10 @@ def sparse_update(record, sent: dict[str, np.ndarray], rules: Rules, decode: boo
             if v[k].dtype.kind != "f":
                 raise Invalid(f"{k} is {v[k].dtype}, expected float scales")
             if v[k].size and float(v[k].min()) < 0:
-                raise Invalid(f"{k} holds a negative scale {_fmt(v[k].min())}")
+                raise Invalid(f"{k} holds a negative scale {fmt_num(v[k].min())}")
             if v[k].size and not float(v[k].max()) * 127 <= rules.max_abs_update:
-                raise Invalid(f"{k} holds {_fmt(v[k].max())}: it decodes to up to {_fmt(float(v[k].max()) * 127)} "
+                top = float(v[k].max())
+                raise Invalid(f"{k} holds {fmt_num(top)}: it decodes to up to {fmt_num(top * 127)} "
                               f"> robust.max_abs_update={rules.max_abs_update:g}")
         for k in (ROWS_DELTA, DENSE_DELTA):
             if v[k].size and int(v[k].min()) < -127:
@@ -298,7 +303,7 @@ def validate_train_reply(content, sent: dict[str, np.ndarray], rules: Rules) -> 
         if norm_check:
             norm = _norm(upd)
             if not norm <= rules.max_update_norm:
-                return f"update norm {_fmt(norm)} > {rules.norm_bound}={rules.max_update_norm:g}"
+                return f"update norm {fmt_num(norm)} > {rules.norm_bound}={rules.max_update_norm:g}"
     except Invalid as e:
         return str(e)
     except Exception as e:  # anything a check did not foresee is still the client's problem, not the run's

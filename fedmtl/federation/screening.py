@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config_types import RunConfig
 from .failures import RoundFailure
-from .replies import (Invalid, _check_keys, _decode, _finite, _fmt, clip_update, rules_for,
+from .replies import (Invalid, check_keys, clip_update, decode_array, fmt_num, require_finite, rules_for,
                       validate_evaluate_reply, validate_train_reply)
 
 log = logging.getLogger("fedmtl")
@@ -90,9 +90,9 @@ def validate_gram_part(content, n_items: int, clip: float | None = None, window:
         if list(content.keys()) != ["gram"] or list(content.array_records) != ["gram"]:
             return f"expected one ArrayRecord 'gram', got {', '.join(content.keys()) or 'nothing'}"
         record = content["gram"]
-        _check_keys(sorted(record.keys()), ["block", "items", "window"] if window else ["block", "items"],
+        check_keys(sorted(record.keys()), ["block", "items", "window"] if window else ["block", "items"],
                     ordered=True)
-        items, block = _decode(record, "items"), _decode(record, "block")
+        items, block = decode_array(record, "items"), decode_array(record, "block")
         if items.ndim != 1 or items.dtype.kind not in "iu":
             return f"items is {items.dtype}{list(items.shape)}, not a list of item indices"
         if items.size and (int(items.min()) < 0 or int(items.max()) >= n_items):
@@ -101,13 +101,13 @@ def validate_gram_part(content, n_items: int, clip: float | None = None, window:
         if len(np.unique(items)) != len(items):
             return f"items names {len(items) - len(np.unique(items))} item(s) twice"
         k = len(items)
-        blocks = {"block": block, **({"window": _decode(record, "window")} if window else {})}
+        blocks = {"block": block, **({"window": decode_array(record, "window")} if window else {})}
         for name, b in blocks.items():
             if b.shape != (k, k):
                 return f"{name} has shape {list(b.shape)}, its {k} items need [{k}, {k}]"
-            _finite(name, b)
+            require_finite(name, b)
             if b.size and float(b.min()) < 0:
-                return f"{name} holds a negative count {_fmt(b.min())}"
+                return f"{name} holds a negative count {fmt_num(b.min())}"
             if clip is None and not np.array_equal(b, np.round(b)):
                 return f"{name} holds counts that are not whole numbers"
             if not np.array_equal(b, b.T):
@@ -115,7 +115,7 @@ def validate_gram_part(content, n_items: int, clip: float | None = None, window:
         norm = float(np.sqrt(sum(np.sum(b.astype(np.float64) ** 2) for b in blocks.values())))
         if clip is not None and norm > clip * (1 + 1e-5):
             what = "block's norm" if not window else "block and window's joint norm"
-            return f"{what} {_fmt(norm)} is above click_mix.dp_clip={_fmt(clip)}"
+            return f"{what} {fmt_num(norm)} is above click_mix.dp_clip={fmt_num(clip)}"
         diag = np.diag(block)
         if (block > np.minimum(diag[:, None], diag[None, :])).any():
             return "block counts a pair of items more often than one of its items"
