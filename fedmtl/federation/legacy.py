@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key as SAKey, Stage
@@ -27,16 +27,29 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from ..config_types import RunConfig
 from ..errors import DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows
+from .arrays import record as fast_record
 from . import secagg_workflow  # noqa: F401  (importing it installs mask_prg for secaggplus_mod)
 from .secagg_round import LOSS_SCALE, NAMES_KEY, secure_rows
 from .secure_gram import GRAM_KEY, answer_chunk
 
 
+_last_parsed: list = [None, None]  # (the FitIns tensors, their arrays): every client of a round shares the bytes
+
+
 def train_request(fitins) -> tuple[list[str], list[np.ndarray], int]:
     """(names, arrays, server round) of a SecAgg+ training request: what the train handler is
-    given (LegacyFitMod; the cohort engine batches these, engine/cohort.py)."""
+    given (LegacyFitMod; the cohort engine batches these, engine/cohort.py). In one process
+    every node's FitIns holds the same bytes objects: they are parsed once a round, not once a
+    client, and the arrays are read-only."""
     names = json.loads(str(fitins.config[NAMES_KEY]))
-    nds = parameters_to_ndarrays(fitins.parameters)
+    tensors = fitins.parameters.tensors
+    last = _last_parsed[0]
+    if last is None or len(last) != len(tensors) or any(a is not b for a, b in zip(last, tensors)):
+        nds = parameters_to_ndarrays(fitins.parameters)
+        for a in nds:
+            a.setflags(write=False)
+        _last_parsed[0], _last_parsed[1] = list(tensors), nds
+    nds = _last_parsed[1]
     if len(names) != len(nds):
         raise ValueError(f"SecAgg+ FitIns: {len(nds)} arrays for {len(names)} names")
     return names, nds, int(fitins.config["server-round"])
@@ -81,8 +94,7 @@ class LegacyFitMod:
         config = ConfigRecord({"server-round": server_round})
         if self.dp:
             config[KEY_CLIPPING_NORM] = self.clipping_norm  # the client's own bound, for fixedclipping_mod
-        msg.content = RecordDict({"arrays": ArrayRecord({n: Array(a) for n, a in zip(names, nds)}),
-                                  "config": config})
+        msg.content = RecordDict({"arrays": fast_record(dict(zip(names, nds))), "config": config})
         try:
             reply = call_next(msg, ctx)
         finally:
