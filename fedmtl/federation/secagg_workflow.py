@@ -26,7 +26,8 @@ from flwr.compat.common import recorddict_compat as compat
 
 def mask_prg(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
     """SecAgg+'s mask generator, keyed by the whole secret: a ChaCha20 keystream under
-    SHA-256(secret), 8 bytes per value, reduced mod num_range (a power of 2, as Flower requires).
+    SHA-256(secret), 4 bytes per value for a power-of-2 range up to 2**32 (Flower's), else 8,
+    reduced mod num_range.
 
     Flower 1.41's `pseudo_rand_gen` XOR-folds the 32-byte secret to a 32-bit seed of NumPy's
     MT19937, so every mask has one of 2**32 seeds. A server that lists a client as dropped
@@ -41,13 +42,18 @@ def mask_prg(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]
 
     sizes = [int(np.prod(d)) if len(d) else 1 for d in dimensions_list]
     key = hashlib.sha256(b"fedmtl secagg mask\0" + bytes(seed)).digest()
-    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(8 * sum(sizes)))
-    values = np.frombuffer(stream, dtype="<u8")
-    values = (values & np.uint64(num_range - 1) if num_range & (num_range - 1) == 0
-              else values % np.uint64(num_range)).astype(np.int64)
+    # a power-of-2 range up to 2**32 (Flower's modulus is 2**32) takes the low bits of 4 keystream
+    # bytes a value: uniform, and half the keystream of 8; any other range reduces 8 bytes mod it
+    small = num_range & (num_range - 1) == 0 and num_range <= 2**32
+    width = 4 if small else 8
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(width * sum(sizes)))
+    if small:
+        values = (np.frombuffer(stream, dtype="<u4") & np.uint32(num_range - 1)).astype(np.int64)
+    else:
+        values = (np.frombuffer(stream, dtype="<u8") % np.uint64(num_range)).astype(np.int64)
     out, at = [], 0
     for d, size in zip(dimensions_list, sizes):
-        out.append(values[at:at + size].reshape(d).copy())
+        out.append(values[at:at + size].reshape(d))  # views of one fresh array
         at += size
     return out
 

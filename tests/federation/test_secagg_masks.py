@@ -36,6 +36,14 @@ def test_our_masks_are_uniform_over_the_modulus():
     assert counts.min() > 0.95 * len(values) / 16
 
 
+def test_masks_stay_in_any_range_and_cover_it_evenly():
+    for num_range in (2**20, 3 * 2**20, 2**40):  # a small power of 2 (4-byte draws), and two 8-byte cases
+        values = mask_prg(b"r" * 32, num_range, [(100_000,)])[0]
+        assert values.min() >= 0 and values.max() < num_range
+        counts = np.bincount((values * 8 // num_range).astype(int), minlength=8)
+        assert counts.min() > 0.95 * len(values) / 8, num_range
+
+
 def test_the_clients_secaggplus_mod_draws_its_masks_from_ours():
     mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
     assert mod.pseudo_rand_gen is mask_prg
