@@ -41,7 +41,7 @@ from ..config_types import RunConfig
 from ..client_step import run_setup
 from ..cohort import EvalJob, Job, evaluate_cohort, train_cohort, unbatched
 from ..errors import ConfigError, FedMTLError
-from ..federation.arrays import record as fast_record
+from ..federation.arrays import peek, record as fast_record
 from ..knob_names import SECAGG_MODES
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, run_on_grid
 
@@ -186,7 +186,7 @@ class CohortGrid(InProcessGrid):
                 jobs = []
                 for m in group:
                     ctx, pid, data = self._client(m)
-                    ii = ({k: v.numpy() for k, v in m.content["item_item"].items()} if "item_item" in m.content
+                    ii = ({k: peek(v) for k, v in m.content["item_item"].items()} if "item_item" in m.content
                           else None)
                     jobs.append(EvalJob(pid, data, state_values(ctx.state), ii))
                 parts = evaluate_cohort(run_setup(self.cfg), shared_values(group[0].content["arrays"]),

@@ -79,6 +79,14 @@ def record(arrays: dict) -> ArrayRecord:
     return rec
 
 
+def peek(a: Array) -> np.ndarray:
+    """The NumPy array behind `a` for a reader that does not write to it: a fast array's own
+    array (no copy: the cohort engine reads each evaluation message's rows of EASE's B, 0.5 GB a
+    round at MovieLens-100k, 15 GB at ML-1M shape), else `a.numpy()`."""
+    kept = a.__dict__.get("_ndarray") if isinstance(a, _Kept) else None
+    return kept if kept is not None else a.numpy()
+
+
 def nbytes(a: np.ndarray) -> int:
     """len(Array(a).data): the .npy header and the values."""
     a = np.asarray(a)
