@@ -87,8 +87,7 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
             mask_np = pad[:, cols]
             mask = torch.as_tensor(mask_np, dtype=torch.float32, device=dev)
             counts = torch.as_tensor(lens, dtype=torch.float32, device=dev)
-            ls, reg = chunk.losses(torch.as_tensor(u_e[:, cols], device=dev), torch.as_tensor(il_e[:, cols], device=dev),
-                                   torch.as_tensor(r_e[:, cols], device=dev), mask, counts)
+            ls, reg = chunk.losses(*(torch.as_tensor(a[:, cols], device=dev) for a in (u_e, il_e, r_e)), mask, counts)
             total = sum(w[t] * ls[t] for t in tasks) + reg
             opt.zero_grad()
             total.sum().backward()

@@ -258,8 +258,9 @@ def run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
                              "selection": selection.state_dict()})
         if "test" in row:
             last_eval_round = rnd
+        losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss."))
         log.info("%s  clients %d/%d  loss %s  %s", progress("round", rnd, n_rounds, t_start, t_rounds, first),
-                 row["answered"], row["sampled"], " ".join(f"{k[5:]}={v:.3f}" for k, v in row["train"].items() if k.startswith("loss.")),
+                 row["answered"], row["sampled"], losses,
                  f"test@{last_eval_round} " + format_metrics(last_eval, cfg["tasks"]) if last_eval else "")
     if privacy.stopped and history and "test" not in history[-1]:
         # The budget ended the run between evaluations: evaluate the last released model.
