@@ -191,9 +191,13 @@ def item_item_blends(cfg: RunConfig, record: dict[str, np.ndarray], device):
     ("b": at click_mix.lam; "grid@<lam>": the selection grid's, final evaluation only; "seq": the
     sequence score's S, click_mix.seq_weight)."""
     items = torch.from_numpy(record["items"]).to(device)
-    rows = lambda key: Rows(items, torch.from_numpy(record[key]).to(device))  # noqa: E731
-    grid = {float(k.split("@", 1)[1]): rows(k) for k in record if k.startswith("grid@")}
-    return blends(cfg, rows("b") if "b" in record else None, grid, rows("seq") if "seq" in record else None)
+    return blends_of(cfg, {k: Rows(items, torch.from_numpy(v).to(device)) for k, v in record.items() if k != "items"})
+
+
+def blends_of(cfg: RunConfig, rows: dict[str, Rows]):
+    """`item_item_blends` from the record's keys as `Rows` ("b", "grid@<lam>", "seq")."""
+    grid = {float(k.split("@", 1)[1]): v for k, v in rows.items() if k.startswith("grid@")}
+    return blends(cfg, rows.get("b"), grid, rows.get("seq"))
 
 
 def evaluate_client(setup: RunSetup, pid: int, data: ClientData, shared: dict[str, np.ndarray], state: dict,

@@ -93,6 +93,19 @@ def seq_active(cfg: RunConfig) -> bool:
     return needed(cfg) and float(cfg["click_mix"]["seq_weight"]) > 0
 
 
+@dataclass(frozen=True)
+class RowsOf:
+    """Rows `items` of `matrix`, not taken yet: what the server attaches to an evaluation message
+    (federation/arrays.py makes it an Array of `matrix[items]` only when read). In one process
+    the cohort engine evaluates every message whose rows come from one matrix with that matrix."""
+
+    matrix: np.ndarray
+    items: np.ndarray
+
+    def take(self) -> np.ndarray:
+        return self.matrix[self.items]
+
+
 @dataclass
 class Rows:
     """The rows of EASE's B for `items`: all that x_u B needs for users whose train items are
@@ -100,6 +113,7 @@ class Rows:
 
     items: torch.Tensor  # (k,) int64
     rows: torch.Tensor  # (k, n_items)
+    sparse: bool = False  # x B as a sparse product (many users, each with few of the items: a cohort's)
 
     @classmethod
     def of(cls, b: np.ndarray, items: np.ndarray | None = None, device=None) -> "Rows":
@@ -113,7 +127,10 @@ class Rows:
         sub = x[:, self.items.to(x.device)]
         if int((sub != 0).sum()) != int((x != 0).sum()):
             raise ValueError(f"item-item rows for {len(self.items)} items miss items these users have in train")
-        return sub.to(self.rows.dtype) @ self.rows.to(x.device)
+        sub = sub.to(self.rows.dtype)
+        if self.sparse:
+            return torch.sparse.mm(sub.to_sparse(), self.rows.to(x.device))
+        return sub @ self.rows.to(x.device)
 
 
 def gram_part(train_mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -66,17 +66,20 @@ def rank_metrics(scores: torch.Tensor, train_mask: torch.Tensor | None, test_lis
     masked = scores.masked_fill(train_mask, float("-inf"))
     top = torch.topk(masked, k=min(k, masked.shape[1]), dim=1).indices.cpu().numpy()
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    hr, ndcg, rec = np.zeros(len(test_lists)), np.zeros(len(test_lists)), np.zeros(len(test_lists))
-    for u, items in enumerate(test_lists):
-        if len(items) == 0:
-            continue
-        rel = np.isin(top[u], items)
-        hr[u] = float(rel.any())
-        idcg = discounts[: min(len(items), k)].sum()
-        ndcg[u] = float((rel * discounts[: len(rel)]).sum() / idcg)
-        if recall:
-            rec[u] = float(rel.sum() / len(np.unique(items)))
-    return (hr, ndcg, rec) if recall else (hr, ndcg)
+    lens = np.array([len(x) for x in test_lists], dtype=np.int64)
+    test = np.zeros((len(test_lists), scores.shape[1]), bool)  # each user's test items (repeats once)
+    if lens.sum():
+        test[np.repeat(np.arange(len(test_lists)), lens), np.concatenate(test_lists).astype(np.int64)] = True
+    rel = np.take_along_axis(test, top, 1)  # [U, k]: a test item at this place of the top k
+    has = lens > 0
+    hr = np.where(has, rel.any(1).astype(np.float64), 0.0)
+    # per user, as one user alone: (rel * discounts).sum() / idcg, idcg = discounts[:min(len(items), k)].sum()
+    idcg = np.array([discounts[:m].sum() for m in range(k + 1)])[np.minimum(lens, k)]
+    ndcg = np.where(has, (rel * discounts[:rel.shape[1]]).sum(1) / np.where(has, idcg, 1.0), 0.0)
+    if not recall:
+        return hr, ndcg
+    rec = np.where(has, rel.sum(1) / np.maximum(test.sum(1), 1), 0.0)  # share of the distinct test items
+    return hr, ndcg, rec
 
 
 def sampled_rank_metrics(scores: torch.Tensor, cand: torch.Tensor, k: int = 10):
@@ -100,6 +103,22 @@ def combine(parts: list[dict]) -> dict[str, float]:
         sub = [{k[len(g) + 1:]: v for k, v in p.items() if k.startswith(g + "/")} for p in parts]
         out.update({f"{g}/{k}": v for k, v in _combine(sub).items()})
     return out
+
+
+def check_part(part: dict) -> str | None:
+    """What makes one client's parts impossible, per task and metric group (Task.check_part:
+    counts, sums their counts cannot give, AUC bins out of range), or None. Pooling a part alone
+    cannot show all of it: a count of 0 skips the part's other values, which pooled with the
+    others' then break the pool or move the figures."""
+    groups = sorted({k.split("/", 1)[0] for k in part if "/" in k})
+    subs = [("", {k: v for k, v in part.items() if "/" not in k})]
+    subs += [(g + "/", {k[len(g) + 1:]: v for k, v in part.items() if k.startswith(g + "/")}) for g in groups]
+    for prefix, sub in subs:
+        for task in REGISTRY.values():
+            problem = task.check_part(sub)
+            if problem is not None:
+                return prefix + problem
+    return None
 
 
 def _combine(parts: list[dict]) -> dict[str, float]:

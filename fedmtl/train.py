@@ -165,25 +165,35 @@ def repeat_counts(task, data: ClientData) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
-             mixes: dict | None = None) -> dict:
+             mixes: dict | None = None, segments: tuple[np.ndarray, np.ndarray] | None = None):
     """Additive metric parts (see `metrics.combine`) of this data's test interactions.
 
     item_item: (B's `Rows`, weight[, Seq]) blends EASE item-item scores (and the sequence
     score) into the click ranking (itemitem.py); mixes: {group: blend}, more blends scored as
-    "group/click.*"."""
+    "group/click.*". segments: (user bounds, pair bounds), both [C + 1], of C clients' data
+    stacked in `data` (the cohort engine): a list of each client's parts, as this function
+    gives them for that client's data alone (to float tolerance: the scores come from bigger
+    matrix products)."""
     model.eval()
     if hasattr(model, "attach"):  # reference scorers (transfer/references.py) have no history to attach
         model.attach(data)
     u, i = (data.test_u, data.test_i) if on == "test" else (data.train_u, data.train_i)
     r = data.labels(on) if hasattr(data, "labels") else (data.test_r if on == "test" else data.train_r)
-    part: dict = {}
-    if len(u) == 0:
-        return part
+    ub, pb = segments if segments is not None else (np.array([0, len(data.users)]), np.array([0, len(u)]))
+    parts: list[dict] = [{} for _ in range(len(ub) - 1)]
+    live = [c for c in range(len(parts)) if pb[c + 1] > pb[c]]  # a client with no test pairs: no parts
+    if not live:
+        return parts if segments is not None else parts[0]
     pairs = pair_tasks(tasks)
     if pairs:
         s = model.pair_scores(u, i)
         for task in pairs:
-            part.update(task.parts(s[task.name], r))
+            if segments is None:
+                parts[0].update(task.parts(s[task.name], r))
+                continue
+            each = task.segment_parts(s[task.name], r, pb)
+            for c in live:
+                parts[c].update(each[c])
     for task in ranking_tasks(tasks):
         users = torch.arange(len(data.users), device=u.device)
         ir = model.item_reps()
@@ -227,9 +237,14 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
         has_test = np.array([len(x) > 0 for x in lists])
         for prefix in rankers:
             has = (cand["valid"][:, 0] >= 0).cpu().numpy() if prefix.startswith("valid") else has_test
-            hr, nd = np.concatenate(hr_all[prefix])[has], np.concatenate(nd_all[prefix])[has]
+            hr, nd = np.concatenate(hr_all[prefix]), np.concatenate(nd_all[prefix])
+            rc = np.concatenate(rc_all[prefix]) if rc_all[prefix] else None
             name = prefix + task.name
-            part.update({f"{name}.n": int(has.sum()), f"{name}.hr": float(hr.sum()), f"{name}.ndcg": float(nd.sum())})
-            if rc_all[prefix]:
-                part[f"{name}.recall"] = float(np.concatenate(rc_all[prefix])[has].sum())
-    return part
+            for c in live:
+                sl = slice(int(ub[c]), int(ub[c + 1]))
+                h = has[sl]
+                parts[c].update({f"{name}.n": int(h.sum()), f"{name}.hr": float(hr[sl][h].sum()),
+                                 f"{name}.ndcg": float(nd[sl][h].sum())})
+                if rc is not None:
+                    parts[c][f"{name}.recall"] = float(rc[sl][h].sum())
+    return parts if segments is not None else parts[0]

@@ -147,3 +147,74 @@ def test_combine_of_client_parts_equals_the_pooled_evaluation():
     combined = M.combine(parts)
     for key in ("rating.rmse", "rating.mae", "like.auc", "like.logloss", "click.hr@10", "click.ndcg@10"):
         assert combined[key] == pytest.approx(pooled[key], rel=1e-5), key
+
+
+def _rank_metrics_one_user_at_a_time(scores, train_mask, test_lists, k):
+    """rank_metrics as written before it was batched: each user on its own."""
+    masked = scores if train_mask is None else scores.masked_fill(train_mask, float("-inf"))
+    top = torch.topk(masked, k=min(k, masked.shape[1]), dim=1).indices.numpy()
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    out = np.zeros((3, len(test_lists)))
+    for u, items in enumerate(test_lists):
+        if len(items):
+            rel = np.isin(top[u], items)
+            out[:, u] = (float(rel.any()), float((rel * discounts[:len(rel)]).sum() / discounts[:min(len(items), k)].sum()),
+                         float(rel.sum() / len(np.unique(items))))
+    return out
+
+
+@pytest.mark.parametrize("users,items,k", [(300, 200, 10), (4, 6, 10), (20, 30, 3), (0, 10, 10)])
+def test_rank_metrics_are_each_users_own_to_the_bit(users, items, k):
+    """All users at once give each user's hit, NDCG and recall exactly as one user alone (repeated
+    and missing test items included)."""
+    rng = np.random.default_rng(users)
+    scores = torch.as_tensor(rng.normal(size=(users, items)).astype(np.float32))
+    seen = torch.as_tensor(rng.random((users, items)) < 0.2)
+    lists = [rng.integers(0, items, rng.integers(0, 12)) for _ in range(users)]
+    for mask in (seen, None):
+        got = np.stack(M.rank_metrics(scores, mask, lists, k, recall=True)) if users else np.zeros((3, 0))
+        np.testing.assert_array_equal(got, _rank_metrics_one_user_at_a_time(scores, mask, lists, k))
+
+
+@pytest.mark.parametrize("task", ["rating", "like"])
+def test_segment_parts_are_each_slices_parts(task):
+    """A pair task's parts of clients stacked one after another (the cohort's evaluation) are
+    each client's own parts, to the bit."""
+    from fedmtl.tasks import get
+
+    t = get(task)
+    rng = np.random.default_rng(0)
+    s = torch.as_tensor(rng.normal(3, 2, size=400).astype(np.float32))
+    y = torch.as_tensor(rng.integers(1, 6, 400).astype(np.float32))
+    bounds = np.array([0, 0, 1, 37, 38, 250, 400])
+    got = t.segment_parts(s, y, bounds)
+    assert len(got) == len(bounds) - 1
+    for part, a, b in zip(got, bounds[:-1], bounds[1:]):
+        ref = t.parts(s[a:b], y[a:b])
+        assert part.keys() == ref.keys()
+        assert part == ref
+
+
+@pytest.mark.parametrize("bad,said", [
+    ({"like.n": 0, "like.ll": 0.0, "like.pos_bins": [-5], "like.neg_bins": []}, "hold 1 scores, like.n=0"),
+    ({"like.n": 1, "like.ll": 0.1, "like.pos_bins": [2000], "like.neg_bins": []}, "a score bin outside 0..1999"),
+    ({"like.n": 1, "like.ll": -0.1, "like.pos_bins": [3], "like.neg_bins": []}, "below 0"),
+    ({"rating.n": 1.5, "rating.se": 1.0, "rating.ae": 1.0}, "rating.n=1.5 is not a count"),
+    ({"rating.n": 0, "rating.se": 4.0, "rating.ae": 0.0}, "rating.se=4.0 with rating.n=0"),
+    ({"click.n": 2, "click.hr": 3.0, "click.ndcg": 1.0}, "click.hr=3.0 outside"),
+    ({"valid/click.n": 1, "valid/click.hr": 0.0, "valid/click.ndcg": -0.5}, "valid/click.ndcg=-0.5"),
+])
+def test_check_part_names_a_part_no_client_can_send(bad, said):
+    """Parts that pool alone (a count of 0 skips the rest) but are no client's: named."""
+    assert said in M.check_part(bad)
+
+
+def test_check_part_passes_every_honest_part():
+    from fedmtl.tasks import get
+
+    rng = np.random.default_rng(1)
+    s, y = torch.as_tensor(rng.normal(size=50).astype(np.float32)), torch.as_tensor(rng.integers(1, 6, 50).astype(np.float32))
+    part = {**get("rating").parts(s, y), **get("like").parts(s, y), **{f"valid/{k}": v for k, v in get("like").parts(s, y).items()},
+            "click.n": 3, "click.hr": 3.0, "click.ndcg": 3.0, **get("like").empty_parts()}
+    part.update(get("like").parts(s, y))
+    assert M.check_part(part) is None and M.check_part({**get("rating").empty_parts(), **get("click").empty_parts()}) is None

@@ -113,7 +113,8 @@ class ClientData:
 
     def test_lists(self) -> list[np.ndarray]:
         u, i = self.test_u.cpu().numpy(), self.test_i.cpu().numpy()
-        return [i[u == k] for k in range(len(self.users))]
+        order = np.argsort(u, kind="stable")  # each user's items in file order, as i[u == k] gives them
+        return np.split(i[order], np.searchsorted(u[order], np.arange(1, len(self.users))))
 
 
 class _ByUser:

@@ -33,7 +33,7 @@ import os
 import uuid
 
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 
@@ -41,7 +41,7 @@ from ..config_types import RunConfig
 from ..client_step import run_setup
 from ..cohort import EvalJob, Job, evaluate_cohort, train_cohort, unbatched
 from ..errors import ConfigError, FedMTLError
-from ..federation.arrays import peek, record as fast_record
+from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, run_on_grid
 
@@ -186,13 +186,13 @@ class CohortGrid(InProcessGrid):
                 jobs = []
                 for m in group:
                     ctx, pid, data = self._client(m)
-                    ii = ({k: peek(v) for k, v in m.content["item_item"].items()} if "item_item" in m.content
+                    ii = ({k: rows_source(v) for k, v in m.content["item_item"].items()} if "item_item" in m.content
                           else None)
                     jobs.append(EvalJob(pid, data, state_values(ctx.state), ii))
                 parts = evaluate_cohort(run_setup(self.cfg), shared_values(group[0].content["arrays"]),
                                                      jobs)
                 for m, part in zip(group, parts):
-                    reply = Message(RecordDict({"metrics": MetricRecord(part)}), reply_to=m)
+                    reply = Message(RecordDict({"metrics": metric_record(part)}), reply_to=m)
                     reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
                     out[id(m)] = reply
         finally:
@@ -225,7 +225,7 @@ class CohortGrid(InProcessGrid):
                    [(m, int(m.content["config"]["server-round"])) for m in group]) for group in self._groups(msgs)]
         out, new_states = {}, []
         for m, ctx, (upload, metrics, state) in self._trained(groups):
-            reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}), reply_to=m)
+            reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": metric_record(metrics)}), reply_to=m)
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             if self.privacy is not None:  # the train handler's privacy mods, on the batched reply
                 reply = self.privacy(m, ctx, lambda _msg, _ctx, reply=reply: reply)
@@ -260,7 +260,7 @@ class CohortGrid(InProcessGrid):
             group[3].append((m, rnd))
         out = {}
         for m, _, (upload, metrics, state) in self._trained([(shared, members) for _, _, shared, members in groups]):
-            reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": MetricRecord(metrics)}), reply_to=m)
+            reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": metric_record(metrics)}), reply_to=m)
 
             def handler(_msg, ctx, reply=reply, state=state):  # the train handler's part: store, reply
                 store_state(ctx.state, state)

@@ -6,7 +6,10 @@ of EASE's B the server attaches to evaluation messages).
 bytes themselves are made only when something asks for `.data` (a message that leaves the
 process, a pickled checkpoint, `count_bytes`). It pickles as a plain `Array`.
 `record(arrays)` is an ArrayRecord of them; `nbytes(a)` what `len(fast_array(a).data)` is,
-without making the bytes.
+without making the bytes. A value of `record` that is an `itemitem.RowsOf` (rows of a matrix)
+becomes an Array of those rows that takes them only when read: the cohort engine reads the
+matrix and the row numbers instead (`rows_source`), so the rows of EASE's B it attaches to a
+round's evaluation messages are never copied in one process.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.common.constant import SType
+
+from ..itemitem import RowsOf
 
 _HEADERS: dict = {}
 
@@ -23,12 +28,17 @@ _HEADERS: dict = {}
 def _header(a: np.ndarray) -> bytes:
     """The .npy header np.save writes for `a` (made once per dtype and shape: its formatting is
     most of np.save's cost for a small array)."""
-    key = (a.dtype.str, a.shape)
+    return _header_of(a.dtype, a.shape)
+
+
+def _header_of(dtype: np.dtype, shape: tuple) -> bytes:
+    key = (dtype.str, shape)
     head = _HEADERS.get(key)
     if head is None:
         buf = io.BytesIO()
-        np.save(buf, np.zeros(a.shape, a.dtype), allow_pickle=False)
-        head = _HEADERS.setdefault(key, buf.getvalue()[:len(buf.getvalue()) - a.nbytes])
+        z = np.zeros(shape, dtype)
+        np.save(buf, z, allow_pickle=False)
+        head = _HEADERS.setdefault(key, buf.getvalue()[:len(buf.getvalue()) - z.nbytes])
     return head
 
 
@@ -61,6 +71,46 @@ class _Kept(Array):
 _Kept.__qualname__ = "Array"
 
 
+class _Rows(_Kept):
+    """An Array of rows of a matrix (`RowsOf`) that takes them only when read."""
+
+    @property
+    def data(self) -> bytes:  # type: ignore[override]
+        d = self.__dict__
+        if d.get("_bytes") is None:
+            a = self.numpy()
+            d["_bytes"] = _header(a) + a.tobytes()
+        return d["_bytes"]
+
+    @data.setter
+    def data(self, value: bytes) -> None:
+        _Kept.data.fset(self, value)
+
+    def numpy(self) -> np.ndarray:
+        d = self.__dict__
+        if d.get("_ndarray") is not None:  # bytes set from outside
+            return d["_ndarray"].copy()
+        src = d["_rows"]
+        return src.matrix[src.items]
+
+
+_Rows.__qualname__ = "Array"
+
+
+def rows_array(src: RowsOf) -> Array:
+    """Array(src.matrix[src.items]), its rows taken only when read."""
+    out = _Rows.__new__(_Rows)
+    m = src.matrix
+    out.__dict__.update(dtype=str(m.dtype), shape=(len(src.items), *(int(d) for d in m.shape[1:])),
+                        stype=SType.NUMPY, _bytes=None, _is_dirty=True, _ndarray=None, _rows=src)
+    return out
+
+
+def rows_source(a: Array):
+    """The RowsOf behind a `rows_array` (no copy), else `peek(a)`."""
+    return a.__dict__["_rows"] if isinstance(a, _Rows) and a.__dict__.get("_ndarray") is None else peek(a)
+
+
 def fast_array(a: np.ndarray) -> Array:
     """Array(a), without Flower's per-argument checks and with its bytes made on demand."""
     a = np.ascontiguousarray(a) if a.ndim else np.array(a)
@@ -75,7 +125,17 @@ def record(arrays: dict) -> ArrayRecord:
     """An ArrayRecord of `fast_array`s (ArrayRecord({...}) would copy each into a plain Array;
     its per-item type checks are skipped: the keys are names this code made, str)."""
     rec = ArrayRecord()
-    rec.__dict__["_data"].update((k, fast_array(v)) for k, v in arrays.items())
+    rec.__dict__["_data"].update((k, rows_array(v) if isinstance(v, RowsOf) else fast_array(v))
+                                 for k, v in arrays.items())
+    return rec
+
+
+def metric_record(values: dict) -> MetricRecord:
+    """MetricRecord(values) without Flower's per-value type checks (a list's are per element: most
+    of an evaluation reply's cost): for the metrics this code computed (Python ints, floats and
+    lists of them), which the server screens like any reply (replies.py)."""
+    rec = MetricRecord()
+    rec.__dict__["_data"].update(values)
     return rec
 
 
@@ -87,7 +147,11 @@ def peek(a: Array) -> np.ndarray:
     return kept if kept is not None else a.numpy()
 
 
-def nbytes(a: np.ndarray) -> int:
-    """len(Array(a).data): the .npy header and the values."""
+def nbytes(a) -> int:
+    """len(Array(a).data): the .npy header and the values (a RowsOf: of its rows)."""
+    if isinstance(a, RowsOf):
+        m = a.matrix
+        shape = (len(a.items), *m.shape[1:])
+        return len(_header_of(m.dtype, shape)) + int(np.prod(shape)) * m.dtype.itemsize
     a = np.asarray(a)
     return len(_header(a)) + a.nbytes

@@ -56,14 +56,14 @@ class ItemItem:
                 items = np.arange(self.n_items, dtype=np.int64)
             arrays = {"items": items}
             if self.own is not None:
-                arrays["b"] = self.own[items]
+                arrays["b"] = itemitem.RowsOf(self.own, items)
             if self.seq is not None:
-                arrays["seq"] = self.seq[items]
+                arrays["seq"] = itemitem.RowsOf(self.seq, items)
             if final:
-                arrays.update({f"grid@{lam:g}": b[items] for lam, b in self.grid.items()})
+                arrays.update({f"grid@{lam:g}": itemitem.RowsOf(b, items) for lam, b in self.grid.items()})
             if len(arrays) > 1:
-                # fast arrays: their .npy bytes are made only if the message leaves the process
-                # (arrays.py); the bytes counted are those bytes' length, made or not
+                # rows taken, and their .npy bytes made, only if the message is read or leaves the
+                # process (arrays.py); the bytes counted are those bytes' length, made or not
                 rec = fast_record(arrays)
                 # A strategy's messages share one RecordDict: each gets its own (same records, plus its rows)
                 m.content = RecordDict({**dict(m.content.items()), "item_item": rec})

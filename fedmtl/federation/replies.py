@@ -340,10 +340,12 @@ def clip_update(content, sent: dict[str, np.ndarray], rules: Rules):
     return out, norm
 
 
-def validate_evaluate_reply(content) -> str | None:
+def validate_evaluate_reply(content, pool: bool = True) -> str | None:
     """What is wrong with a client's evaluation reply (a MetricRecord 'metrics' of finite
-    numbers or lists of them, a test count >= 0, parts that metrics.combine can pool), or None."""
-    from ..metrics import combine
+    numbers or lists of them, a test count >= 0, parts each task can have given
+    (metrics.check_part), parts that metrics.combine can pool), or None. pool=False: all but
+    the last (screening.screen_evaluate pools a round's parts at once, each alone only if that
+    fails: `pool_problem`)."""
 
     metrics, extra = content.metric_records, [k for k in content.keys() if k != "metrics"]
     if list(metrics) != ["metrics"] or extra:
@@ -357,6 +359,18 @@ def validate_evaluate_reply(content) -> str | None:
     n = part.get(WEIGHT_KEY)
     if n is None or not 0 <= n:
         return f"{WEIGHT_KEY}={n!r}: expected a test count >= 0"
+    from ..metrics import check_part
+
+    problem = check_part(part)
+    if problem is not None:
+        return problem[:120]
+    return pool_problem(part) if pool else None
+
+
+def pool_problem(part: dict) -> str | None:
+    """Why one client's metric parts do not pool alone (metrics.combine raises), or None."""
+    from ..metrics import combine
+
     try:
         combine([part])
     except Exception as e:  # noqa: BLE001 -- any way a part breaks the pooling makes it invalid

@@ -14,7 +14,7 @@ import numpy as np
 from ..config_types import RunConfig
 from .failures import RoundFailure
 from .replies import (Invalid, check_keys, clip_update, decode_array, fmt_num, require_finite, rules_for,
-                      validate_evaluate_reply, validate_train_reply)
+                      pool_problem, validate_evaluate_reply, validate_train_reply)
 
 log = logging.getLogger("fedmtl")
 
@@ -156,12 +156,23 @@ def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
     line per invalid reply; the evaluation pools the rest."""
     from collections import Counter
 
+    from ..metrics import combine
+
+    replies = list(replies)
+    problems = {id(r): validate_evaluate_reply(r.content, pool=False) for r in replies if not r.has_error()}
+    try:  # the parts that pass the other checks pool together, so each alone does: one combine, not one a reply
+        combine([dict(r.content["metrics"]) for r in replies if problems.get(id(r), "") is None])
+        pooled = True
+    except Exception:  # noqa: BLE001 -- find which, one reply at a time
+        pooled = False
     ok, kept, invalid = [], [], 0
     for r in replies:
         if r.has_error():
             kept.append(r)
             continue
-        problem = validate_evaluate_reply(r.content)
+        problem = problems[id(r)]
+        if problem is None and not pooled:
+            problem = pool_problem(dict(r.content["metrics"]))
         if problem is None:
             ok.append(r)
             kept.append(r)

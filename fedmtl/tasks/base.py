@@ -25,7 +25,10 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return float("nan"), float("nan")
-    return float(np.percentile(vals, 10)), float(np.percentile(vals, 90))
+    if len(vals) == 1:  # one client's part (every reply is screened by pooling it alone): no sort needed
+        return float(vals[0]), float(vals[0])
+    p10, p90 = np.percentile(vals, [10, 90])
+    return float(p10), float(p90)
 
 
 class Task:
@@ -49,6 +52,25 @@ class Task:
         return self.value(y)
 
     # --- evaluation --------------------------------------------------------------------------
+    def segment_parts(self, s: torch.Tensor, y, bounds: np.ndarray) -> list[dict]:
+        """`parts` (a pair task's) of each slice bounds[c]:bounds[c + 1] of the pairs: clients
+        stacked one after another (cohort.evaluation). A kind may compute them at once."""
+        cut = lambda a, b: {k: v[a:b] for k, v in y.items()} if isinstance(y, dict) else y[a:b]  # noqa: E731
+        return [self.parts(s[a:b], cut(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def check_part(self, part: dict) -> str | None:
+        """What makes one client's parts of this task impossible (a count that is no count, a sum
+        its count cannot give, ...), or None; keys it lacks are not its concern (screening
+        compares a reply's keys with the others')."""
+        return None
+
+    def _count(self, part: dict) -> tuple[float | None, str | None]:
+        """(this task's `.n` in `part` or None, what is wrong with it or None)."""
+        n = part.get(f"{self.name}.n")
+        if n is not None and not (n >= 0 and float(n).is_integer()):
+            return n, f"{self.name}.n={n!r} is not a count"
+        return n, None
+
     def empty_parts(self) -> dict:
         """The parts of a client with no test rows (every client sends the same keys)."""
         raise NotImplementedError

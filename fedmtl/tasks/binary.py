@@ -57,6 +57,38 @@ class Binary(Task):
         return {f"{n}.n": int(len(lab)), f"{n}.ll": logloss_sum(prob, lab),
                 f"{n}.pos_bins": b[lab].tolist(), f"{n}.neg_bins": b[~lab].tolist()}
 
+    def check_part(self, part: dict) -> str | None:
+        n_ = self.name
+        n, bad = self._count(part)
+        if bad or n is None:
+            return bad
+        pos, neg = part.get(f"{n_}.pos_bins", []), part.get(f"{n_}.neg_bins", [])
+        pos, neg = (b if isinstance(b, list) else [b] for b in (pos, neg))
+        if len(pos) + len(neg) != n:
+            return f"{n_}.pos_bins and .neg_bins hold {len(pos) + len(neg)} scores, {n_}.n={n!r}"
+        if any(not float(b).is_integer() or not 0 <= b < AUC_BINS for b in pos + neg):
+            return f"{n_}: a score bin outside 0..{AUC_BINS - 1}"
+        if part.get(f"{n_}.ll", 0.0) < 0:
+            return f"{n_}.ll={part[f'{n_}.ll']!r}: a log loss sum below 0"
+        return None
+
+    def segment_parts(self, s: torch.Tensor, y, bounds: np.ndarray) -> list[dict]:
+        """`parts` of each slice of the pairs, from one pass over all of them (but the sigmoid:
+        torch's vector and scalar paths round differently, so each slice's own, as `parts`)."""
+        s = s.cpu()
+        prob = np.concatenate([torch.sigmoid(s[lo:hi]).numpy() for lo, hi in zip(bounds[:-1], bounds[1:])]
+                              + [np.zeros(0, np.float32)])
+        lab = (self.value(y) >= self.threshold).cpu().numpy()
+        b = score_bins(prob)
+        p, t = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7), lab.astype(np.float64)  # logloss_sum's terms
+        terms = t * np.log(p) + (1 - t) * np.log(1 - p)
+        n, out = self.name, []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            bb, ll = b[lo:hi], lab[lo:hi]
+            out.append({f"{n}.n": int(hi - lo), f"{n}.ll": float(-terms[lo:hi].sum()),
+                        f"{n}.pos_bins": bb[ll].tolist(), f"{n}.neg_bins": bb[~ll].tolist()})
+        return out
+
     def empty_parts(self) -> dict:
         n = self.name
         return {f"{n}.n": 0, f"{n}.ll": 0.0, f"{n}.pos_bins": [], f"{n}.neg_bins": []}

@@ -31,6 +31,16 @@ class Ranking(Task):
         # Recall@K beside HR@K and NDCG@K (default: with repeat consumption, where baskets are compared)
         self.recall = (not self.exclude_seen) if recall is None else bool(recall)
 
+    def check_part(self, part: dict) -> str | None:
+        n, bad = self._count(part)
+        if bad or n is None:
+            return bad
+        for key in ("hr", "ndcg", "recall"):  # per user at most 1 (1e-9: NDCG's float sums)
+            v = part.get(f"{self.name}.{key}", 0.0)
+            if not 0 <= v <= n * (1 + 1e-9) + 1e-9:
+                return f"{self.name}.{key}={v!r} outside 0..{self.name}.n={n!r}"
+        return None
+
     def empty_parts(self) -> dict:
         n = self.name
         return {f"{n}.n": 0, f"{n}.hr": 0.0, f"{n}.ndcg": 0.0, **({f"{n}.recall": 0.0} if self.recall else {})}

@@ -33,6 +33,26 @@ class Regression(Task):
         n = self.name
         return {f"{n}.n": int(len(err)), f"{n}.se": float((err ** 2).sum()), f"{n}.ae": float(np.abs(err).sum())}
 
+    def check_part(self, part: dict) -> str | None:
+        n, bad = self._count(part)
+        if bad or n is None:
+            return bad
+        for key in ("se", "ae"):
+            v = part.get(f"{self.name}.{key}", 0.0)
+            if v < 0 or (n == 0 and v != 0):
+                return f"{self.name}.{key}={v!r} with {self.name}.n={n!r}"
+        return None
+
+    def segment_parts(self, s: torch.Tensor, y, bounds: np.ndarray) -> list[dict]:
+        """`parts` of each slice of the pairs, from one pass over all of them."""
+        if self.clip is not None:
+            s = s.clamp(*self.clip)
+        err = (s - self.value(y)).cpu().numpy().astype(np.float64)
+        sq, ab = err ** 2, np.abs(err)
+        n = self.name
+        return [{f"{n}.n": int(hi - lo), f"{n}.se": float(sq[lo:hi].sum()), f"{n}.ae": float(ab[lo:hi].sum())}
+                for lo, hi in zip(bounds[:-1], bounds[1:])]
+
     def empty_parts(self) -> dict:
         n = self.name
         return {f"{n}.n": 0, f"{n}.se": 0.0, f"{n}.ae": 0.0}

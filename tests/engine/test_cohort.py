@@ -301,3 +301,64 @@ def test_fast_array_is_the_array_flower_makes(a):
     assert type(back) is Array and back.data == ref.data
     rec = _record({"x": a, "y": a})
     assert list(rec.keys()) == ["x", "y"] and rec.count_bytes() == ArrayRecord({"x": ref, "y": ref}).count_bytes()
+
+
+@pytest.mark.parametrize("items", [np.array([0, 3, 4]), np.array([], np.int64), np.arange(6)], ids=["some", "none", "all"])
+def test_rows_array_is_the_array_of_those_rows(items):
+    """click_mix attaches RowsOf(B, items): an Array that is Array(B[items]) to every reader (bytes,
+    object id, pickling, record size) without taking the rows, and whose matrix the cohort engine
+    reads back without a copy."""
+    import pickle
+
+    from flwr.app import Array, ArrayRecord
+
+    from fedmtl.federation.arrays import nbytes, record as _record, rows_source
+    from fedmtl.itemitem import RowsOf
+
+    b = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    src = RowsOf(b, items)
+    rec = _record({"items": items, "b": src})
+    lazy, ref = rec["b"], Array(np.ascontiguousarray(b[items]))
+    assert rows_source(lazy) is src and lazy.__dict__["_bytes"] is None  # nothing taken until read
+    assert nbytes(src) == len(ref.data)
+    assert (lazy.dtype, lazy.shape, lazy.stype, lazy.data) == (ref.dtype, ref.shape, ref.stype, ref.data)
+    assert lazy.deflate() == ref.deflate() and lazy.object_id == ref.object_id
+    np.testing.assert_array_equal(lazy.numpy(), b[items])
+    back = pickle.loads(pickle.dumps(lazy))
+    assert type(back) is Array and back.data == ref.data
+    assert rec.count_bytes() == ArrayRecord({"items": Array(items), "b": ref}).count_bytes()
+
+
+@pytest.mark.parametrize("same_matrix", [True, False], ids=["one_matrix", "per_client_rows"])
+def test_batched_evaluation_with_item_item_rows(same_matrix):
+    """click_mix's blends (the run's and a grid's): every client's parts as evaluate_client's with
+    the rows taken, whether the rows are of one matrix (every user scored against it at once)
+    or not (each client with its own rows)."""
+    from fedmtl.client_step import evaluate_client, run_setup, train_client
+    from fedmtl.cohort import EvalJob, evaluate_cohort
+    from fedmtl.cohort.evaluation import _shared_rows
+    from fedmtl.data import federation_for
+    from fedmtl.itemitem import RowsOf
+    from fedmtl.model import get_arrays, shared_names
+
+    cfg = dict(compose(SMALL + RECIPE + ["num_clients=8"]), output_dir="x")
+    setup = run_setup(cfg)
+    fed = federation_for(cfg)
+    model, _ = setup.template(1)
+    shared = get_arrays(model, shared_names(model, "all"))
+    states = [{}] * 3 + [train_client(setup, p, fed.partition_data(p), shared, {}, 1)[2] for p in range(3, 8)]
+    rng = np.random.default_rng(1)
+    n = fed.partition_data(0).n_items
+    b, g = (rng.normal(size=(n, n)).astype(np.float32) for _ in range(2))
+    jobs, ref = [], []
+    for p in range(8):
+        data = fed.partition_data(p)
+        items = np.unique(data.train_i.numpy()).astype(np.int64)
+        mb = b if same_matrix or p % 2 else b.copy()
+        jobs.append(EvalJob(p, data, states[p], {"items": items, "b": RowsOf(mb, items), "grid@100": RowsOf(g, items)}))
+        ref.append(evaluate_client(setup, p, data, shared, states[p], {"items": items, "b": b[items], "grid@100": g[items]}))
+    assert (_shared_rows(jobs) is not None) == same_matrix
+    got = evaluate_cohort(setup, shared, jobs)
+    assert any(k.startswith("mix_") for k in got[0])  # the grid's blend was scored
+    for a, c in zip(ref, got):
+        assert_close(a, c, 1e-5)

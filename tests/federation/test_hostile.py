@@ -324,10 +324,15 @@ class HostileEvaluation:
         elif self.kind == "bad-bins":
             reply.content["metrics"] = MetricRecord({k: [-5] if k == "like.pos_bins" else v
                                                      for k, v in metrics.items()})
+        elif self.kind == "uncounted-bins":  # alone it pools (a count of 0 skips its bins); with the others it broke
+            reply.content["metrics"] = MetricRecord({**metrics, "like.n": 0, "like.ll": 0.0, "like.pos_bins": [-5]})
+        elif self.kind == "negative-error":  # a sum no count of squared errors gives: the pooled RMSE's sqrt broke
+            reply.content["metrics"] = MetricRecord({**metrics, "rating.se": -1e6})
         return reply
 
 
-@pytest.mark.parametrize("kind", ["no-metrics", "extra-metric", "missing-metric", "nan", "bad-bins"])
+@pytest.mark.parametrize("kind", ["no-metrics", "extra-metric", "missing-metric", "nan", "bad-bins", "uncounted-bins",
+                                  "negative-error"])
 def test_a_malformed_evaluation_is_left_out_and_the_server_goes_on(kind, monkeypatch, tmp_path, caplog):
     import fedmtl.federation.client_app as ca
 
