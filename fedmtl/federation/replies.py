@@ -162,12 +162,15 @@ def _bounded(name: str, upd: np.ndarray, bound: float, what: str = "an update of
 
 
 def _records(content):
-    arrays, metrics = content.array_records, content.metric_records
-    extra = [k for k in content.keys() if k not in ("arrays", "metrics")]
-    if list(arrays) != ["arrays"] or list(metrics) != ["metrics"] or extra:
-        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in content.keys()) or "nothing"
+    from flwr.app import ArrayRecord, MetricRecord
+
+    # RecordDict.array_records / .metric_records would rebuild (and type-check) a dict a call
+    keys = list(content.keys())
+    if (sorted(keys) != ["arrays", "metrics"] or not isinstance(content["arrays"], ArrayRecord)
+            or not isinstance(content["metrics"], MetricRecord)):
+        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in keys) or "nothing"
         raise Invalid(f"expected an ArrayRecord 'arrays' and a MetricRecord 'metrics', got {got}")
-    return arrays["arrays"], metrics["metrics"]
+    return content["arrays"], content["metrics"]
 
 
 def _check_metrics(metrics, rules: Rules) -> None:
@@ -347,11 +350,13 @@ def validate_evaluate_reply(content, pool: bool = True) -> str | None:
     the last (screening.screen_evaluate pools a round's parts at once, each alone only if that
     fails: `pool_problem`)."""
 
-    metrics, extra = content.metric_records, [k for k in content.keys() if k != "metrics"]
-    if list(metrics) != ["metrics"] or extra:
-        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in content.keys()) or "nothing"
+    from flwr.app import MetricRecord
+
+    keys = list(content.keys())
+    if keys != ["metrics"] or not isinstance(content["metrics"], MetricRecord):
+        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in keys) or "nothing"
         return f"expected one MetricRecord 'metrics', got {got}"
-    part = dict(metrics["metrics"])
+    part = dict(content["metrics"])
     for k, v in part.items():
         values = v if isinstance(v, list) else [v]
         if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in values):
