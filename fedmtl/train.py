@@ -188,9 +188,6 @@ def evaluate(model, data: ClientData, tasks, on: str = "test", item_item=None,
     if pairs:
         s = model.pair_scores(u, i)
         for task in pairs:
-            if segments is None:
-                parts[0].update(task.parts(s[task.name], r))
-                continue
             each = task.segment_parts(s[task.name], r, pb)
             for c in live:
                 parts[c].update(each[c])

@@ -50,8 +50,12 @@ class Binary(Task):
         return F.binary_cross_entropy_with_logits(s, self.target(y), reduction="none")
 
     def parts(self, s: torch.Tensor, y: torch.Tensor) -> dict:
-        prob = torch.sigmoid(s).cpu().numpy()
-        lab = (self.value(y) >= self.threshold).cpu().numpy()
+        return self._sums(torch.sigmoid(s).cpu().numpy(), self._labels(y))
+
+    def _labels(self, y) -> np.ndarray:
+        return (self.value(y) >= self.threshold).cpu().numpy()
+
+    def _sums(self, prob: np.ndarray, lab: np.ndarray) -> dict:
         b = score_bins(prob)
         n = self.name
         return {f"{n}.n": int(len(lab)), f"{n}.ll": logloss_sum(prob, lab),
@@ -73,21 +77,10 @@ class Binary(Task):
         return None
 
     def segment_parts(self, s: torch.Tensor, y, bounds: np.ndarray) -> list[dict]:
-        """`parts` of each slice of the pairs, from one pass over all of them (but the sigmoid:
-        torch's vector and scalar paths round differently, so each slice's own, as `parts`)."""
-        s = s.cpu()
-        prob = np.concatenate([torch.sigmoid(s[lo:hi]).numpy() for lo, hi in zip(bounds[:-1], bounds[1:])]
-                              + [np.zeros(0, np.float32)])
-        lab = (self.value(y) >= self.threshold).cpu().numpy()
-        b = score_bins(prob)
-        p, t = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7), lab.astype(np.float64)  # logloss_sum's terms
-        terms = t * np.log(p) + (1 - t) * np.log(1 - p)
-        n, out = self.name, []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            bb, ll = b[lo:hi], lab[lo:hi]
-            out.append({f"{n}.n": int(hi - lo), f"{n}.ll": float(-terms[lo:hi].sum()),
-                        f"{n}.pos_bins": bb[ll].tolist(), f"{n}.neg_bins": bb[~ll].tolist()})
-        return out
+        """`parts` of each slice of the pairs, the labels taken once for all of them (the sigmoid
+        per slice, as `parts` takes it: torch's vector and scalar paths round differently)."""
+        s, lab = s.cpu(), self._labels(y)
+        return [self._sums(torch.sigmoid(s[lo:hi]).numpy(), lab[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def empty_parts(self) -> dict:
         n = self.name

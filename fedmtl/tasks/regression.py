@@ -27,9 +27,14 @@ class Regression(Task):
 
     def parts(self, s: torch.Tensor, y: torch.Tensor) -> dict:
         """Predictions clipped to `clip` (the label's range), squared and absolute errors summed."""
+        return self._sums(self._errors(s, y))
+
+    def _errors(self, s: torch.Tensor, y) -> np.ndarray:
         if self.clip is not None:
             s = s.clamp(*self.clip)
-        err = (s - self.value(y)).cpu().numpy().astype(np.float64)
+        return (s - self.value(y)).cpu().numpy().astype(np.float64)
+
+    def _sums(self, err: np.ndarray) -> dict:
         n = self.name
         return {f"{n}.n": int(len(err)), f"{n}.se": float((err ** 2).sum()), f"{n}.ae": float(np.abs(err).sum())}
 
@@ -44,14 +49,9 @@ class Regression(Task):
         return None
 
     def segment_parts(self, s: torch.Tensor, y, bounds: np.ndarray) -> list[dict]:
-        """`parts` of each slice of the pairs, from one pass over all of them."""
-        if self.clip is not None:
-            s = s.clamp(*self.clip)
-        err = (s - self.value(y)).cpu().numpy().astype(np.float64)
-        sq, ab = err ** 2, np.abs(err)
-        n = self.name
-        return [{f"{n}.n": int(hi - lo), f"{n}.se": float(sq[lo:hi].sum()), f"{n}.ae": float(ab[lo:hi].sum())}
-                for lo, hi in zip(bounds[:-1], bounds[1:])]
+        """`parts` of each slice of the pairs, the errors computed once for all of them."""
+        err = self._errors(s, y)
+        return [self._sums(err[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def empty_parts(self) -> dict:
         n = self.name
