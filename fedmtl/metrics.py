@@ -93,15 +93,25 @@ def sampled_rank_metrics(scores: torch.Tensor, cand: torch.Tensor, k: int = 10):
     return hit.astype(np.float64), np.where(hit, 1.0 / np.log2(1.0 + rank), 0.0)
 
 
+def _groups(keys) -> list[str]:
+    """The metric groups ("group/key") among these keys, sorted."""
+    return sorted({k.split("/", 1)[0] for k in keys if "/" in k})
+
+
+def _in_group(part: dict, g: str) -> dict:
+    """The keys of group g, without their "g/" ("": the keys of no group)."""
+    if not g:
+        return {k: v for k, v in part.items() if "/" not in k}
+    return {k[len(g) + 1:]: v for k, v in part.items() if k.startswith(g + "/")}
+
+
 def combine(parts: list[dict]) -> dict[str, float]:
     """Final metrics from the evaluation parts of any number of clients. Parts named
     "group/key" (e.g. new_items/click.hr, on a subset of the test rows) are combined per
     group into "group/metric"."""
-    groups = sorted({k.split("/", 1)[0] for p in parts for k in p if "/" in k})
-    out = _combine([{k: v for k, v in p.items() if "/" not in k} for p in parts])
-    for g in groups:
-        sub = [{k[len(g) + 1:]: v for k, v in p.items() if k.startswith(g + "/")} for p in parts]
-        out.update({f"{g}/{k}": v for k, v in _combine(sub).items()})
+    out = _combine([_in_group(p, "") for p in parts])
+    for g in _groups(k for p in parts for k in p):
+        out.update({f"{g}/{k}": v for k, v in _combine([_in_group(p, g) for p in parts]).items()})
     return out
 
 
@@ -110,14 +120,11 @@ def check_part(part: dict) -> str | None:
     counts, sums their counts cannot give, AUC bins out of range), or None. Pooling a part alone
     cannot show all of it: a count of 0 skips the part's other values, which pooled with the
     others' then break the pool or move the figures."""
-    groups = sorted({k.split("/", 1)[0] for k in part if "/" in k})
-    subs = [("", {k: v for k, v in part.items() if "/" not in k})]
-    subs += [(g + "/", {k[len(g) + 1:]: v for k, v in part.items() if k.startswith(g + "/")}) for g in groups]
-    for prefix, sub in subs:
+    for g in ["", *_groups(part)]:
         for task in REGISTRY.values():
-            problem = task.check_part(sub)
+            problem = task.check_part(_in_group(part, g))
             if problem is not None:
-                return prefix + problem
+                return f"{g}/{problem}" if g else problem
     return None
 
 
