@@ -60,7 +60,7 @@ class _Kept(Array):
     def data(self) -> bytes:  # type: ignore[override]
         d = self.__dict__
         if d.get("_bytes") is None:
-            a = d["_ndarray"]
+            a = self._values()
             d["_bytes"] = _header(a) + a.tobytes()
         return d["_bytes"]
 
@@ -69,8 +69,12 @@ class _Kept(Array):
         self.__dict__["_bytes"] = value
         self.__dict__["_ndarray"] = np.load(io.BytesIO(value), allow_pickle=False)
 
+    def _values(self) -> np.ndarray:
+        """The array it stands for (not to be written to)."""
+        return self.__dict__["_ndarray"]
+
     def numpy(self) -> np.ndarray:
-        return self.__dict__["_ndarray"].copy()
+        return self._values().copy()
 
     def __reduce__(self):
         return (Array, (self.dtype, self.shape, self.stype, self.data))
@@ -85,24 +89,9 @@ _Kept.__qualname__ = "Array"
 class _Rows(_Kept):
     """An Array of rows of a matrix (`RowsOf`) that takes them only when read."""
 
-    @property
-    def data(self) -> bytes:  # type: ignore[override]
-        d = self.__dict__
-        if d.get("_bytes") is None:
-            a = self.numpy()
-            d["_bytes"] = _header(a) + a.tobytes()
-        return d["_bytes"]
-
-    @data.setter
-    def data(self, value: bytes) -> None:
-        _Kept.data.fset(self, value)
-
-    def numpy(self) -> np.ndarray:
-        d = self.__dict__
-        if d.get("_ndarray") is not None:  # bytes set from outside
-            return d["_ndarray"].copy()
-        src = d["_rows"]
-        return src.matrix[src.items]
+    def _values(self) -> np.ndarray:
+        kept = self.__dict__["_ndarray"]  # set with its bytes from outside, else the rows taken now
+        return kept if kept is not None else self.__dict__["_rows"].take()
 
 
 _Rows.__qualname__ = "Array"
