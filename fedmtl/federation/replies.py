@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from ..config_types import RunConfig
 from .sparse import DENSE_DELTA, DENSE_SCALE, ROWS_DELTA, ROWS_KEY, ROWS_SCALE, layout
@@ -161,15 +162,17 @@ def _bounded(name: str, upd: np.ndarray, bound: float, what: str = "an update of
             raise Invalid(f"{name} holds {what} {fmt_num(top)} > robust.max_abs_update={bound:g}")
 
 
-def _records(content):
-    from flwr.app import ArrayRecord, MetricRecord
+def _got(content) -> str:
+    """What a reply holds, for the refusal's line: each record's name and type."""
+    return ", ".join(f"{k} ({type(content[k]).__name__})" for k in content.keys()) or "nothing"
 
+
+def _records(content):
     # RecordDict.array_records / .metric_records would rebuild (and type-check) a dict a call
     keys = list(content.keys())
     if (sorted(keys) != ["arrays", "metrics"] or not isinstance(content["arrays"], ArrayRecord)
             or not isinstance(content["metrics"], MetricRecord)):
-        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in keys) or "nothing"
-        raise Invalid(f"expected an ArrayRecord 'arrays' and a MetricRecord 'metrics', got {got}")
+        raise Invalid(f"expected an ArrayRecord 'arrays' and a MetricRecord 'metrics', got {_got(content)}")
     return content["arrays"], content["metrics"]
 
 
@@ -319,8 +322,6 @@ def clip_update(content, sent: dict[str, np.ndarray], rules: Rules):
     reply that `validate_train_reply` passed; (content, None) when within the bound. Dense:
     the weights become sent + update x factor; sparse: the deltas (int8: the scales) times
     the factor."""
-    from flwr.app import Array, ArrayRecord, RecordDict
-
     if rules.max_update_norm is None:
         return content, None
     record = content["arrays"]
@@ -350,12 +351,9 @@ def validate_evaluate_reply(content, pool: bool = True) -> str | None:
     the last (screening.screen_evaluate pools a round's parts at once, each alone only if that
     fails: `pool_problem`)."""
 
-    from flwr.app import MetricRecord
-
     keys = list(content.keys())
     if keys != ["metrics"] or not isinstance(content["metrics"], MetricRecord):
-        got = ", ".join(f"{k} ({type(content[k]).__name__})" for k in keys) or "nothing"
-        return f"expected one MetricRecord 'metrics', got {got}"
+        return f"expected one MetricRecord 'metrics', got {_got(content)}"
     part = dict(content["metrics"])
     for k, v in part.items():
         values = v if isinstance(v, list) else [v]
