@@ -1,6 +1,8 @@
-"""Short runs' metrics pinned to the bit: the task registry (fedmtl/tasks/) must leave what
-rating, like and click compute unchanged. The values were computed before the registry
-existed (commit 69b66aa); a change here means the refactor changed a result."""
+"""Short runs' metrics pinned to float32 rounding: the task registry (fedmtl/tasks/) must leave
+what rating, like and click compute unchanged. The values were computed before the registry
+existed (commit 69b66aa); a change here means the refactor changed a result. Pinned to a
+relative 1e-6, not to the bit: torch's CPU kernels round differently by instruction set (on an
+AVX-512 machine every case moved by up to 1e-7 relative, at the same commit)."""
 
 from __future__ import annotations
 
@@ -94,4 +96,8 @@ def test_short_run_metrics_are_pinned(tmp_path, name):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     got = {"metrics": {k: v for k, v in summary["metrics"].items() if isinstance(v, float)},
            "loss": {k: v for k, v in rows[-1]["train"].items() if k.startswith("loss.")}}
-    assert got == PINNED[name]
+    want = PINNED[name]
+    assert {g: set(v) for g, v in got.items()} == {g: set(v) for g, v in want.items()}
+    for group, values in want.items():
+        for key, value in values.items():
+            assert got[group][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (group, key)

@@ -47,11 +47,12 @@ def _run(tmp_path, name, overrides):
     return summary["metrics"], read_jsonl(out / "metrics.jsonl")
 
 
-def assert_close(a: dict, b: dict, tol=TOL):
+def assert_close(a: dict, b: dict, tol=TOL, tol_of: dict | None = None):
     assert a.keys() == b.keys()
     for k in a:
         if isinstance(a[k], (int, float)) and a[k] is not None:
-            assert b[k] == pytest.approx(a[k], abs=tol, rel=tol), k
+            t = (tol_of or {}).get(k, tol)
+            assert b[k] == pytest.approx(a[k], abs=t, rel=t), k
         else:
             assert a[k] == b[k], k
 
@@ -221,7 +222,11 @@ def test_secagg_training_is_batched_inside_the_protocol(tmp_path, mode, caplog, 
     assert "each round's clients train as one batch" in caplog.text
     assert batches == [5, 5, 5]  # one batch a round, every client in it
     assert [r["secagg"]["aggregated"] for r in got_rows] == [True] * 3
-    assert_close(ref, got)
+    # SecAgg+ quantises every update to a grid (rint here): a float-rounding difference between the
+    # batch and the per-client path (the matmul kernels differ by CPU) now and then lands a value one
+    # grid step away, and this small test set's AUC moves in steps of one pair in ~5,600 (1.8e-4, seen
+    # on an AVX-512 machine, where every other metric stayed within 1.5e-5): AUC may differ by 3 pairs
+    assert_close(ref, got, tol_of={"like.auc": 5.4e-4})
     for a, b in zip(_train_losses(ref_rows), _train_losses(got_rows)):
         assert_close(a, b)
 
