@@ -141,17 +141,17 @@ def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.n
         cur_flat = np.concatenate([current[n].ravel() for n in dense_names]).astype(np.float64)
         dtypes = {current[n].dtype for n in dense_names}
         dtype = dtypes.pop() if len(dtypes) == 1 else np.float64
-        scale_of = None
-        if DENSE_SCALE in payloads[0]:  # each flat value's scale row (an array's first axis, or one row)
+        counts = None
+        if DENSE_SCALE in payloads[0]:  # the flat values of each scale row (an array's first axis, or one row)
             counts = [int(np.prod(shapes[n][1:])) if len(shapes[n]) > 1 else int(np.prod(shapes[n]))
                       for n in dense_names for _ in range(shapes[n][0] if len(shapes[n]) > 1 else 1)]
-            scale_of = np.repeat(np.arange(len(counts)), counts)
         total = None
         for b in range(0, len(payloads), 32):  # blocks of clients: small arrays, reused memory
             block = payloads[b:b + 32]
             u = np.stack([p[DENSE_DELTA] for p in block]).astype(np.float64)
-            if scale_of is not None:
-                u *= np.stack([p[DENSE_SCALE] for p in block]).astype(np.float64)[:, scale_of]
+            if counts is not None:  # each value's scale, repeated in C order (a fancy index on axis 1 gives a
+                # Fortran-ordered array, and a product of mixed orders ran 15x slower)
+                u *= np.repeat(np.stack([p[DENSE_SCALE] for p in block]).astype(np.float64), counts, axis=1)
             u += cur_flat
             # each client's (sent + update) in the arrays' dtype times its factor (a Python float: a
             # weak scalar, so the product stays in that dtype), summed one client after another
