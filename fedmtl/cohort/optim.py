@@ -35,6 +35,7 @@ class Optim:
         """One step of the clients where `active` (bool [C], on the chunk's device)."""
         P = self.chunk.P
         act_cpu = active.cpu()
+        every = bool(act_cpu.all())  # every client steps (most steps of a chunk sorted by size): no masking
         self.steps += act_cpu.double()
         b1, b2 = ADAM_BETAS
         st = self.steps.clamp(min=1.0)
@@ -53,10 +54,16 @@ class Optim:
             a = _bcast(active, p)
             if n in self.decay:  # train.personal_decay: torch.optim.Adam's weight_decay, g + decay * p
                 g = g.add(p, alpha=self.decay[n])
+            step_size = _bcast((-(lr_of[n] / bc1)).to(torch.float32).to(dev), p)
+            if every:  # the same operations in place: the same floats
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = v.sqrt().div_(_bcast(bc2_sqrt.to(torch.float32).to(dev), p)).add_(ADAM_EPS)
+                p.add_((step_size * m).div_(denom))
+                continue
             m_new = m.lerp(g, 1 - b1)
             v_new = v * b2
             v_new.addcmul_(g, g, value=1 - b2)
-            step_size = _bcast((-(lr_of[n] / bc1)).to(torch.float32).to(dev), p)
             denom = v_new.sqrt() / _bcast(bc2_sqrt.to(torch.float32).to(dev), p) + ADAM_EPS
             p.copy_(torch.where(a, p + step_size * m_new / denom, p))
             m.copy_(torch.where(a, m_new, m))

@@ -6,6 +6,7 @@ client_step.train_client gives them (`train_cohort`), and the round's FLOPs (`ro
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
             for k in range(C)]
 
 
-def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = 1024.0
+def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = 128.0
                  ) -> list[tuple[dict, dict, dict]]:
     """Every job's (upload, metrics, new state), as client_step.train_client gives them."""
     cfg, tcfg = setup.cfg, setup.tcfg
@@ -140,15 +141,24 @@ def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats,
     if sparse:  # the updates of ENCODE_BLOCK clients at a time (sparse_codec.sparse_payloads: sparse_payload's arrays)
         rows = chunk.rows.cpu().numpy()  # send_rows is the row set the chunk holds (rows == send_rows)
         base = {n: shared[n].astype(np.float64) for n in snames if n not in ROW_TABLES}
-        uploads = []
-        for a in range(0, len(clients), ENCODE_BLOCK):
+
+        def block(a: int) -> list[dict]:
             part, b = clients[a:a + ENCODE_BLOCK], slice(a, a + ENCODE_BLOCK)
             R = max(len(c.send_rows) for c in part)
             rd = {n: P[n][b, :R].astype(np.float64) - shared[n][rows[b, :R]].astype(np.float64)
                   for n in snames if n in ROW_TABLES}
             dd = {n: P[n][b].astype(np.float64) - base[n] for n in base}
-            uploads += sparse_payloads(rd, dd, [c.send_rows for c in part], n_items, cfg["exchange"]["dtype"],
-                                       [np.random.default_rng([c.seed, 2]) for c in part])
+            return sparse_payloads(rd, dd, [c.send_rows for c in part], n_items, cfg["exchange"]["dtype"],
+                                   [np.random.default_rng([c.seed, 2]) for c in part])
+
+        starts = range(0, len(clients), ENCODE_BLOCK)
+        threads = torch.get_num_threads()  # the batch's (backend.threads): the blocks are independent, and
+        if threads > 1 and len(starts) > 1:  # numpy's array maths and draws release the GIL
+            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+                blocks = list(pool.map(block, starts))
+        else:
+            blocks = [block(a) for a in starts]
+        uploads = [u for part in blocks for u in part]
     out = {}
     for k, c in enumerate(clients):
         nu = len(c.job.data.users)
@@ -174,7 +184,7 @@ def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats,
     return out
 
 
-def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
+def round_flops(setup: RunSetup, jobs: list[Job], budget_mb: float = 128.0) -> tuple[float, float]:
     """(multiply-add FLOPs of these clients' training round as the batch computes it, padding
     included; as the per-client path computes it: every item through the item tower each step,
     click logits per pair), counting the matmuls only (forward, and the backward's two)."""
@@ -192,7 +202,7 @@ def round_flops(setup: RunSetup, jobs: list[Job]) -> tuple[float, float]:
 
     clients = [prepare(setup, j, n_items) for j in jobs]
     padded = 0.0
-    for part in chunks(clients, cfg, 1024.0, d, h):
+    for part in chunks(clients, cfg, budget_mb, d, h):
         ns = np.array([c.n for c in part])
         r, u = max(len(c.rows) for c in part), max(len(c.job.data.users) for c in part)
         for s in range(int(math.ceil(ns.max() / bs))):

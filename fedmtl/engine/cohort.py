@@ -63,7 +63,7 @@ class CohortGrid(InProcessGrid):
         super().__init__(client_app, num_nodes, run_id=run_id, run_config=run_config, workers=1, state_dir=state_dir)
         self.cfg = cfg
         bcfg = cfg["backend"]
-        threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb", 1024)
+        threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb", 128)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f"backend.threads={threads!r}: expected an integer >= 0 (0: every core)")
         if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or chunk <= 0:
