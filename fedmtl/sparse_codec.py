@@ -169,6 +169,18 @@ def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.n
     return out
 
 
+def _row_absmax(x: np.ndarray) -> np.ndarray:
+    """np.abs(x).max(axis=-1), the same values (a maximum is exact in any order): up to 32
+    columns one column at a time, where numpy's per-row reduction of short rows is slow (16x
+    slower for the 3 columns of item_bias, 1.5x for 32)."""
+    if x.shape[-1] > 32 or x.shape[-1] == 0:
+        return np.abs(x).max(axis=-1)
+    m = np.abs(x[..., 0])
+    for j in range(1, x.shape[-1]):
+        np.maximum(m, np.abs(x[..., j]), out=m)
+    return m
+
+
 def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, np.ndarray], rows: list[np.ndarray],
                     n_items: int, dtype: str, rngs: list[np.random.Generator]) -> list[dict[str, np.ndarray]]:
     """`sparse_payload` of many clients at once, the same arrays bit for bit: row_deltas
@@ -191,12 +203,12 @@ def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, n
                 rngs[c].random(out=noise_rows[t][c, :lens[c]])
             rngs[c].random(out=noise_dense[c])
 
-    def enc(delta, noise):  # encode() over a leading client axis
+    def enc(delta, noise):  # encode() over a leading client axis (row by row: any rows may go together)
         if dtype == "float32":
             return np.asarray(delta, dtype=np.float32), None
         if dtype == "float16":
             return np.asarray(delta, dtype=np.float16), None
-        scale = np.abs(delta).max(axis=-1) / 127.0
+        scale = _row_absmax(delta) / 127.0
         x = np.divide(delta, np.where(scale > 0, scale, 1.0)[..., None])  # encode's operations, in place
         np.add(x, noise, out=x)
         np.floor(x, out=x)
@@ -204,23 +216,35 @@ def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, n
         return x.astype(np.int8), np.asarray(scale, dtype=np.float32)
 
     rows_enc = [enc(d, u) for d, u in zip(rd, noise_rows)]
-    dense_enc, pos = [], 0
-    for d, size in zip(dd, dense_sizes):
-        dense_enc.append(enc(d, noise_dense[:, pos:pos + size].reshape(d.shape)))
-        pos += size
+    # the dense arrays' rows, those of one width encoded together (fewer, larger calls), then each
+    # array's codes [C, its values] and scales [C, its rows] laid side by side in packing order
+    starts = np.cumsum([0, *dense_sizes])
+    by_width: dict[int, list[int]] = {}
+    for i, d in enumerate(dd):
+        by_width.setdefault(d.shape[2], []).append(i)
+    codes, scales = [None] * len(dd), [None] * len(dd)
+    for idx in by_width.values():
+        q, sc = enc(np.concatenate([dd[i] for i in idx], axis=1),
+                    np.concatenate([noise_dense[:, starts[i]:starts[i + 1]].reshape(dd[i].shape) for i in idx], axis=1))
+        at = 0
+        for i in idx:
+            n = dd[i].shape[1]
+            codes[i] = q[:, at:at + n].reshape(C, -1)
+            scales[i] = None if sc is None else sc[:, at:at + n]
+            at += n
+    dense_q = np.concatenate(codes, axis=1) if codes else np.zeros((C, 0), np.float32)
+    rows_q = np.concatenate([q for q, _ in rows_enc], axis=2) if rows_enc else np.zeros((C, R, 0))
+    if dtype == "int8":
+        dense_s = np.concatenate(scales, axis=1) if scales else np.zeros((C, 0), np.float32)
+        rows_s = np.stack([s for _, s in rows_enc], axis=2) if rows_enc else np.zeros((C, R, 0), np.float32)
+    index_dtype = _index_dtype(n_items)
     out = []
     for c in range(C):
         n = int(lens[c])
-        p = {ROWS_KEY: np.asarray(rows[c], dtype=np.int64).astype(_index_dtype(n_items))}
-        p[ROWS_DELTA] = (np.concatenate([q[c, :n] for q, _ in rows_enc], axis=1) if rows_enc
-                         else np.zeros((n, 0)))
-        p[DENSE_DELTA] = (np.concatenate([q[c].ravel() for q, _ in dense_enc]) if dense_enc
-                          else np.zeros(0, np.float32))
+        p = {ROWS_KEY: np.asarray(rows[c], dtype=np.int64).astype(index_dtype), ROWS_DELTA: rows_q[c, :n],
+             DENSE_DELTA: dense_q[c]}
         if dtype == "int8":
-            p[ROWS_SCALE] = (np.stack([s[c, :n] for _, s in rows_enc], axis=1) if rows_enc
-                             else np.zeros((n, 0), np.float32))
-            p[DENSE_SCALE] = (np.concatenate([s[c] for _, s in dense_enc]) if dense_enc
-                              else np.zeros(0, np.float32))
+            p[ROWS_SCALE], p[DENSE_SCALE] = rows_s[c, :n], dense_s[c]
         out.append(p)
     return out
 
