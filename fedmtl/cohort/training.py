@@ -6,7 +6,6 @@ client_step.train_client gives them (`train_cohort`), and the round's FLOPs (`ro
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -140,7 +139,6 @@ def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats,
     sparse = clients[0].send_rows is not None
     if sparse:  # the updates of ENCODE_BLOCK clients at a time (sparse_codec.sparse_payloads: sparse_payload's arrays)
         rows = chunk.rows.cpu().numpy()  # send_rows is the row set the chunk holds (rows == send_rows)
-        base = {n: shared[n] for n in snames if n not in ROW_TABLES}
 
         def block(a: int) -> list[dict]:
             part, b = clients[a:a + ENCODE_BLOCK], slice(a, a + ENCODE_BLOCK)
@@ -148,18 +146,11 @@ def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats,
             # float32 - float32 in float64 (each value cast, then subtracted: one pass, the same floats)
             rd = {n: np.subtract(P[n][b, :R], shared[n][rows[b, :R]], dtype=np.float64)
                   for n in snames if n in ROW_TABLES}
-            dd = {n: np.subtract(P[n][b], base[n], dtype=np.float64) for n in base}
+            dd = {n: np.subtract(P[n][b], shared[n], dtype=np.float64) for n in snames if n not in ROW_TABLES}
             return sparse_payloads(rd, dd, [c.send_rows for c in part], n_items, cfg["exchange"]["dtype"],
                                    [np.random.default_rng([c.seed, 2]) for c in part])
 
-        starts = range(0, len(clients), ENCODE_BLOCK)
-        threads = torch.get_num_threads()  # the batch's (backend.threads): the blocks are independent, and
-        if threads > 1 and len(starts) > 1:  # numpy's array maths and draws release the GIL
-            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
-                blocks = list(pool.map(block, starts))
-        else:
-            blocks = [block(a) for a in starts]
-        uploads = [u for part in blocks for u in part]
+        uploads = [u for a in range(0, len(clients), ENCODE_BLOCK) for u in block(a)]
     out = {}
     for k, c in enumerate(clients):
         nu = len(c.job.data.users)
