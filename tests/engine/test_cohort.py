@@ -8,6 +8,7 @@ to the neighbouring level: one step of its row's scale), and every final metric 
 round's mean training loss must agree to 1e-4 (absolute and relative) after 3 rounds.
 """
 
+import gc
 import logging
 
 import numpy as np
@@ -257,7 +258,10 @@ def test_a_failing_batch_goes_through_the_client_app(tmp_path, caplog, monkeypat
     had (no half-stored state): the run is inprocess's exactly."""
     import fedmtl.engine.cohort as cohort
 
+    collector_on = []
+
     def boom(*a, **k):
+        collector_on.append(gc.isenabled())
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cohort, "train_cohort", boom)
@@ -267,6 +271,8 @@ def test_a_failing_batch_goes_through_the_client_app(tmp_path, caplog, monkeypat
     ref, _ = _run(tmp_path, "inprocess", [])
     assert ref == got
     assert "the batched round failed (RuntimeError: boom)" in caplog.text
+    # the cyclic collector is paused inside a batch and back on after it, the failed ones included
+    assert collector_on and not any(collector_on) and gc.isenabled()
 
 
 def test_state_on_disk_matches_memory(tmp_path):
