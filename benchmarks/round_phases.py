@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import json
 import sys
 import tempfile
@@ -88,8 +89,6 @@ def main() -> None:
             per_round.append(collections.Counter(sink))
 
     server_app.train_round = train_round
-    import gc
-
     started = [0.0]
 
     def gc_timer(phase, info):  # the collector's time, into the round's Counter

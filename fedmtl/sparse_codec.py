@@ -26,13 +26,25 @@ def _as_rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
 
 
+def _row_absmax(x: np.ndarray) -> np.ndarray:
+    """np.abs(x).max(axis=-1), the same values (a maximum is exact in any order): up to 32
+    columns one column at a time, where numpy's per-row reduction of short rows is slow (16x
+    slower for the 3 columns of item_bias, 1.5x for 32)."""
+    if x.shape[-1] > 32 or x.shape[-1] == 0:
+        return np.abs(x).max(axis=-1)
+    m = np.abs(x[..., 0])
+    for j in range(1, x.shape[-1]):
+        np.maximum(m, np.abs(x[..., j]), out=m)
+    return m
+
+
 def encode(delta: np.ndarray, dtype: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """A (rows, columns) update in `dtype`, and for int8 its float32 scale per row."""
     if dtype == "float32":
         return np.asarray(delta, dtype=np.float32), None
     if dtype == "float16":
         return np.asarray(delta, dtype=np.float16), None
-    scale = np.abs(delta).max(axis=1) / 127.0
+    scale = _row_absmax(delta) / 127.0
     x = delta / np.where(scale > 0, scale, 1.0)[:, None]
     q = np.floor(x + rng.random(x.shape))  # stochastic rounding: E[q] = x
     return np.asarray(np.clip(q, -127, 127), dtype=np.int8), np.asarray(scale, dtype=np.float32)
@@ -167,18 +179,6 @@ def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.n
             out[name] = np.asarray(total[pos:pos + size].reshape(shapes[name]))
             pos += size
     return out
-
-
-def _row_absmax(x: np.ndarray) -> np.ndarray:
-    """np.abs(x).max(axis=-1), the same values (a maximum is exact in any order): up to 32
-    columns one column at a time, where numpy's per-row reduction of short rows is slow (16x
-    slower for the 3 columns of item_bias, 1.5x for 32)."""
-    if x.shape[-1] > 32 or x.shape[-1] == 0:
-        return np.abs(x).max(axis=-1)
-    m = np.abs(x[..., 0])
-    for j in range(1, x.shape[-1]):
-        np.maximum(m, np.abs(x[..., j]), out=m)
-    return m
 
 
 def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, np.ndarray], rows: list[np.ndarray],

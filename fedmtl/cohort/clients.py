@@ -76,6 +76,9 @@ def prepare(setup: RunSetup, job: Job, n_items: int) -> Client:
                    data.train_u.cpu().numpy(), data.train_r.cpu().numpy())
 
 
+CHUNK_MB = 128.0  # backend.chunk_mb's default (conf/backend/cohort.yaml): fastest of 16-256 on the ML-100k recipe
+
+
 def chunks(clients: list[Client], cfg: RunConfig, budget_mb: float, dim: int, hidden: int) -> list[list[Client]]:
     """Clients sorted by size, in chunks whose padded step fits about `budget_mb`."""
     bs = int(cfg["train"]["batch_size"])

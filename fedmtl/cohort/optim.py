@@ -51,20 +51,21 @@ class Optim:
                 p.add_(g, alpha=-self.lr_shared)
                 continue
             m, v = self.m[n], self.v[n]
-            a = _bcast(active, p)
             if n in self.decay:  # train.personal_decay: torch.optim.Adam's weight_decay, g + decay * p
                 g = g.add(p, alpha=self.decay[n])
             step_size = _bcast((-(lr_of[n] / bc1)).to(torch.float32).to(dev), p)
+            c2 = _bcast(bc2_sqrt.to(torch.float32).to(dev), p)
             if every:  # the same operations in place: the same floats
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = v.sqrt().div_(_bcast(bc2_sqrt.to(torch.float32).to(dev), p)).add_(ADAM_EPS)
+                denom = v.sqrt().div_(c2).add_(ADAM_EPS)
                 p.add_((step_size * m).div_(denom))
                 continue
+            a = _bcast(active, p)
             m_new = m.lerp(g, 1 - b1)
             v_new = v * b2
             v_new.addcmul_(g, g, value=1 - b2)
-            denom = v_new.sqrt() / _bcast(bc2_sqrt.to(torch.float32).to(dev), p) + ADAM_EPS
+            denom = v_new.sqrt() / c2 + ADAM_EPS
             p.copy_(torch.where(a, p + step_size * m_new / denom, p))
             m.copy_(torch.where(a, m_new, m))
             v.copy_(torch.where(a, v_new, v))

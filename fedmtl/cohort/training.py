@@ -17,7 +17,7 @@ from ..model import personal_names, shared_names
 from ..sparse_codec import ROW_TABLES, sparse_payloads
 from ..tasks import dataset_labels, get as task_of, ranking_tasks
 from .chunk import Chunk
-from .clients import Job, chunks, prepare
+from .clients import CHUNK_MB, Job, chunks, prepare
 from .optim import Optim
 
 
@@ -101,7 +101,7 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
             for k in range(C)]
 
 
-def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = 128.0
+def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = CHUNK_MB
                  ) -> list[tuple[dict, dict, dict]]:
     """Every job's (upload, metrics, new state), as client_step.train_client gives them."""
     cfg, tcfg = setup.cfg, setup.tcfg
@@ -176,7 +176,7 @@ def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats,
     return out
 
 
-def round_flops(setup: RunSetup, jobs: list[Job], budget_mb: float = 128.0) -> tuple[float, float]:
+def round_flops(setup: RunSetup, jobs: list[Job], budget_mb: float = CHUNK_MB) -> tuple[float, float]:
     """(multiply-add FLOPs of these clients' training round as the batch computes it, padding
     included; as the per-client path computes it: every item through the item tower each step,
     click logits per pair), counting the matmuls only (forward, and the backward's two)."""

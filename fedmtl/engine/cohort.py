@@ -41,7 +41,7 @@ from flwr.clientapp import ClientApp
 
 from ..config_types import RunConfig
 from ..client_step import run_setup
-from ..cohort import EvalJob, Job, evaluate_cohort, train_cohort, unbatched
+from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, train_cohort, unbatched
 from ..errors import ConfigError, FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
@@ -81,7 +81,7 @@ class CohortGrid(InProcessGrid):
         super().__init__(client_app, num_nodes, run_id=run_id, run_config=run_config, workers=1, state_dir=state_dir)
         self.cfg = cfg
         bcfg = cfg["backend"]
-        threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb", 128)
+        threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb", CHUNK_MB)
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ConfigError(f"backend.threads={threads!r}: expected an integer >= 0 (0: every core)")
         if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or chunk <= 0:
