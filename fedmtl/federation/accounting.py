@@ -1,15 +1,22 @@
 """What a DP run's guarantee is computed from: the ledger of releases, the noise multipliers,
 and whether a round's sample must be secret (federation/privacy.py wires them into Flower).
 
-Accounting (`Ledger`): every released aggregate is one Gaussian event in Flower's
-`RdpAccountant` (user level), each with the neighbouring relation it assumes:
-- every client in every round: no amplification, add-or-remove-one, multiplier z;
+Accounting (`Ledger`): every released aggregate is one Gaussian event (user level), each
+with the neighbouring relation it assumes:
+- every client in every round: no amplification, add-or-remove-one, multiplier z. Such
+  releases compose exactly: T Gaussian mechanisms of multipliers z_1..z_T are one of
+  multiplier (sum 1/z_t^2)^(-1/2) (Dong, Roth and Su 2019, Cor. 3.3), whose (epsilon, delta)
+  curve is known in closed form (Balle and Wang 2018, Thm 8): `ExactGaussian` reports that
+  epsilon, the exact one (Flower's RDP accountant over-reports it: 7.995 for 45 releases at
+  z 4.28, exactly 7.433), so a target epsilon needs less noise (z 4.02 for 8 after 45 rounds);
 - a secret sample of m of N clients (without replacement): replace-one neighbours,
   whose sensitivity is 2C, so the multiplier given is z / 2; amplification by
   sampling holds only because the sample comes from the OS CSPRNG;
 - local_dp: each client's own upload is the release; any two clipped updates differ
   by up to 2C (replace-one), so the multiplier is the noise std over 2C (and the
-  noise is scaled to 2C unless `privacy.sensitivity` says otherwise).
+  noise is scaled to 2C unless `privacy.sensitivity` says otherwise); no amplification, so
+  `ExactGaussian` too;
+- sampled rounds: Flower's `RdpAccountant` (amplification by sampling has no closed form).
 The epsilon at `privacy.delta` goes into metrics.jsonl every round;
 `privacy.target_epsilon` stops the run before the round that would exceed it, or
 picks z for `num_rounds` when `privacy.noise_multiplier` is null.
@@ -57,8 +64,73 @@ def local_dp_multiplier(p: dict) -> float:
 # --- accounting ----------------------------------------------------------------------------------
 
 
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """The exact epsilon at `delta` of a Gaussian mechanism whose sensitivity is `mu` noise
+    stds (Balle and Wang 2018, Thm 8): the least epsilon >= 0 with
+    Phi(-epsilon / mu + mu / 2) - e^epsilon Phi(-epsilon / mu - mu / 2) <= delta."""
+    from scipy.special import log_ndtr, ndtr
+
+    if mu <= 0:
+        return 0.0
+
+    def excess(eps: float) -> float:  # delta(eps) - delta, decreasing in eps
+        return float(ndtr(-eps / mu + mu / 2) - math.exp(eps + log_ndtr(-eps / mu - mu / 2))) - delta
+
+    if excess(0.0) <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while excess(hi) > 0:
+        lo, hi = hi, hi * 2
+    for _ in range(200):  # bisection to the float's resolution
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    return hi
+
+
+class ExactGaussian:
+    """The accountant of releases without amplification (every client in every round, local DP):
+    a composition of Gaussian mechanisms is one Gaussian mechanism with mu^2 = sum of 1/z^2
+    (Dong, Roth and Su 2019, Cor. 3.3), whose epsilon `gaussian_epsilon` gives exactly. The
+    interface of Flower's RdpAccountant, as the Ledger uses it."""
+
+    def __init__(self, delta: float):
+        self.delta, self.mu2, self.num_releases = delta, 0.0, 0
+
+    @staticmethod
+    def _mu2(event: GaussianPrivacyEvent, count: int = 1) -> float:
+        z = float(event.noise_multiplier)
+        if not z > 0:
+            raise ValueError(f"noise multiplier {z}: expected > 0")
+        return count / (z * z)
+
+    def compose(self, event: GaussianPrivacyEvent, count: int = 1) -> None:
+        self.mu2 += self._mu2(event, count)
+        self.num_releases += count
+
+    def get_epsilon(self, delta: float) -> float:
+        return gaussian_epsilon(math.sqrt(self.mu2), delta)
+
+    def would_exceed(self, event: GaussianPrivacyEvent, max_epsilon: float) -> bool:
+        return gaussian_epsilon(math.sqrt(self.mu2 + self._mu2(event)), self.delta) > max_epsilon
+
+    def state_dict(self) -> dict:
+        return {"mu2": self.mu2, "num_releases": self.num_releases}
+
+    def load_state_dict(self, state: dict, spent: list[float] | None = None) -> None:
+        """A checkpoint's state; one an RDP ledger wrote (before this accountant) is rebuilt
+        from the multipliers the ledger spent."""
+        if "mu2" in state:
+            self.mu2, self.num_releases = float(state["mu2"]), int(state["num_releases"])
+        else:
+            self.mu2 = sum(1.0 / (z * z) for z in spent or [])
+            self.num_releases = len(spent or [])
+
+
 class Ledger:
-    """The privacy spent so far, one Gaussian event per released aggregate (RdpAccountant)."""
+    """The privacy spent so far, one Gaussian event per released aggregate (`ExactGaussian`
+    without amplification, Flower's RdpAccountant with it)."""
 
     def __init__(self, population: int, sample: int, delta: float, local: bool = False):
         from flwr.serverapp import RdpAccountant
@@ -72,8 +144,15 @@ class Ledger:
             neighboring_relation=(NeighboringRelation.REPLACE_ONE if self.amplified
                                   else NeighboringRelation.ADD_OR_REMOVE_ONE),
             sampling_method=SamplingMethod.WITHOUT_REPLACEMENT if self.amplified else SamplingMethod.NO_AMPLIFICATION)
-        self.accountant = RdpAccountant(self.config)
+        self.accountant = RdpAccountant(self.config) if self.amplified else ExactGaussian(delta)
         self.spent: list[float] = []  # the multiplier of every release, as configured (before z / 2)
+
+    @property
+    def method(self) -> str:
+        """How the epsilon is computed, in words (summary.json's privacy.accounting)."""
+        if self.amplified:
+            return "rdp, " + self.config.sampling_method.value
+        return "exact gaussian composition, " + self.config.sampling_method.value
 
     @property
     def relation(self) -> str:
