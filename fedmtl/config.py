@@ -143,6 +143,7 @@ def validate(cfg: dict) -> RunConfig:
                                   "norm between the update and the row indicator; use privacy.clipping=fixed")
             number(cfg, "privacy.max_rows", lo=1, integer=True)
             number(cfg, "privacy.count_share", lo=0, hi=1, lo_open=True, hi_open=True)
+            number(cfg, "privacy.row_scale", lo=0, lo_open=True)
             if get(cfg, "privacy.min_row_count") is not None:
                 number(cfg, "privacy.min_row_count", lo=0, lo_open=True)
     choice(cfg, "dataset.name", DATASETS)

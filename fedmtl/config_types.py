@@ -105,6 +105,7 @@ class PrivacyConfig(TypedDict):
     max_weight: NotRequired[Number | None]
     max_rows: NotRequired[int]
     count_share: NotRequired[Number]
+    row_scale: NotRequired[Number]
     min_row_count: NotRequired[Number | None]
 
 

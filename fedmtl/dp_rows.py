@@ -14,7 +14,12 @@ array as zeros) finds it already within C, and the noise z * C that the mode add
 sum (client_clip_dp: the server, on the mean; secagg_dp: each client's share, inside
 SecAgg+) covers the update and the row counts together, at the mode's epsilon: one
 release per round, as before. `s` (privacy.count_share) splits C^2 between update and
-count; R (privacy.max_rows) bounds the count's sensitivity to sqrt(R) rows.
+count; R (privacy.max_rows) bounds the count's sensitivity to sqrt(R) rows. k
+(privacy.row_scale) multiplies the row tables' part of u_i before the clipping, and the
+server divides the released row means by k: rows then take a larger share of C (their
+noise, relative to their signal, is divided by up to k) and every other array a smaller
+one. Scaling a client's own vector before it is clipped and undoing it after the release
+are both outside the Gaussian mechanism on the clipped vectors: epsilon does not change.
 
 The server decodes the released mean (post-processing, no privacy cost):
     count_r = m * mean[indicator]_r / g            (noise std z * C / g = z * sqrt(R / s))
@@ -54,13 +59,14 @@ class Budget:
     max_rows: int  # R: rows a client may count (privacy.max_rows)
     count_share: float  # s: the share of C^2 the indicator may take (privacy.count_share)
     min_row_count: float | None  # the server's floor on a row's estimated count; None: FLOOR_STDS of its noise
+    row_scale: float = 1.0  # k: the client multiplies its row updates by k before clipping, the server divides by k
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Budget":
         p = cfg["privacy"]
         floor = p.get("min_row_count")
         return cls(float(p["clipping_norm"]), int(p["max_rows"]), float(p["count_share"]),
-                   float(floor) if floor is not None else None)
+                   float(floor) if floor is not None else None, float(p.get("row_scale", 1.0)))
 
     @property
     def gamma(self) -> float:
@@ -97,6 +103,8 @@ def client_upload(payload: dict[str, np.ndarray], received: dict[str, np.ndarray
         norms = sum((upd[n].reshape(len(rows), -1) ** 2).sum(axis=1) for n in row_names)
         keep = np.sort(np.argsort(-norms, kind="stable")[:budget.max_rows])
         rows, upd = rows[keep], {n: (v[keep] if n in row_names else v) for n, v in upd.items()}
+    if budget.row_scale != 1.0:  # the rows' share of the clipped norm (the server divides it out)
+        upd = {n: (v * budget.row_scale if n in row_names else v) for n, v in upd.items()}
     total = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in upd.values()))
     factor = min(1.0, budget.update_clip / total) if total > 0 else 1.0
     out = {}
@@ -161,7 +169,7 @@ def server_update(current: dict[str, np.ndarray], mean: dict[str, np.ndarray], a
     for name, cur in current.items():
         upd = np.asarray(mean[name], np.float64) - cur.astype(np.float64)
         if name in row_names:
-            upd = upd * (answered / denom).reshape(-1, *[1] * (cur.ndim - 1))
+            upd = upd * (answered / denom / budget.row_scale).reshape(-1, *[1] * (cur.ndim - 1))
         out[name] = np.asarray(cur.astype(np.float64) + upd, dtype=cur.dtype)
     info = {"count_rounds": counts.rounds, "count_median": float(np.median(est)), "count_floor": floor,
             "rows_at_floor": int((est < floor).sum())}

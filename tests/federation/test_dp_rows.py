@@ -82,6 +82,40 @@ def test_without_noise_the_release_decodes_to_row_wise_averaging():
     assert info["rows_at_floor"] == 6
 
 
+@pytest.mark.parametrize("k", [0.5, 3.0])
+def test_row_scale_keeps_the_bound_and_the_server_divides_it_out(k):
+    """privacy.row_scale=k: the rows' update is multiplied by k before the clipping (the vector
+    stays within C: the mechanism and epsilon are unchanged), and the server's decoding divides
+    the released row means by k, so where the bound does not bind the round is the same as k=1."""
+    rng = np.random.default_rng(2)
+    current = _arrays(rng)
+    shapes = {k_: v.shape for k_, v in current.items()}
+    received = {**current, ROW_COUNT: dp_rows.zero_indicator(shapes)}
+    rows = np.array([0, 2, 3, 5, 7])
+    tight = dp_rows.Budget(clip=2.0, max_rows=12, count_share=0.25, min_row_count=None, row_scale=k)
+    vec = dp_rows.client_upload(_trained(rng, current, rows, scale=5.0), received, tight)
+    assert np.linalg.norm(_flat_update(vec, received)) <= tight.clip * (1 + 1e-6)
+    # where the bound binds, the rows' share of the clipped update grows with k
+    plain = dp_rows.Budget(clip=2.0, max_rows=12, count_share=0.25, min_row_count=None)
+    payload = _trained(rng, current, rows, scale=5.0)
+    share = {}
+    for b in (plain, tight):
+        v = dp_rows.client_upload(payload, received, b)
+        r2 = sum(float(((v[n].astype(np.float64) - current[n]) ** 2).sum()) for n in (EMB, "encoder.item_bias.weight"))
+        share[b.row_scale] = r2 / float(np.linalg.norm(_flat_update(v, received)) ** 2 - len(rows) * b.gamma ** 2)
+    assert (share[k] > share[1.0]) == (k > 1.0)
+    # a bound no client reaches: the server's new model is the one of k=1
+    loose = [dp_rows.Budget(clip=1e3, max_rows=12, count_share=0.5, min_row_count=1e-9, row_scale=s) for s in (1.0, k)]
+    payloads = [_trained(rng, current, r) for r in (np.array([0, 2, 4]), np.array([2, 5]))]
+    news = []
+    for b in loose:
+        vecs = [dp_rows.client_upload(p, received, b) for p in payloads]
+        mean = {n: np.mean([v[n].astype(np.float64) for v in vecs], axis=0) for n in received}
+        news.append(dp_rows.server_update(current, mean, 2, b, dp_rows.RowCounts(), noise_multiplier=0.0)[0])
+    for n in current:
+        np.testing.assert_allclose(news[1][n], news[0][n], rtol=1e-5, atol=1e-6, err_msg=n)
+
+
 def test_the_count_estimate_is_the_running_mean_and_the_floor_follows_its_noise():
     counts = dp_rows.RowCounts()
     counts.update(np.array([10.0, -4.0]))
