@@ -212,3 +212,26 @@ def test_a_resumed_dp_rows_run_keeps_its_row_counts(tmp_path, monkeypatch):
         m.setattr(privacy.dp_rows.RowCounts, "load_state_dict", lambda self, state: None)
         lost = run(compose(dp + ["resume=true"]), tmp_path / "forgot")["metrics"]
     assert lost["rating.rmse"] != pytest.approx(ref["rating.rmse"], abs=1e-6)
+
+
+@pytest.mark.parametrize("which", ["rows", "dense"])
+def test_the_noise_split_diagnostic_noises_only_its_part(which):
+    """benchmarks/dp_noise_parts.py (docs/privacy.md's where-the-noise-costs rows): the server's
+    noise lands on the chosen part and the row counts, the other arrays are released as summed."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from flwr.app import Array, ArrayRecord
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from dp_noise_parts import noise_on_part
+
+    arrays = {EMB: np.zeros((50, 4), np.float32), "tower.w": np.zeros((40, 4), np.float32),
+              ROW_COUNT: np.zeros(50, np.float32)}
+    fake = SimpleNamespace(noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=1)
+    released = noise_on_part(which)(fake, ArrayRecord({k: Array(v) for k, v in arrays.items()}))
+    out = {k: v.numpy() for k, v in released.items()}
+    noised = {k for k, v in out.items() if np.abs(v).max() > 0}
+    assert noised == ({EMB, ROW_COUNT} if which == "rows" else {"tower.w", ROW_COUNT})
+    assert 0.8 < out[ROW_COUNT].std() < 1.2  # z C / m = 1
