@@ -147,6 +147,13 @@ def test_secagg_dp_and_client_clip_dp_release_the_same_dp_rows(tmp_path, monkeyp
     assert a.keys() == b.keys() and ROW_COUNT not in a
     for k in a:  # one release: SecAgg+'s quantisation error only
         np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
+    # the preset's row_scale, with a bound that binds: the same release in both modes
+    tight = [*dp, "privacy.clipping_norm=0.05", "privacy.row_scale=2.0", *one]
+    for mode in ("client_clip_dp", "secagg_dp"):
+        run(compose(TINY + [f"privacy={mode}"] + tight), tmp_path / f"{mode}_k2")
+    a2, b2 = _model(tmp_path / "client_clip_dp_k2"), _model(tmp_path / "secagg_dp_k2")
+    for k in a2:
+        np.testing.assert_allclose(a2[k], b2[k], atol=2e-5, err_msg=k)
     clip = run(compose(TINY + ["privacy=client_clip_dp"] + dp), tmp_path / "clip")
     secure = run(compose(TINY + ["privacy=secagg_dp"] + dp), tmp_path / "secagg_dp")
     assert clip["metrics"]["rating.rmse"] == pytest.approx(secure["metrics"]["rating.rmse"], abs=2e-3)
