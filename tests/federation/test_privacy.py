@@ -369,3 +369,50 @@ def test_a_checkpoint_with_an_rdp_ledger_resumes_with_the_exact_accounting(tmp_p
     assert again.ledger.releases == 2
     assert again.ledger.epsilon() == pytest.approx(Ledger(6, 6, 1e-5).epsilon_after(0.5, 2), rel=1e-9)
     assert again.ledger.epsilon() < rdp.get_epsilon(1e-5)
+
+
+def test_fixed_clipping_mod_gives_flowers_arrays_and_errors_bit_for_bit():
+    """client_clip_dp's mod is Flower's fixedclipping_mod without its .npy round trips: the same
+    clipped arrays to the bit (a clipped and an unclipped reply, a 0-d array among them), a
+    request read once while the same Array objects come back, and Flower's error replies."""
+    from flwr.clientapp.mod import fixedclipping_mod
+    from flwr.clientapp.mod.centraldp_mods import KEY_CLIPPING_NORM
+
+    from fedmtl.federation import client_privacy
+    from fedmtl.federation.arrays import record
+
+    rng = np.random.default_rng(0)
+    sent = {"a": rng.normal(size=(7, 3)).astype(np.float32), "b": np.full((), 0.5, np.float32),
+            "c": rng.normal(size=11).astype(np.float32)}
+    sent_record = ArrayRecord({k: Array(np.asarray(v)) for k, v in sent.items()})
+
+    def request():
+        return Message(RecordDict({"arrays": sent_record, "config": ConfigRecord({KEY_CLIPPING_NORM: 0.8})}),
+                       dst_node_id=1000, message_type="train")
+
+    for scale in (0.01, 10.0):  # under and over the bound
+        upd = {k: np.asarray(v + scale * rng.normal(size=np.shape(v)), dtype=np.float32) for k, v in sent.items()}
+
+        def handler(m, ctx, fast=False):
+            arrays = record(upd) if fast else ArrayRecord({k: Array(v.copy()) for k, v in upd.items()})
+            return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})}), reply_to=m)
+
+        want = fixedclipping_mod(request(), None, handler).content["arrays"]
+        for fast in (False, True):
+            got = client_privacy.fixed_clipping_mod(request(), None, lambda m, c: handler(m, c, fast)).content["arrays"]
+            assert list(got.keys()) == list(want.keys())
+            for k in want.keys():
+                a, b = got[k].numpy(), want[k].numpy()
+                assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), k
+    assert client_privacy._LAST_SENT[0] == tuple(sent_record.values())  # read once, kept for the next client
+
+    def mismatched(m, ctx):
+        return Message(RecordDict({"arrays": ArrayRecord({"x": Array(np.zeros(2, np.float32))}),
+                                   "metrics": MetricRecord({"num-examples": 1})}), reply_to=m)
+
+    flower, ours = (mod(request(), None, mismatched) for mod in (fixedclipping_mod, client_privacy.fixed_clipping_mod))
+    assert flower.has_error() and ours.has_error() and ours.error.code == flower.error.code
+    no_norm = Message(RecordDict({"arrays": sent_record, "config": ConfigRecord({})}), dst_node_id=1000,
+                      message_type="train")
+    ours = client_privacy.fixed_clipping_mod(no_norm, None, mismatched)
+    assert ours.has_error() and ours.error.code == fixedclipping_mod(no_norm, None, mismatched).error.code
