@@ -155,3 +155,20 @@ def nbytes(a) -> int:
         return len(_header_of(m.dtype, shape)) + int(np.prod(shape)) * m.dtype.itemsize
     a = np.asarray(a)
     return len(_header(a)) + a.nbytes
+
+
+def count_bytes(rec: ArrayRecord) -> int:
+    """rec.count_bytes() (each array's .npy bytes and each key's length), without making the
+    bytes of kept arrays (Flower's method asks each for `.data`: a copy of every reply's arrays
+    made only to be counted)."""
+    total = 0
+    for k, v in rec.items():
+        d = v.__dict__ if isinstance(v, _Kept) else None
+        if d is not None and d.get("_bytes") is None:
+            rows = d.get("_rows") if d.get("_ndarray") is None else None
+            total += nbytes(rows if rows is not None else d["_ndarray"])
+        else:
+            total += len(v.data)
+        total += len(k)
+    return total
+

@@ -24,6 +24,7 @@ from ..progress import progress
 from ..runfiles import append_jsonl
 from ..tasks import get as get_task, selection_key
 from . import deployed, failures, faults
+from .arrays import count_bytes
 from .resume import Checkpointer, resume, round_commit
 from .client_state import config_from_context
 from .failures import check_refusals, check_replies, needed_nodes, wait_for_nodes
@@ -73,7 +74,7 @@ def sampling_grid(cfg: RunConfig, grid):
 
 
 def _bytes(records) -> int:
-    return int(sum(r.count_bytes() for r in records))
+    return int(sum(count_bytes(r) for r in records))
 
 
 def format_metrics(m: dict, tasks) -> str:
@@ -157,7 +158,7 @@ def train_round(strategy, grid: Grid, cfg: RunConfig, rnd: int, arrays: ArrayRec
                                               "train"))
     seed_sampling(cfg, "train", rnd)
     msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
-    down = sum(m.content["arrays"].count_bytes() for m in msgs)
+    down = _bytes(m.content["arrays"] for m in msgs)
     replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
     check_refusals(f"round {rnd} train", msgs, replies, "the clients' privacy floors do not accept this run's "
                    f"privacy={cfg['privacy']['name']}")
@@ -235,7 +236,7 @@ def run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
             seed_sampling(cfg, "evaluate", rnd)
             evaluated = tail.model(arrays)
             emsgs = list(strategy.configure_evaluate(rnd, evaluated, ConfigRecord({}), egrid))
-            row["bytes_down"] += sum(m.content["arrays"].count_bytes() for m in emsgs)
+            row["bytes_down"] += _bytes(m.content["arrays"] for m in emsgs)
             ereplies, added = send_evaluate(grid, cfg, emsgs, item_item, final=rnd == n_rounds)
             row["bytes_down"] += added
             check_replies(cfg, rnd, "evaluate", emsgs, ereplies)

@@ -311,7 +311,7 @@ def test_fast_array_is_the_array_flower_makes(a):
 
     from flwr.app import Array, ArrayRecord
 
-    from fedmtl.federation.arrays import fast_array, nbytes, record as _record
+    from fedmtl.federation.arrays import count_bytes, fast_array, nbytes, record as _record
 
     fast, ref = fast_array(a), Array(a)
     assert "_bytes" in fast.__dict__ and fast.__dict__["_bytes"] is None  # no bytes made until asked
@@ -322,7 +322,11 @@ def test_fast_array_is_the_array_flower_makes(a):
     back = pickle.loads(pickle.dumps(fast))
     assert type(back) is Array and back.data == ref.data
     rec = _record({"x": a, "y": a})
-    assert list(rec.keys()) == ["x", "y"] and rec.count_bytes() == ArrayRecord({"x": ref, "y": ref}).count_bytes()
+    want = ArrayRecord({"x": ref, "y": ref}).count_bytes()
+    assert list(rec.keys()) == ["x", "y"] and count_bytes(rec) == want  # without making the bytes
+    assert all(v.__dict__["_bytes"] is None for v in rec.values())
+    assert rec.count_bytes() == want and count_bytes(rec) == want  # Flower's count made them: the same
+    assert count_bytes(ArrayRecord({"x": ref, "y": ref})) == want
 
 
 @pytest.mark.parametrize("items", [np.array([0, 3, 4]), np.array([], np.int64), np.arange(6)], ids=["some", "none", "all"])
@@ -334,7 +338,7 @@ def test_rows_array_is_the_array_of_those_rows(items):
 
     from flwr.app import Array, ArrayRecord
 
-    from fedmtl.federation.arrays import nbytes, record as _record, rows_source
+    from fedmtl.federation.arrays import count_bytes, nbytes, record as _record, rows_source
     from fedmtl.itemitem import RowsOf
 
     b = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
@@ -348,6 +352,10 @@ def test_rows_array_is_the_array_of_those_rows(items):
     np.testing.assert_array_equal(lazy.numpy(), b[items])
     back = pickle.loads(pickle.dumps(lazy))
     assert type(back) is Array and back.data == ref.data
+    fresh = _record({"items": items, "b": RowsOf(b, items)})
+    assert count_bytes(fresh) == ArrayRecord({"items": Array(items), "b": ref}).count_bytes()
+    assert fresh["b"].__dict__["_bytes"] is None  # counted without taking the rows
+    assert count_bytes(rec) == ArrayRecord({"items": Array(items), "b": ref}).count_bytes()
     assert rec.count_bytes() == ArrayRecord({"items": Array(items), "b": ref}).count_bytes()
 
 
