@@ -5,10 +5,12 @@ noise); the client's side, the train handler's mods, is client_privacy.py.
 | privacy=       | client side (train handler only)              | server side                                      |
 | none           | -                                             | the strategy as configured                       |
 | central_dp     | -                                             | DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping |
-| client_clip_dp | fixedclipping_mod / adaptiveclipping_mod      | DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping |
+| client_clip_dp | fixed_clipping_mod* / adaptiveclipping_mod    | DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping |
 | local_dp       | SecureLocalDpMod (clip + noise per client)    | the strategy as configured                       |
 | secagg         | secaggplus_mod (legacy records, legacy.py)    | SecAggPlusWorkflow: only the masked sum          |
 | secagg_dp      | secaggplus_mod + fixedclipping_mod + noise    | SecAggPlusWorkflow (distributed DP)              |
+
+* Flower's fixedclipping_mod without .npy round trips in one process (client_privacy.py).
 
 exchange=sparse under client_clip_dp / secagg_dp sends DP rows (fedmtl/dp_rows.py: one
 clipped vector of update and row indicator; `RowRelease` decodes the noised mean), and
