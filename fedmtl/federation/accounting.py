@@ -275,5 +275,6 @@ def own_noise_multiplier(cfg: dict) -> float | None:
 
 def client_key(cfg: dict) -> str:
     """The config keys a client's privacy chain and own noise depend on: the cache key of both."""
-    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks", "exchange")
+    keys = ("privacy", "num_clients", "fraction_train", "min_train_clients", "num_rounds", "tasks", "exchange",
+            "mode", "click_mix")  # noise_multiplier(cfg) reads the last two (the DP Gram's share of the budget)
     return json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True)

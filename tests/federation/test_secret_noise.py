@@ -264,3 +264,25 @@ def test_secagg_dp_with_dropouts_accounts_the_noise_that_was_really_added(tmp_pa
     assert out["noise_multiplier"] == pytest.approx(z)
     assert out["epsilon"] == pytest.approx(Ledger(6, 6, 1e-5).epsilon_after(z, 1), rel=1e-9)
     assert out["epsilon"] <= _pld(GaussianDpEvent(z), 1) <= out["epsilon"] * 1.01
+
+
+@pytest.mark.parametrize("gram", [False, True], ids=["no_gram", "dp_gram"])
+def test_a_secagg_dp_client_picks_the_servers_multiplier_from_a_target_epsilon(tmp_path, gram):
+    """secagg_dp with privacy.target_epsilon and no noise_multiplier (what `experiment=ml100k_dp
+    privacy=secagg_dp` asks): each client computes its own z for its noise share from the run's
+    config, the same as the server's, the DP Gram's release included. The client's config key
+    once lacked `mode` and `click_mix`, and the run died at start-up with KeyError: 'mode'."""
+    from fedmtl.federation.accounting import noise_multiplier, own_noise_multiplier
+
+    extra = ["privacy=secagg_dp", "privacy.noise_multiplier=null", "privacy.target_epsilon=8", "num_rounds=3",
+             "exchange=sparse", "aggregate=all"]
+    if gram:
+        extra += ["click_mix.weight=0.1", "click_mix.dp_noise_multiplier=2.0"]
+    cfg = compose(TINY + extra)
+    z = own_noise_multiplier(cfg)
+    assert z == noise_multiplier(cfg)
+    no_gram = own_noise_multiplier(compose(TINY + extra[:6]))
+    assert (z > no_gram) if gram else (z == no_gram)  # the Gram's release leaves less for the rounds
+    assert distributed_noise_std(cfg, z) > 0
+    chain = client_mods(cfg)  # the clients' mods build from the same key
+    assert any(isinstance(m, GaussianNoiseMod) for m in chain)
