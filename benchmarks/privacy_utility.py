@@ -2,11 +2,12 @@
 
     python benchmarks/privacy_utility.py RUN_DIR [RUN_DIR ...] [--plot docs/privacy_utility.png]
     python benchmarks/privacy_utility.py --curve --ml-path DIR/ml-100k --out results/dp_curve \
-        [--eps 1,2,4,8,16,inf] [--seed 0] [--set KEY=VALUE ...] [--plot docs/dp_curve.png]
+        [--eps 1,2,4,8,16,inf] [--seed 0] [--set KEY=VALUE ...] [--jobs 2] [--plot docs/dp_curve.png]
 
 --curve runs `experiment=ml100k_dp` (the default MovieLens recipe under client_clip_dp
 with DP rows, docs/privacy.md) once per target epsilon (`inf`: the same clipping without
-noise, z = 1e-6), keeps finished runs (a rerun resumes the curve), then prints the
+noise, z = 1e-6), `--jobs` of them at a time (each on one core), keeps finished runs (a
+rerun resumes the curve), then prints the
 table and draws the plot of those runs and of `experiment=ml100k_federated click_mix.weight=0`
 (the recipe without privacy, the curve's reference).
 
@@ -93,17 +94,28 @@ def run_curve(args) -> list[Path]:
                                      "privacy.target_epsilon=null"]))
         else:
             jobs.append((f"eps_{float(eps):g}", ["experiment=ml100k_dp", f"privacy.target_epsilon={float(eps)}"]))
-    out = []
+    out, todo = [], []
     for name, overrides in jobs:
         folder = args.out / name
         out.append(folder)
         if (folder / "summary.json").is_file():
             print(f"{name}: finished before, kept ({folder})", flush=True)
             continue
-        cmd = ["-m", "fedmtl.simulate", *overrides, *common, f"hydra.run.dir={folder}"]
+        todo.append((name, ["-m", "fedmtl.simulate", *overrides, *common, f"hydra.run.dir={folder}"]))
+
+    def one(job):
+        name, cmd = job
         print(f"{name}: {' '.join(cmd)}", flush=True)
-        subprocess.run([sys.executable, *cmd], check=True, cwd=Path(__file__).resolve().parent.parent,
-                       stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, *cmd], cwd=Path(__file__).resolve().parent.parent,
+                              stdout=subprocess.DEVNULL)
+        return name, done.returncode
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        failed = [f"{name} (exit {rc})" for name, rc in pool.map(one, todo) if rc != 0]
+    if failed:
+        sys.exit(f"privacy_utility.py --curve: these runs failed, see their simulate.log: {', '.join(failed)}")
     return out
 
 
@@ -117,6 +129,7 @@ def main() -> None:
     ap.add_argument("--eps", default="1,2,4,8,16,inf", help="--curve: target epsilons, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], help="--curve: more overrides for every run")
+    ap.add_argument("--jobs", type=int, default=1, help="--curve: runs at a time (each takes one core)")
     args = ap.parse_args()
     if args.curve:
         if not args.ml_path:
