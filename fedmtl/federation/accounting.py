@@ -8,7 +8,7 @@ with the neighbouring relation it assumes:
   multiplier (sum 1/z_t^2)^(-1/2) (Dong, Roth and Su 2019, Cor. 3.3), whose (epsilon, delta)
   curve is known in closed form (Balle and Wang 2018, Thm 8): `ExactGaussian` reports that
   epsilon, the exact one (Flower's RDP accountant over-reports it: 7.995 for 45 releases at
-  z 4.28, exactly 7.433), so a target epsilon needs less noise (z 4.02 for 8 after 45 rounds);
+  z 4.28, exactly 7.433), so a target epsilon needs less noise (z 4.03 for 8 after 45 rounds);
 - a secret sample of m of N clients (without replacement): replace-one neighbours,
   whose sensitivity is 2C, so the multiplier given is z / 2; amplification by
   sampling holds only because the sample comes from the OS CSPRNG;
