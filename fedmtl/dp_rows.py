@@ -105,17 +105,17 @@ def client_upload(payload: dict[str, np.ndarray], received: dict[str, np.ndarray
         rows, upd = rows[keep], {n: (v[keep] if n in row_names else v) for n, v in upd.items()}
     if budget.row_scale != 1.0:  # the rows' share of the clipped norm (the server divides it out)
         upd = {n: (v * budget.row_scale if n in row_names else v) for n, v in upd.items()}
-    total = math.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in upd.values()))
+    total = math.sqrt(sum(float((np.asarray(v, np.float64) ** 2).sum()) for v in upd.values()))
     factor = min(1.0, budget.update_clip / total) if total > 0 else 1.0
     out = {}
     for name, shape in shapes.items():
         base = np.asarray(received[name])
-        new = base.astype(np.float64)
-        if name in row_names:
-            new[rows] += upd[name] * factor
+        if name in row_names:  # only the kept rows move: the rest is the received table as it is
+            new = base.copy()
+            new[rows] = base[rows].astype(np.float64) + upd[name] * factor
         else:
-            new = new + upd[name].reshape(shape) * factor
-        out[name] = np.asarray(new, dtype=base.dtype)
+            new = np.asarray(base.astype(np.float64) + upd[name].reshape(shape) * factor, dtype=base.dtype)
+        out[name] = new
     indicator = zero_indicator(shapes)
     indicator[rows] = budget.gamma
     out[ROW_COUNT] = indicator
