@@ -45,11 +45,11 @@ _LAST_SENT: tuple = ((), [])  # (the Array objects of the last request read, the
 def _sent_arrays(sent: ArrayRecord) -> list[np.ndarray]:
     """The arrays of a training request, not to be written to. In one process every client of a
     round is sent the very same Array objects: they are read once a round, not once a client."""
-    from .arrays import peek
+    from .arrays import peek, same_objects
 
     objs = tuple(sent.values())
     last_objs, last = _LAST_SENT
-    if len(objs) == len(last_objs) and all(a is b for a, b in zip(objs, last_objs)):
+    if same_objects(last_objs, objs):
         return last
     nds = [peek(a) for a in objs]
     globals()["_LAST_SENT"] = (objs, nds)  # one assignment: threads see the old or the new pair

@@ -27,19 +27,13 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from ..config_types import RunConfig
 from ..errors import DivergedError
 from ..sparse_codec import ROW_COUNT, dense_rows
-from .arrays import record as fast_record
+from .arrays import record as fast_record, same_objects
 from . import secagg_workflow  # noqa: F401  (importing it installs mask_prg for secaggplus_mod)
 from .secagg_round import LOSS_SCALE, NAMES_KEY, secure_rows
 from .secure_gram import GRAM_KEY, answer_chunk
 
 
 _last_parsed: list = [None, None]  # (the FitIns tensors, their arrays): every client of a round shares the bytes
-
-
-def _same_bytes(last: list | None, tensors: list) -> bool:
-    """Whether `tensors` are the very bytes objects remembered in `last` (identity, not equality:
-    the check costs nothing, and equal bytes from elsewhere are simply parsed)."""
-    return last is not None and len(last) == len(tensors) and all(a is b for a, b in zip(last, tensors))
 
 
 def train_request(fitins) -> tuple[list[str], list[np.ndarray], int]:
@@ -49,7 +43,7 @@ def train_request(fitins) -> tuple[list[str], list[np.ndarray], int]:
     client, and the arrays are read-only."""
     names = json.loads(str(fitins.config[NAMES_KEY]))
     tensors = fitins.parameters.tensors
-    if not _same_bytes(_last_parsed[0], tensors):
+    if not same_objects(_last_parsed[0], tensors):
         nds = parameters_to_ndarrays(fitins.parameters)
         for a in nds:
             a.setflags(write=False)
@@ -139,7 +133,7 @@ def _fitres_arrays(parameters) -> list[np.ndarray]:
     made (always, in one process), copies of the arrays it made them from; anything else parsed
     as Flower does. Parsing a .npy header costs more than copying a small array: this was a
     quarter of a 943-client SecAgg+ round's parsing."""
-    if _same_bytes(_last_fitres[0], parameters.tensors):
+    if same_objects(_last_fitres[0], parameters.tensors):
         arrays, _last_fitres[0], _last_fitres[1] = _last_fitres[1], None, None
         return [np.array(a, copy=True) for a in arrays]
     return parameters_to_ndarrays(parameters)
