@@ -170,6 +170,15 @@ class Ledger:
         m = self.population if everyone else self.sample
         return GaussianPrivacyEvent(noise_multiplier=z, sample_size=m, population_size=self.population)
 
+    def load_state_dict(self, accountant: dict, spent: list[float]) -> None:
+        """A checkpoint's ledger: its accountant's state and the multipliers it spent (from which
+        the exact accountant rebuilds a state an RDP ledger wrote)."""
+        self.spent = [float(z) for z in spent]
+        if isinstance(self.accountant, ExactGaussian):
+            self.accountant.load_state_dict(accountant, self.spent)
+        else:
+            self.accountant.load_state_dict(accountant)
+
     def spend(self, noise_multiplier: float, everyone: bool = False) -> None:
         self.accountant.compose(self.event(noise_multiplier, everyone))
         self.spent.append(float(noise_multiplier))

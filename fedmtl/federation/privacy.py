@@ -41,7 +41,7 @@ from .. import dp_rows, secure_random
 from ..config_types import RunConfig
 from ..errors import ConfigError
 from ..knob_names import DP_MODES, SECAGG_MODES
-from .accounting import ExactGaussian, Ledger, gram_noise_multiplier, noise_multiplier, sample_size, surviving_multiplier
+from .accounting import Ledger, gram_noise_multiplier, noise_multiplier, sample_size, surviving_multiplier
 
 log = logging.getLogger("fedmtl")
 
@@ -178,11 +178,7 @@ class ServerPrivacy:
 
     def load_state_dict(self, state: dict) -> None:
         if self.ledger is not None and state.get("ledger"):
-            self.ledger.spent = [float(z) for z in state.get("spent", [])]
-            if isinstance(self.ledger.accountant, ExactGaussian):
-                self.ledger.accountant.load_state_dict(state["ledger"], self.ledger.spent)
-            else:
-                self.ledger.accountant.load_state_dict(state["ledger"])
+            self.ledger.load_state_dict(state["ledger"], state.get("spent", []))
         if state.get("clipping_norm") is not None and hasattr(self.strategy, "clipping_norm"):
             self.strategy.clipping_norm = float(state["clipping_norm"])
         self.stopped = state.get("stopped")
