@@ -18,7 +18,7 @@ test metrics of each, same seed (on MovieLens: whole runs of the default recipe,
 experiment=ml100k_federated; on synthetic data: the workload above); with --scale, peak RSS of a 10,000- and a 100,000-client
 synthetic federation (1% sampled per round, 3 rounds). --recipe-engines: only the default
 MovieLens recipe (experiment=ml100k_federated) under inprocess, inprocess with 2 workers and
-cohort (training and evaluation rounds apart), and how far cohort's final metrics are from
+cohort (one process; 2 threads; 2 worker processes) (training and evaluation rounds apart), and how far cohort's final metrics are from
 inprocess's.
 """
 
@@ -221,7 +221,8 @@ def recipe_engines(args) -> None:
     print(f"# default recipe, {args.rounds} rounds (eval every {cfg['eval_every']} and after the last), "
           f"{clients} clients, exchange={cfg['exchange']['name']}; overrides: {' '.join(base)}\n")
     runs = [("inprocess", ["backend=inprocess"]), ("inprocess, 2 workers", ["backend=inprocess", "backend.workers=2"]),
-            ("cohort", ["backend=cohort"]), ("cohort, 2 threads", ["backend=cohort", "backend.threads=2"])]
+            ("cohort", ["backend=cohort"]), ("cohort, 2 threads", ["backend=cohort", "backend.threads=2"]),
+            ("cohort, 2 workers", ["backend=cohort", "backend.workers=2"])]
     if args.skip_workers:  # one process, one thread each: the engines' own costs
         runs = [r for r in runs if "2 " not in r[0]]
     print("| engine | ms / client-round, training rounds | ms / client-round, evaluation rounds | "
@@ -244,6 +245,11 @@ def recipe_engines(args) -> None:
     print(f"\nspeed-up of cohort over inprocess (training rounds): "
           f"{_train_ms(inp, clients) / _train_ms(coh, clients):.1f}x; all rounds after the first: "
           f"{ms_per_client_round(inp, clients) / ms_per_client_round(coh, clients):.1f}x")
+    for label in ("cohort, 2 threads", "cohort, 2 workers"):
+        if label in results:
+            print(f"{label} over inprocess (training rounds): "
+                  f"{_train_ms(inp, clients) / _train_ms(results[label], clients):.1f}x; all rounds after the first: "
+                  f"{ms_per_client_round(inp, clients) / ms_per_client_round(results[label], clients):.1f}x")
     print(f"final metrics, cohort vs inprocess: largest difference {diffs[worst]:.2g} ({worst}); "
           f"{headline(ref)} vs {headline(got)}")
     arithmetic_floor(base, results, clients)

@@ -169,11 +169,10 @@ def validate(cfg: dict) -> RunConfig:
     from .itemitem import check_config as check_click_mix
     check_click_mix(cfg)
     choice(cfg, "backend.name", BACKENDS)
-    workers = cfg["backend"].get("workers", 1)
-    if cfg["backend"]["name"] == "cohort" and workers != 1:
-        raise ConfigError(f"backend.workers={workers!r}: backend=cohort (the default) is one process that batches "
-                          "each round (backend.threads sets its cores); worker processes are backend=inprocess "
-                          f"backend.workers={workers!r}")
+    if cfg["backend"]["name"] in ("inprocess", "cohort"):
+        workers = cfg["backend"].get("workers", 1)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"backend.workers={workers!r}: expected an integer >= 1 (worker processes)")
     choice(cfg, "train.click_loss", CLICK_LOSSES)
     choice(cfg, "train.optimizer", ("adam", "sgd"))
     if cfg["train"]["shared_lr"] is not None:

@@ -123,7 +123,8 @@ def run_federated(cfg: RunConfig, num_clients: int) -> dict:
         bcfg = cfg["backend"]
         state = bcfg.get("state", "auto")
         on_disk = state == "disk" or (state == "auto" and num_clients >= bcfg.get("disk_from_clients", 5000))
-        run_cohort(server_app, client_app, num_clients, cfg, state_dir=cfg["output_dir"] if on_disk else None)
+        run_cohort(server_app, client_app, num_clients, cfg, state_dir=cfg["output_dir"] if on_disk else None,
+                   workers=bcfg.get("workers", 1))
     else:
         from .engine.ray import run_ray
         from .federation.faults import ray_extra_actors

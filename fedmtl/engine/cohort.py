@@ -148,10 +148,8 @@ class CohortGrid(InProcessGrid):
         from ..federation.legacy import collect_stage_fitins
         return collect_stage_fitins(msg)
 
-    def send_and_receive(self, messages, *, timeout=None):
-        messages = list(messages)
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+    def answer(self, messages: list[Message], timeout=None) -> list[Message]:
+        """The replies to messages that have their ids: the batch's where it answers, the ClientApp's elsewhere."""
         batch = [m for m in messages if self._batchable(m)]
         secure = [(m, f) for m in messages if (f := self._secagg_fitins(m)) is not None]
         replies: dict[int, Message | None] = {}
@@ -290,8 +288,18 @@ class CohortGrid(InProcessGrid):
         return out
 
 def run_cohort(server_app, client_app, num_nodes: int, cfg: RunConfig, run_config: dict | None = None,
-               state_dir=None) -> None:
-    """Run the ServerApp's main function on a cohort grid."""
-    run_on_grid(server_app, CohortGrid(client_app, num_nodes, cfg, run_config=run_config, state_dir=state_dir),
-                run_config)
+               state_dir=None, workers: int = 1) -> None:
+    """Run the ServerApp's main function on a cohort grid; workers > 1: on worker processes, node
+    k on worker k % workers, each answering its nodes of a round as one batch (CohortGrid.answer)."""
+    if workers <= 1:
+        grid = CohortGrid(client_app, num_nodes, cfg, run_config=run_config, state_dir=state_dir)
+    else:
+        reasons = unbatched(cfg)
+        log.info("backend=cohort: %d worker processes, each %s", workers,
+                 f"sending its clients through the ClientApp (not batched: {'; '.join(reasons)})" if reasons else
+                 f"training its clients of a round as one batch ({_threads(cfg['backend'].get('threads', 1))} "
+                 f"threads, chunks of ~{cfg['backend'].get('chunk_mb', CHUNK_MB):g} MB)")
+        grid = InProcessGrid(client_app, num_nodes, run_config=run_config, workers=workers, state_dir=state_dir,
+                             cohort_cfg=cfg)
+    run_on_grid(server_app, grid, run_config)
 

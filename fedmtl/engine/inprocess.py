@@ -141,7 +141,25 @@ def _handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
     return [r for r in replies if r is not None]
 
 
-def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity) -> None:
+def _dumps(obj) -> bytes:
+    """pickle.dumps for the pipe between the grid and its workers: arrays the cohort engine keeps
+    (federation/arrays.py) travel as their NumPy values, and rows of a matrix (the rows of EASE's B
+    an evaluation message carries) as the matrix, once a batch, and the row numbers, instead of
+    each as the .npy bytes a message that leaves the process carries."""
+    import copyreg
+    import io
+
+    from ..federation.arrays import pipe_reducers
+
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    p.dispatch_table = {**copyreg.dispatch_table, **pipe_reducers()}
+    p.dump(obj)
+    return buf.getvalue()
+
+
+def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity,
+                 cohort_cfg=None) -> None:
     import signal
 
     import cloudpickle
@@ -152,28 +170,38 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
     client_app = cloudpickle.loads(app_blob)
     states = NodeStates(num_nodes, run_id, run_config, Path(db_path) if db_path else None)
+    if cohort_cfg is None:
+        def answer(msgs, timeout):
+            return _handle_all(client_app, states, msgs, timeout)
+    else:  # backend=cohort backend.workers=N: this worker's nodes of a round as one batch
+        from .cohort import CohortGrid
+        grid = CohortGrid(client_app, num_nodes, cohort_cfg, run_id=run_id, run_config=run_config)
+        grid.states = states
+        answer = grid.answer
     while True:
         try:
-            job = conn.recv()
+            job = pickle.loads(conn.recv_bytes())
         except EOFError:  # the parent went away: stop quietly
             break
         if job is None:
             break
         kind, arg, timeout = job
         if kind == "run":
-            conn.send(_handle_all(client_app, states, arg, timeout))
+            conn.send_bytes(_dumps(answer(arg, timeout)))
         elif kind == "save":
             states.save(Path(arg))
-            conn.send(True)
+            conn.send_bytes(_dumps(True))
         else:
             states.load(Path(arg))
-            conn.send(True)
+            conn.send_bytes(_dumps(True))
     conn.close()
 
 
 class InProcessGrid(Grid):
     def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1, run_config: dict | None = None,
-                 workers: int = 1, state_dir: str | Path | None = None):
+                 workers: int = 1, state_dir: str | Path | None = None, cohort_cfg=None):
+        """cohort_cfg (workers > 1): each worker answers its nodes' messages of a round as the
+        cohort engine does (engine/cohort.py), with this run config."""
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
         self.node_ids = [NODE_ID_OFFSET + pid for pid in range(num_nodes)]
@@ -194,7 +222,7 @@ class InProcessGrid(Grid):
             db = str(state_dir / f"client_state.w{w}.sqlite") if state_dir else None
             p = ctx.Process(target=_worker_main, daemon=True,
                             args=(child, blob, num_nodes, run_id, dict(run_config or {}), db,
-                                  (1, run_id, SUPERLINK_NODE_ID)))
+                                  (1, run_id, SUPERLINK_NODE_ID), cohort_cfg))
             p.start()
             self.conns.append(parent)
             self.procs.append(p)
@@ -226,21 +254,27 @@ class InProcessGrid(Grid):
         messages = list(messages)
         for m in messages:
             m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        return self.answer(messages, timeout)
+
+    def answer(self, messages: list[Message], timeout=None) -> list[Message]:
+        """The replies to messages that have their ids: this process's ClientApp, or the workers'
+        (in the order of the messages they answer, whichever worker answered)."""
         if self.workers == 1:
             return _handle_all(self.client_app, self.states, messages, timeout)
         batches = [[] for _ in range(self.workers)]
         for m in messages:
             batches[(m.metadata.dst_node_id - NODE_ID_OFFSET) % self.workers].append(m)
         for conn, batch in zip(self.conns, batches):
-            conn.send(("run", batch, timeout))
+            conn.send_bytes(_dumps(("run", batch, timeout)))
         replies = []
         for w, conn in enumerate(self.conns):
             try:
-                replies.extend(conn.recv())
+                replies.extend(pickle.loads(conn.recv_bytes()))
             except EOFError:  # the worker died: its clients' replies are lost, the round goes on
                 log.warning("worker %d died; %d clients lost this round", w, len(batches[w]))
                 replies.extend(_error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in batches[w])
-        return replies
+        order = {m.metadata.message_id: k for k, m in enumerate(messages)}
+        return sorted(replies, key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
 
     def _state_files(self, folder: Path) -> list[Path]:
         return [Path(folder) / f"client_state.w{w}" for w in range(self.workers)]
@@ -252,9 +286,9 @@ class InProcessGrid(Grid):
             self.states.save(files[0])
             return
         for conn, path in zip(self.conns, files):
-            conn.send(("save", str(path), None))
+            conn.send_bytes(_dumps(("save", str(path), None)))
         for conn in self.conns:
-            conn.recv()
+            conn.recv_bytes()
 
     def load_client_states(self, folder) -> None:
         files = self._state_files(folder)
@@ -267,14 +301,14 @@ class InProcessGrid(Grid):
             self.states.load(files[0])
             return
         for conn, path in zip(self.conns, files):
-            conn.send(("load", str(path), None))
+            conn.send_bytes(_dumps(("load", str(path), None)))
         for conn in self.conns:
-            conn.recv()
+            conn.recv_bytes()
 
     def close(self) -> None:
         for conn in self.conns:
             try:
-                conn.send(None)
+                conn.send_bytes(_dumps(None))
             except (BrokenPipeError, OSError):
                 pass
         for p in self.procs:

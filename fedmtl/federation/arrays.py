@@ -106,6 +106,21 @@ def rows_array(src: RowsOf) -> Array:
     return out
 
 
+def pipe_reducers() -> dict:
+    """A pickler's dispatch table for the pipe between a grid and its worker processes
+    (engine/inprocess.py): a kept array travels as its NumPy values and comes out kept; rows of
+    a matrix not taken yet travel as the matrix (once per pickle: pickle's memo) and the row
+    numbers, and come out not taken."""
+    def kept(a):
+        return fast_array, (a._values(),)
+
+    def rows(a):
+        nd = a.__dict__.get("_ndarray")
+        return (fast_array, (nd,)) if nd is not None else (rows_array, (a.__dict__["_rows"],))
+
+    return {_Kept: kept, _Rows: rows}
+
+
 def rows_source(a: Array):
     """The RowsOf behind a `rows_array` (no copy), else `peek(a)`."""
     return a.__dict__["_rows"] if isinstance(a, _Rows) and a.__dict__.get("_ndarray") is None else peek(a)

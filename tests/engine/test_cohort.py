@@ -244,7 +244,7 @@ def test_a_client_floor_refusal_is_the_client_apps(tmp_path):
     assert len(errors) == 2 and "refused" in errors[1] and errors[0] == errors[1].replace("cohort", "inprocess")
 
 
-@pytest.mark.parametrize("bad", ["backend.threads=-1", "backend.chunk_mb=0", "backend.threads=two"])
+@pytest.mark.parametrize("bad", ["backend.threads=-1", "backend.chunk_mb=0", "backend.threads=two", "backend.workers=0"])
 def test_bad_backend_options_are_one_line(tmp_path, bad):
     from fedmtl.errors import ConfigError
 
@@ -392,3 +392,47 @@ def test_batched_evaluation_with_item_item_rows(same_matrix):
     assert any(k.startswith("mix_") for k in got[0])  # the grid's blend was scored
     for a, c in zip(ref, got):
         assert_close(a, c, 1e-5)
+
+
+@pytest.mark.parametrize("family", ["default", "ml100k_recipe"])
+def test_worker_processes_match_one_process(tmp_path, family, caplog):
+    """backend.workers=2: each worker process batches its nodes of a round (node k on worker k % 2),
+    the replies come back in the messages' order (the server sums in client order, as with one
+    process): inprocess's results to the batch's tolerance. The recipe's evaluation messages carry
+    rows of EASE's B not taken yet (arrays.RowsOf), which cross the pipe as the matrix and row numbers."""
+    caplog.set_level(logging.INFO, logger="fedmtl")
+    ov = FAMILIES[family]
+    ref, ref_rows = _run(tmp_path, "inprocess", ov)
+    got, got_rows = _run(tmp_path, "workers", ov + ["backend=cohort", "backend.workers=2"])
+    assert "2 worker processes, each training its clients of a round as one batch" in caplog.text
+    assert_close(ref, got)
+    for a, b in zip(_train_losses(ref_rows), _train_losses(got_rows)):
+        assert_close(a, b)
+
+
+def test_worker_processes_run_secagg(tmp_path):
+    """SecAgg+ with the clients on two worker processes: every round really aggregates every client."""
+    _, rows = _run(tmp_path, "workers", ["privacy=secagg", "backend=cohort", "backend.workers=2"])
+    assert [r["secagg"]["aggregated"] for r in rows] == [True] * 3
+
+
+def test_pipe_pickles_kept_arrays_as_values_and_a_matrix_once():
+    """The grid-worker pipe (inprocess._dumps): a kept array comes back kept, with its values; rows
+    of one matrix attached to many messages cross it as that matrix once and each one's row numbers."""
+    import pickle
+
+    from fedmtl.engine.inprocess import _dumps
+    from fedmtl.federation.arrays import record, rows_source
+    from fedmtl.itemitem import RowsOf
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    back = pickle.loads(_dumps(record({"a": a})))
+    assert np.array_equal(back["a"].numpy(), a) and back["a"].__dict__.get("_bytes") is None  # no .npy bytes made
+    b = np.random.default_rng(0).normal(size=(200, 200)).astype(np.float32)  # 160 KB
+    recs = [record({"b": RowsOf(b, np.array([k, k + 1]))}) for k in range(50)]
+    blob = _dumps(recs)
+    assert len(blob) < 1.2 * b.nbytes  # the matrix once, not 50 times; not 50 copies of its rows either
+    back = pickle.loads(blob)
+    srcs = [rows_source(r["b"]) for r in back]
+    assert all(s.matrix is srcs[0].matrix for s in srcs) and np.array_equal(srcs[0].matrix, b)
+    assert np.array_equal(back[7]["b"].numpy(), b[[7, 8]])

@@ -113,7 +113,7 @@ def test_a_round_whose_checkpoint_did_not_finish_is_run_again(tmp_path, monkeypa
 
 @pytest.mark.parametrize("engine", [["backend=cohort"], ["backend=cohort", "backend.state=disk"],
                                     ["backend=inprocess", "backend.state=disk"],
-                                    ["backend=inprocess", "backend.workers=2"]])
+                                    ["backend=inprocess", "backend.workers=2"], ["backend=cohort", "backend.workers=2"]])
 def test_resume_restores_client_states_on_disk_and_in_workers(tmp_path, monkeypatch, reference, engine):
     ref_metrics, _ = reference("fedavg", engine[:1])
     interrupted(monkeypatch, tmp_path, ["strategy=fedavg", *engine], after_round=2)
