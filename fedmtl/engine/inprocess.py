@@ -141,11 +141,12 @@ def _handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
     return [r for r in replies if r is not None]
 
 
-def _dumps(obj) -> bytes:
+def _dumps(obj, known: dict | None = None) -> bytes:
     """pickle.dumps for the pipe between the grid and its workers: arrays the cohort engine keeps
     (federation/arrays.py) travel as their NumPy values, and rows of a matrix (the rows of EASE's B
-    an evaluation message carries) as the matrix, once a batch, and the row numbers, instead of
-    each as the .npy bytes a message that leaves the process carries."""
+    an evaluation message carries) as the matrix and the row numbers, instead of each as the .npy
+    bytes a message that leaves the process carries. known {id(matrix): (matrix, key)}: matrices
+    the worker already holds travel as their key (`_loads` there)."""
     import copyreg
     import io
 
@@ -154,8 +155,38 @@ def _dumps(obj) -> bytes:
     buf = io.BytesIO()
     p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
     p.dispatch_table = {**copyreg.dispatch_table, **pipe_reducers()}
+    if known:
+        def persistent_id(o):
+            hit = known.get(id(o))
+            return hit[1] if hit is not None and hit[0] is o else None
+
+        p.persistent_id = persistent_id
     p.dump(obj)
     return buf.getvalue()
+
+
+def _loads(data: bytes, matrices: dict):
+    """pickle.loads of `_dumps`, the matrices sent as keys taken from `matrices`."""
+    import io
+
+    u = pickle.Unpickler(io.BytesIO(data))
+    u.persistent_load = matrices.__getitem__
+    return u.load()
+
+
+def _matrices(msgs: list[Message]):
+    """The matrices whose rows (not taken yet) evaluation messages carry (click_mix's B)."""
+    from ..federation.arrays import rows_source
+    from ..itemitem import RowsOf
+
+    seen = {}
+    for m in msgs:
+        if m.has_content() and "item_item" in m.content:
+            for a in m.content["item_item"].values():
+                src = rows_source(a)
+                if isinstance(src, RowsOf):
+                    seen[id(src.matrix)] = src.matrix
+    return list(seen.values())
 
 
 def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity,
@@ -178,15 +209,18 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
         grid = CohortGrid(client_app, num_nodes, cohort_cfg, run_id=run_id, run_config=run_config)
         grid.states = states
         answer = grid.answer
+    matrices: dict = {}  # key -> a matrix the grid sent once (rows of EASE's B: one per run and lambda)
     while True:
         try:
-            job = pickle.loads(conn.recv_bytes())
+            job = _loads(conn.recv_bytes(), matrices)
         except EOFError:  # the parent went away: stop quietly
             break
         if job is None:
             break
         kind, arg, timeout = job
-        if kind == "run":
+        if kind == "matrices":
+            matrices.update(arg)
+        elif kind == "run":
             conn.send_bytes(_dumps(answer(arg, timeout)))
         elif kind == "save":
             states.save(Path(arg))
@@ -209,6 +243,9 @@ class InProcessGrid(Grid):
         state_dir = Path(state_dir) if state_dir else None
         self.conns, self.procs = [], []
         self._pending: list[Message] = []
+        self._keys: dict[int, tuple] = {}  # id(matrix) -> (weak reference, key): matrices sent to workers
+        self._sent: list[set] = [set() for _ in range(self.workers)]  # the keys each worker holds
+        self._next_key = 0
         if self.workers == 1:
             self.states = NodeStates(num_nodes, run_id, run_config or {},
                                      state_dir / "client_state.sqlite" if state_dir else None)
@@ -264,8 +301,13 @@ class InProcessGrid(Grid):
         batches = [[] for _ in range(self.workers)]
         for m in messages:
             batches[(m.metadata.dst_node_id - NODE_ID_OFFSET) % self.workers].append(m)
-        for conn, batch in zip(self.conns, batches):
-            conn.send_bytes(_dumps(("run", batch, timeout)))
+        for w, (conn, batch) in enumerate(zip(self.conns, batches)):
+            known = {id(mat): (mat, self._key(mat)) for mat in _matrices(batch)}
+            new = {key: mat for mat, key in known.values() if key not in self._sent[w]}
+            if new:  # each matrix once per worker (a round's evaluation goes in several sends)
+                conn.send_bytes(_dumps(("matrices", new, None)))
+                self._sent[w].update(new)
+            conn.send_bytes(_dumps(("run", batch, timeout), known))
         replies = []
         for w, conn in enumerate(self.conns):
             try:
@@ -275,6 +317,18 @@ class InProcessGrid(Grid):
                 replies.extend(_error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in batches[w])
         order = {m.metadata.message_id: k for k, m in enumerate(messages)}
         return sorted(replies, key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
+
+    def _key(self, mat) -> int:
+        """The key a matrix goes by on the pipe (a new one if the object is new)."""
+        import weakref
+
+        hit = self._keys.get(id(mat))
+        if hit is None or hit[0]() is not mat:
+            self._keys = {k: v for k, v in self._keys.items() if v[0]() is not None}  # forget freed matrices
+            hit = (weakref.ref(mat), self._next_key)  # never a key a worker may hold for another matrix
+            self._next_key += 1
+            self._keys[id(mat)] = hit
+        return hit[1]
 
     def _state_files(self, folder: Path) -> list[Path]:
         return [Path(folder) / f"client_state.w{w}" for w in range(self.workers)]

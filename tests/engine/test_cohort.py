@@ -436,3 +436,32 @@ def test_pipe_pickles_kept_arrays_as_values_and_a_matrix_once():
     srcs = [rows_source(r["b"]) for r in back]
     assert all(s.matrix is srcs[0].matrix for s in srcs) and np.array_equal(srcs[0].matrix, b)
     assert np.array_equal(back[7]["b"].numpy(), b[[7, 8]])
+
+
+def test_workers_get_each_matrix_of_b_once(tmp_path, monkeypatch):
+    """An evaluation round goes out in several sends (ItemItem.chunks; here one message each): the
+    grid sends each worker a matrix of EASE's B once, later sends name it by its key, and the
+    run's metrics are those of sending the whole batch at once."""
+    import fedmtl.engine.inprocess as inprocess
+    from fedmtl.federation.click_mix import ItemItem
+
+    ov = FAMILIES["ml100k_recipe"] + ["backend=cohort", "backend.workers=2"]
+    whole, _ = _run(tmp_path, "whole", ov)
+    sent, real = [], inprocess._dumps
+    monkeypatch.setattr(inprocess, "_dumps", lambda obj, known=None: sent.append(obj) or real(obj, known))
+    monkeypatch.setattr(ItemItem, "CHUNK_BYTES", 1)
+    got, _ = _run(tmp_path, "chunked", ov)
+    runs = [o for o in sent if isinstance(o, tuple) and o[0] == "run"]
+    matrices = [m for o in sent if isinstance(o, tuple) and o[0] == "matrices" for m in o[1].values()]
+    assert len(runs) > 20  # every evaluation message a send of its own
+    assert len(matrices) == 4  # B at click_mix.lam and the final grid's B, once to each worker
+    assert_close(whole, got, tol=1e-9)
+
+
+def test_inprocess_workers_read_rows_of_b_sent_as_a_matrix(tmp_path):
+    """backend=inprocess backend.workers=2 with the click blend: the ClientApps in the workers read
+    their rows of B from the matrix the pipe carried, and the run is one process's exactly."""
+    ov = FAMILIES["ml100k_recipe"]
+    ref, _ = _run(tmp_path, "inprocess", ov)
+    got, _ = _run(tmp_path, "two", ov + ["backend=inprocess", "backend.workers=2"])
+    assert got == ref
