@@ -17,6 +17,9 @@ Under central_dp, client_clip_dp and local_dp each batched reply passes through 
 handler's privacy mod (federation/client_privacy.py: the client's floor, Flower's clipping, the
 noise from the OS CSPRNG) before it is sent, as the ClientApp's reply would.
 
+`backend.workers=N` (N > 1) runs the clients on N worker processes (InProcessGrid's, node k on
+worker k % N), each answering its nodes of a round as one batch (`worker_answer`); the server's
+screening and aggregation stay in the main process.
 It uses torch's threads (`backend.threads`, 0 = every core this process may use; the
 default 1, because on a machine whose cores are busy with other work more threads wait for
 one another: 2-5x slower on this project's 2 shared cores), and `device=cuda` puts the
@@ -28,6 +31,7 @@ ClientApp, as every other unbatched knob).
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -287,6 +291,13 @@ class CohortGrid(InProcessGrid):
             out[id(m)] = handle(lambda msg, ctx, handler=handler: self.privacy(msg, ctx, handler), self.states, m)
         return out
 
+def worker_answer(cfg: RunConfig, client_app: ClientApp, num_nodes: int, run_id: int, run_config: dict, states):
+    """A worker process's answer(messages, timeout) (InProcessGrid's workers): its nodes of a round as one batch."""
+    grid = CohortGrid(client_app, num_nodes, cfg, run_id=run_id, run_config=run_config)
+    grid.states = states
+    return grid.answer
+
+
 def run_cohort(server_app, client_app, num_nodes: int, cfg: RunConfig, run_config: dict | None = None,
                state_dir=None, workers: int = 1) -> None:
     """Run the ServerApp's main function on a cohort grid; workers > 1: on worker processes, node
@@ -300,6 +311,6 @@ def run_cohort(server_app, client_app, num_nodes: int, cfg: RunConfig, run_confi
                  f"training its clients of a round as one batch ({_threads(cfg['backend'].get('threads', 1))} "
                  f"threads, chunks of ~{cfg['backend'].get('chunk_mb', CHUNK_MB):g} MB)")
         grid = InProcessGrid(client_app, num_nodes, run_config=run_config, workers=workers, state_dir=state_dir,
-                             cohort_cfg=cfg)
+                             worker_answer=functools.partial(worker_answer, cfg))
     run_on_grid(server_app, grid, run_config)
 

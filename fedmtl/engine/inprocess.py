@@ -190,7 +190,7 @@ def _matrices(msgs: list[Message]):
 
 
 def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity,
-                 cohort_cfg=None) -> None:
+                 worker_answer=None) -> None:
     import signal
 
     import cloudpickle
@@ -201,14 +201,11 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
     client_app = cloudpickle.loads(app_blob)
     states = NodeStates(num_nodes, run_id, run_config, Path(db_path) if db_path else None)
-    if cohort_cfg is None:
+    if worker_answer is None:
         def answer(msgs, timeout):
             return _handle_all(client_app, states, msgs, timeout)
-    else:  # backend=cohort backend.workers=N: this worker's nodes of a round as one batch
-        from .cohort import CohortGrid
-        grid = CohortGrid(client_app, num_nodes, cohort_cfg, run_id=run_id, run_config=run_config)
-        grid.states = states
-        answer = grid.answer
+    else:  # e.g. backend=cohort backend.workers=N: this worker's nodes of a round as one batch
+        answer = worker_answer(client_app, num_nodes, run_id, run_config, states)
     matrices: dict = {}  # key -> a matrix the grid sent once (rows of EASE's B: one per run and lambda)
     while True:
         try:
@@ -233,9 +230,10 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
 
 class InProcessGrid(Grid):
     def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1, run_config: dict | None = None,
-                 workers: int = 1, state_dir: str | Path | None = None, cohort_cfg=None):
-        """cohort_cfg (workers > 1): each worker answers its nodes' messages of a round as the
-        cohort engine does (engine/cohort.py), with this run config."""
+                 workers: int = 1, state_dir: str | Path | None = None, worker_answer=None):
+        """worker_answer (workers > 1): a picklable callable(client_app, num_nodes, run_id,
+        run_config, states) that gives each worker its answer(messages, timeout) (e.g. the cohort
+        engine's batch); None: the ClientApp, message by message."""
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
         self.node_ids = [NODE_ID_OFFSET + pid for pid in range(num_nodes)]
@@ -259,7 +257,7 @@ class InProcessGrid(Grid):
             db = str(state_dir / f"client_state.w{w}.sqlite") if state_dir else None
             p = ctx.Process(target=_worker_main, daemon=True,
                             args=(child, blob, num_nodes, run_id, dict(run_config or {}), db,
-                                  (1, run_id, SUPERLINK_NODE_ID), cohort_cfg))
+                                  (1, run_id, SUPERLINK_NODE_ID), worker_answer))
             p.start()
             self.conns.append(parent)
             self.procs.append(p)
