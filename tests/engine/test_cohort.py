@@ -455,7 +455,7 @@ def test_workers_get_each_matrix_of_b_once(tmp_path, monkeypatch):
     matrices = [m for o in sent if isinstance(o, tuple) and o[0] == "matrices" for m in o[1].values()]
     assert len(runs) > 20  # every evaluation message a send of its own
     assert len(matrices) == 4  # B at click_mix.lam and the final grid's B, once to each worker
-    assert_close(whole, got, tol=1e-9)
+    assert_close(whole, got)  # one client per send: its scores from smaller products (float rounding)
 
 
 def test_inprocess_workers_read_rows_of_b_sent_as_a_matrix(tmp_path):
