@@ -35,6 +35,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from .pipe import dumps as _dumps, loads as _loads, matrices as _matrices
+
 log = logging.getLogger("fedmtl")
 NODE_ID_OFFSET = 1000  # node id = 1000 + partition id: reproducible and readable
 
@@ -139,54 +141,6 @@ def _handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
     replies = [handle(client_app, states, m, timeout) for m in msgs]
     states.commit()
     return [r for r in replies if r is not None]
-
-
-def _dumps(obj, known: dict | None = None) -> bytes:
-    """pickle.dumps for the pipe between the grid and its workers: arrays the cohort engine keeps
-    (federation/arrays.py) travel as their NumPy values, and rows of a matrix (the rows of EASE's B
-    an evaluation message carries) as the matrix and the row numbers, instead of each as the .npy
-    bytes a message that leaves the process carries. known {id(matrix): (matrix, key)}: matrices
-    the worker already holds travel as their key (`_loads` there)."""
-    import copyreg
-    import io
-
-    from ..federation.arrays import pipe_reducers
-
-    buf = io.BytesIO()
-    p = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
-    p.dispatch_table = {**copyreg.dispatch_table, **pipe_reducers()}
-    if known:
-        def persistent_id(o):
-            hit = known.get(id(o))
-            return hit[1] if hit is not None and hit[0] is o else None
-
-        p.persistent_id = persistent_id
-    p.dump(obj)
-    return buf.getvalue()
-
-
-def _loads(data: bytes, matrices: dict):
-    """pickle.loads of `_dumps`, the matrices sent as keys taken from `matrices`."""
-    import io
-
-    u = pickle.Unpickler(io.BytesIO(data))
-    u.persistent_load = matrices.__getitem__
-    return u.load()
-
-
-def _matrices(msgs: list[Message]):
-    """The matrices whose rows (not taken yet) evaluation messages carry (click_mix's B)."""
-    from ..federation.arrays import rows_source
-    from ..itemitem import RowsOf
-
-    seen = {}
-    for m in msgs:
-        if m.has_content() and "item_item" in m.content:
-            for a in m.content["item_item"].values():
-                src = rows_source(a)
-                if isinstance(src, RowsOf):
-                    seen[id(src.matrix)] = src.matrix
-    return list(seen.values())
 
 
 def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity,
@@ -299,19 +253,28 @@ class InProcessGrid(Grid):
         batches = [[] for _ in range(self.workers)]
         for m in messages:
             batches[(m.metadata.dst_node_id - NODE_ID_OFFSET) % self.workers].append(m)
+        sent = []
         for w, (conn, batch) in enumerate(zip(self.conns, batches)):
             known = {id(mat): (mat, self._key(mat)) for mat in _matrices(batch)}
             new = {key: mat for mat, key in known.values() if key not in self._sent[w]}
-            if new:  # each matrix once per worker (a round's evaluation goes in several sends)
-                conn.send_bytes(_dumps(("matrices", new, None)))
-                self._sent[w].update(new)
-            conn.send_bytes(_dumps(("run", batch, timeout), known))
+            try:
+                if new:  # each matrix once per worker (a round's evaluation goes in several sends)
+                    conn.send_bytes(_dumps(("matrices", new, None)))
+                    self._sent[w].update(new)
+                conn.send_bytes(_dumps(("run", batch, timeout), known))
+                sent.append(True)
+            except OSError:  # BrokenPipeError: the worker died before this round
+                sent.append(False)
         replies = []
         for w, conn in enumerate(self.conns):
             try:
+                if not sent[w]:
+                    raise EOFError
                 replies.extend(pickle.loads(conn.recv_bytes()))
-            except EOFError:  # the worker died: its clients' replies are lost, the round goes on
-                log.warning("worker %d died; %d clients lost this round", w, len(batches[w]))
+            except (EOFError, OSError):  # the worker died: its clients' replies are lost, the round goes on
+                if batches[w]:
+                    log.warning("worker %d (pid %s) is gone; its %d clients failed this round", w,
+                                self.procs[w].pid, len(batches[w]))
                 replies.extend(_error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in batches[w])
         order = {m.metadata.message_id: k for k, m in enumerate(messages)}
         return sorted(replies, key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
@@ -337,10 +300,16 @@ class InProcessGrid(Grid):
         if self.workers == 1:
             self.states.save(files[0])
             return
-        for conn, path in zip(self.conns, files):
-            conn.send_bytes(_dumps(("save", str(path), None)))
-        for conn in self.conns:
-            conn.recv_bytes()
+        try:
+            for conn, path in zip(self.conns, files):
+                conn.send_bytes(_dumps(("save", str(path), None)))
+            for conn in self.conns:
+                conn.recv_bytes()
+        except (EOFError, OSError):
+            from ..errors import FedMTLError
+            gone = [w for w, p in enumerate(self.procs) if not p.is_alive()]
+            raise FedMTLError(f"backend.workers: worker {gone or '?'} is gone, and with it its clients' states; the "
+                              "run stops here (resume=true goes on from the last checkpoint)") from None
 
     def load_client_states(self, folder) -> None:
         files = self._state_files(folder)

@@ -465,3 +465,32 @@ def test_inprocess_workers_read_rows_of_b_sent_as_a_matrix(tmp_path):
     ref, _ = _run(tmp_path, "inprocess", ov)
     got, _ = _run(tmp_path, "two", ov + ["backend=inprocess", "backend.workers=2"])
     assert got == ref
+
+
+def test_a_dead_worker_stops_the_run_with_one_line_and_resume_goes_on(tmp_path, monkeypatch):
+    """A worker process that dies (killed, out of memory) takes its clients' states with it: its
+    clients fail that round, then the run stops with one line when it cannot checkpoint them, and
+    resume=true goes on from the last checkpoint with fresh workers."""
+    import json
+
+    import fedmtl.engine.inprocess as inprocess
+    from fedmtl.errors import FedMTLError
+
+    real, calls = inprocess.InProcessGrid.answer, []
+
+    def answer(self, messages, timeout=None):
+        calls.append(len(messages))
+        if len(calls) == 3:  # after round 1 and its checkpoint
+            self.procs[1].kill()
+            self.procs[1].join()
+        return real(self, messages, timeout)
+
+    monkeypatch.setattr(inprocess.InProcessGrid, "answer", answer)
+    ov = SMALL + ["backend=cohort", "backend.workers=2"]
+    with pytest.raises(FedMTLError) as e:
+        run(compose(ov), tmp_path)
+    assert "worker [1] is gone" in str(e.value) and "\n" not in str(e.value)
+    assert json.loads((tmp_path / "checkpoint" / "LATEST").read_text())["round"] >= 1
+    monkeypatch.undo()
+    done = run(compose(ov + ["resume=true"]), tmp_path)
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 3 and done["metrics"]
