@@ -110,21 +110,18 @@ def run_federated(cfg: RunConfig, num_clients: int) -> dict:
     quiet_frameworks(cfg["verbose"])  # again: importing Flower resets its logger
     sink: dict = {}
     server_app, client_app = make_server_app(cfg, sink), make_client_app(cfg)
-    backend = cfg["backend"]["name"]
+    bcfg = cfg["backend"]
+    backend = bcfg["name"]
+    if backend in ("inprocess", "cohort"):  # client states in memory, or on disk in the run folder
+        state = bcfg.get("state", "auto")
+        on_disk = state == "disk" or (state == "auto" and num_clients >= bcfg.get("disk_from_clients", 5000))
+        state_dir, workers = (cfg["output_dir"] if on_disk else None), bcfg.get("workers", 1)
     if backend == "inprocess":
         from .engine.inprocess import run_inprocess
-        bcfg = cfg["backend"]
-        state = bcfg.get("state", "auto")
-        on_disk = state == "disk" or (state == "auto" and num_clients >= bcfg.get("disk_from_clients", 5000))
-        run_inprocess(server_app, client_app, num_clients, workers=bcfg.get("workers", 1),
-                      state_dir=cfg["output_dir"] if on_disk else None)
+        run_inprocess(server_app, client_app, num_clients, workers=workers, state_dir=state_dir)
     elif backend == "cohort":  # inprocess, with each round's training as one batch (engine/cohort.py)
         from .engine.cohort import run_cohort
-        bcfg = cfg["backend"]
-        state = bcfg.get("state", "auto")
-        on_disk = state == "disk" or (state == "auto" and num_clients >= bcfg.get("disk_from_clients", 5000))
-        run_cohort(server_app, client_app, num_clients, cfg, state_dir=cfg["output_dir"] if on_disk else None,
-                   workers=bcfg.get("workers", 1))
+        run_cohort(server_app, client_app, num_clients, cfg, state_dir=state_dir, workers=workers)
     else:
         from .engine.ray import run_ray
         from .federation.faults import ray_extra_actors

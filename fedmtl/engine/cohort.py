@@ -46,7 +46,7 @@ from flwr.clientapp import ClientApp
 from ..config_types import RunConfig
 from ..client_step import run_setup
 from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, train_cohort, unbatched
-from ..errors import ConfigError, FedMTLError
+from ..errors import FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
 from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, run_on_grid
@@ -85,12 +85,8 @@ class CohortGrid(InProcessGrid):
         super().__init__(client_app, num_nodes, run_id=run_id, run_config=run_config, workers=1, state_dir=state_dir)
         self.cfg = cfg
         bcfg = cfg["backend"]
-        threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb", CHUNK_MB)
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise ConfigError(f"backend.threads={threads!r}: expected an integer >= 0 (0: every core)")
-        if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or chunk <= 0:
-            raise ConfigError(f"backend.chunk_mb={chunk!r}: expected a number of MB > 0")
-        self.threads, self.chunk_mb = _threads(threads), float(chunk)
+        # config.validate checked both (a bad value is one line at start-up, not a failed worker process)
+        self.threads, self.chunk_mb = _threads(bcfg.get("threads", 1)), float(bcfg.get("chunk_mb", CHUNK_MB))
         self.reasons = unbatched(cfg)
         self.secure = cfg["privacy"]["name"] in SECAGG_MODES  # SecAgg+: its collect stage's training is batched
         # central_dp, client_clip_dp, local_dp: each batched reply goes through the train handler's

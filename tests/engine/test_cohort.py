@@ -253,6 +253,17 @@ def test_bad_backend_options_are_one_line(tmp_path, bad):
     assert bad.split("=")[0] in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_bad_backend_option_with_workers_is_one_line_at_start_up(tmp_path):
+    """With worker processes a bad cohort option is still the config's one line, not a worker
+    process that fails as it builds its grid (and a run whose clients all fail)."""
+    from fedmtl.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        _run(tmp_path, "bad", ["backend=cohort", "backend.workers=2", "backend.threads=-1"])
+    assert "backend.threads" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
 def test_a_failing_batch_goes_through_the_client_app(tmp_path, caplog, monkeypatch):
     """A batch that raises: one warning, its clients answered by the ClientApp from the state they
     had (no half-stored state): the run is inprocess's exactly."""
