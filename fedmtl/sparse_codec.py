@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight", "encoder.item_hist.weight")
@@ -104,6 +106,64 @@ def unpack(payload: dict[str, np.ndarray], shapes: dict[str, tuple]) -> tuple[np
     return rows, out
 
 
+_SCRATCH: dict = {}  # name -> a flat buffer rowwise_fedavg reuses from round to round (see there)
+
+
+def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A buffer of this shape, reused across calls: fresh pages of a large array cost more than
+    the arithmetic on them (a fresh 70 MB code array and its transposed copy were half of an
+    ML-1M-shaped aggregation's time on this project's machine)."""
+    n = int(np.prod(shape))
+    a = _SCRATCH.get(name)
+    if a is None or a.size < n or a.dtype != np.dtype(dtype):
+        a = _SCRATCH[name] = np.empty(max(n, n + n // 4), dtype)
+    return a[:n].reshape(shape)
+
+
+PARALLEL_VALUES = 1 << 20  # coded values in a round from which rowwise_fedavg works on two threads
+
+
+def _cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _run_jobs(jobs: list, parallel: bool) -> None:
+    """job(slot) for every job, in this thread (slot 0), or, when `parallel` and the process may
+    use two cores, taken in turn by this thread and one more (slot 1). The jobs write disjoint
+    outputs, each in its own fixed order, so the result is the same floats either way; an
+    exception in either thread is raised here."""
+    if not parallel or len(jobs) < 2 or _cores() < 2:
+        for job in jobs:
+            job(0)
+        return
+    import threading
+
+    todo, lock, failed = iter(jobs), threading.Lock(), []
+
+    def loop(slot: int) -> None:
+        while not failed:
+            with lock:
+                job = next(todo, None)
+            if job is None:
+                return
+            try:
+                job(slot)
+            except BaseException as ex:  # noqa: BLE001 raised in the caller's thread
+                failed.append(ex)
+
+    other = threading.Thread(target=loop, args=(1,), daemon=True)
+    other.start()
+    loop(0)
+    other.join()
+    if failed:
+        raise failed[0]
+
+
 def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.ndarray]], weights: np.ndarray,
                    factors: list[float]) -> dict[str, np.ndarray]:
     """The server's new arrays from many clients' packed uploads (federation/sparse.py's
@@ -111,33 +171,57 @@ def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.n
     clients that sent it (rows nobody sent stay); every other array is the FedAvg of the
     clients' arrays (sent + update), `factors` being each client's share, as Flower's
     aggregate_arrayrecords weighs them. All clients' codes are decoded and summed at once; the
-    sums run in client order, as a loop over the clients would (the same floats, bit for bit)."""
+    sums run in client order, as a loop over the clients would (the same floats, bit for bit).
+    A large round's work (the other arrays, and each column of the row tables) is shared by
+    two threads, every sum still in client order."""
     shapes = {k: v.shape for k, v in current.items()}
     dense_names, row_names = layout(shapes)
     out: dict[str, np.ndarray] = {}
     if not payloads:
         return out
-    # row tables: one scatter-add of every client's decoded, weighted rows
+    jobs: list = []  # job(slot): run by _run_jobs, then the outputs are put together
+    values = 0  # the coded values the jobs read
     widths = [int(np.prod(shapes[n][1:])) for n in row_names]
-    if row_names:
-        lens = np.array([len(p[ROWS_KEY]) for p in payloads])
-        rows = np.concatenate([np.asarray(p[ROWS_KEY], dtype=np.int64) for p in payloads])
+    if row_names:  # row tables: one scatter-add of every client's decoded, weighted rows
+        lens = [len(p[ROWS_KEY]) for p in payloads]
+        N, J = int(sum(lens)), sum(widths)
         n_rows = shapes[row_names[0]][0]
-        w = np.repeat(np.asarray(weights, dtype=np.float64), lens)
-        # one column of every client's rows at a time (small arrays, no fresh pages): decoded,
-        # weighted and scatter-added by bincount, which adds in the order the rows come (client
-        # order), as a loop over the clients would
-        codes = np.ascontiguousarray(np.concatenate([p[ROWS_DELTA] for p in payloads]).T)
-        scales = (np.ascontiguousarray(np.concatenate([p[ROWS_SCALE] for p in payloads]).T).astype(np.float64)
-                  if ROWS_SCALE in payloads[0] else None)
+        scaled = ROWS_SCALE in payloads[0]
+        # every client's rows, weights, codes (column-major: a column of all clients' rows is
+        # contiguous) and scales copied in place, client after client, into reused buffers
+        rows, w = _scratch("rows", (N,), np.intp), _scratch("w", (N,), np.float64)
+        codes = _scratch("codes", (J, N), payloads[0][ROWS_DELTA].dtype)
+        scales = _scratch("scales", (len(widths), N), np.float64) if scaled else None
+        pos = 0
+        for p, n, wt in zip(payloads, lens, weights):
+            rows[pos:pos + n] = p[ROWS_KEY]
+            w[pos:pos + n] = wt
+            codes[:, pos:pos + n] = p[ROWS_DELTA].T
+            if scaled:
+                scales[:, pos:pos + n] = p[ROWS_SCALE].T
+            pos += n
         table_of = np.repeat(np.arange(len(widths)), widths)
-        acc = np.empty((n_rows, len(codes)))
-        for j, code in enumerate(codes):
-            col = code.astype(np.float64)
-            if scales is not None:
-                col *= scales[table_of[j]]
+        acc = np.empty((n_rows, J))
+
+        def column(j: int, slot: int) -> None:
+            # a column decoded (code x its row's scale: the same floats as astype, then *=), weighted
+            # and scatter-added by bincount, which adds in the order the rows come (client order)
+            col = _scratch(f"col{slot}", (N,), np.float64)
+            if scaled:
+                np.multiply(codes[j], scales[table_of[j]], out=col)
+            else:
+                np.copyto(col, codes[j], casting="unsafe")
             col *= w
             acc[:, j] = np.bincount(rows, weights=col, minlength=n_rows)
+
+        jobs += [functools.partial(column, j) for j in range(J)]
+        values += N * J
+    dense: dict = {}
+    if dense_names:  # every other array: FedAvg of (sent + update), one flat vector per client (the longest job)
+        jobs.insert(0, functools.partial(_dense_fedavg, current, payloads, factors, dense_names, dense))
+        values += len(payloads) * len(payloads[0][DENSE_DELTA])
+    _run_jobs(jobs, values >= PARALLEL_VALUES)
+    if row_names:
         wsum = np.bincount(rows, weights=w, minlength=n_rows)
         sent = wsum > 0
         col = 0
@@ -148,37 +232,43 @@ def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.n
             new[sent] = (cur[sent] + step.reshape(-1, *shapes[name][1:])).astype(new.dtype)
             out[name] = new
             col += width
-    # every other array: FedAvg of (sent + update), one flat vector per client
-    if dense_names:
-        cur_flat = np.concatenate([current[n].ravel() for n in dense_names]).astype(np.float64)
-        dtypes = {current[n].dtype for n in dense_names}
-        dtype = dtypes.pop() if len(dtypes) == 1 else np.float64
-        counts = None
-        if DENSE_SCALE in payloads[0]:  # the flat values of each scale row (an array's first axis, or one row)
-            counts = [int(np.prod(shapes[n][1:])) if len(shapes[n]) > 1 else int(np.prod(shapes[n]))
-                      for n in dense_names for _ in range(shapes[n][0] if len(shapes[n]) > 1 else 1)]
-        total = None
-        for b in range(0, len(payloads), 32):  # blocks of clients: small arrays, reused memory
-            block = payloads[b:b + 32]
-            u = np.stack([p[DENSE_DELTA] for p in block]).astype(np.float64)
-            if counts is not None:  # each value's scale, repeated in C order (a fancy index on axis 1 gives a
-                # Fortran-ordered array, and a product of mixed orders ran 15x slower)
-                u *= np.repeat(np.stack([p[DENSE_SCALE] for p in block]).astype(np.float64), counts, axis=1)
-            u += cur_flat
-            # each client's (sent + update) in the arrays' dtype times its factor (a Python float: a
-            # weak scalar, so the product stays in that dtype), summed one client after another
-            x = u.astype(dtype) * np.asarray(factors[b:b + 32], dtype=dtype)[:, None]
-            for row in x:
-                if total is None:
-                    total = row.copy()
-                else:
-                    total += row
-        pos = 0
-        for name in dense_names:
-            size = int(np.prod(shapes[name]))
-            out[name] = np.asarray(total[pos:pos + size].reshape(shapes[name]))
-            pos += size
+    out.update(dense)
     return out
+
+
+def _dense_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.ndarray]], factors: list[float],
+                  dense_names: list[str], out: dict, _slot: int = 0) -> None:
+    """rowwise_fedavg's arrays that are not row tables, into `out`: the FedAvg of every client's
+    (sent + update), summed one client after another."""
+    shapes = {k: v.shape for k, v in current.items()}
+    cur_flat = np.concatenate([current[n].ravel() for n in dense_names]).astype(np.float64)
+    dtypes = {current[n].dtype for n in dense_names}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.float64
+    counts = None
+    if DENSE_SCALE in payloads[0]:  # the flat values of each scale row (an array's first axis, or one row)
+        counts = [int(np.prod(shapes[n][1:])) if len(shapes[n]) > 1 else int(np.prod(shapes[n]))
+                  for n in dense_names for _ in range(shapes[n][0] if len(shapes[n]) > 1 else 1)]
+    total = None
+    for b in range(0, len(payloads), 32):  # blocks of clients: small arrays, reused memory
+        block = payloads[b:b + 32]
+        u = np.stack([p[DENSE_DELTA] for p in block]).astype(np.float64)
+        if counts is not None:  # each value's scale, repeated in C order (a fancy index on axis 1 gives a
+            # Fortran-ordered array, and a product of mixed orders ran 15x slower)
+            u *= np.repeat(np.stack([p[DENSE_SCALE] for p in block]).astype(np.float64), counts, axis=1)
+        u += cur_flat
+        # each client's (sent + update) in the arrays' dtype times its factor (a Python float: a
+        # weak scalar, so the product stays in that dtype), summed one client after another
+        x = u.astype(dtype) * np.asarray(factors[b:b + 32], dtype=dtype)[:, None]
+        for row in x:
+            if total is None:
+                total = row.copy()
+            else:
+                total += row
+    pos = 0
+    for name in dense_names:
+        size = int(np.prod(shapes[name]))
+        out[name] = np.asarray(total[pos:pos + size].reshape(shapes[name]))
+        pos += size
 
 
 def sparse_payloads(row_deltas: dict[str, np.ndarray], dense_deltas: dict[str, np.ndarray], rows: list[np.ndarray],

@@ -142,8 +142,11 @@ def fmt_num(x) -> str:
 
 
 def decode_array(record, key: str) -> np.ndarray:
+    """The values of record[key], to be read only (an array this process keeps is read without a copy)."""
+    from .arrays import peek
+
     try:
-        return record[key].numpy()
+        return peek(record[key])
     except Exception as e:  # foreign serialisation, bytes that are no .npy, pickled objects
         raise Invalid(f"{key} is unreadable ({type(e).__name__})") from None
 

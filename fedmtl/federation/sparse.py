@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..sparse_codec import (DENSE_DELTA, DENSE_SCALE, ROW_TABLES, ROWS_DELTA, ROWS_KEY, ROWS_SCALE,  # noqa: F401
                             decode, encode, layout, rowwise_fedavg, sparse_payload, unpack)
+from .arrays import peek
 
 
 class SparseFedAvg(FedAvg):
@@ -58,7 +59,8 @@ class SparseFedAvg(FedAvg):
         current = {k: v.numpy() for k, v in self._current.items()}
         raw = [c["metrics"][self.weighted_by_key] for c in contents]
         factors = [w / sum(raw) for w in raw]  # Flower's aggregate_arrayrecords' factors
-        payloads = [{k: v.numpy() for k, v in c[self.arrayrecord_key].items()} for c in contents]
+        # read only (rowwise_fedavg writes none of them): the arrays this process keeps, without a copy
+        payloads = [{k: peek(v) for k, v in c[self.arrayrecord_key].items()} for c in contents]
         out = ArrayRecord({k: Array(np.asarray(v)) for k, v in rowwise_fedavg(current, payloads, weights,
                                                                                factors).items()})
         # the order sent: FedAvgM pairs old and new arrays by position

@@ -203,11 +203,18 @@ def _loop_aggregate(current, payloads, weights, factors):
     return dense
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
-def test_rowwise_fedavg_equals_the_per_client_loop_bit_for_bit(dtype):
-    """The server's vectorised aggregation (every client's codes decoded and scatter-added at once)
-    gives the same floats as decoding and adding one client after another."""
+def test_rowwise_fedavg_equals_the_per_client_loop_bit_for_bit(dtype, threads, monkeypatch):
+    """The server's vectorised aggregation (every client's codes decoded and scatter-added at once;
+    with threads=2 the columns of the row tables split over two threads, as for a large round)
+    gives the same floats as decoding and adding one client after another, and a second call,
+    which reuses the first's buffers, the same again."""
+    import fedmtl.sparse_codec as codec
     from fedmtl.sparse_codec import rowwise_fedavg
+    if threads == 2:
+        monkeypatch.setattr(codec, "PARALLEL_VALUES", 0)
+        monkeypatch.setattr(codec, "_cores", lambda: 2)
     rng = np.random.default_rng(3)
     n_items = 40
     current = {"encoder.item_emb.weight": rng.normal(size=(n_items, 4)).astype(np.float32),
@@ -225,6 +232,10 @@ def test_rowwise_fedavg_equals_the_per_client_loop_bit_for_bit(dtype):
     got = rowwise_fedavg(current, payloads, np.array(weights), factors)
     want = _loop_aggregate(current, payloads, np.array(weights), factors)
     assert set(got) == set(want)
+    again = rowwise_fedavg(current, payloads[::-1], np.array(weights[::-1]), factors[::-1])
     for k in want:
         assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
         np.testing.assert_array_equal(got[k], want[k])
+    want_again = _loop_aggregate(current, payloads[::-1], np.array(weights[::-1]), factors[::-1])
+    for k in want_again:
+        np.testing.assert_array_equal(again[k], want_again[k])
