@@ -20,12 +20,14 @@ polling: the cost of a round is the clients' own work.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import pickle
 import sqlite3
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -39,6 +41,23 @@ from .pipe import dumps as _dumps, loads as _loads, matrices as _matrices
 
 log = logging.getLogger("fedmtl")
 NODE_ID_OFFSET = 1000  # node id = 1000 + partition id: reproducible and readable
+
+
+@contextmanager
+def no_cyclic_gc():
+    """Python's cyclic collector off while a round's messages are answered or read: a 943-client
+    round makes some 10^5 small objects (reply records, array wrappers, states) that live at least
+    until the replies are read, and each collection they set off would also walk every client's
+    stored state. It collects once the block is over; reference counting frees as usual meanwhile.
+    The 45-round ML-100k recipe spent 3.5 s in collections, 1.4 s with this around the cohort
+    engine's batch (with 2 threads: 60.7 -> 59.0 s, two runs each)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class NodeStates:
@@ -161,9 +180,11 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
     else:  # e.g. backend=cohort backend.workers=N: this worker's nodes of a round as one batch
         answer = worker_answer(client_app, num_nodes, run_id, run_config, states)
     matrices: dict = {}  # key -> a matrix the grid sent once (rows of EASE's B: one per run and lambda)
+    frozen = False
     while True:
         try:
-            job = _loads(conn.recv_bytes(), matrices)
+            with no_cyclic_gc():
+                job = _loads(conn.recv_bytes(), matrices)
         except EOFError:  # the parent went away: stop quietly
             break
         if job is None:
@@ -172,7 +193,11 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
         if kind == "matrices":
             matrices.update(arg)
         elif kind == "run":
-            conn.send_bytes(_dumps(answer(arg, timeout)))
+            with no_cyclic_gc():
+                conn.send_bytes(_dumps(answer(arg, timeout)))
+            if not frozen:  # what the first round built (the clients' data, the run's setup) lives as long as
+                gc.freeze()  # the worker: the cyclic collector stops walking it (gen-2 collections cost ~1 s a run)
+                frozen = True
         elif kind == "save":
             states.save(Path(arg))
             conn.send_bytes(_dumps(True))
@@ -270,7 +295,8 @@ class InProcessGrid(Grid):
             try:
                 if not sent[w]:
                     raise EOFError
-                replies.extend(pickle.loads(conn.recv_bytes()))
+                with no_cyclic_gc():  # some 10^4 objects a round (see there)
+                    replies.extend(pickle.loads(conn.recv_bytes()))
             except (EOFError, OSError):  # the worker died: its clients' replies are lost, the round goes on
                 if batches[w]:
                     log.warning("worker %d (pid %s) is gone; its %d clients failed this round", w,
