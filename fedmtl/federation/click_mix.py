@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 from .. import itemitem, secure_random
 from ..config_types import RunConfig
 from ..data import federation_meta
-from .arrays import nbytes, record as fast_record
+from .arrays import count_bytes, nbytes, peek, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
 from .accounting import gram_noise_multiplier
 from .screening import by_node, screen_gram
@@ -162,11 +162,12 @@ def item_item_round(grid: Grid, cfg: RunConfig, strategy):
     check_refusals("item Gram", msgs, replies, "the clients' privacy floors do not answer item Gram queries "
                    "(click_mix needs them: set click_mix.weight=0 and no grid)")
     for r in screen_gram(n_items, replies, clip, seq):  # screening.py: well-formed parts only, one log line per other
-        up += r.content["gram"].count_bytes()
-        items = r.content["gram"]["items"].numpy()
-        itemitem.add_part(gram, items, r.content["gram"]["block"].numpy())
+        part = r.content["gram"]  # read only: the arrays a reply keeps in this process, without copies
+        up += count_bytes(part)
+        items = peek(part["items"])
+        itemitem.add_part(gram, items, peek(part["block"]))
         if seq:
-            itemitem.add_part(window, items, r.content["gram"]["window"].numpy())
+            itemitem.add_part(window, items, peek(part["window"]))
         node_items[r.metadata.src_node_id] = np.asarray(items, dtype=np.int64)
     ok = len(node_items)
     if ok == 0:

@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 from ..config_types import RunConfig
 from ..client_step import evaluate_client, run_setup, train_client, train_config  # noqa: F401 (train_config: tests)
 from ..itemitem import clip_parts, dp_gram, gram_parts
+from .arrays import record as fast_record
 from .deployed import node_data
 from .faults import before_training, inject_reply_mod
 from .client_state import config_from_context, shared_values, state_values, store_state
@@ -81,9 +82,8 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
             items, parts = gram_parts(run_cfg, data)
             if dp_gram(run_cfg):  # client_clip_dp: the part clipped by the client, the noise the server's
                 parts = clip_parts(parts, float(run_cfg["click_mix"]["dp_clip"]))
-            return Message(RecordDict({"gram": ArrayRecord({"items": Array(items), **{k: Array(v) for k, v in
-                                                                                      parts.items()}})}),
-                           reply_to=msg)
+            # arrays this process keeps (their .npy bytes made only if the reply leaves the process)
+            return Message(RecordDict({"gram": fast_record({"items": items, **parts})}), reply_to=msg)
         return Message(RecordDict({}), reply_to=msg)
 
     return app
