@@ -178,6 +178,14 @@ def train_round(strategy, grid: Grid, cfg: RunConfig, rnd: int, arrays: ArrayRec
 
 
 def run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
+    """The run: its rounds, evaluations and checkpoints; the summary."""
+    try:
+        return _run_rounds(grid, cfg, out_dir)
+    finally:  # what the run froze (gc.freeze, below) is the collector's again: a sweep's next run in this process
+        gc.unfreeze()
+
+
+def _run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
     random.seed(cfg["seed"])  # Flower samples nodes with `random`
     privacy = ServerPrivacy(cfg, build_strategy(cfg))  # DP wrappers, accountant, SecAgg+ (privacy.py)
     strategy = privacy.strategy
@@ -200,7 +208,8 @@ def run_rounds(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
     selection = Selection(cfg, ckpt.extra.get("selection") if cfg.get("resume") else None)
     item_item, gram_up = item_item_round(grid, cfg, strategy)  # click_mix: EASE's B, rows sent with evaluations
     # what is built so far (the data, the strategy, EASE's B) lives for the whole run: Python's cyclic
-    # collector stops walking it in every full collection (about 0.3 s a round at ML-1M shape)
+    # collector stops walking it in every full collection (about 0.3 s a round at ML-1M shape) until
+    # the run ends (run_rounds unfreezes it)
     gc.freeze()
     if item_item is not None and item_item.dp_release is not None:  # a DP Gram: one more release, accounted
         gram_dp = privacy.gram_released(*item_item.dp_release)

@@ -286,6 +286,35 @@ def test_a_failing_batch_goes_through_the_client_app(tmp_path, caplog, monkeypat
     assert collector_on and not any(collector_on) and gc.isenabled()
 
 
+def test_a_run_freezes_its_setup_for_the_collector_and_frees_it_after(tmp_path, monkeypatch):
+    """The ServerApp freezes what it built before round 1 (gc.freeze: full collections stop walking
+    the data), and the run gives it back to the collector when it ends, also when it fails: a sweep's
+    runs in one process leave nothing frozen behind."""
+    import fedmtl.federation.server_app as server_app
+
+    frozen_in_rounds = []
+    real = server_app.train_round
+
+    def spy(*a, **k):
+        frozen_in_rounds.append(gc.get_freeze_count())
+        return real(*a, **k)
+
+    monkeypatch.setattr(server_app, "train_round", spy)
+    assert gc.get_freeze_count() == 0
+    _run(tmp_path, "ok", ["num_rounds=2"])
+    assert len(frozen_in_rounds) == 2 and min(frozen_in_rounds) > 1000
+    assert gc.get_freeze_count() == 0
+
+    def fail(*a, **k):
+        frozen_in_rounds.append(gc.get_freeze_count())
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server_app, "train_round", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(tmp_path, "fails", ["num_rounds=2"])
+    assert frozen_in_rounds[-1] > 1000 and gc.get_freeze_count() == 0
+
+
 def test_state_on_disk_matches_memory(tmp_path):
     mem, _ = _run(tmp_path, "mem", RECIPE + ["backend=cohort"])
     disk, _ = _run(tmp_path, "disk", RECIPE + ["backend=cohort", "backend.state=disk"])
