@@ -63,7 +63,8 @@ def _threads(n: int) -> int:
 
 class CohortGrid(InProcessGrid):
     def __init__(self, client_app: ClientApp, num_nodes: int, cfg: RunConfig, run_id: int = 1,
-                 run_config: dict | None = None, state_dir=None):
+                 run_config: dict | None = None, state_dir=None, announce: bool = True):
+        """announce: say at start-up how the clients are answered (a worker's grid does not: run_cohort says it once)."""
         super().__init__(client_app, num_nodes, run_id=run_id, run_config=run_config, workers=1, state_dir=state_dir)
         self.cfg = cfg
         bcfg = cfg["backend"]
@@ -77,10 +78,10 @@ class CohortGrid(InProcessGrid):
         self.privacy = client_privacy_mod(cfg) if cfg["privacy"]["name"] != "none" else None
         self.data: dict[int, object] = {}  # partition id -> its ClientData (states in memory only)
         self.refused = self._floor_refuses()
-        if self.reasons:
+        if announce and self.reasons:
             log.info("backend=cohort: training goes client by client through the ClientApp (not batched: %s)",
                      "; ".join(self.reasons))
-        else:
+        elif announce:
             log.info("backend=cohort: each round's clients train as one batch (%d threads, chunks of ~%g MB)",
                      self.threads, self.chunk_mb)
 
@@ -271,7 +272,7 @@ class CohortGrid(InProcessGrid):
 
 def worker_answer(cfg: RunConfig, client_app: ClientApp, num_nodes: int, run_id: int, run_config: dict, states):
     """A worker process's answer(messages, timeout) (InProcessGrid's workers): its nodes of a round as one batch."""
-    grid = CohortGrid(client_app, num_nodes, cfg, run_id=run_id, run_config=run_config)
+    grid = CohortGrid(client_app, num_nodes, cfg, run_id=run_id, run_config=run_config, announce=False)
     grid.states = states
     return grid.answer
 

@@ -162,14 +162,41 @@ def _handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
     return [r for r in replies if r is not None]
 
 
+class _Records(list):
+    """Where a worker's fedmtl log records wait (a QueueHandler's queue) to go back with its answer."""
+
+    put_nowait = list.append
+
+
+def _worker_logging(level: int) -> _Records:
+    """A worker process's fedmtl log records (a client's crash, a batch that fell back to the
+    ClientApp, ...) kept at the parent's level, formatted, to be sent back with each answer and
+    logged by the parent through its own handlers (console and run log), in the round they belong to."""
+    import logging.handlers
+
+    records = _Records()
+    lg = logging.getLogger("fedmtl")
+    lg.handlers = [logging.handlers.QueueHandler(records)]
+    lg.setLevel(level)
+    lg.propagate = False
+    return records
+
+
+def _relog(records) -> None:
+    """Log a worker's records in this process, as if logged here (the logger's filters and handlers)."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
 def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity,
-                 worker_answer=None) -> None:
+                 worker_answer=None, log_level: int = logging.INFO) -> None:
     import signal
 
     import cloudpickle
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the workers
+    records = _worker_logging(log_level)
     torch.set_num_threads(1)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
     client_app = cloudpickle.loads(app_blob)
@@ -194,7 +221,9 @@ def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config:
             matrices.update(arg)
         elif kind == "run":
             with no_cyclic_gc():
-                conn.send_bytes(_dumps(answer(arg, timeout)))
+                replies = answer(arg, timeout)
+                conn.send_bytes(_dumps((replies, records[:])))
+                records.clear()
             if not frozen:  # what the first round built (the clients' data, the run's setup) lives as long as
                 gc.freeze()  # the worker: the cyclic collector stops walking it (gen-2 collections cost ~1 s a run)
                 frozen = True
@@ -236,7 +265,8 @@ class InProcessGrid(Grid):
             db = str(state_dir / f"client_state.w{w}.sqlite") if state_dir else None
             p = ctx.Process(target=_worker_main, daemon=True,
                             args=(child, blob, num_nodes, run_id, dict(run_config or {}), db,
-                                  (1, run_id, SUPERLINK_NODE_ID), worker_answer))
+                                  (1, run_id, SUPERLINK_NODE_ID), worker_answer,
+                                  logging.getLogger("fedmtl").getEffectiveLevel()))
             p.start()
             self.conns.append(parent)
             self.procs.append(p)
@@ -296,7 +326,9 @@ class InProcessGrid(Grid):
                 if not sent[w]:
                     raise EOFError
                 with no_cyclic_gc():  # some 10^4 objects a round (see there)
-                    replies.extend(pickle.loads(conn.recv_bytes()))
+                    answered, records = pickle.loads(conn.recv_bytes())
+                replies.extend(answered)
+                _relog(records)
             except (EOFError, OSError):  # the worker died: its clients' replies are lost, the round goes on
                 if batches[w]:
                     log.warning("worker %d (pid %s) is gone; its %d clients failed this round", w,

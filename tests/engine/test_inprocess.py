@@ -100,3 +100,46 @@ def test_ray_backend_matches_inprocess(tmp_path):
     inproc = final(tmp_path / "inproc", [])
     ray_m = final(tmp_path / "ray", ["backend=ray"])
     assert_same(inproc, ray_m)
+
+
+def _crashing_app():
+    """A ClientApp whose node 1001 raises on training; the others reply with an empty record."""
+    from flwr.app import Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        if context.node_id == 1001:
+            raise RuntimeError("disk full on this client")
+        return Message(RecordDict({}), reply_to=msg)
+
+    return app
+
+
+def test_a_worker_process_logs_through_the_parent(caplog):
+    """A client that crashes in a worker process: its one WARNING line (client and node named) is
+    logged by the parent, through its handlers (here caplog's), before the round's replies return;
+    the other clients answer."""
+    import logging
+
+    from flwr.app import Message, RecordDict
+    from flwr.app.message_type import MessageType
+
+    from fedmtl.engine.inprocess import InProcessGrid, run_on_grid
+
+    seen = {}
+
+    def server(grid, context):
+        msgs = [Message(RecordDict({}), dst_node_id=n, message_type=MessageType.TRAIN) for n in grid.get_node_ids()]
+        replies = list(grid.send_and_receive(msgs))
+        seen["errors"] = sorted(r.metadata.src_node_id for r in replies if r.has_error())
+        seen["logged_before_return"] = "disk full on this client" in caplog.text
+
+    caplog.set_level(logging.INFO, logger="fedmtl")
+    run_on_grid(server, InProcessGrid(_crashing_app(), 4, workers=2))
+    assert seen == {"errors": [1001], "logged_before_return": True}
+    crash = [r for r in caplog.records if "disk full" in r.getMessage()]
+    assert len(crash) == 1 and crash[0].levelno == logging.WARNING
+    assert crash[0].getMessage() == "client 1 (node 1001) failed: RuntimeError: disk full on this client"
