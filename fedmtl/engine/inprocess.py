@@ -358,16 +358,23 @@ class InProcessGrid(Grid):
         if self.workers == 1:
             self.states.save(files[0])
             return
-        try:
-            for conn, path in zip(self.conns, files):
+        gone = []  # the workers whose pipe broke: each has lost its clients' states
+        for w, (conn, path) in enumerate(zip(self.conns, files)):
+            try:
                 conn.send_bytes(_dumps(("save", str(path), None)))
-            for conn in self.conns:
-                conn.recv_bytes()
-        except (EOFError, OSError):
+            except OSError:
+                gone.append(w)
+        for w, conn in enumerate(self.conns):
+            if w not in gone:
+                try:
+                    conn.recv_bytes()
+                except (EOFError, OSError):
+                    gone.append(w)
+        if gone:
             from ..errors import FedMTLError
-            gone = [w for w, p in enumerate(self.procs) if not p.is_alive()]
-            raise FedMTLError(f"backend.workers: worker {gone or '?'} is gone, and with it its clients' states; the "
-                              "run stops here (resume=true goes on from the last checkpoint)") from None
+            which = ", ".join(f"{w} (pid {self.procs[w].pid})" for w in sorted(gone))
+            raise FedMTLError(f"backend.workers: worker {which} is gone, and with it its clients' states; the "
+                              "run stops here (resume=true goes on from the last checkpoint)")
 
     def load_client_states(self, folder) -> None:
         files = self._state_files(folder)

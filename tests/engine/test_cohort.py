@@ -516,20 +516,21 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_resume_goes_on(tmp_path, 
     import fedmtl.engine.inprocess as inprocess
     from fedmtl.errors import FedMTLError
 
-    real, calls = inprocess.InProcessGrid.answer, []
+    real, calls, killed = inprocess.InProcessGrid.answer, [], []
 
     def answer(self, messages, timeout=None):
         calls.append(len(messages))
         if len(calls) == 3:  # after round 1 and its checkpoint
             self.procs[1].kill()
             self.procs[1].join()
+            killed.append(self.procs[1].pid)
         return real(self, messages, timeout)
 
     monkeypatch.setattr(inprocess.InProcessGrid, "answer", answer)
     ov = SMALL + ["backend=cohort", "backend.workers=2"]
     with pytest.raises(FedMTLError) as e:
         run(compose(ov), tmp_path)
-    assert "worker [1] is gone" in str(e.value) and "\n" not in str(e.value)
+    assert f"worker 1 (pid {killed[0]}) is gone" in str(e.value) and "\n" not in str(e.value)
     assert json.loads((tmp_path / "checkpoint" / "LATEST").read_text())["round"] >= 1
     monkeypatch.undo()
     done = run(compose(ov + ["resume=true"]), tmp_path)
