@@ -47,7 +47,8 @@ from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, train_cohort, unba
 from ..errors import FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
-from .inprocess import NODE_ID_OFFSET, InProcessGrid, handle, no_cyclic_gc, run_on_grid
+from .inprocess import InProcessGrid, run_on_grid
+from .nodes import NODE_ID_OFFSET, handle, no_cyclic_gc
 
 log = logging.getLogger("fedmtl")
 

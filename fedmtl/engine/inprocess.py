@@ -20,220 +20,24 @@ polling: the cost of a round is the clients' own work.
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing as mp
 import pickle
-import sqlite3
-import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from .pipe import dumps as _dumps, loads as _loads, matrices as _matrices
+from .nodes import NODE_ID_OFFSET, NodeStates, error_reply, handle_all, no_cyclic_gc
+from .pipe import dumps as _dumps, matrices as _matrices
+from .worker import relog, worker_main
 
 log = logging.getLogger("fedmtl")
-NODE_ID_OFFSET = 1000  # node id = 1000 + partition id: reproducible and readable
-
-
-@contextmanager
-def no_cyclic_gc():
-    """Python's cyclic collector off while a round's messages are answered or read: a 943-client
-    round makes some 10^5 small objects (reply records, array wrappers, states) that live at least
-    until the replies are read, and each collection they set off would also walk every client's
-    stored state. It collects once the block is over; reference counting frees as usual meanwhile.
-    The 45-round ML-100k recipe spent 3.5 s in collections, 1.4 s with this around the cohort
-    engine's batch (with 2 threads: 60.7 -> 59.0 s, two runs each)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-class NodeStates:
-    """Each node's `Context`, in memory or in an SQLite file (one row per node)."""
-
-    def __init__(self, num_nodes: int, run_id: int, run_config: dict, path: Path | None = None):
-        self.num_nodes, self.run_id, self.run_config = num_nodes, run_id, dict(run_config)
-        self.memory: dict[int, Context] = {}
-        self.db = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # a fresh start: states a former run left in this folder are not this run's (a resumed
-            # run loads its states from the checkpoint, load_client_states)
-            for stale in (path, path.with_name(path.name + "-journal")):
-                stale.unlink(missing_ok=True)
-            self.db = sqlite3.connect(str(path))
-            self.db.execute("CREATE TABLE IF NOT EXISTS state (node INTEGER PRIMARY KEY, blob BLOB)")
-
-    def _new(self, node: int) -> Context:
-        pid = node - NODE_ID_OFFSET
-        return Context(run_id=self.run_id, node_id=node,
-                       node_config={"partition-id": pid, "num-partitions": self.num_nodes},
-                       state=RecordDict(), run_config=dict(self.run_config))
-
-    def get(self, node: int) -> Context:
-        if self.db is None:
-            if node not in self.memory:
-                self.memory[node] = self._new(node)
-            return self.memory[node]
-        ctx = self._new(node)
-        row = self.db.execute("SELECT blob FROM state WHERE node = ?", (node,)).fetchone()
-        if row is not None:
-            ctx.state = pickle.loads(row[0])
-        return ctx
-
-    def put(self, node: int, ctx: Context) -> None:
-        if self.db is not None:
-            self.db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (node, pickle.dumps(ctx.state)))
-
-    def commit(self) -> None:
-        if self.db is not None:
-            self.db.commit()
-
-    def save(self, path: Path) -> None:
-        """Every node's state into the file `path` (a consistent copy)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if self.db is None:
-            with open(path, "wb") as f:
-                pickle.dump({n: ctx.state for n, ctx in self.memory.items()}, f)
-            return
-        self.db.commit()
-        dst = sqlite3.connect(str(path))
-        self.db.backup(dst)
-        dst.close()
-
-    def load(self, path: Path) -> None:
-        """Replace every node's state with those saved in `path` (nodes absent there start fresh)."""
-        if self.db is None:
-            with open(path, "rb") as f:
-                saved = pickle.load(f)
-            self.memory = {}
-            for node, state in saved.items():
-                self.memory[node] = self._new(node)
-                self.memory[node].state = state
-            return
-        src = sqlite3.connect(str(path))
-        src.backup(self.db)
-        src.close()
-
-
-def _error_reply(msg: Message, code: int, reason: str) -> Message:
-    return Message(Error(code=code, reason=reason), reply_to=msg)
-
-
-def handle(client_app: ClientApp, states: NodeStates, msg: Message, timeout: float | None = None) -> Message | None:
-    """Run one message through the ClientApp with its node's Context, as a SuperNode does.
-    None when the client took longer than `timeout` seconds: its reply came too late."""
-    node = msg.metadata.dst_node_id
-    if not NODE_ID_OFFSET <= node < NODE_ID_OFFSET + states.num_nodes:
-        return _error_reply(msg, ErrorCode.UNKNOWN, f"unknown node {node}")
-    ctx = states.get(node)
-    t0 = time.monotonic()
-    try:
-        reply = client_app(msg, ctx)
-        states.put(node, ctx)
-    except Exception as ex:  # a crashing client costs its reply, not the run
-        injected = type(ex).__name__ == "InjectedDrop"  # faults.drop_rate: expected, so not a warning
-        log.log(logging.INFO if injected else logging.WARNING, "client %d (node %d) failed: %s: %s",
-                node - NODE_ID_OFFSET, node, type(ex).__name__, ex)
-        reply = _error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(ex).__name__}: {ex}")
-    if timeout is not None and time.monotonic() - t0 > timeout:
-        log.info("client %d (node %d) replied after the %gs timeout; reply dropped", node - NODE_ID_OFFSET,
-                 node, timeout)
-        return None
-    reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-    return reply
-
-
-def _handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
-    replies = [handle(client_app, states, m, timeout) for m in msgs]
-    states.commit()
-    return [r for r in replies if r is not None]
-
-
-class _Records(list):
-    """Where a worker's fedmtl log records wait (a QueueHandler's queue) to go back with its answer."""
-
-    put_nowait = list.append
-
-
-def _worker_logging(level: int) -> _Records:
-    """A worker process's fedmtl log records (a client's crash, a batch that fell back to the
-    ClientApp, ...) kept at the parent's level, formatted, to be sent back with each answer and
-    logged by the parent through its own handlers (console and run log), in the round they belong to."""
-    import logging.handlers
-
-    records = _Records()
-    lg = logging.getLogger("fedmtl")
-    lg.handlers = [logging.handlers.QueueHandler(records)]
-    lg.setLevel(level)
-    lg.propagate = False
-    return records
-
-
-def _relog(records) -> None:
-    """Log a worker's records in this process, as if logged here (the logger's filters and handlers)."""
-    for record in records:
-        logging.getLogger(record.name).handle(record)
-
-
-def _worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: dict, db_path, identity,
-                 worker_answer=None, log_level: int = logging.INFO) -> None:
-    import signal
-
-    import cloudpickle
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes the workers
-    records = _worker_logging(log_level)
-    torch.set_num_threads(1)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
-    client_app = cloudpickle.loads(app_blob)
-    states = NodeStates(num_nodes, run_id, run_config, Path(db_path) if db_path else None)
-    if worker_answer is None:
-        def answer(msgs, timeout):
-            return _handle_all(client_app, states, msgs, timeout)
-    else:  # e.g. backend=cohort backend.workers=N: this worker's nodes of a round as one batch
-        answer = worker_answer(client_app, num_nodes, run_id, run_config, states)
-    matrices: dict = {}  # key -> a matrix the grid sent once (rows of EASE's B: one per run and lambda)
-    frozen = False
-    while True:
-        try:
-            with no_cyclic_gc():
-                job = _loads(conn.recv_bytes(), matrices)
-        except EOFError:  # the parent went away: stop quietly
-            break
-        if job is None:
-            break
-        kind, arg, timeout = job
-        if kind == "matrices":
-            matrices.update(arg)
-        elif kind == "run":
-            with no_cyclic_gc():
-                replies = answer(arg, timeout)
-                conn.send_bytes(_dumps((replies, records[:])))
-                records.clear()
-            if not frozen:  # what the first round built (the clients' data, the run's setup) lives as long as
-                gc.freeze()  # the worker: the cyclic collector stops walking it (gen-2 collections cost ~1 s a run)
-                frozen = True
-        elif kind == "save":
-            states.save(Path(arg))
-            conn.send_bytes(_dumps(True))
-        else:
-            states.load(Path(arg))
-            conn.send_bytes(_dumps(True))
-    conn.close()
 
 
 class InProcessGrid(Grid):
@@ -263,7 +67,7 @@ class InProcessGrid(Grid):
         for w in range(self.workers):
             parent, child = ctx.Pipe()
             db = str(state_dir / f"client_state.w{w}.sqlite") if state_dir else None
-            p = ctx.Process(target=_worker_main, daemon=True,
+            p = ctx.Process(target=worker_main, daemon=True,
                             args=(child, blob, num_nodes, run_id, dict(run_config or {}), db,
                                   (1, run_id, SUPERLINK_NODE_ID), worker_answer,
                                   logging.getLogger("fedmtl").getEffectiveLevel()))
@@ -304,7 +108,7 @@ class InProcessGrid(Grid):
         """The replies to messages that have their ids: this process's ClientApp, or the workers'
         (in the order of the messages they answer, whichever worker answered)."""
         if self.workers == 1:
-            return _handle_all(self.client_app, self.states, messages, timeout)
+            return handle_all(self.client_app, self.states, messages, timeout)
         batches = [[] for _ in range(self.workers)]
         for m in messages:
             batches[(m.metadata.dst_node_id - NODE_ID_OFFSET) % self.workers].append(m)
@@ -328,12 +132,12 @@ class InProcessGrid(Grid):
                 with no_cyclic_gc():  # some 10^4 objects a round (see there)
                     answered, records = pickle.loads(conn.recv_bytes())
                 replies.extend(answered)
-                _relog(records)
+                relog(records)
             except (EOFError, OSError):  # the worker died: its clients' replies are lost, the round goes on
                 if batches[w]:
                     log.warning("worker %d (pid %s) is gone; its %d clients failed this round", w,
                                 self.procs[w].pid, len(batches[w]))
-                replies.extend(_error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in batches[w])
+                replies.extend(error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in batches[w])
         order = {m.metadata.message_id: k for k, m in enumerate(messages)}
         return sorted(replies, key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
 

@@ -457,11 +457,11 @@ def test_worker_processes_run_secagg(tmp_path):
 
 
 def test_pipe_pickles_kept_arrays_as_values_and_a_matrix_once():
-    """The grid-worker pipe (inprocess._dumps): a kept array comes back kept, with its values; rows
+    """The grid-worker pipe (engine/pipe.py's dumps): a kept array comes back kept, with its values; rows
     of one matrix attached to many messages cross it as that matrix once and each one's row numbers."""
     import pickle
 
-    from fedmtl.engine.inprocess import _dumps
+    from fedmtl.engine.pipe import dumps as _dumps
     from fedmtl.federation.arrays import record, rows_source
     from fedmtl.itemitem import RowsOf
 

@@ -15,7 +15,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmtl.config import compose
-from fedmtl.engine.inprocess import NodeStates, handle
+from fedmtl.engine.nodes import NodeStates, handle
 from fedmtl.errors import ConfigError, FedMTLError, PrivacyRefused
 from fedmtl.federation.client_app import make_client_app
 from fedmtl.federation.client_state import config_from_context

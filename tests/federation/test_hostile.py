@@ -17,7 +17,7 @@ import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from fedmtl.config import compose
-from fedmtl.engine.inprocess import NODE_ID_OFFSET
+from fedmtl.engine.nodes import NODE_ID_OFFSET
 from fedmtl.errors import ConfigError
 from fedmtl.federation import replies as rp
 from fedmtl.federation.screening import validate_gram_part
