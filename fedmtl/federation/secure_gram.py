@@ -59,10 +59,21 @@ def gram_chunk_of(cfg: RunConfig, data, n_items: int, k: int, chunks: int, clip:
     if clip is not None:
         parts = itemitem.clip_parts(parts, clip)
     per = chunks // len(parts)
-    full = np.zeros((n_items, n_items), np.float32)
-    full[np.ix_(items, items)] = parts[part_names(cfg)[k // per]]
     r, c = triu_chunk(n_items, k % per, per)
-    return full[r, c].astype(np.float64)
+    return chunk_values(n_items, np.asarray(items), parts[part_names(cfg)[k // per]], r, c)
+
+
+def chunk_values(n_items: int, items: np.ndarray, part: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The n_items x n_items matrix that is `part` on items x items and 0 elsewhere, held in float32,
+    at the positions (r, c), as float64: read from the part itself, without the whole matrix (a
+    fresh 11 MB one per client and chunk was a tenth of the secure Gram's time at MovieLens-100k)."""
+    pos = np.full(n_items, -1, np.int64)
+    pos[items] = np.arange(len(items))
+    pr, pc = pos[r], pos[c]
+    on = (pr >= 0) & (pc >= 0)
+    out = np.zeros(len(r))
+    out[on] = np.asarray(part).astype(np.float32)[pr[on], pc[on]]
+    return out
 
 
 def answer_chunk(msg: Message, ctx: Context, spec: str) -> Message:

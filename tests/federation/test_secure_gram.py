@@ -55,3 +55,26 @@ def test_a_client_that_does_not_send_its_part_stops_the_secure_gram_with_one_lin
 def test_click_mix_stays_refused_where_the_parts_would_go_in_the_clear(mode):
     with pytest.raises(FedMTLError, match=f"privacy={mode}"):
         compose(TINY + [f"privacy={mode}"])
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_chunk_is_read_from_the_part_as_from_the_whole_matrix(scaled):
+    """chunk_values: every chunk of the upper triangle equals the chunk of the whole n x n float32
+    matrix that holds the part (the way it was built before), bit for bit, for counts and for a
+    clipped (scaled, non-integer) part."""
+    rng = np.random.default_rng(5)
+    n = 53
+    items = np.sort(rng.choice(n, 17, replace=False))
+    part = rng.integers(0, 9, (17, 17)).astype(np.float64)
+    part = part + part.T
+    if scaled:
+        part = part * 0.123456789
+    full = np.zeros((n, n), np.float32)
+    full[np.ix_(items, items)] = part
+    r_all, c_all = np.triu_indices(n)
+    for lo in range(0, len(r_all), 400):
+        r, c = r_all[lo:lo + 400], c_all[lo:lo + 400]
+        got = secure_gram.chunk_values(n, items, part, r, c)
+        want = full[r, c].astype(np.float64)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert np.count_nonzero(secure_gram.chunk_values(n, items, part, r_all, c_all)) > 0
