@@ -65,8 +65,9 @@ def gram_chunk_of(cfg: RunConfig, data, n_items: int, k: int, chunks: int, clip:
 
 def chunk_values(n_items: int, items: np.ndarray, part: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
     """The n_items x n_items matrix that is `part` on items x items and 0 elsewhere, held in float32,
-    at the positions (r, c), as float64: read from the part itself, without the whole matrix (a
-    fresh 11 MB one per client and chunk was a tenth of the secure Gram's time at MovieLens-100k)."""
+    at the positions (r, c), as float64: read from the part itself, without making the whole matrix
+    for each client and chunk (0.7 ms against 1.0 ms a chunk at MovieLens-100k; the secure Gram's
+    wall time, about 200 s, is Flower's SecAgg+ stages)."""
     pos = np.full(n_items, -1, np.int64)
     pos[items] = np.arange(len(items))
     pr, pc = pos[r], pos[c]
