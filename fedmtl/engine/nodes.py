@@ -138,5 +138,3 @@ def handle_all(client_app, states: NodeStates, msgs, timeout) -> list[Message]:
     replies = [handle(client_app, states, m, timeout) for m in msgs]
     states.commit()
     return [r for r in replies if r is not None]
-
-

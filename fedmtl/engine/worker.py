@@ -13,6 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from .nodes import NodeStates, handle_all, no_cyclic_gc
 from .pipe import dumps as _dumps, loads as _loads
 
+
 class _Records(list):
     """Where a worker's fedmtl log records wait (a QueueHandler's queue) to go back with its answer."""
 
@@ -71,10 +72,10 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
         if kind == "matrices":
             matrices.update(arg)
         elif kind == "run":
+            replies = answer(arg, timeout)  # the cohort's batch pauses the collector itself; the ClientApp's path not
             with no_cyclic_gc():
-                replies = answer(arg, timeout)
                 conn.send_bytes(_dumps((replies, records[:])))
-                records.clear()
+            records.clear()
             if not frozen:  # what the first round built (the clients' data, the run's setup) lives as long as
                 gc.freeze()  # the worker: the cyclic collector stops walking it (gen-2 collections cost ~1 s a run)
                 frozen = True
@@ -85,5 +86,3 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
             states.load(Path(arg))
             conn.send_bytes(_dumps(True))
     conn.close()
-
-
