@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -107,6 +108,7 @@ def unpack(payload: dict[str, np.ndarray], shapes: dict[str, tuple]) -> tuple[np
 
 
 _SCRATCH: dict = {}  # name -> a flat buffer rowwise_fedavg reuses from round to round (see there)
+_SCRATCH_LOCK = threading.Lock()  # one rowwise_fedavg at a time uses them
 
 
 def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
@@ -141,8 +143,6 @@ def _run_jobs(jobs: list, parallel: bool) -> None:
         for job in jobs:
             job(0)
         return
-    import threading
-
     todo, lock, failed = iter(jobs), threading.Lock(), []
 
     def loop(slot: int) -> None:
@@ -174,6 +174,11 @@ def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.n
     sums run in client order, as a loop over the clients would (the same floats, bit for bit).
     A large round's work (the other arrays, and each column of the row tables) is shared by
     two threads, every sum still in client order."""
+    with _SCRATCH_LOCK:
+        return _rowwise_fedavg(current, payloads, weights, factors)
+
+
+def _rowwise_fedavg(current, payloads, weights, factors) -> dict[str, np.ndarray]:
     shapes = {k: v.shape for k, v in current.items()}
     dense_names, row_names = layout(shapes)
     out: dict[str, np.ndarray] = {}
