@@ -24,7 +24,7 @@ BEFORE_KEY = {
     "server_lr": {"schedule": "constant", "final": 0.0},
     "eval": {"negatives": 99},
     "click_mix": {"weight": 0.0, "lam": 500.0, "grid_weight": [], "grid_lam": [], "dp_clip": 20.0,
-                  "dp_noise_multiplier": 1.0, "seq_weight": 0.0, "seq_window": 10, "seq_last": 5,
+                  "dp_noise_multiplier": 1.0, "secure_gram_mb": 1024, "seq_weight": 0.0, "seq_window": 10, "seq_last": 5,
                   "seq_decay": 0.7},
     "client_floor": {"privacy": "none", "gram": True, "sparse": True, "min_noise_multiplier": 0.0,
                      "secagg_min_threshold": 2},

@@ -176,6 +176,7 @@ class ClickMixConfig(TypedDict):
     grid_lam: list[Number]
     dp_clip: Number
     dp_noise_multiplier: Number
+    secure_gram_mb: Number
     seq_weight: Number
     seq_window: int
     seq_last: int

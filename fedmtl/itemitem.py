@@ -309,6 +309,7 @@ def check_config(cfg: dict) -> None:
     number(cfg, "click_mix.lam", lo=0, lo_open=True)
     number(cfg, "click_mix.dp_clip", lo=0, lo_open=True)
     number(cfg, "click_mix.dp_noise_multiplier", lo=0, lo_open=True)
+    number(cfg, "click_mix.secure_gram_mb", lo=0, lo_open=True)
     number(cfg, "click_mix.seq_weight", lo=0)
     number(cfg, "click_mix.seq_window", lo=1, integer=True)
     number(cfg, "click_mix.seq_last", lo=1, integer=True)

@@ -125,7 +125,7 @@ def test_blend_with_weight_0_keeps_the_heads_ranking_and_a_large_weight_fixes_a_
 def test_click_mix_config_is_checked():
     cfg = compose(["click_mix.weight=0.3"])
     assert cfg["click_mix"] == {"weight": 0.3, "lam": 500.0, "grid_weight": [], "grid_lam": [], "dp_clip": 20.0,
-                                "dp_noise_multiplier": 1.0, "seq_weight": 0.0, "seq_window": 10, "seq_last": 5,
+                                "dp_noise_multiplier": 1.0, "secure_gram_mb": 2048, "seq_weight": 0.0, "seq_window": 10, "seq_last": 5,
                                 "seq_decay": 0.7}
     assert itemitem.active(cfg) and itemitem.grid(cfg) == []
     assert not itemitem.active(compose(["click_mix.weight=0.3", "tasks=[rating]"]))

@@ -28,7 +28,7 @@ def test_the_federated_preset_is_the_readme_setting():
     assert cfg["exchange"] == {"name": "sparse", "pad_rows": 200, "dtype": "int8"}
     assert cfg["weighting"] == {"name": "fixed", "weights": {"rating": 1.0, "click": 2.0, "like": 1.0}}
     assert cfg["click_mix"] == {"weight": 0.1, "lam": 300.0, "grid_weight": [], "grid_lam": [], "dp_clip": 20.0,
-                                "dp_noise_multiplier": 1.0, "seq_weight": 0.0, "seq_window": 10, "seq_last": 5,
+                                "dp_noise_multiplier": 1.0, "secure_gram_mb": 2048, "seq_weight": 0.0, "seq_window": 10, "seq_last": 5,
                                 "seq_decay": 0.7}
 
 

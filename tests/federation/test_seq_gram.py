@@ -59,7 +59,7 @@ def windows(monkeypatch):
         real(self, cfg, gram, node_items, whole_once, dp_release, window)
 
     monkeypatch.setattr(server_app.ItemItem, "__init__", spy)
-    monkeypatch.setattr(secure_gram, "GRAM_CHUNK", 205)  # 820 values of a 40 x 40 triangle: 4 rounds a Gram
+    monkeypatch.setattr(secure_gram, "chunk_size", lambda cfg: 205)  # 820 values of a 40 x 40 triangle: 4 rounds a Gram
     return seen
 
 
