@@ -170,16 +170,13 @@ def validate(cfg: dict) -> RunConfig:
     check_click_mix(cfg)
     choice(cfg, "backend.name", BACKENDS)
     bcfg = cfg["backend"]
-    if bcfg["name"] in ("inprocess", "cohort"):
-        workers = bcfg.get("workers", 1)
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"backend.workers={workers!r}: expected an integer >= 1 (worker processes)")
+    if bcfg["name"] in ("inprocess", "cohort") and "workers" in bcfg:
+        number(cfg, "backend.workers", lo=1, integer=True)  # worker processes
     if bcfg["name"] == "cohort":  # here, not where each worker process builds its grid
-        threads, chunk = bcfg.get("threads", 1), bcfg.get("chunk_mb")
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise ConfigError(f"backend.threads={threads!r}: expected an integer >= 0 (0: every core)")
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or chunk <= 0):
-            raise ConfigError(f"backend.chunk_mb={chunk!r}: expected a number of MB > 0")
+        if "threads" in bcfg:
+            number(cfg, "backend.threads", lo=0, integer=True)  # 0: every core
+        if bcfg.get("chunk_mb") is not None:
+            number(cfg, "backend.chunk_mb", lo=0, lo_open=True)
     choice(cfg, "train.click_loss", CLICK_LOSSES)
     choice(cfg, "train.optimizer", ("adam", "sgd"))
     if cfg["train"]["shared_lr"] is not None:

@@ -125,7 +125,8 @@ def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 PARALLEL_VALUES = 1 << 20  # coded values in a round from which rowwise_fedavg works on two threads
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may use."""
     import os
 
     try:
@@ -139,7 +140,7 @@ def _run_jobs(jobs: list, parallel: bool) -> None:
     use two cores, taken in turn by this thread and one more (slot 1). The jobs write disjoint
     outputs, each in its own fixed order, so the result is the same floats either way; an
     exception in either thread is raised here."""
-    if not parallel or len(jobs) < 2 or _cores() < 2:
+    if not parallel or len(jobs) < 2 or usable_cores() < 2:
         for job in jobs:
             job(0)
         return

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import uuid
 
 import torch
@@ -47,6 +46,7 @@ from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, train_cohort, unba
 from ..errors import FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
+from ..sparse_codec import usable_cores
 from .inprocess import InProcessGrid, run_on_grid
 from .nodes import NODE_ID_OFFSET, handle, no_cyclic_gc
 
@@ -54,12 +54,8 @@ log = logging.getLogger("fedmtl")
 
 
 def _threads(n: int) -> int:
-    if n and n > 0:
-        return int(n)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """backend.threads: n, or with 0 every core this process may use."""
+    return int(n) if n and n > 0 else usable_cores()
 
 
 class CohortGrid(InProcessGrid):

@@ -214,7 +214,7 @@ def test_rowwise_fedavg_equals_the_per_client_loop_bit_for_bit(dtype, threads, m
     from fedmtl.sparse_codec import rowwise_fedavg
     if threads == 2:
         monkeypatch.setattr(codec, "PARALLEL_VALUES", 0)
-        monkeypatch.setattr(codec, "_cores", lambda: 2)
+        monkeypatch.setattr(codec, "usable_cores", lambda: 2)
     rng = np.random.default_rng(3)
     n_items = 40
     current = {"encoder.item_emb.weight": rng.normal(size=(n_items, 4)).astype(np.float32),
