@@ -87,5 +87,7 @@ def block(cfg: dict, name: str) -> dict:
         raise ConfigError(f"{name}={value!r}: expected a block with {keys}")
     unknown = set(value) - set(BEFORE_KEY[name])
     if unknown:
-        raise ConfigError(f"{name}.{sorted(unknown)[0]}: unknown key (expected {keys})")
+        key = str(sorted(unknown, key=str)[0])
+        shown = key if key.isprintable() else repr(key)  # one line, whatever the key holds
+        raise ConfigError(f"{name}.{shown}: unknown key (expected {keys})")
     return value
