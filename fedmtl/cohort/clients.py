@@ -76,6 +76,12 @@ def prepare(setup: RunSetup, job: Job, n_items: int) -> Client:
                    data.train_u.cpu().numpy(), data.train_r.cpu().numpy())
 
 
+def prepare_ahead(setup: RunSetup, jobs: list[Job]) -> dict:
+    """{(pid, server round): Client} of jobs, prepared before their round (train_cohort's `prepared`)."""
+    n_items = int(setup.meta["n_items"])
+    return {(j.pid, j.server_round): prepare(setup, j, n_items) for j in jobs}
+
+
 CHUNK_MB = 128.0  # backend.chunk_mb's default (conf/backend/cohort.yaml): fastest of 16-256 on the ML-100k recipe
 
 

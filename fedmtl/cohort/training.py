@@ -5,6 +5,7 @@ client_step.train_client gives them (`train_cohort`), and the round's FLOPs (`ro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..model import personal_names, shared_names
 from ..sparse_codec import ROW_TABLES, sparse_payloads
 from ..tasks import dataset_labels, get as task_of, ranking_tasks
 from .chunk import Chunk
-from .clients import CHUNK_MB, Job, chunks, prepare
+from .clients import CHUNK_MB, Client, Job, chunks, prepare
 from .optim import Optim
 
 
@@ -101,16 +102,18 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
             for k in range(C)]
 
 
-def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = CHUNK_MB
-                 ) -> list[tuple[dict, dict, dict]]:
-    """Every job's (upload, metrics, new state), as client_step.train_client gives them."""
+def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = CHUNK_MB,
+                 prepared: dict | None = None) -> list[tuple[dict, dict, dict]]:
+    """Every job's (upload, metrics, new state), as client_step.train_client gives them.
+    prepared {(pid, server round): Client}: clients `prepare` gave ahead of the round (engine/cohort.py's
+    workers, while the server aggregates), taken where they match a job's client, round and data."""
     cfg, tcfg = setup.cfg, setup.tcfg
     if tcfg.weight_decay or unbatched(cfg):
         raise ValueError(f"train_cohort: this config is not batched ({'; '.join(unbatched(cfg))})")
     meta = setup.meta
     n_items = int(meta["n_items"])
     shared = dp_rows.without_indicator(shared)
-    clients = [prepare(setup, j, n_items) for j in jobs]
+    clients = [_ready(setup, j, n_items, prepared) for j in jobs]
     results: dict[int, tuple] = {}
     mcfg = cfg["model"]
     template = setup.template(1)
@@ -123,6 +126,15 @@ def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job]
         budget = dp_rows.Budget.of(cfg)
         results = {k: (dp_rows.client_upload(up, shared, budget), m, st) for k, (up, m, st) in results.items()}
     return [results[id(j)] for j in jobs]
+
+
+def _ready(setup: RunSetup, job: Job, n_items: int, prepared: dict | None) -> Client:
+    """The job's Client: the one prepared ahead for its client, round and data, or `prepare`'s now
+    (`prepare` reads only those, so both are the same client)."""
+    c = prepared.get((job.pid, job.server_round)) if prepared else None
+    if c is not None and c.job.data is job.data:
+        return dataclasses.replace(c, job=job)
+    return prepare(setup, job, n_items)
 
 
 ENCODE_BLOCK = 16  # clients whose float64 updates are encoded at once: small enough to stay in cache (2x faster

@@ -42,7 +42,7 @@ from flwr.clientapp import ClientApp
 
 from ..config_types import RunConfig
 from ..client_step import run_setup
-from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, train_cohort, unbatched
+from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, prepare_ahead, train_cohort, unbatched
 from ..errors import FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
@@ -74,6 +74,7 @@ class CohortGrid(InProcessGrid):
         from ..federation.client_privacy import client_privacy_mod
         self.privacy = client_privacy_mod(cfg) if cfg["privacy"]["name"] != "none" else None
         self.data: dict[int, object] = {}  # partition id -> its ClientData (states in memory only)
+        self.ahead: _Ahead | None = None  # a worker's: the next round's clients, prepared while the server aggregates
         self.refused = self._floor_refuses()
         if announce and self.reasons:
             log.info("backend=cohort: training goes client by client through the ClientApp (not batched: %s)",
@@ -202,18 +203,29 @@ class CohortGrid(InProcessGrid):
         batch's thread count: [(message, its node Context, (upload, metrics, state)), ...]."""
         from ..federation.client_state import state_values
 
+        if not groups:  # (an evaluation's answer: the round prepared ahead waits for its training)
+            return []
         setup = run_setup(self.cfg)
         out = []
+        prepared = self.ahead.take() if self.ahead is not None else None
         prev = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
             for shared, members in groups:
                 clients = [(m, rnd, *self._client(m)) for m, rnd in members]  # message, round, ctx, pid, data
                 jobs = [Job(pid, data, state_values(ctx.state), rnd) for _, rnd, ctx, pid, data in clients]
-                results = train_cohort(setup, shared, jobs, self.chunk_mb)
+                if prepared is not None:
+                    used = sum(1 for j in jobs if (c := prepared.get((j.pid, j.server_round))) is not None
+                               and c.job.data is j.data)
+                    log.debug("backend=cohort: %d of %d clients of round %d were prepared ahead", used, len(jobs),
+                              jobs[0].server_round if jobs else 0)
+                results = train_cohort(setup, shared, jobs, self.chunk_mb, prepared)
                 out += [(m, ctx, result) for (m, _, ctx, _, _), result in zip(clients, results)]
         finally:
             torch.set_num_threads(prev)
+        if self.ahead is not None and len(groups) == 1 and self.states.db is None:
+            # the next round's guess: the same clients, one round on (each client's data is kept: states in memory)
+            self.ahead.plan(setup, [Job(j.pid, j.data, {}, j.server_round + 1) for j in jobs])
         return out
 
     def _train_batch(self, msgs: list[Message]) -> dict[int, Message]:
@@ -267,11 +279,77 @@ class CohortGrid(InProcessGrid):
             out[id(m)] = handle(lambda msg, ctx, handler=handler: self.privacy(msg, ctx, handler), self.states, m)
         return out
 
+class _Ahead:
+    """A worker's next training round prepared while it waits (cohort.prepare_ahead: each client's row
+    set, permutations and pairs, which depend on its data, the round and the seed only, not on the
+    arrays the round brings): the same clients as the last round, one round on. The server spends
+    about a fifth of a round screening and aggregating with one core while the workers wait; this
+    fills that core. The work runs on a thread of the lowest priority (nice 19, where the OS allows
+    it), so that it takes the idle core, not the server's; `take` waits for it and returns what it
+    prepared, which train_cohort uses only where a job matches it (client, round and data)."""
+
+    def __init__(self):
+        self.planned = None  # (setup, jobs) for `start`
+        self.thread = None
+        self.result: dict = {}
+
+    def plan(self, setup, jobs) -> None:
+        self.planned = (setup, jobs)
+
+    def start(self) -> None:
+        """Prepare the planned round on a low-priority thread (after this round's replies are sent)."""
+        import threading
+
+        if self.planned is None or self.thread is not None:
+            return
+        setup, jobs = self.planned
+        self.planned = None
+
+        def run():
+            import os
+
+            try:  # this thread only (Linux: a thread's id is a pid to setpriority)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except (AttributeError, OSError):
+                pass
+            try:
+                self.result = prepare_ahead(setup, jobs)
+            except Exception as ex:  # noqa: BLE001 the round then prepares its clients itself, as without this
+                log.debug("backend=cohort: preparing the next round ahead failed (%s: %s)", type(ex).__name__, ex)
+                self.result = {}
+
+        self.thread = threading.Thread(target=run, name="fedmtl-prepare-ahead", daemon=True)
+        self.thread.start()
+
+    def take(self) -> dict:
+        """What the thread prepared (empty if none ran); it starts over for the next round."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        out, self.result = self.result, {}
+        return out
+
+
+class _WorkerAnswer:
+    """A worker process's answer(messages, timeout) (InProcessGrid's workers): its nodes of a round as
+    one batch; `idle()`, called once the replies are sent, prepares the next round's clients ahead."""
+
+    def __init__(self, grid: CohortGrid):
+        self.grid = grid
+        grid.ahead = _Ahead()
+
+    def __call__(self, messages, timeout=None):
+        return self.grid.answer(messages, timeout)
+
+    def idle(self) -> None:
+        self.grid.ahead.start()
+
+
 def worker_answer(cfg: RunConfig, client_app: ClientApp, num_nodes: int, run_id: int, run_config: dict, states):
-    """A worker process's answer(messages, timeout) (InProcessGrid's workers): its nodes of a round as one batch."""
+    """A worker process's answer (InProcessGrid's workers; _WorkerAnswer)."""
     grid = CohortGrid(client_app, num_nodes, cfg, run_id=run_id, run_config=run_config, announce=False)
     grid.states = states
-    return grid.answer
+    return _WorkerAnswer(grid)
 
 
 def run_cohort(server_app, client_app, num_nodes: int, cfg: RunConfig, run_config: dict | None = None,

@@ -53,11 +53,13 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = identity
     client_app = cloudpickle.loads(app_blob)
     states = NodeStates(num_nodes, run_id, run_config, Path(db_path) if db_path else None)
+    idle = None  # what a batch does once its replies are sent (a cohort worker: prepare the next round)
     if worker_answer is None:
         def answer(msgs, timeout):
             return handle_all(client_app, states, msgs, timeout)
     else:  # e.g. backend=cohort backend.workers=N: this worker's nodes of a round as one batch
         answer = worker_answer(client_app, num_nodes, run_id, run_config, states)
+        idle = getattr(answer, "idle", None)
     matrices: dict = {}  # key -> a matrix the grid sent once (rows of EASE's B: one per run and lambda)
     frozen = False
     while True:
@@ -76,6 +78,9 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
             with no_cyclic_gc():
                 conn.send_bytes(_dumps((replies, records[:])))
             records.clear()
+            del replies
+            if idle is not None:  # e.g. the cohort's batch prepares the next round while the server aggregates
+                idle()
             if not frozen:  # what the first round built (the clients' data, the run's setup) lives as long as
                 gc.freeze()  # the worker: the cyclic collector stops walking it (gen-2 collections cost ~1 s a run)
                 frozen = True

@@ -535,3 +535,50 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_resume_goes_on(tmp_path, 
     monkeypatch.undo()
     done = run(compose(ov + ["resume=true"]), tmp_path)
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 3 and done["metrics"]
+
+
+def test_clients_prepared_ahead_train_as_clients_prepared_in_the_round(monkeypatch):
+    """A worker prepares the next round's clients while the server aggregates (cohort.prepare_ahead):
+    train_cohort takes those that match a job (client, round, data), bit for bit what preparing them
+    in the round gives, and prepares the others itself."""
+    import fedmtl.cohort.training as training
+    from fedmtl.client_step import run_setup
+    from fedmtl.cohort import Job, prepare_ahead, train_cohort
+    from fedmtl.data import federation_for
+    from fedmtl.model import get_arrays, shared_names
+
+    cfg = dict(compose(SMALL + RECIPE + ["num_clients=8"]), output_dir="x")
+    setup = run_setup(cfg)
+    fed = federation_for(cfg)
+    model, _ = setup.template(1)
+    shared = get_arrays(model, shared_names(model, cfg["aggregate"]))
+    jobs = [Job(p, fed.partition_data(p), {}, 2) for p in range(8)]
+    ref = train_cohort(setup, shared, jobs, budget_mb=0.05)
+    ahead = prepare_ahead(setup, [Job(j.pid, j.data, {}, 2) for j in jobs[:5]])
+    ahead[(5, 2)] = prepare_ahead(setup, [Job(5, fed.partition_data(5), {}, 2)])[(5, 2)]  # other data: not taken
+    ahead[(6, 3)] = prepare_ahead(setup, [Job(6, jobs[6].data, {}, 3)])[(6, 3)]  # another round: not taken
+    calls = []
+    real = training.prepare
+    monkeypatch.setattr(training, "prepare", lambda s, job, n: calls.append(job.pid) or real(s, job, n))
+    got = train_cohort(setup, shared, jobs, budget_mb=0.05, prepared=ahead)
+    assert sorted(calls) == [5, 6, 7]
+    for (ua, ma, sa), (ub, mb, sb) in zip(ref, got):
+        assert ua.keys() == ub.keys() and ma == mb
+        for k in ua:
+            assert np.array_equal(ua[k], ub[k]), k
+        for k in sa["personal"]:
+            assert np.array_equal(sa["personal"][k], sb["personal"][k]), k
+
+
+def test_worker_processes_prepare_each_next_round_ahead(tmp_path, caplog):
+    """backend.workers=2: after sending a round's replies each worker prepares the next round's clients
+    (the same ones, one round on) on a low-priority thread; from round 2 on every client was prepared
+    ahead, and the run is the one-process run's."""
+    caplog.set_level(logging.DEBUG, logger="fedmtl")
+    ov = RECIPE + ["num_clients=6", "num_rounds=4", "eval_every=2"]
+    ref, _ = _run(tmp_path, "one", ov + ["backend=cohort"])
+    got, _ = _run(tmp_path, "workers", ov + ["backend=cohort", "backend.workers=2"])
+    assert_close(ref, got)
+    lines = [r.getMessage() for r in caplog.records if "prepared ahead" in r.getMessage()]
+    for rnd in (2, 3, 4):  # each worker's 3 nodes, every round after the first (evaluations in between)
+        assert lines.count(f"backend=cohort: 3 of 3 clients of round {rnd} were prepared ahead") == 2, lines
