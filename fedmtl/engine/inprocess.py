@@ -41,6 +41,11 @@ log = logging.getLogger("fedmtl")
 
 
 class InProcessGrid(Grid):
+    # click_mix's rows of B on evaluation messages stay rows of the matrix here (arrays.RowsOf: a
+    # client takes its own when it reads them; a worker is sent each matrix once): the rows of a
+    # whole evaluation cost no memory, so it goes in one send (federation/click_mix.send_evaluate)
+    eval_rows_bytes = float("inf")
+
     def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1, run_config: dict | None = None,
                  workers: int = 1, state_dir: str | Path | None = None, worker_answer=None):
         """worker_answer (workers > 1): a picklable callable(client_app, num_nodes, run_id,

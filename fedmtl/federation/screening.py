@@ -27,10 +27,13 @@ def common_metrics(replies) -> None:
     replies = [r for r in replies if not r.has_error()]
     if not replies:
         return
-    common = set.intersection(*(set(r.content["metrics"].keys()) for r in replies))
-    for r in replies:
-        m = r.content["metrics"]
-        if set(m.keys()) != common:
+    keys = [tuple(r.content["metrics"].keys()) for r in replies]
+    if keys.count(keys[0]) == len(keys):  # the usual round: every reply the same keys in the same order
+        return
+    common = set.intersection(*map(set, keys))
+    for r, k in zip(replies, keys):
+        if set(k) != common:
+            m = r.content["metrics"]
             r.content["metrics"] = MetricRecord({k: v for k, v in m.items() if k in common})
 
 

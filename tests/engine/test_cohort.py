@@ -490,6 +490,7 @@ def test_workers_get_each_matrix_of_b_once(tmp_path, monkeypatch):
     sent, real = [], inprocess._dumps
     monkeypatch.setattr(inprocess, "_dumps", lambda obj, known=None: sent.append(obj) or real(obj, known))
     monkeypatch.setattr(ItemItem, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(inprocess.InProcessGrid, "eval_rows_bytes", None)  # ItemItem.CHUNK_BYTES: one client a send
     got, _ = _run(tmp_path, "chunked", ov)
     runs = [o for o in sent if isinstance(o, tuple) and o[0] == "run"]
     matrices = [m for o in sent if isinstance(o, tuple) and o[0] == "matrices" for m in o[1].values()]

@@ -101,20 +101,40 @@ def test_a_grid_without_a_blend_runs_the_gram_round_and_leaves_click_as_it_was(t
 @pytest.mark.parametrize("backend", ["inprocess", "cohort"])
 def test_rows_of_b_sent_a_chunk_of_clients_at_a_time_give_the_same_run(tmp_path, monkeypatch, backend):
     """The server attaches B's rows to a few evaluation messages at a time and drops them once
-    answered (memory: one chunk's rows, not every client's): the same metrics and bytes, and
-    each send holds no more rows than the chunk allows."""
+    answered (memory: one chunk's rows, not every client's, where the rows leave the process):
+    the same metrics and bytes, and each send holds no more rows than the chunk allows. An
+    in-process grid, whose messages keep the rows as rows of the matrix, takes each evaluation in
+    one send."""
+    from fedmtl.engine.inprocess import InProcessGrid
     from fedmtl.federation import server_app
 
     over = TINY + ["click_mix.weight=0.6", "click_mix.lam=5", f"backend={backend}"]
-    whole = run(compose(over), tmp_path / "whole")
-    n_items = federation_for(compose(TINY)).meta["n_items"]
-    biggest = max(len(items) for items in client_items(compose(TINY)))
-    monkeypatch.setattr(server_app.ItemItem, "CHUNK_BYTES", 2 * biggest * n_items * 4)
     sends = []
     real = server_app.ItemItem.attach
     monkeypatch.setattr(server_app.ItemItem, "attach", lambda self, msgs, final: sends.append(len(msgs))
                         or real(self, msgs, final))
+    whole = run(compose(over), tmp_path / "whole")
+    assert sends == [6, 6]  # 6 clients, 2 evaluations: one send each
+    sends.clear()
+    n_items = federation_for(compose(TINY)).meta["n_items"]
+    biggest = max(len(items) for items in client_items(compose(TINY)))
+    monkeypatch.setattr(server_app.ItemItem, "CHUNK_BYTES", 2 * biggest * n_items * 4)
+    monkeypatch.setattr(InProcessGrid, "eval_rows_bytes", None)  # the bound a grid that sends the rows has
     chunked = run(compose(over), tmp_path / "chunked")
     assert chunked["metrics"] == whole["metrics"]
     assert chunked["bytes_down_total"] == whole["bytes_down_total"]
     assert len(sends) > 2 and max(sends) <= 2 and sum(sends) == 6 * 2  # 6 clients, 2 evaluations
+
+
+def test_the_servers_gram_in_the_clear_is_the_exact_sum_of_the_parts(monkeypatch):
+    """Parts in the clear are whole counts: the server adds them in float32 (exact below 2^24) and
+    solves EASE on the float64 Gram, the very matrix the pooled data gives, bit for bit."""
+    from fedmtl.federation import click_mix
+
+    cfg = compose(TINY + ["click_mix.weight=0.5", "click_mix.lam=5"])
+    seen = []
+    real = click_mix.ItemItem.__init__
+    monkeypatch.setattr(click_mix.ItemItem, "__init__", lambda self, c, g, *a, **k: seen.append(g) or real(self, c, g, *a, **k))
+    item_item_round(InProcessGrid(make_client_app(cfg), 6), cfg, build_strategy(cfg))
+    want = gram(federation_for(cfg).all_data().train_mask())
+    assert seen[0].dtype == np.float64 and np.array_equal(seen[0], want)
