@@ -173,3 +173,15 @@ def test_a_baseline_scores_the_grid_in_its_final_evaluation_as_metric_groups(tmp
         assert mixed[f"mix_w0_lam5/{key}"] == pytest.approx(plain[key])  # weight 0: the head's ranking
         assert mixed[f"mix_w0_lam50/{key}"] == pytest.approx(plain[key])
     assert mixed["rating.rmse"] == plain["rating.rmse"]
+
+
+def test_ease_is_the_textbook_formula_bit_for_bit():
+    """EASE's B = -P / diag(P) off the diagonal, P = (G + lam I)^-1: the same float32 bits however
+    the quotients are laid out."""
+    rng = np.random.default_rng(3)
+    x = (rng.random((60, 40)) < 0.2).astype(np.float64)
+    g = x.T @ x
+    p = np.linalg.inv(g + 7.0 * np.eye(40))
+    want = -p / np.diag(p)
+    np.fill_diagonal(want, 0.0)
+    assert np.array_equal(itemitem.ease(g, 7.0), want.astype(np.float32))
