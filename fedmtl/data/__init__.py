@@ -170,8 +170,10 @@ class Federation:
     def bounds(self) -> dict:
         """The two bounds the server checks replies against: the most training examples
         (`max_examples`) and the most users (`max_users`) one client holds."""
-        counts = self.split.train.groupby("user").size()
-        return {"max_examples": max(int(counts.reindex(users).fillna(0).sum()) for users in self.clients),
+        users = self.split.train["user"].to_numpy(np.int64)
+        top = max([int(users.max(initial=-1)), *(int(np.max(c, initial=-1)) for c in self.clients)])
+        counts = np.bincount(users, minlength=top + 1)  # each user's training rows (one pass, not a reindex a client)
+        return {"max_examples": max(int(counts[np.asarray(c, np.int64)].sum()) for c in self.clients),
                 "max_users": max(len(c) for c in self.clients)}
 
     def client_data(self, users: np.ndarray) -> ClientData:

@@ -58,7 +58,8 @@ class SparseFedAvg(FedAvg):
         weights = np.array([float(c["metrics"][self.weighted_by_key]) for c in contents])
         current = {k: v.numpy() for k, v in self._current.items()}
         raw = [c["metrics"][self.weighted_by_key] for c in contents]
-        factors = [w / sum(raw) for w in raw]  # Flower's aggregate_arrayrecords' factors
+        total = sum(raw)
+        factors = [w / total for w in raw]  # Flower's aggregate_arrayrecords' factors (one sum, not one a client)
         # read only (rowwise_fedavg writes none of them): the arrays this process keeps, without a copy
         payloads = [{k: peek(v) for k, v in c[self.arrayrecord_key].items()} for c in contents]
         out = ArrayRecord({k: Array(np.asarray(v)) for k, v in rowwise_fedavg(current, payloads, weights,
