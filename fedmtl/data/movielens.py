@@ -83,6 +83,41 @@ def _int(path: Path, no: int, value: str, column: str) -> int:
 
 
 def _ratings(path: Path, sep: str) -> pd.DataFrame:
+    """The ratings file's user, item, rating, timestamp columns: pandas' C parser where the file is
+    plainly well formed (ML-1M's million lines in about 0.5 s instead of 2), else line by line, which
+    reads the same values and names the first bad line."""
+    fast = _ratings_fast(path, sep)
+    return fast if fast is not None else _ratings_lines(path, sep)
+
+
+def _ratings_fast(path: Path, sep: str) -> pd.DataFrame | None:
+    """`_ratings_lines`' frame, or None where the file is not one it surely reads the same: a byte other
+    than digits, the separator and newlines (no spaces, signs, quotes, '\r', NaN or decimals, which the
+    two read differently: the C parser takes "5." as an integer), rows of unequal width, an empty
+    field, a value outside an int64 or a rating outside 1..5. MovieLens' own files are digits only."""
+    import csv
+    import re
+
+    try:
+        text = path.read_bytes().decode("latin-1")
+    except OSError:
+        return None
+    if re.search(r"[^0-9\n" + re.escape(sep) + "]", text) or (sep != "\t" and "\t" in text):
+        return None
+    body = text.replace(sep, "\t") if sep != "\t" else text
+    try:
+        frame = pd.read_csv(io.StringIO(body), sep="\t", header=None, usecols=[0, 1, 2, 3], quoting=csv.QUOTE_NONE,
+                            dtype={0: np.int64, 1: np.int64, 2: np.float64, 3: np.int64}, na_filter=False,
+                            float_precision="round_trip", engine="c")
+    except Exception:  # noqa: BLE001 whatever the C parser refuses, the line-by-line reader names
+        return None
+    frame.columns = ["user", "item", "rating", "ts"]
+    if frame.empty or not frame["rating"].between(1.0, 5.0).all():
+        return None
+    return frame
+
+
+def _ratings_lines(path: Path, sep: str) -> pd.DataFrame:
     rows = []
     for no, f in _split_rows(path, sep, 4, "user, item, rating, timestamp"):
         user, item = _int(path, no, f[0], "user"), _int(path, no, f[1], "item")

@@ -319,3 +319,39 @@ def test_any_input_gives_a_dataset_or_a_one_line_data_error(ml, layout, which, w
             assert "\n" not in str(e) and str(e)
         else:
             _check_dataset(ds)
+
+
+_FIELD = st.one_of(st.integers(0, 10**6).map(str), st.sampled_from(["3", "4.5", "5.", "007", " 4", "+2", "1e0", "",
+                                                                   "nan", "2.5.1", "99999999999999999999", "1_0"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(_FIELD, _FIELD, st.one_of(st.sampled_from(["1", "3", "4.5", "5", "2.25"]), _FIELD),
+                               _FIELD, st.sampled_from(["", "::7", "\r", "\t1"])), min_size=1, max_size=8),
+       sep=st.sampled_from(["::", "\t"]), blank=st.booleans())
+def test_the_fast_ratings_reader_reads_what_the_line_reader_reads(tmp_path, rows, sep, blank):
+    """_ratings takes pandas' C parser where a ratings file is plainly well formed, else reads it line by
+    line: the same frame (values and dtypes) as the line reader, or the line reader's one DataError line."""
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "ratings"
+    lines = [sep.join(r[:4]) + r[4].replace("::", sep) for r in rows]
+    path.write_bytes(("\n".join(lines) + ("\n\n" if blank else "\n")).encode("latin-1"))
+    try:
+        want = movielens._ratings_lines(path, sep)
+    except DataError as e:
+        with pytest.raises(DataError) as info:
+            movielens._ratings(path, sep)
+        assert str(info.value) == str(e)
+        return
+    got = movielens._ratings(path, sep)
+    assert got.equals(want) and list(got.dtypes) == list(want.dtypes)
+
+
+def test_the_fast_ratings_reader_takes_plain_files(tmp_path):
+    """A plainly well-formed ratings file is read by the C parser (not the line reader)."""
+    path = tmp_path / "ratings.dat"
+    path.write_bytes(b"1::10::4::978300760\n2::11::3::978300761\n\n3::10::5::978300762\n")
+    fast = movielens._ratings_fast(path, "::")
+    assert fast is not None and fast.equals(movielens._ratings_lines(path, "::"))
+    assert fast["rating"].tolist() == [4.0, 3.0, 5.0] and fast["user"].tolist() == [1, 2, 3]
+    path.write_bytes(b"1::10::4::978300760\n2::11::3.5::978300761\n")  # a decimal rating: read line by line
+    assert movielens._ratings_fast(path, "::") is None and movielens._ratings(path, "::")["rating"].tolist() == [4.0, 3.5]
