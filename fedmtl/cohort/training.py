@@ -103,10 +103,12 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
 
 
 def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = CHUNK_MB,
-                 prepared: dict | None = None) -> list[tuple[dict, dict, dict]]:
+                 prepared: dict | None = None, on_chunk=None) -> list[tuple[dict, dict, dict]]:
     """Every job's (upload, metrics, new state), as client_step.train_client gives them.
     prepared {(pid, server round): Client}: clients `prepare` gave ahead of the round (engine/cohort.py's
-    workers, while the server aggregates), taken where they match a job's client, round and data."""
+    workers, while the server aggregates), taken where they match a job's client, round and data.
+    on_chunk(indices, results): called once a chunk is trained with its jobs' positions in `jobs` and
+    their results (engine/cohort.py's workers send those replies while the next chunks train)."""
     cfg, tcfg = setup.cfg, setup.tcfg
     if tcfg.weight_decay or unbatched(cfg):
         raise ValueError(f"train_cohort: this config is not batched ({'; '.join(unbatched(cfg))})")
@@ -117,14 +119,18 @@ def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job]
     results: dict[int, tuple] = {}
     mcfg = cfg["model"]
     template = setup.template(1)
+    budget = dp_rows.Budget.of(cfg) if dp_rows.enabled(cfg) else None
+    where = {id(j): k for k, j in enumerate(jobs)}
     for part in chunks(clients, cfg, budget_mb, int(mcfg["dim"]), int(mcfg["hidden"])):
         chunk = Chunk(setup, part, shared, template, meta)
         stats = _train_chunk(setup, chunk)
-        results.update(_finish(setup, chunk, shared, stats, n_items))
+        done = _finish(setup, chunk, shared, stats, n_items)
         del chunk
-    if dp_rows.enabled(cfg):  # each client's clipped update at full size and its row indicator (dp_rows.py)
-        budget = dp_rows.Budget.of(cfg)
-        results = {k: (dp_rows.client_upload(up, shared, budget), m, st) for k, (up, m, st) in results.items()}
+        if budget is not None:  # each client's clipped update at full size and its row indicator (dp_rows.py)
+            done = {k: (dp_rows.client_upload(up, shared, budget), m, st) for k, (up, m, st) in done.items()}
+        results.update(done)
+        if on_chunk is not None:
+            on_chunk([where[id(c.job)] for c in part], [done[id(c.job)] for c in part])
     return [results[id(j)] for j in jobs]
 
 

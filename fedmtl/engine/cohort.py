@@ -129,24 +129,28 @@ class CohortGrid(InProcessGrid):
         from ..federation.legacy import collect_stage_fitins
         return collect_stage_fitins(msg)
 
-    def answer(self, messages: list[Message], timeout=None) -> list[Message]:
-        """The replies to messages that have their ids: the batch's where it answers, the ClientApp's elsewhere."""
+    def answer(self, messages: list[Message], timeout=None, part=None) -> list[Message]:
+        """The replies to messages that have their ids: the batch's where it answers, the ClientApp's elsewhere.
+        part(replies) (a worker's): the plain training batch's replies go to it a chunk of clients at a
+        time, as soon as made, and are not returned (the worker sends each part while the next trains)."""
         batch = [m for m in messages if self._batchable(m)]
         secure = [(m, f) for m in messages if (f := self._secagg_fitins(m)) is not None]
         replies: dict[int, Message | None] = {}
+        sent: set[int] = set()  # the messages whose replies went to `part` already (None below: not returned)
         if batch or secure:
             train = [m.metadata.message_type == MessageType.TRAIN for m in batch]
             with no_cyclic_gc():
                 try:
-                    replies.update(self._train_batch([m for m, t in zip(batch, train) if t]))
+                    replies.update(self._train_batch([m for m, t in zip(batch, train) if t], part, sent))
                     replies.update(self._evaluate_batch([m for m, t in zip(batch, train) if not t]))
                     replies.update(self._secagg_batch(secure))
                 except FedMTLError:
                     raise
                 except Exception as ex:  # noqa: BLE001 the batch failed: each client on its own, as inprocess
                     log.warning("backend=cohort: the batched round failed (%s: %s); its %d messages go through the "
-                                "ClientApp", type(ex).__name__, ex, len(batch) + len(secure))
+                                "ClientApp", type(ex).__name__, ex, len(batch) + len(secure) - len(sent))
                     replies = {}
+        replies.update((k, None) for k in sent)  # answered (and their states stored) before the failure, if one
         for m in messages:
             if id(m) not in replies:
                 replies[id(m)] = handle(self.client_app, self.states, m, timeout)
@@ -198,9 +202,10 @@ class CohortGrid(InProcessGrid):
             torch.set_num_threads(prev)
         return out
 
-    def _trained(self, groups: list[tuple]) -> list[tuple]:
+    def _trained(self, groups: list[tuple], on_chunk=None) -> list[tuple]:
         """Each group, (shared arrays, [(message, server round), ...]), trained as one batch at the
-        batch's thread count: [(message, its node Context, (upload, metrics, state)), ...]."""
+        batch's thread count: [(message, its node Context, (upload, metrics, state)), ...];
+        on_chunk(the same triples of a chunk) as each chunk of clients is trained."""
         from ..federation.client_state import state_values
 
         if not groups:  # (an evaluation's answer: the round prepared ahead waits for its training)
@@ -219,7 +224,10 @@ class CohortGrid(InProcessGrid):
                                and c.job.data is j.data)
                     log.debug("backend=cohort: %d of %d clients of round %d were prepared ahead", used, len(jobs),
                               jobs[0].server_round if jobs else 0)
-                results = train_cohort(setup, shared, jobs, self.chunk_mb, prepared)
+                each = None if on_chunk is None else (
+                    lambda idx, res, clients=clients: on_chunk([(clients[i][0], clients[i][2], r)
+                                                                for i, r in zip(idx, res)]))
+                results = train_cohort(setup, shared, jobs, self.chunk_mb, prepared, each)
                 out += [(m, ctx, result) for (m, _, ctx, _, _), result in zip(clients, results)]
         finally:
             torch.set_num_threads(prev)
@@ -228,24 +236,41 @@ class CohortGrid(InProcessGrid):
             self.ahead.plan(setup, [Job(j.pid, j.data, {}, j.server_round + 1) for j in jobs])
         return out
 
-    def _train_batch(self, msgs: list[Message]) -> dict[int, Message]:
+    def _train_batch(self, msgs: list[Message], part=None, sent: set | None = None) -> dict[int, Message]:
+        """The training messages' replies (part: each chunk's go to it as made, their ids into `sent`)."""
         from ..federation.client_state import shared_values
 
+        if not msgs:
+            return {}
         groups = [(shared_values(group[0].content["arrays"]),
                    [(m, int(m.content["config"]["server-round"])) for m in group]) for group in self._groups(msgs)]
-        out, new_states = {}, []
-        for m, ctx, (upload, metrics, state) in self._trained(groups):
-            reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": metric_record(metrics)}), reply_to=m)
-            reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            if self.privacy is not None:  # the train handler's privacy mods, on the batched reply
-                reply = self.privacy(m, ctx, lambda _msg, _ctx, reply=reply: reply)
-            out[id(m)] = reply
-            new_states.append((m.metadata.dst_node_id, ctx, {k: fast_record(a) for k, a in state.items()}))
-        for node, ctx, records in new_states:  # only once every reply is made (a failed batch changes no state)
-            for key, record in records.items():  # client_state.store_state
-                ctx.state[key] = record
-            self.states.put(node, ctx)
-        return out
+
+        def made(trained) -> dict[int, Message]:
+            out, new_states = {}, []
+            for m, ctx, (upload, metrics, state) in trained:
+                reply = Message(RecordDict({"arrays": fast_record(upload), "metrics": metric_record(metrics)}),
+                                reply_to=m)
+                reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+                if self.privacy is not None:  # the train handler's privacy mods, on the batched reply
+                    reply = self.privacy(m, ctx, lambda _msg, _ctx, reply=reply: reply)
+                out[id(m)] = reply
+                new_states.append((m.metadata.dst_node_id, ctx, {k: fast_record(a) for k, a in state.items()}))
+            for node, ctx, records in new_states:  # only once these replies are made (a failed batch changes
+                for key, record in records.items():  # no state of a client it did not answer); client_state.store_state
+                    ctx.state[key] = record
+                self.states.put(node, ctx)
+            return out
+
+        if part is None:
+            return made(self._trained(groups))
+
+        def chunk_done(trained) -> None:
+            out = made(trained)
+            part([out[id(m)] for m, _, _ in trained])
+            sent.update(out)
+
+        self._trained(groups, chunk_done)
+        return {}
 
     def _secagg_batch(self, msgs: list) -> dict[int, Message]:
         """SecAgg+ (secagg, secagg_dp): the collect-masked-vectors stage carries each client's
@@ -331,15 +356,32 @@ class _Ahead:
 
 
 class _WorkerAnswer:
-    """A worker process's answer(messages, timeout) (InProcessGrid's workers): its nodes of a round as
-    one batch; `idle()`, called once the replies are sent, prepares the next round's clients ahead."""
+    """A worker process's answer(messages, timeout, send) (InProcessGrid's workers): its nodes of a
+    round as one batch, the training replies sent with `send` (a part of the answer) an eighth of
+    the clients or so at a time as their chunks finish, so that the server reads and screens them while the rest
+    train; `idle()`, called once the answer is sent, prepares the next round's clients ahead."""
+
+    PARTS = 8  # a round's answer in about this many parts: each about an eighth of the clients, or more
+    sends_parts = True
 
     def __init__(self, grid: CohortGrid):
         self.grid = grid
         grid.ahead = _Ahead()
 
-    def __call__(self, messages, timeout=None):
-        return self.grid.answer(messages, timeout)
+    def __call__(self, messages, timeout=None, send=None):
+        if send is None:
+            return self.grid.answer(messages, timeout)
+        held: list = []
+        size = max(1, len(messages) // self.PARTS)
+
+        def part(replies) -> None:
+            held.extend(replies)
+            if len(held) >= size:
+                send(held[:])
+                held.clear()
+
+        rest = self.grid.answer(messages, timeout, part)
+        return held + rest
 
     def idle(self) -> None:
         self.grid.ahead.start()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import pickle
 import uuid
 from pathlib import Path
@@ -129,20 +130,33 @@ class InProcessGrid(Grid):
                 sent.append(True)
             except OSError:  # BrokenPipeError: the worker died before this round
                 sent.append(False)
-        replies = []
-        for w, conn in enumerate(self.conns):
-            try:
-                if not sent[w]:
-                    raise EOFError
-                with no_cyclic_gc():  # some 10^4 objects a round (see there)
-                    answered, records = pickle.loads(conn.recv_bytes())
-                replies.extend(answered)
+        # A worker's answer comes in parts (a cohort worker sends its training replies a few hundred at
+        # a time as they are made; the last part says so): read whichever worker has one ready, so that
+        # replies are read while the clients behind them still train.
+        replies, answered = [], [set() for _ in self.conns]
+        waiting = {self.conns[w]: w for w in range(self.workers) if sent[w]}
+        gone = [w for w in range(self.workers) if not sent[w]]
+        while waiting:
+            for conn in mp_connection.wait(list(waiting)):
+                w = waiting[conn]
+                try:
+                    with no_cyclic_gc():  # some 10^4 objects a round (see there)
+                        part, records, last = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):  # the worker died: its clients' replies are lost, the round goes on
+                    del waiting[conn]
+                    gone.append(w)
+                    continue
+                replies.extend(part)
+                answered[w].update(r.metadata.reply_to_message_id for r in part)
                 relog(records)
-            except (EOFError, OSError):  # the worker died: its clients' replies are lost, the round goes on
-                if batches[w]:
-                    log.warning("worker %d (pid %s) is gone; its %d clients failed this round", w,
-                                self.procs[w].pid, len(batches[w]))
-                replies.extend(error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in batches[w])
+                if last:
+                    del waiting[conn]
+        for w in sorted(gone):
+            lost = [m for m in batches[w] if m.metadata.message_id not in answered[w]]
+            if lost:
+                log.warning("worker %d (pid %s) is gone; its %d clients failed this round", w, self.procs[w].pid,
+                            len(lost))
+            replies.extend(error_reply(m, ErrorCode.UNKNOWN, f"worker {w} died") for m in lost)
         order = {m.metadata.message_id: k for k, m in enumerate(messages)}
         return sorted(replies, key=lambda r: order.get(r.metadata.reply_to_message_id, len(order)))
 

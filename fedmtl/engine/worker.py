@@ -60,6 +60,13 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
     else:  # e.g. backend=cohort backend.workers=N: this worker's nodes of a round as one batch
         answer = worker_answer(client_app, num_nodes, run_id, run_config, states)
         idle = getattr(answer, "idle", None)
+    parts = worker_answer is not None and getattr(answer, "sends_parts", False)
+
+    def send(replies) -> None:  # a part of a round's answer, with the log records so far
+        with no_cyclic_gc():
+            conn.send_bytes(_dumps((replies, records[:], False)))
+        records.clear()
+
     matrices: dict = {}  # key -> a matrix the grid sent once (rows of EASE's B: one per run and lambda)
     frozen = False
     while True:
@@ -74,9 +81,11 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
         if kind == "matrices":
             matrices.update(arg)
         elif kind == "run":
-            replies = answer(arg, timeout)  # the cohort's batch pauses the collector itself; the ClientApp's path not
+            # the cohort's batch pauses the collector itself, and sends its training replies in parts as they
+            # are made (the last part is the answer); the ClientApp's path answers at once
+            replies = answer(arg, timeout, send) if parts else answer(arg, timeout)
             with no_cyclic_gc():
-                conn.send_bytes(_dumps((replies, records[:])))
+                conn.send_bytes(_dumps((replies, records[:], True)))
             records.clear()
             del replies
             if idle is not None:  # e.g. the cohort's batch prepares the next round while the server aggregates

@@ -583,3 +583,29 @@ def test_worker_processes_prepare_each_next_round_ahead(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if "prepared ahead" in r.getMessage()]
     for rnd in (2, 3, 4):  # each worker's 3 nodes, every round after the first (evaluations in between)
         assert lines.count(f"backend=cohort: 3 of 3 clients of round {rnd} were prepared ahead") == 2, lines
+
+
+def test_worker_processes_send_a_rounds_replies_in_parts(tmp_path, monkeypatch):
+    """backend.workers=2: a worker sends its training replies in parts as its chunks finish (the grid
+    reads each while the next chunks train; the last part says so), and the run is the one-process run's."""
+    import fedmtl.engine.inprocess as inprocess
+
+    frames = []
+
+    class Spy:
+        @staticmethod
+        def loads(data):
+            out = inprocess_pickle.loads(data)
+            if isinstance(out, tuple) and len(out) == 3:
+                frames.append((len(out[0]), out[2]))
+            return out
+
+    inprocess_pickle = inprocess.pickle
+    ov = RECIPE + ["num_clients=12", "dataset.n_users=24", "num_rounds=2", "backend.chunk_mb=0.01"]
+    ref, _ = _run(tmp_path, "one", ov + ["backend=cohort"])
+    monkeypatch.setattr(inprocess, "pickle", Spy)
+    got, _ = _run(tmp_path, "workers", ov + ["backend=cohort", "backend.workers=2"])
+    assert_close(ref, got)
+    early = [n for n, last in frames if not last]
+    assert len(early) >= 4 and all(n >= 1 for n in early)  # each worker's 6 clients: parts before the last
+    assert sum(n for n, _ in frames) >= 2 * 12  # every client's training reply, each round
