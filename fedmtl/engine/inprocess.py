@@ -104,13 +104,19 @@ class InProcessGrid(Grid):
         self._pending = [r for r in self._pending if r.metadata.reply_to_message_id not in wanted]
         return out
 
+    reads_parts = True
+    on_part = None  # a callable(replies), while set: each part of the workers' answers as it is read (the
+                    # server checks a training round's replies there while the rest still train)
+
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         for m in messages:
             m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        if self.on_part is not None and self.workers > 1:  # (one process: one part, the answer)
+            return self.answer(messages, timeout, self.on_part)
         return self.answer(messages, timeout)
 
-    def answer(self, messages: list[Message], timeout=None) -> list[Message]:
+    def answer(self, messages: list[Message], timeout=None, on_part=None) -> list[Message]:
         """The replies to messages that have their ids: this process's ClientApp, or the workers'
         (in the order of the messages they answer, whichever worker answered)."""
         if self.workers == 1:
@@ -149,6 +155,8 @@ class InProcessGrid(Grid):
                 replies.extend(part)
                 answered[w].update(r.metadata.reply_to_message_id for r in part)
                 relog(records)
+                if on_part is not None and not last:  # (the last part: as the others, checked after)
+                    on_part(part)
                 if last:
                     del waiting[conn]
         for w in sorted(gone):

@@ -37,28 +37,65 @@ def common_metrics(replies) -> None:
             r.content["metrics"] = MetricRecord({k: v for k, v in m.items() if k in common})
 
 
-def screen_train(cfg: RunConfig, rnd: int, msgs, replies) -> tuple[list, int, int]:
+class TrainChecks:
+    """`validate_train_reply` of a training round's replies against what was sent to each node:
+    called with replies as they come (an in-process grid hands over each part of its workers'
+    answers while the clients behind them still train: `send_train`), or asked for one
+    (`problem`) by screen_train, which checks any reply not checked yet. It only records;
+    screen_train logs, counts and stops as before, in node order."""
+
+    def __init__(self, cfg: RunConfig, msgs):
+        self.rules = rules_for(cfg)
+        self.sent_to = {m.metadata.dst_node_id: m.content["arrays"] for m in msgs}
+        self.decoded: dict[int, dict[str, np.ndarray]] = {}  # a round's messages share one record: decoded once
+        self.problems: dict[int, tuple] = {}  # id(reply) -> (reply, its problem or None): the reply kept alive
+
+    def sent(self, node: int) -> dict[str, np.ndarray]:
+        record = self.sent_to.get(node) or next(iter(self.sent_to.values()))
+        if id(record) not in self.decoded:
+            self.decoded[id(record)] = {k: v.numpy() for k, v in record.items()}
+        return self.decoded[id(record)]
+
+    def __call__(self, replies) -> None:
+        for r in replies:
+            if not r.has_error():
+                self.problem(r)
+
+    def problem(self, r) -> str | None:
+        hit = self.problems.get(id(r))
+        if hit is None or hit[0] is not r:  # not checked yet
+            hit = self.problems[id(r)] = (r, validate_train_reply(r.content, self.sent(r.metadata.src_node_id),
+                                                                  self.rules))
+        return hit[1]
+
+
+def send_train(grid, msgs, timeout, checks: TrainChecks) -> list:
+    """grid.send_and_receive of a round's training messages; a grid that reads its answer in parts
+    (engine/inprocess.py: `reads_parts`) hands each to `checks` (its `on_part`) as it comes."""
+    if not getattr(grid, "reads_parts", False):
+        return grid.send_and_receive(msgs, timeout=timeout)
+    grid.on_part = checks
+    try:
+        return grid.send_and_receive(msgs, timeout=timeout)
+    finally:
+        grid.on_part = None
+
+
+def screen_train(cfg: RunConfig, rnd: int, msgs, replies, checks: TrainChecks | None = None) -> tuple[list, int, int]:
     """A training round's replies as the strategy may take them: (error replies and valid
     replies, in their order, valid ones clipped where robust.on_large_update=clip; how many
     were invalid; how many were clipped). One WARNING line per invalid reply; under
-    on_client_failure=stop the first one stops the run."""
-    rules = rules_for(cfg)
-    sent_to = {m.metadata.dst_node_id: m.content["arrays"] for m in msgs}
-    decoded: dict[int, dict[str, np.ndarray]] = {}  # the messages of a round share one record: decode it once
-
-    def sent(node: int) -> dict[str, np.ndarray]:
-        record = sent_to.get(node) or next(iter(sent_to.values()))
-        if id(record) not in decoded:
-            decoded[id(record)] = {k: v.numpy() for k, v in record.items()}
-        return decoded[id(record)]
-
+    on_client_failure=stop the first one stops the run. checks: the round's TrainChecks (the
+    replies it checked as they came are not checked again)."""
+    checks = checks if checks is not None else TrainChecks(cfg, msgs)
+    rules, sent = checks.rules, checks.sent
     kept, invalid, clipped, problems = [], 0, 0, []
     for r in replies:
         if r.has_error():
             kept.append(r)
             continue
         node = r.metadata.src_node_id
-        problem = validate_train_reply(r.content, sent(node), rules)
+        problem = checks.problem(r)
         if problem is not None:
             problems.append(problem)
             if cfg["on_client_failure"] == "stop":

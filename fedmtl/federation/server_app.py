@@ -32,7 +32,7 @@ from .failures import check_refusals, check_replies, needed_nodes, wait_for_node
 from .accounting import secret_sampling
 from .privacy import SecretOrder, ServerPrivacy
 from .click_mix import ItemItem, item_item_round, secure_item_item_round, send_evaluate  # noqa: F401 (re-exported)
-from .screening import by_node, screen_evaluate, screen_train
+from .screening import TrainChecks, by_node, screen_evaluate, screen_train, send_train
 from .strategies import build_strategy, set_server_rate
 
 log = logging.getLogger("fedmtl")
@@ -160,11 +160,12 @@ def train_round(strategy, grid: Grid, cfg: RunConfig, rnd: int, arrays: ArrayRec
     seed_sampling(cfg, "train", rnd)
     msgs = list(strategy.configure_train(rnd, arrays, train_cfg, tgrid))
     down = _bytes(m.content["arrays"] for m in msgs)
-    replies = by_node(grid.send_and_receive(msgs, timeout=cfg["round_timeout"]))
+    checks = TrainChecks(cfg, msgs)  # screening.py: each reply checked as it comes where the grid reads them in parts
+    replies = by_node(send_train(grid, msgs, cfg["round_timeout"], checks))
     check_refusals(f"round {rnd} train", msgs, replies, "the clients' privacy floors do not accept this run's "
                    f"privacy={cfg['privacy']['name']}")
     check_replies(cfg, rnd, "train", msgs, replies)
-    kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies)  # screening.py: the strategy sees valid ones only
+    kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies, checks)  # the strategy sees valid ones only
     ok = [r for r in kept if not r.has_error()]
     up = _bytes(r.content["arrays"] for r in ok)
     counts = failures.round_counts(msgs, replies, invalid)

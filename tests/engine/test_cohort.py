@@ -519,13 +519,13 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_resume_goes_on(tmp_path, 
 
     real, calls, killed = inprocess.InProcessGrid.answer, [], []
 
-    def answer(self, messages, timeout=None):
+    def answer(self, messages, timeout=None, on_part=None):
         calls.append(len(messages))
         if len(calls) == 3:  # after round 1 and its checkpoint
             self.procs[1].kill()
             self.procs[1].join()
             killed.append(self.procs[1].pid)
-        return real(self, messages, timeout)
+        return real(self, messages, timeout, on_part)
 
     monkeypatch.setattr(inprocess.InProcessGrid, "answer", answer)
     ov = SMALL + ["backend=cohort", "backend.workers=2"]
@@ -587,7 +587,8 @@ def test_worker_processes_prepare_each_next_round_ahead(tmp_path, caplog):
 
 def test_worker_processes_send_a_rounds_replies_in_parts(tmp_path, monkeypatch):
     """backend.workers=2: a worker sends its training replies in parts as its chunks finish (the grid
-    reads each while the next chunks train; the last part says so), and the run is the one-process run's."""
+    reads each while the next chunks train, and the server checks its replies; the last part says
+    so), and the run is the one-process run's."""
     import fedmtl.engine.inprocess as inprocess
 
     frames = []
@@ -600,12 +601,18 @@ def test_worker_processes_send_a_rounds_replies_in_parts(tmp_path, monkeypatch):
                 frames.append((len(out[0]), out[2]))
             return out
 
+    from fedmtl.federation.screening import TrainChecks
+
     inprocess_pickle = inprocess.pickle
     ov = RECIPE + ["num_clients=12", "dataset.n_users=24", "num_rounds=2", "backend.chunk_mb=0.01"]
     ref, _ = _run(tmp_path, "one", ov + ["backend=cohort"])
     monkeypatch.setattr(inprocess, "pickle", Spy)
+    checked, real_call = [], TrainChecks.__call__
+    monkeypatch.setattr(TrainChecks, "__call__", lambda self, replies: checked.append(len(replies))
+                        or real_call(self, replies))
     got, _ = _run(tmp_path, "workers", ov + ["backend=cohort", "backend.workers=2"])
     assert_close(ref, got)
     early = [n for n, last in frames if not last]
     assert len(early) >= 4 and all(n >= 1 for n in early)  # each worker's 6 clients: parts before the last
     assert sum(n for n, _ in frames) >= 2 * 12  # every client's training reply, each round
+    assert sum(checked) == sum(early)  # the server checked each early part as it came

@@ -425,3 +425,31 @@ def test_a_failed_last_evaluation_reports_the_earlier_round_and_says_so(monkeypa
     assert summary["metrics"] == rows[0]["test"] and "test" not in rows[1]
     assert "round 2: no client's evaluation succeeded (RuntimeError: evaluation broke); the metrics reported are " \
            "round 1's" in caplog.text
+
+
+@pytest.mark.parametrize("setting, kind", [("sparse_int8", "scale"), ("dense", "nan")])
+def test_replies_checked_as_they_come_are_screened_as_replies_checked_at_the_end(setting, kind, monkeypatch,
+                                                                                   tmp_path, caplog):
+    """An in-process grid with worker processes hands each part of the answer to the round's TrainChecks
+    while the rest still train (screening.send_train): screen_train then keeps, refuses and logs what
+    it does checking every reply itself, the hostile one refused either way."""
+    from fedmtl.federation import server_app
+    from fedmtl.federation.screening import TrainChecks, screen_train
+
+    captured = []
+    real = server_app.screen_train
+    monkeypatch.setattr(server_app, "screen_train", lambda *a: captured.append(a) or real(*a))
+    hostile_run(monkeypatch, tmp_path, SETTINGS[setting], kind)
+    cfg, rnd, msgs, replies, _ = captured[0]
+    checks = TrainChecks(cfg, msgs)
+    checks(replies[:HOSTILE + 1])  # the first part (the hostile reply in it), as it came
+    assert len(checks.problems) == HOSTILE + 1 and any(p is not None for _, p in checks.problems.values())
+    said = []
+    for each in (checks, None):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fedmtl"):
+            kept, invalid, clipped = screen_train(cfg, rnd, msgs, replies, each)
+        said.append([r.getMessage() for r in caplog.records])
+        assert invalid == 1 and clipped == 0 and len(kept) == len(replies) - 1
+        assert all(r.metadata.src_node_id != NODE for r in kept)
+    assert said[0] == said[1] and len(said[0]) == 1 and f"node {NODE} sent an invalid reply" in said[0][0]
