@@ -179,11 +179,46 @@ def add_part(gram: np.ndarray, items: np.ndarray, block: np.ndarray) -> None:
     """Add one part (from `gram_part`) into the full n_items x n_items Gram matrix, in place."""
     items = np.asarray(items, dtype=np.int64)
     block = np.asarray(block, dtype=gram.dtype)
+    _check_part(gram, items, block)
+    gram[np.ix_(items, items)] += block
+
+
+def _check_part(gram: np.ndarray, items: np.ndarray, block: np.ndarray) -> None:
     if items.ndim != 1 or block.shape != (len(items), len(items)):
         raise ValueError(f"a Gram part needs items (k,) and block (k, k), got {items.shape} and {block.shape}")
     if len(items) and (items.min() < 0 or items.max() >= gram.shape[0]):
         raise ValueError(f"a Gram part names item {int(items.max())}, outside 0..{gram.shape[0] - 1}")
-    gram[np.ix_(items, items)] += block
+
+
+def add_parts(gram: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], threads: int = 1) -> None:
+    """`add_part` of every (items, block) into `gram`, in place. threads > 1: the Gram's rows split
+    among threads, each adding its rows of every part (no entry written by two threads; NumPy's
+    indexing lets go of the GIL), for sums that are the same in any order (whole counts in
+    float32: the server's Gram in the clear); threads=1: one part after another, in order."""
+    for items, block in parts:  # every part checked first, as add_part checks it
+        _check_part(gram, np.asarray(items), np.asarray(block))
+    if threads <= 1 or len(parts) < 2:
+        for items, block in parts:
+            add_part(gram, items, block)
+        return
+    import threading
+
+    edges = np.linspace(0, gram.shape[0], threads + 1).astype(np.int64)
+
+    def rows(t: int) -> None:
+        lo, hi = edges[t], edges[t + 1]
+        for items, block in parts:
+            items = np.asarray(items, dtype=np.int64)
+            mine = (items >= lo) & (items < hi)  # (a part's items in any order)
+            if mine.any():
+                gram[np.ix_(items[mine], items)] += np.asarray(block[mine], dtype=gram.dtype)
+
+    workers = [threading.Thread(target=rows, args=(t,), daemon=True) for t in range(1, threads)]
+    for w in workers:
+        w.start()
+    rows(0)
+    for w in workers:
+        w.join()
 
 
 def gram(train_mask: torch.Tensor) -> np.ndarray:

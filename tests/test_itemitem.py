@@ -185,3 +185,23 @@ def test_ease_is_the_textbook_formula_bit_for_bit():
     want = -p / np.diag(p)
     np.fill_diagonal(want, 0.0)
     assert np.array_equal(itemitem.ease(g, 7.0), want.astype(np.float32))
+
+
+def test_gram_parts_added_on_two_threads_are_the_serial_sum():
+    """add_parts with threads: each thread adds its rows of the Gram of every part (items in any order),
+    the same whole-count sums as adding the parts one after another."""
+    rng = np.random.default_rng(5)
+    parts = []
+    for _ in range(40):
+        items = rng.permutation(50)[: rng.integers(1, 30)]  # unique, unsorted
+        x = (rng.random((3, len(items))) < 0.6).astype(np.float32)
+        parts.append((items, x.T @ x))
+    serial = np.zeros((50, 50), np.float32)
+    for items, block in parts:
+        itemitem.add_part(serial, items, block)
+    for threads in (2, 3):
+        got = np.zeros((50, 50), np.float32)
+        itemitem.add_parts(got, parts, threads)
+        assert np.array_equal(got, serial)
+    with pytest.raises(ValueError, match="outside"):
+        itemitem.add_parts(np.zeros((50, 50), np.float32), parts + [(np.array([3, 50]), np.ones((2, 2)))], 2)

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from .. import itemitem, secure_random
 from ..config_types import RunConfig
 from ..data import federation_meta
+from ..sparse_codec import usable_cores
 from .arrays import count_bytes, nbytes, peek, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
 from .accounting import gram_noise_multiplier
@@ -170,14 +171,20 @@ def item_item_round(grid: Grid, cfg: RunConfig, strategy):
     acc = np.float32 if exact32 else np.float64
     gram = np.zeros((n_items, n_items), dtype=acc)
     window = np.zeros((n_items, n_items), dtype=acc) if seq else None
+    blocks, windows = [], []
     for r in kept:
         part = r.content["gram"]  # read only: the arrays a reply keeps in this process, without copies
         up += count_bytes(part)
         items = peek(part["items"])
-        itemitem.add_part(gram, items, peek(part["block"]))
+        blocks.append((items, peek(part["block"])))
         if seq:
-            itemitem.add_part(window, items, peek(part["window"]))
+            windows.append((items, peek(part["window"])))
         node_items[r.metadata.src_node_id] = np.asarray(items, dtype=np.int64)
+    # exact sums in any order: the Gram's rows split between the cores; else one part after another
+    threads = usable_cores() if exact32 else 1
+    itemitem.add_parts(gram, blocks, threads)
+    if seq:
+        itemitem.add_parts(window, windows, threads)
     gram = gram.astype(np.float64, copy=False)
     window = window.astype(np.float64, copy=False) if seq else None
     ok = len(node_items)
