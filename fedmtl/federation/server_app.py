@@ -75,7 +75,15 @@ def sampling_grid(cfg: RunConfig, grid):
 
 
 def _bytes(records) -> int:
-    return int(sum(count_bytes(r) for r in records))
+    """The bytes of these ArrayRecords (a round's messages share one: counted once, times its uses)."""
+    counted: dict[int, tuple] = {}
+    total = 0
+    for r in records:
+        hit = counted.get(id(r))
+        if hit is None or hit[0] is not r:
+            hit = counted[id(r)] = (r, count_bytes(r))
+        total += hit[1]
+    return int(total)
 
 
 def format_metrics(m: dict, tasks) -> str:

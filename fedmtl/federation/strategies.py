@@ -59,7 +59,8 @@ def train_aggregation(records: list[RecordDict], weighted_by_key: str) -> Metric
     the same factors, products and order of sums), summed in a plain dict and made a
     MetricRecord once: Flower's re-validates the record on each of clients x metrics updates,
     a tenth of a second a round at 943 clients."""
-    metrics = [next(iter(r.metric_records.values())) for r in records]
+    # each record's first MetricRecord, as r.metric_records (which builds and type-checks a dict a call) gives it
+    metrics = [next(v for v in r.values() if isinstance(v, MetricRecord)) for r in records]
     weights = [float(m[weighted_by_key]) for m in metrics]
     total = sum(weights)
     out: dict = {}
