@@ -19,7 +19,10 @@ noise from the OS CSPRNG) before it is sent, as the ClientApp's reply would.
 
 `backend.workers=N` (N > 1) runs the clients on N worker processes (InProcessGrid's, node k on
 worker k % N), each answering its nodes of a round as one batch (`worker_answer`); the server's
-screening and aggregation stay in the main process.
+screening and aggregation stay in the main process. A worker sends its training replies in parts
+as its chunks finish (the grid reads them and the server checks them while the rest train), and
+once a round is answered prepares the next round's clients on a low-priority thread (ahead.py),
+while the server aggregates.
 It uses torch's threads (`backend.threads`, 0 = every core this process may use; the
 default 1, because on a machine whose cores are busy with other work more threads wait for
 one another: 2-5x slower on this project's 2 shared cores), and `device=cuda` puts the
@@ -42,11 +45,12 @@ from flwr.clientapp import ClientApp
 
 from ..config_types import RunConfig
 from ..client_step import run_setup
-from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, prepare_ahead, train_cohort, unbatched
+from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, train_cohort, unbatched
 from ..errors import FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
 from ..sparse_codec import usable_cores
+from .ahead import Ahead
 from .inprocess import InProcessGrid, run_on_grid
 from .nodes import NODE_ID_OFFSET, handle, no_cyclic_gc
 
@@ -74,7 +78,7 @@ class CohortGrid(InProcessGrid):
         from ..federation.client_privacy import client_privacy_mod
         self.privacy = client_privacy_mod(cfg) if cfg["privacy"]["name"] != "none" else None
         self.data: dict[int, object] = {}  # partition id -> its ClientData (states in memory only)
-        self.ahead: _Ahead | None = None  # a worker's: the next round's clients, prepared while the server aggregates
+        self.ahead: Ahead | None = None  # a worker's: the next round's clients, prepared while the server aggregates
         self.refused = self._floor_refuses()
         if announce and self.reasons:
             log.info("backend=cohort: training goes client by client through the ClientApp (not batched: %s)",
@@ -304,57 +308,6 @@ class CohortGrid(InProcessGrid):
             out[id(m)] = handle(lambda msg, ctx, handler=handler: self.privacy(msg, ctx, handler), self.states, m)
         return out
 
-class _Ahead:
-    """A worker's next training round prepared while it waits (cohort.prepare_ahead: each client's row
-    set, permutations and pairs, which depend on its data, the round and the seed only, not on the
-    arrays the round brings): the same clients as the last round, one round on. The server spends
-    about a fifth of a round screening and aggregating with one core while the workers wait; this
-    fills that core. The work runs on a thread of the lowest priority (nice 19, where the OS allows
-    it), so that it takes the idle core, not the server's; `take` waits for it and returns what it
-    prepared, which train_cohort uses only where a job matches it (client, round and data)."""
-
-    def __init__(self):
-        self.planned = None  # (setup, jobs) for `start`
-        self.thread = None
-        self.result: dict = {}
-
-    def plan(self, setup, jobs) -> None:
-        self.planned = (setup, jobs)
-
-    def start(self) -> None:
-        """Prepare the planned round on a low-priority thread (after this round's replies are sent)."""
-        import threading
-
-        if self.planned is None or self.thread is not None:
-            return
-        setup, jobs = self.planned
-        self.planned = None
-
-        def run():
-            import os
-
-            try:  # this thread only (Linux: a thread's id is a pid to setpriority)
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            except (AttributeError, OSError):
-                pass
-            try:
-                self.result = prepare_ahead(setup, jobs)
-            except Exception as ex:  # noqa: BLE001 the round then prepares its clients itself, as without this
-                log.debug("backend=cohort: preparing the next round ahead failed (%s: %s)", type(ex).__name__, ex)
-                self.result = {}
-
-        self.thread = threading.Thread(target=run, name="fedmtl-prepare-ahead", daemon=True)
-        self.thread.start()
-
-    def take(self) -> dict:
-        """What the thread prepared (empty if none ran); it starts over for the next round."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-        out, self.result = self.result, {}
-        return out
-
-
 class _WorkerAnswer:
     """A worker process's answer(messages, timeout, send) (InProcessGrid's workers): its nodes of a
     round as one batch, the training replies sent with `send` (a part of the answer) an eighth of
@@ -366,7 +319,7 @@ class _WorkerAnswer:
 
     def __init__(self, grid: CohortGrid):
         self.grid = grid
-        grid.ahead = _Ahead()
+        grid.ahead = Ahead()
 
     def __call__(self, messages, timeout=None, send=None):
         if send is None:
