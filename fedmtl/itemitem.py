@@ -40,6 +40,8 @@ Everything here is plain numpy and torch (no Flower): fedmtl's core.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +51,7 @@ from .config_types import RunConfig
 from .checks import block, get, number
 from .errors import ConfigError
 from .knob_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
+from .sparse_codec import run_jobs
 from .tasks import ranking_tasks
 from .sequence import Seq, history, seq_matrix, window_part
 
@@ -190,35 +193,28 @@ def _check_part(gram: np.ndarray, items: np.ndarray, block: np.ndarray) -> None:
         raise ValueError(f"a Gram part names item {int(items.max())}, outside 0..{gram.shape[0] - 1}")
 
 
-def add_parts(gram: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], threads: int = 1) -> None:
-    """`add_part` of every (items, block) into `gram`, in place. threads > 1: the Gram's rows split
-    among threads, each adding its rows of every part (no entry written by two threads; NumPy's
-    indexing lets go of the GIL), for sums that are the same in any order (whole counts in
-    float32: the server's Gram in the clear); threads=1: one part after another, in order."""
-    for items, block in parts:  # every part checked first, as add_part checks it
-        _check_part(gram, np.asarray(items), np.asarray(block))
-    if threads <= 1 or len(parts) < 2:
+def add_parts(gram: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], parallel: bool = False) -> None:
+    """`add_part` of every (items, block) into `gram`, in place, one part after another. parallel:
+    the Gram's rows in bands, each band's rows of every part added by one job, the jobs shared by
+    two threads (sparse_codec.run_jobs; no entry written by two jobs, NumPy's indexing lets go of
+    the GIL), for sums that are the same in any order (whole counts in float32: the server's Gram
+    in the clear)."""
+    parts = [(np.asarray(items, dtype=np.int64), np.asarray(block, dtype=gram.dtype)) for items, block in parts]
+    for items, block in parts:  # every part checked before any is added
+        _check_part(gram, items, block)
+    if not parallel:
         for items, block in parts:
-            add_part(gram, items, block)
+            gram[np.ix_(items, items)] += block
         return
-    import threading
+    edges = np.linspace(0, gram.shape[0], 5).astype(np.int64)  # 4 bands: the two threads take them in turn
 
-    edges = np.linspace(0, gram.shape[0], threads + 1).astype(np.int64)
-
-    def rows(t: int) -> None:
-        lo, hi = edges[t], edges[t + 1]
+    def band(lo: int, hi: int, _slot: int) -> None:
         for items, block in parts:
-            items = np.asarray(items, dtype=np.int64)
             mine = (items >= lo) & (items < hi)  # (a part's items in any order)
             if mine.any():
-                gram[np.ix_(items[mine], items)] += np.asarray(block[mine], dtype=gram.dtype)
+                gram[np.ix_(items[mine], items)] += block[mine]
 
-    workers = [threading.Thread(target=rows, args=(t,), daemon=True) for t in range(1, threads)]
-    for w in workers:
-        w.start()
-    rows(0)
-    for w in workers:
-        w.join()
+    run_jobs([functools.partial(band, int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:])], True)
 
 
 def gram(train_mask: torch.Tensor) -> np.ndarray:

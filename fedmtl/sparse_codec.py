@@ -135,7 +135,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run_jobs(jobs: list, parallel: bool) -> None:
+def run_jobs(jobs: list, parallel: bool) -> None:
     """job(slot) for every job, in this thread (slot 0), or, when `parallel` and the process may
     use two cores, taken in turn by this thread and one more (slot 1). The jobs write disjoint
     outputs, each in its own fixed order, so the result is the same floats either way; an
@@ -185,7 +185,7 @@ def _rowwise_fedavg(current, payloads, weights, factors) -> dict[str, np.ndarray
     out: dict[str, np.ndarray] = {}
     if not payloads:
         return out
-    jobs: list = []  # job(slot): run by _run_jobs, then the outputs are put together
+    jobs: list = []  # job(slot): run by run_jobs, then the outputs are put together
     values = 0  # the coded values the jobs read
     widths = [int(np.prod(shapes[n][1:])) for n in row_names]
     if row_names:  # row tables: one scatter-add of every client's decoded, weighted rows
@@ -226,7 +226,7 @@ def _rowwise_fedavg(current, payloads, weights, factors) -> dict[str, np.ndarray
     if dense_names:  # every other array: FedAvg of (sent + update), one flat vector per client (the longest job)
         jobs.insert(0, functools.partial(_dense_fedavg, current, payloads, factors, dense_names, dense))
         values += len(payloads) * len(payloads[0][DENSE_DELTA])
-    _run_jobs(jobs, values >= PARALLEL_VALUES)
+    run_jobs(jobs, values >= PARALLEL_VALUES)
     if row_names:
         wsum = np.bincount(rows, weights=w, minlength=n_rows)
         sent = wsum > 0

@@ -188,8 +188,9 @@ def test_ease_is_the_textbook_formula_bit_for_bit():
 
 
 def test_gram_parts_added_on_two_threads_are_the_serial_sum():
-    """add_parts with threads: each thread adds its rows of the Gram of every part (items in any order),
-    the same whole-count sums as adding the parts one after another."""
+    """add_parts in parallel: each job adds its band of the Gram's rows of every part (items in any
+    order), the same whole-count sums as adding the parts one after another; a bad part is refused
+    before any is added."""
     rng = np.random.default_rng(5)
     parts = []
     for _ in range(40):
@@ -199,9 +200,9 @@ def test_gram_parts_added_on_two_threads_are_the_serial_sum():
     serial = np.zeros((50, 50), np.float32)
     for items, block in parts:
         itemitem.add_part(serial, items, block)
-    for threads in (2, 3):
+    for parallel in (False, True):
         got = np.zeros((50, 50), np.float32)
-        itemitem.add_parts(got, parts, threads)
+        itemitem.add_parts(got, parts, parallel)
         assert np.array_equal(got, serial)
     with pytest.raises(ValueError, match="outside"):
-        itemitem.add_parts(np.zeros((50, 50), np.float32), parts + [(np.array([3, 50]), np.ones((2, 2)))], 2)
+        itemitem.add_parts(np.zeros((50, 50), np.float32), parts + [(np.array([3, 50]), np.ones((2, 2)))], True)

@@ -28,9 +28,9 @@ Its modules: clients.py (each job's row set, permutations and pairs; the chunks)
 steps), training.py (the training round, `unbatched`, `round_flops`), evaluation.py.
 """
 
-from .clients import CHUNK_MB, Job, prepare_ahead
+from .clients import CHUNK_MB, Job, prepare_ahead, prepared_for
 from .evaluation import EvalJob, evaluate_cohort
 from .training import round_flops, train_cohort, unbatched
 
-__all__ = ["CHUNK_MB", "EvalJob", "Job", "evaluate_cohort", "prepare_ahead", "round_flops", "train_cohort",
-           "unbatched"]
+__all__ = ["CHUNK_MB", "EvalJob", "Job", "evaluate_cohort", "prepare_ahead", "prepared_for", "round_flops",
+           "train_cohort", "unbatched"]

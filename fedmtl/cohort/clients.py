@@ -82,6 +82,12 @@ def prepare_ahead(setup: RunSetup, jobs: list[Job]) -> dict:
     return {(j.pid, j.server_round): prepare(setup, j, n_items) for j in jobs}
 
 
+def prepared_for(prepared: dict | None, job: Job) -> Client | None:
+    """The client prepared ahead (cohort.prepare_ahead) for the job's client, round and data, or None."""
+    c = prepared.get((job.pid, job.server_round)) if prepared else None
+    return c if c is not None and c.job.data is job.data else None
+
+
 CHUNK_MB = 128.0  # backend.chunk_mb's default (conf/backend/cohort.yaml): fastest of 16-256 on the ML-100k recipe
 
 

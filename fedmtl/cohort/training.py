@@ -18,7 +18,7 @@ from ..model import personal_names, shared_names
 from ..sparse_codec import ROW_TABLES, sparse_payloads
 from ..tasks import dataset_labels, get as task_of, ranking_tasks
 from .chunk import Chunk
-from .clients import CHUNK_MB, Client, Job, chunks, prepare
+from .clients import CHUNK_MB, Client, Job, chunks, prepare, prepared_for
 from .optim import Optim
 
 
@@ -135,12 +135,10 @@ def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job]
 
 
 def _ready(setup: RunSetup, job: Job, n_items: int, prepared: dict | None) -> Client:
-    """The job's Client: the one prepared ahead for its client, round and data, or `prepare`'s now
-    (`prepare` reads only those, so both are the same client)."""
-    c = prepared.get((job.pid, job.server_round)) if prepared else None
-    if c is not None and c.job.data is job.data:
-        return dataclasses.replace(c, job=job)
-    return prepare(setup, job, n_items)
+    """The job's Client: the one prepared ahead for it, or `prepare`'s now (`prepare` reads only
+    the client, the round and the data, so both are the same client)."""
+    c = prepared_for(prepared, job)
+    return dataclasses.replace(c, job=job) if c is not None else prepare(setup, job, n_items)
 
 
 ENCODE_BLOCK = 16  # clients whose float64 updates are encoded at once: small enough to stay in cache (2x faster

@@ -84,7 +84,7 @@ def _int(path: Path, no: int, value: str, column: str) -> int:
 
 def _ratings(path: Path, sep: str) -> pd.DataFrame:
     """The ratings file's user, item, rating, timestamp columns: pandas' C parser where the file is
-    plainly well formed (ML-1M's million lines in about 0.5 s instead of 2), else line by line, which
+    plainly well formed (ML-1M's million lines in 0.3 s instead of 1.4), else line by line, which
     reads the same values and names the first bad line."""
     fast = _ratings_fast(path, sep)
     return fast if fast is not None else _ratings_lines(path, sep)

@@ -45,7 +45,7 @@ from flwr.clientapp import ClientApp
 
 from ..config_types import RunConfig
 from ..client_step import run_setup
-from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, train_cohort, unbatched
+from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, prepared_for, train_cohort, unbatched
 from ..errors import FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
@@ -133,7 +133,7 @@ class CohortGrid(InProcessGrid):
         from ..federation.legacy import collect_stage_fitins
         return collect_stage_fitins(msg)
 
-    def answer(self, messages: list[Message], timeout=None, part=None) -> list[Message]:
+    def answer(self, messages: list[Message], timeout=None, *, part=None) -> list[Message]:
         """The replies to messages that have their ids: the batch's where it answers, the ClientApp's elsewhere.
         part(replies) (a worker's): the plain training batch's replies go to it a chunk of clients at a
         time, as soon as made, and are not returned (the worker sends each part while the next trains)."""
@@ -224,8 +224,7 @@ class CohortGrid(InProcessGrid):
                 clients = [(m, rnd, *self._client(m)) for m, rnd in members]  # message, round, ctx, pid, data
                 jobs = [Job(pid, data, state_values(ctx.state), rnd) for _, rnd, ctx, pid, data in clients]
                 if prepared is not None:
-                    used = sum(1 for j in jobs if (c := prepared.get((j.pid, j.server_round))) is not None
-                               and c.job.data is j.data)
+                    used = sum(prepared_for(prepared, j) is not None for j in jobs)
                     log.debug("backend=cohort: %d of %d clients of round %d were prepared ahead", used, len(jobs),
                               jobs[0].server_round if jobs else 0)
                 each = None if on_chunk is None else (
@@ -308,11 +307,12 @@ class CohortGrid(InProcessGrid):
             out[id(m)] = handle(lambda msg, ctx, handler=handler: self.privacy(msg, ctx, handler), self.states, m)
         return out
 
+
 class _WorkerAnswer:
     """A worker process's answer(messages, timeout, send) (InProcessGrid's workers): its nodes of a
     round as one batch, the training replies sent with `send` (a part of the answer) an eighth of
-    the clients or so at a time as their chunks finish, so that the server reads and screens them while the rest
-    train; `idle()`, called once the answer is sent, prepares the next round's clients ahead."""
+    the clients or so at a time as their chunks finish, so that the server reads and checks them
+    while the rest train; `idle()`, called once the answer is sent, prepares the next round's clients ahead."""
 
     PARTS = 8  # a round's answer in about this many parts: each about an eighth of the clients, or more
     sends_parts = True
@@ -333,7 +333,7 @@ class _WorkerAnswer:
                 send(held[:])
                 held.clear()
 
-        rest = self.grid.answer(messages, timeout, part)
+        rest = self.grid.answer(messages, timeout, part=part)
         return held + rest
 
     def idle(self) -> None:

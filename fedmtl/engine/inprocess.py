@@ -113,10 +113,10 @@ class InProcessGrid(Grid):
         for m in messages:
             m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
         if self.on_part is not None and self.workers > 1:  # (one process: one part, the answer)
-            return self.answer(messages, timeout, self.on_part)
+            return self.answer(messages, timeout, on_part=self.on_part)
         return self.answer(messages, timeout)
 
-    def answer(self, messages: list[Message], timeout=None, on_part=None) -> list[Message]:
+    def answer(self, messages: list[Message], timeout=None, *, on_part=None) -> list[Message]:
         """The replies to messages that have their ids: this process's ClientApp, or the workers'
         (in the order of the messages they answer, whichever worker answered)."""
         if self.workers == 1:
@@ -136,8 +136,8 @@ class InProcessGrid(Grid):
                 sent.append(True)
             except OSError:  # BrokenPipeError: the worker died before this round
                 sent.append(False)
-        # A worker's answer comes in parts (a cohort worker sends its training replies a few hundred at
-        # a time as they are made; the last part says so): read whichever worker has one ready, so that
+        # A worker's answer comes in parts (a cohort worker sends its training replies about an eighth
+        # of its clients at a time as they are made; the last part says so): read whichever worker has one ready, so that
         # replies are read while the clients behind them still train.
         replies, answered = [], [set() for _ in self.conns]
         waiting = {self.conns[w]: w for w in range(self.workers) if sent[w]}

@@ -62,9 +62,9 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
         idle = getattr(answer, "idle", None)
     parts = worker_answer is not None and getattr(answer, "sends_parts", False)
 
-    def send(replies) -> None:  # a part of a round's answer, with the log records so far
+    def send(replies, last: bool = False) -> None:  # a part of a round's answer, with the log records so far
         with no_cyclic_gc():
-            conn.send_bytes(_dumps((replies, records[:], False)))
+            conn.send_bytes(_dumps((replies, records[:], last)))
         records.clear()
 
     matrices: dict = {}  # key -> a matrix the grid sent once (rows of EASE's B: one per run and lambda)
@@ -83,11 +83,7 @@ def worker_main(conn, app_blob: bytes, num_nodes: int, run_id: int, run_config: 
         elif kind == "run":
             # the cohort's batch pauses the collector itself, and sends its training replies in parts as they
             # are made (the last part is the answer); the ClientApp's path answers at once
-            replies = answer(arg, timeout, send) if parts else answer(arg, timeout)
-            with no_cyclic_gc():
-                conn.send_bytes(_dumps((replies, records[:], True)))
-            records.clear()
-            del replies
+            send(answer(arg, timeout, send) if parts else answer(arg, timeout), last=True)
             if idle is not None:  # e.g. the cohort's batch prepares the next round while the server aggregates
                 idle()
             if not frozen:  # what the first round built (the clients' data, the run's setup) lives as long as

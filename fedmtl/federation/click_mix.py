@@ -15,7 +15,6 @@ from flwr.serverapp import Grid
 from .. import itemitem, secure_random
 from ..config_types import RunConfig
 from ..data import federation_meta
-from ..sparse_codec import usable_cores
 from .arrays import count_bytes, nbytes, peek, record as fast_record
 from .failures import RoundFailure, check_refusals, needed_nodes, wait_for_nodes
 from .accounting import gram_noise_multiplier
@@ -180,11 +179,10 @@ def item_item_round(grid: Grid, cfg: RunConfig, strategy):
         if seq:
             windows.append((items, peek(part["window"])))
         node_items[r.metadata.src_node_id] = np.asarray(items, dtype=np.int64)
-    # exact sums in any order: the Gram's rows split between the cores; else one part after another
-    threads = usable_cores() if exact32 else 1
-    itemitem.add_parts(gram, blocks, threads)
+    # exact sums in any order: the Gram's rows in bands on two threads; else one part after another
+    itemitem.add_parts(gram, blocks, parallel=exact32)
     if seq:
-        itemitem.add_parts(window, windows, threads)
+        itemitem.add_parts(window, windows, parallel=exact32)
     gram = gram.astype(np.float64, copy=False)
     window = window.astype(np.float64, copy=False) if seq else None
     ok = len(node_items)

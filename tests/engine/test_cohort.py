@@ -519,13 +519,13 @@ def test_a_dead_worker_stops_the_run_with_one_line_and_resume_goes_on(tmp_path, 
 
     real, calls, killed = inprocess.InProcessGrid.answer, [], []
 
-    def answer(self, messages, timeout=None, on_part=None):
+    def answer(self, messages, timeout=None, *, on_part=None):
         calls.append(len(messages))
         if len(calls) == 3:  # after round 1 and its checkpoint
             self.procs[1].kill()
             self.procs[1].join()
             killed.append(self.procs[1].pid)
-        return real(self, messages, timeout, on_part)
+        return real(self, messages, timeout, on_part=on_part)
 
     monkeypatch.setattr(inprocess.InProcessGrid, "answer", answer)
     ov = SMALL + ["backend=cohort", "backend.workers=2"]
