@@ -128,12 +128,17 @@ def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
     from fedmtl.sparse_codec import sparse_payload, sparse_payloads
 
     rng = np.random.default_rng(0)
-    shapes = {"encoder.item_emb.weight": (50, 4), "encoder.item_bias.weight": (50, 3), "a.w": (5, 4), "a.b": (5,),
-              "h.off": ()}
+    # rows of 32 and 40 columns too (the absmax of rows of 16 or more columns is taken in torch)
+    shapes = {"encoder.item_emb.weight": (50, 32), "encoder.item_bias.weight": (50, 3), "a.w": (5, 4), "a.b": (5,),
+              "h.off": (), "t.w": (3, 40), "u.w": (2, 32)}
     sent = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
     trained = [{k: (v + rng.normal(size=v.shape) * 0.01).astype(np.float32) for k, v in sent.items()} for _ in range(4)]
+    for c in range(4):  # rows that did not move: a scale of +0.0 (never -0.0) and codes of 0
+        trained[c]["u.w"][1] = sent["u.w"][1]
+        trained[c]["encoder.item_emb.weight"][:5] = sent["encoder.item_emb.weight"][:5]
     rows = [np.sort(rng.choice(50, size=n, replace=False)) for n in (10, 3, 20, 7)]
-    for dtype in ("int8", "float16", "float32"):
+    rows[0][:2] = [0, 1]
+    for dtype, overwrite in (("int8", False), ("int8", True), ("float16", False), ("float32", True)):
         ref = [sparse_payload(trained[c], sent, rows[c], 50, dtype, np.random.default_rng([c, 2])) for c in range(4)]
         rd = {}
         for n in ("encoder.item_emb.weight", "encoder.item_bias.weight"):
@@ -141,12 +146,16 @@ def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
             for c in range(4):
                 rd[n][c, :len(rows[c])] = trained[c][n][rows[c]].astype(np.float64) - sent[n][rows[c]]
         dd = {n: np.stack([trained[c][n].astype(np.float64) - sent[n] for c in range(4)])
-              for n in ("a.w", "a.b", "h.off")}
-        got = sparse_payloads(rd, dd, rows, 50, dtype, [np.random.default_rng([c, 2]) for c in range(4)])
+              for n in ("a.w", "a.b", "h.off", "t.w", "u.w")}
+        got = sparse_payloads(rd, dd, rows, 50, dtype, [np.random.default_rng([c, 2]) for c in range(4)],
+                              overwrite=overwrite)
         for a, b in zip(ref, got):
             assert a.keys() == b.keys()
-            for k in a:
-                assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (dtype, k)
+            for k in a:  # the same bytes (a -0.0 scale would equal +0.0 but not be the same upload)
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes(), \
+                    (dtype, k)
+        if dtype == "int8":
+            assert any(np.any(p["::rows_scale"] == 0) for p in got) and any(np.any(p["::dense_scale"] == 0) for p in got)
 
 
 @pytest.mark.parametrize("knob", [["weighting=uncertainty"], ["model=mmoe"]], ids=["weighting", "architecture"])
