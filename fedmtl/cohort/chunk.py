@@ -127,25 +127,37 @@ class Chunk:
     def losses(self, u, il, r, mask, counts) -> tuple[dict, torch.Tensor]:
         """Each task's mean loss per client [C] and the regulariser [C] of one padded step.
 
-        The pairs' scores are tasks.losses's; the click softmax's logits are computed once per
-        user (every pair of a user has the same row of logits) and each pair reads its own."""
+        The pairs' scores are tasks.losses's. Where a ranking task (click) needs every user's
+        scores of every row anyway, every task's user-by-row score matrix comes from one batched
+        matmul [C, tasks x U, R] and each pair reads its own score from it (a scalar gather, not
+        a gathered [C, B, d] of item representations and its scatter-add backward); otherwise
+        each pair's score is the dot product of its gathered representations. The click
+        softmax's logits are computed once per user (every pair of a user has the same row of
+        logits) and each pair reads its own."""
         P, tasks = self.P, self.setup.cfg["tasks"]
         ir = self.item_reps()  # [C, R, d]
         hu = self.user_reps()  # [C, U, d]
         C, U, R = hu.shape[0], hu.shape[1], ir.shape[1]
-        ir_pairs = _bgather(ir, il) if any(task_of(t).pairwise for t in tasks) else None  # [C, B, d]
+        kinds = [task_of(t) for t in tasks]
+        uu = [torch.bmm(hu, P[f"personal.heads.{task}.proj"]) for task in tasks]  # each [C, U, d]
+        scores = None  # [C, T * U, R]: task t's user x row scores in rows t * U .. (t + 1) * U
+        if not all(k.pairwise for k in kinds):
+            scores = torch.bmm(torch.cat(uu, 1) if len(uu) > 1 else uu[0], ir.transpose(1, 2))
+        ir_pairs = (_bgather(ir, il) if scores is None and any(k.pairwise for k in kinds) else None)  # [C, B, d]
         denom = counts.clamp(min=1.0)
         out = {}
-        for t, task in enumerate(tasks):
-            uu = torch.bmm(hu, P[f"personal.heads.{task}.proj"])  # [C, U, d]
+        for t, (task, kind) in enumerate(zip(tasks, kinds)):
             ubias = P["personal.user_bias.weight"][..., t] + P[f"personal.heads.{task}.offset"].unsqueeze(1)  # [C, U]
             ibias = P["encoder.item_bias.weight"][..., t]  # [C, R]
-            kind = task_of(task)
             if kind.pairwise:
-                s = (_bgather(uu, u) * ir_pairs).sum(-1) + _bgather(ubias, u) + _bgather(ibias, il)
+                if scores is not None:
+                    dot = torch.gather(scores.reshape(C, -1), 1, (t * U + u) * R + il)
+                else:
+                    dot = (_bgather(uu[t], u) * ir_pairs).sum(-1)
+                s = dot + _bgather(ubias, u) + _bgather(ibias, il)
                 per = kind.loss_per_pair(s, r)
             else:
-                logits = torch.bmm(uu, ir.transpose(1, 2)) + ibias.unsqueeze(1) + self.offset.unsqueeze(1)  # [C, U, R]
+                logits = scores[:, t * U:(t + 1) * U] + ibias.unsqueeze(1) + self.offset.unsqueeze(1)  # [C, U, R]
                 lse = torch.logsumexp(logits, -1)  # [C, U]
                 target = torch.gather(logits.reshape(C, U * R), 1, u * R + il)  # [C, B]
                 per = _bgather(lse, u) - target
