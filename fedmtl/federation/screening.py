@@ -14,7 +14,7 @@ import numpy as np
 from ..config_types import RunConfig
 from .failures import RoundFailure
 from .replies import (Invalid, check_keys, clip_update, decode_array, fmt_num, require_finite, rules_for,
-                      pool_problem, validate_evaluate_reply, validate_train_reply)
+                      pool_problem, validate_evaluate_reply, validate_train_replies, validate_train_reply)
 
 log = logging.getLogger("fedmtl")
 
@@ -57,9 +57,16 @@ class TrainChecks:
         return self.decoded[id(record)]
 
     def __call__(self, replies) -> None:
+        """Check every reply not checked yet, those to the same arrays together (validate_train_replies)."""
+        groups: dict[int, list] = {}
         for r in replies:
-            if not r.has_error():
-                self.problem(r)
+            hit = self.problems.get(id(r))
+            if not r.has_error() and (hit is None or hit[0] is not r):
+                groups.setdefault(id(self.sent(r.metadata.src_node_id)), []).append(r)
+        for group in groups.values():
+            found = validate_train_replies([r.content for r in group], self.sent(group[0].metadata.src_node_id),
+                                           self.rules)
+            self.problems.update((id(r), (r, p)) for r, p in zip(group, found))
 
     def problem(self, r) -> str | None:
         hit = self.problems.get(id(r))
@@ -88,6 +95,7 @@ def screen_train(cfg: RunConfig, rnd: int, msgs, replies, checks: TrainChecks | 
     on_client_failure=stop the first one stops the run. checks: the round's TrainChecks (the
     replies it checked as they came are not checked again)."""
     checks = checks if checks is not None else TrainChecks(cfg, msgs)
+    checks(replies)  # those not checked as they came, together
     rules, sent = checks.rules, checks.sent
     kept, invalid, clipped, problems = [], 0, 0, []
     for r in replies:

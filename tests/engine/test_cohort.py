@@ -616,12 +616,15 @@ def test_worker_processes_send_a_rounds_replies_in_parts(tmp_path, monkeypatch):
     ov = RECIPE + ["num_clients=12", "dataset.n_users=24", "num_rounds=2", "backend.chunk_mb=0.01"]
     ref, _ = _run(tmp_path, "one", ov + ["backend=cohort"])
     monkeypatch.setattr(inprocess, "pickle", Spy)
-    checked, real_call = [], TrainChecks.__call__
-    monkeypatch.setattr(TrainChecks, "__call__", lambda self, replies: checked.append(len(replies))
-                        or real_call(self, replies))
+    checked, real_call = [], TrainChecks.__call__  # (replies handed over, how many not checked before)
+    monkeypatch.setattr(TrainChecks, "__call__", lambda self, replies: checked.append(
+        (len(replies), sum(1 for r in replies if id(r) not in self.problems))) or real_call(self, replies))
     got, _ = _run(tmp_path, "workers", ov + ["backend=cohort", "backend.workers=2"])
     assert_close(ref, got)
     early = [n for n, last in frames if not last]
     assert len(early) >= 4 and all(n >= 1 for n in early)  # each worker's 6 clients: parts before the last
     assert sum(n for n, _ in frames) >= 2 * 12  # every client's training reply, each round
-    assert sum(checked) == sum(early)  # the server checked each early part as it came
+    # the server checked each early part as it came (screen_train hands over a round's 12 replies, and
+    # checks those not checked yet: the last parts), and every reply once
+    assert sum(fresh for n, fresh in checked if n < 12) == sum(early)
+    assert sum(fresh for _, fresh in checked) == 2 * 12

@@ -453,3 +453,54 @@ def test_replies_checked_as_they_come_are_screened_as_replies_checked_at_the_end
         assert invalid == 1 and clipped == 0 and len(kept) == len(replies) - 1
         assert all(r.metadata.src_node_id != NODE for r in kept)
     assert said[0] == said[1] and len(said[0]) == 1 and f"node {NODE} sent an invalid reply" in said[0][0]
+
+
+def test_replies_checked_together_get_the_answers_each_gets_alone(monkeypatch):
+    """validate_train_replies (a group of sparse int8 replies' values checked at once) answers as
+    validate_train_reply does for each: a group of honest replies passes, and with one reply
+    tampered as each training fault, an unsorted row set, a negative scale or empty row sets in
+    it, each reply still gets its own answer (the tampered one refused in the same words)."""
+    from fedmtl.federation.faults import tamper_train
+    from fedmtl.sparse_codec import sparse_payload
+
+    rng = np.random.default_rng(0)
+    shapes = {"encoder.item_emb.weight": (30, 4), "encoder.item_bias.weight": (30, 3), "a.w": (5, 4), "a.b": (5,)}
+    sent = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    rules = rp.Rules(exchange="sparse", dtype="int8", max_weight=100.0, metrics=frozenset({"num-examples"}))
+
+    def honest(c: int) -> tuple[dict, dict]:
+        trained = {k: (v + rng.normal(size=v.shape) * 0.01).astype(np.float32) for k, v in sent.items()}
+        rows = np.sort(rng.choice(30, size=3 + c % 5, replace=False))
+        return sparse_payload(trained, sent, rows, 30, "int8", np.random.default_rng([c, 2])), {"num-examples": 5.0}
+
+    def content(arrays: dict, metrics: dict) -> RecordDict:
+        return RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+                           "metrics": MetricRecord(metrics)})
+
+    def unsorted(a, m):
+        a["::rows"] = a["::rows"][::-1].copy()  # unique, not sorted: valid
+
+    def negative_scale(a, m):
+        a["::dense_scale"] = a["::dense_scale"].copy()
+        a["::dense_scale"][0] = -1.0
+
+    edits = {kind: (lambda a, m, kind=kind: tamper_train(kind, a, m, sent)) for kind in TRAIN_FAULTS}
+    edits.update({"unsorted": unsorted, "negative-scale": negative_scale, "none": lambda a, m: None})
+    for name, edit in edits.items():
+        group = [honest(c) for c in range(8)]
+        for a, _ in group[6:]:  # and two that sent no rows
+            for k in ("::rows", "::rows_delta", "::rows_scale"):
+                a[k] = a[k][:0]
+        edit(*group[3])
+        contents = [content(a, m) for a, m in group]
+        alone = [rp.validate_train_reply(c, sent, rules) for c in contents]
+        one_by_one = []
+        with monkeypatch.context() as m:
+            m.setattr(rp, "validate_train_reply", lambda c, *a: one_by_one.append(c) or alone[contents.index(c)])
+            assert rp.validate_train_replies(contents, sent, rules) == alone, name
+        if name in ("none", "unsorted"):  # a valid group: checked together (unsorted rows: each on its own)
+            assert len(one_by_one) == (0 if name == "none" else len(group)), name
+        if name in ("none", "unsorted"):
+            assert alone == [None] * len(group), name
+        elif name != "boost":  # (x50 stays within the per-value bound: robust.max_update_norm's case)
+            assert alone[3] is not None and alone[:3] + alone[4:] == [None] * (len(group) - 1), name
