@@ -38,6 +38,28 @@ def _tower(P: dict, prefix: str, x: torch.Tensor, layers: int) -> torch.Tensor:
     return x + _linear(h, P[f"{prefix}.net.{3 * layers}.weight"], P[f"{prefix}.net.{3 * layers}.bias"])
 
 
+_FEATURES: dict = {}  # (id of the item feature arrays, device) -> (those arrays, their [n_items, F] matrix)
+
+
+def _item_features(meta: dict, dev) -> torch.Tensor | None:
+    """Every item's side features as one [n_items, F] float32 matrix (one-hot of each field, then
+    its genres), built once per run and device: each chunk gathers its rows of it."""
+    cat, multi = meta["item_cat"], meta["item_multi"]
+    key = (id(cat), id(multi), str(dev))
+    hit = _FEATURES.get(key)
+    if hit is not None and hit[0] is cat and hit[1] is multi:
+        return hit[2]
+    cat_t = torch.as_tensor(cat, device=dev)
+    feats = [torch.nn.functional.one_hot(cat_t[:, f], card).to(torch.float32)
+             for f, card in enumerate(meta["item_cards"])]
+    if multi.shape[1]:
+        feats.append(torch.as_tensor(multi, dtype=torch.float32, device=dev))
+    table = torch.cat(feats, -1) if feats else None
+    _FEATURES.clear()  # one run's at a time
+    _FEATURES[key] = (cat, multi, table)
+    return table
+
+
 class Chunk:
     """The stacked tensors of a chunk of clients."""
 
@@ -61,14 +83,9 @@ class Chunk:
             self.offset = torch.as_tensor(off, device=dev)
         # an item's side features as one [C, R, F] matrix: one-hot of each field, then its genres;
         # times the matching [C, F, d] stack of field tables and genre weights = their embedding sum
-        cat = torch.as_tensor(meta["item_cat"], device=dev)[self.rows]  # [C, R, fields]
-        feats = [torch.nn.functional.one_hot(cat[..., f], card).to(torch.float32)
-                 for f, card in enumerate(meta["item_cards"])]
-        multi = meta["item_multi"]
-        if multi.shape[1]:
-            feats.append(torch.as_tensor(multi, dtype=torch.float32, device=dev)[self.rows])
-        self.item_feats = torch.cat(feats, -1) if feats else None
-        self.n_item_fields, self.has_genres = len(meta["item_cards"]), bool(multi.shape[1])
+        table = _item_features(meta, dev)
+        self.item_feats = table[self.rows] if table is not None else None
+        self.n_item_fields, self.has_genres = len(meta["item_cards"]), bool(meta["item_multi"].shape[1])
         ucat = np.zeros((C, U, max(len(meta["user_cards"]), 0)), np.int64)
         for k, c in enumerate(clients):
             ucat[k, :len(c.job.data.users)] = c.job.data.user_cat
@@ -77,9 +94,12 @@ class Chunk:
         for n in self.names:
             if n in self.shared_names:
                 a = torch.as_tensor(shared[n], device=dev)
-                P[n] = a[self.rows] if n in ROW_TABLES else a.unsqueeze(0).expand(C, *a.shape)
+                if n in ROW_TABLES:  # a gather: a new tensor, each client's own rows
+                    P[n] = a[self.rows].requires_grad_(True)
+                    continue
+                P[n] = a.unsqueeze(0).expand(C, *a.shape)
             else:
-                P[n] = self._personal(n, init[n], U)
+                P[n] = self._personal(n, init[n], U)  # (stacked: a new tensor, copied once more below)
             P[n] = P[n].detach().clone().contiguous().requires_grad_(True)
         self.P = P
         self.layers = int(cfg["model"]["layers"])
