@@ -51,7 +51,7 @@ from .config_types import RunConfig
 from .checks import block, get, number
 from .errors import ConfigError
 from .knob_names import CLIENT_DP_MODES  # click_mix's Gram under DP: clipped parts, noised sum
-from .sparse_codec import run_jobs
+from .jobs import run_jobs
 from .tasks import ranking_tasks
 from .sequence import Seq, history, seq_matrix, window_part
 
@@ -196,7 +196,7 @@ def _check_part(gram: np.ndarray, items: np.ndarray, block: np.ndarray) -> None:
 def add_parts(gram: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], parallel: bool = False) -> None:
     """`add_part` of every (items, block) into `gram`, in place, one part after another. parallel:
     the Gram's rows in bands, each band's rows of every part added by one job, the jobs shared by
-    two threads (sparse_codec.run_jobs; no entry written by two jobs, NumPy's indexing lets go of
+    two threads (jobs.run_jobs; no entry written by two jobs, NumPy's indexing lets go of
     the GIL), for sums that are the same in any order (whole counts in float32: the server's Gram
     in the clear)."""
     parts = [(np.asarray(items, dtype=np.int64), np.asarray(block, dtype=gram.dtype)) for items, block in parts]

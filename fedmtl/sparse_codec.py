@@ -8,6 +8,8 @@ import threading
 
 import numpy as np
 
+from .jobs import run_jobs
+
 ROW_TABLES = ("encoder.item_emb.weight", "encoder.item_bias.weight", "encoder.item_hist.weight")
 
 
@@ -130,46 +132,6 @@ def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 
 
 PARALLEL_VALUES = 1 << 20  # coded values in a round from which rowwise_fedavg works on two threads
-
-
-def usable_cores() -> int:
-    """The cores this process may use."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def run_jobs(jobs: list, parallel: bool) -> None:
-    """job(slot) for every job, in this thread (slot 0), or, when `parallel` and the process may
-    use two cores, taken in turn by this thread and one more (slot 1). The jobs write disjoint
-    outputs, each in its own fixed order, so the result is the same floats either way; an
-    exception in either thread is raised here."""
-    if not parallel or len(jobs) < 2 or usable_cores() < 2:
-        for job in jobs:
-            job(0)
-        return
-    todo, lock, failed = iter(jobs), threading.Lock(), []
-
-    def loop(slot: int) -> None:
-        while not failed:
-            with lock:
-                job = next(todo, None)
-            if job is None:
-                return
-            try:
-                job(slot)
-            except BaseException as ex:  # noqa: BLE001 raised in the caller's thread
-                failed.append(ex)
-
-    other = threading.Thread(target=loop, args=(1,), daemon=True)
-    other.start()
-    loop(0)
-    other.join()
-    if failed:
-        raise failed[0]
 
 
 def rowwise_fedavg(current: dict[str, np.ndarray], payloads: list[dict[str, np.ndarray]], weights: np.ndarray,

@@ -49,7 +49,7 @@ from ..cohort import CHUNK_MB, EvalJob, Job, evaluate_cohort, prepared_for, trai
 from ..errors import FedMTLError
 from ..federation.arrays import metric_record, record as fast_record, rows_source
 from ..knob_names import SECAGG_MODES
-from ..sparse_codec import usable_cores
+from ..jobs import usable_cores
 from .ahead import Ahead
 from .inprocess import InProcessGrid, run_on_grid
 from .nodes import NODE_ID_OFFSET, handle, no_cyclic_gc

@@ -14,7 +14,8 @@ import numpy as np
 from ..config_types import RunConfig
 from .failures import RoundFailure
 from .replies import (Invalid, check_keys, clip_update, decode_array, fmt_num, require_finite, rules_for,
-                      pool_problem, validate_evaluate_reply, validate_train_replies, validate_train_reply)
+                      pool_problem, validate_evaluate_reply, validate_train_reply)
+from .reply_groups import validate_train_replies
 
 log = logging.getLogger("fedmtl")
 

@@ -456,10 +456,11 @@ def test_replies_checked_as_they_come_are_screened_as_replies_checked_at_the_end
 
 
 def test_replies_checked_together_get_the_answers_each_gets_alone(monkeypatch):
-    """validate_train_replies (a group of sparse int8 replies' values checked at once) answers as
+    """reply_groups.validate_train_replies (a group of sparse int8 replies' values checked at once) answers as
     validate_train_reply does for each: a group of honest replies passes, and with one reply
     tampered as each training fault, an unsorted row set, a negative scale or empty row sets in
     it, each reply still gets its own answer (the tampered one refused in the same words)."""
+    from fedmtl.federation import reply_groups
     from fedmtl.federation.faults import tamper_train
     from fedmtl.sparse_codec import sparse_payload
 
@@ -496,8 +497,9 @@ def test_replies_checked_together_get_the_answers_each_gets_alone(monkeypatch):
         alone = [rp.validate_train_reply(c, sent, rules) for c in contents]
         one_by_one = []
         with monkeypatch.context() as m:
-            m.setattr(rp, "validate_train_reply", lambda c, *a: one_by_one.append(c) or alone[contents.index(c)])
-            assert rp.validate_train_replies(contents, sent, rules) == alone, name
+            m.setattr(reply_groups, "validate_train_reply", lambda c, *a: one_by_one.append(c)
+                      or alone[contents.index(c)])
+            assert reply_groups.validate_train_replies(contents, sent, rules) == alone, name
         if name in ("none", "unsorted"):  # a valid group: checked together (unsorted rows: each on its own)
             assert len(one_by_one) == (0 if name == "none" else len(group)), name
         if name in ("none", "unsorted"):

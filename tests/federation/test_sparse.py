@@ -210,11 +210,12 @@ def test_rowwise_fedavg_equals_the_per_client_loop_bit_for_bit(dtype, threads, m
     with threads=2 the columns of the row tables split over two threads, as for a large round)
     gives the same floats as decoding and adding one client after another, and a second call,
     which reuses the first's buffers, the same again."""
+    import fedmtl.jobs as jobs
     import fedmtl.sparse_codec as codec
     from fedmtl.sparse_codec import rowwise_fedavg
     if threads == 2:
         monkeypatch.setattr(codec, "PARALLEL_VALUES", 0)
-        monkeypatch.setattr(codec, "usable_cores", lambda: 2)
+        monkeypatch.setattr(jobs, "usable_cores", lambda: 2)
     rng = np.random.default_rng(3)
     n_items = 40
     current = {"encoder.item_emb.weight": rng.normal(size=(n_items, 4)).astype(np.float32),
