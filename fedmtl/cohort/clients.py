@@ -95,11 +95,12 @@ def chunks(clients: list[Client], cfg: RunConfig, budget_mb: float, dim: int, hi
     """Clients sorted by size, in chunks whose padded step fits about `budget_mb`."""
     bs = int(cfg["train"]["batch_size"])
     click = bool(ranking_tasks(cfg["tasks"]))
+    per_user_row = 5 + 2 * len(cfg["tasks"])  # the click logits' 5, and every task's user x row scores and their gradient
     order = sorted(clients, key=lambda c: (c.n, len(c.rows)))
     out, cur, big = [], [], (0, 0, 0)
 
-    def size(b, r, u):  # bytes a client of the chunk holds in a step: rows, pairs, click logits per user
-        return 4 * (r * (3 * dim + 2 * hidden) * 6 + b * (6 * dim + 2 * hidden) * 4 + (u * r * 5 if click else 0))
+    def size(b, r, u):  # bytes a client of the chunk holds in a step: rows, pairs, scores and click logits per user
+        return 4 * (r * (3 * dim + 2 * hidden) * 6 + b * (6 * dim + 2 * hidden) * 4 + (u * r * per_user_row if click else 0))
 
     first = None
     for c in order:
