@@ -14,7 +14,7 @@ import numpy as np
 from ..config_types import RunConfig
 from .failures import RoundFailure
 from .replies import (Invalid, check_keys, clip_update, decode_array, fmt_num, require_finite, rules_for,
-                      pool_problem, validate_evaluate_reply, validate_train_reply)
+                      pool_problem, validate_evaluate_reply)
 from .reply_groups import validate_train_replies
 
 log = logging.getLogger("fedmtl")
@@ -57,12 +57,15 @@ class TrainChecks:
             self.decoded[id(record)] = {k: v.numpy() for k, v in record.items()}
         return self.decoded[id(record)]
 
+    def _checked(self, r) -> bool:
+        hit = self.problems.get(id(r))
+        return hit is not None and hit[0] is r
+
     def __call__(self, replies) -> None:
         """Check every reply not checked yet, those to the same arrays together (validate_train_replies)."""
         groups: dict[int, list] = {}
         for r in replies:
-            hit = self.problems.get(id(r))
-            if not r.has_error() and (hit is None or hit[0] is not r):
+            if not r.has_error() and not self._checked(r):
                 groups.setdefault(id(self.sent(r.metadata.src_node_id)), []).append(r)
         for group in groups.values():
             found = validate_train_replies([r.content for r in group], self.sent(group[0].metadata.src_node_id),
@@ -70,11 +73,10 @@ class TrainChecks:
             self.problems.update((id(r), (r, p)) for r, p in zip(group, found))
 
     def problem(self, r) -> str | None:
-        hit = self.problems.get(id(r))
-        if hit is None or hit[0] is not r:  # not checked yet
-            hit = self.problems[id(r)] = (r, validate_train_reply(r.content, self.sent(r.metadata.src_node_id),
-                                                                  self.rules))
-        return hit[1]
+        """The reply's problem or None (checked now if it was not yet)."""
+        if not self._checked(r):
+            self([r])
+        return self.problems[id(r)][1]
 
 
 def send_train(grid, msgs, timeout, checks: TrainChecks) -> list:
