@@ -113,7 +113,7 @@ def check_server_lr(cfg: dict) -> None:
 
 
 def validate(cfg: dict) -> RunConfig:
-    from .data import DATASETS, GENERATED
+    from .data import DATASETS, GENERATED, LOG_DATASETS
     from .knob_names import BACKENDS, PRIVACY, STRATEGIES
     from .model.parts import AGGREGATE_MODES
     from .model.towers import ARCHITECTURES
@@ -148,7 +148,8 @@ def validate(cfg: dict) -> RunConfig:
                 number(cfg, "privacy.min_row_count", lo=0, lo_open=True)
     choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
-    cfg["tasks"] = check_tasks(get(cfg, "tasks"), offered)
+    source = f"dataset={get(cfg, 'dataset.name')}" if get(cfg, "dataset.name") in LOG_DATASETS else None
+    cfg["tasks"] = check_tasks(get(cfg, "tasks"), offered, source)
     choice(cfg, "aggregate", AGGREGATE_MODES)
     choice(cfg, "device", DEVICES)
     choice(cfg, "model.name", ARCHITECTURES)

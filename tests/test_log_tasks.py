@@ -77,7 +77,8 @@ def test_tasks_must_be_offered(tmp_path):
 
 
 def test_preset_offers_its_labels():
-    with pytest.raises(ConfigError, match=r"unknown task 'click'; expected a subset of \['purchase', 'reordered'\]"):
+    with pytest.raises(ConfigError, match=r"unknown task 'click'; expected a subset of \['purchase', 'reordered'\] "
+                                          r"\(the labels dataset=instacart_sample offers: set tasks=\[purchase,reordered\]"):
         compose(["dataset=instacart_sample", "dataset.path=/nonexistent", "tasks=[click]"])
     compose([])  # back on the rating log, the defaults are registered again
     assert set(REGISTRY) == {"rating", "click", "like"}

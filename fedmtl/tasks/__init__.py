@@ -35,9 +35,10 @@ __all__ = ["REGISTRY", "Task", "Regression", "Binary", "Ranking", "TASKS", "LIKE
            "losses"]
 
 
-def check_tasks(names, offered=None) -> list[str]:
+def check_tasks(names, offered=None, source: str | None = None) -> list[str]:
     """`tasks=[...]` validated: a non-empty list of distinct names drawn from `offered`
-    (default: the registered tasks)."""
+    (default: the registered tasks); `source` (e.g. "dataset=instacart_sample") names where
+    the offered tasks come from, for the error."""
     offered = list(offered if offered is not None else REGISTRY)
     if not isinstance(names, (list, tuple)):
         raise ConfigError(f"tasks={names!r}: expected a list drawn from {offered}")
@@ -46,7 +47,8 @@ def check_tasks(names, offered=None) -> list[str]:
         raise ConfigError(f"tasks: must name at least one of {', '.join(offered)}")
     for n in names:
         if not isinstance(n, str) or n not in offered:
-            raise ConfigError(f"tasks: unknown task {n!r}; expected a subset of {offered}")
+            where = f" (the labels {source} offers: set tasks=[{','.join(offered)}] or a part of it)" if source else ""
+            raise ConfigError(f"tasks: unknown task {n!r}; expected a subset of {offered}{where}")
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: {names} names a task twice")
     return names
