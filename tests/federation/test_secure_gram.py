@@ -31,14 +31,23 @@ def grams(monkeypatch):
     return seen
 
 
-def test_the_secure_gram_is_the_clear_one_and_the_blend_ranks_the_same(tmp_path, grams):
-    secure = run(compose(TINY + ["privacy=secagg"]), tmp_path / "secagg")
+def test_the_secure_gram_is_the_clear_one_and_the_blend_ranks_the_same(tmp_path, grams, caplog):
+    with caplog.at_level("INFO", logger="fedmtl"):
+        secure = run(compose(TINY + ["privacy=secagg"]), tmp_path / "secagg")
+    # one progress line per chunk (a SecAgg+ run each: minutes in all at a real federation's size)
+    chunks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("secure item Gram: chunk")]
+    assert [c.split()[4] for c in chunks] == [f"{k}/9" for k in range(1, 10)]
+    assert all("block of 10 clients" in c for c in chunks) and "left" in chunks[0] and "left" not in chunks[-1]
     clear = run(compose(TINY), tmp_path / "clear")
     assert len(grams) == 2
     assert grams[0].max() > 1  # clients of 6 users: counts above 1 are summed exactly too
     np.testing.assert_array_equal(grams[0], grams[1])
-    for k in ("click.hr@10", "click.ndcg@10", "rating.rmse"):
-        assert secure["metrics"][k] == pytest.approx(clear["metrics"][k], abs=1e-4)
+    # the training updates go through SecAgg+'s stochastic rounding (NumPy's unseeded global RNG
+    # in Flower's quantize): about 1e-5 on the model, so RMSE to 1e-4, while a ranking over 60
+    # users may swap one pair in some runs (NDCG@10 moved by 0.0024 in about 1 run of 10)
+    assert secure["metrics"]["rating.rmse"] == pytest.approx(clear["metrics"]["rating.rmse"], abs=1e-4)
+    for k in ("click.hr@10", "click.ndcg@10"):
+        assert secure["metrics"][k] == pytest.approx(clear["metrics"][k], abs=0.01)
     rows = read_jsonl(tmp_path / "secagg" / "metrics.jsonl")
     # B goes whole to each client once (round 1's evaluation); later evaluations use the rows it kept
     assert rows[0]["bytes_down"] > rows[1]["bytes_down"] + 10 * 40 * 40 * 4 * 0.9
