@@ -154,6 +154,35 @@ def metric_record(values: dict) -> MetricRecord:
     return rec
 
 
+_PARSED: dict = {}  # a .npy header's bytes -> (dtype, shape, order)
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    """Flower's `bytes_to_ndarray` (np.load of .npy bytes) with each distinct header parsed once:
+    np.load reads the header's dict by `ast.literal_eval` for every array. A read-only view of
+    `data` (the SecAgg+ server's collect stage only adds it to others); a header of another
+    version or with Python objects goes through np.load."""
+    if data[:8] != b"\x93NUMPY\x01\x00" or len(data) < 10:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    end = 10 + int.from_bytes(data[8:10], "little")
+    head = data[10:end]
+    meta = _PARSED.get(head)
+    if meta is None:
+        fp = io.BytesIO(data[:end])
+        np.lib.format.read_magic(fp)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        if dtype.hasobject:
+            return np.load(io.BytesIO(data), allow_pickle=False)  # (refuses it, as Flower's does)
+        meta = (dtype, shape, "F" if fortran else "C")
+        if len(_PARSED) < 4096:
+            _PARSED[head] = meta
+    dtype, shape, order = meta
+    count = int(np.prod(shape))
+    if len(data) != end + count * dtype.itemsize:
+        return np.load(io.BytesIO(data), allow_pickle=False)  # (a truncated array: np.load's error)
+    return np.frombuffer(data, dtype, count, end).reshape(shape, order=order)
+
+
 def peek(a: Array) -> np.ndarray:
     """The NumPy array behind `a` for a reader that does not write to it: a fast array's own
     array (no copy: the cohort engine reads each evaluation message's rows of EASE's B, 0.5 GB a

@@ -16,6 +16,8 @@ seed), the neighbour ring from the OS CSPRNG (Flower: the seeded global `random`
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
@@ -58,6 +60,53 @@ def mask_prg(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def private_key(pem: bytes):
+    """secaggplus_mod's `bytes_to_private_key`, memoised: a client derives one shared key per
+    neighbour from the same private key in each of two stages, and Flower parses the PEM
+    again (with its curve-point check) for each one. At 943 clients of 5 neighbours that parsing
+    was 12-14% of SecAgg+'s client-side stages (py-spy). The keys kept are the same objects those
+    clients' own Contexts hold as PEM bytes in this process."""
+    from flwr.supercore.primitives.asymmetric import bytes_to_private_key
+
+    return bytes_to_private_key(pem)
+
+
+def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
+    """secaggplus_mod's `create_shares` (Flower's shamir.py) without its thread pool: the same
+    shares, byte for byte in layout (4 bytes of index, then one 16-byte share per 16-byte chunk
+    of the padded secret), from the same pycryptodome `Shamir.split` (its coefficients from
+    pycryptodome's CSPRNG). Flower starts a ThreadPoolExecutor for every secret; its chunks
+    are pure Python under the GIL, so the pool only adds start-up and waits: 2 pools per client
+    and round, about a quarter of SecAgg+'s client-side key-sharing stage at 943 clients."""
+    from Crypto.Protocol.SecretSharing import Shamir
+    from Crypto.Util.Padding import pad
+
+    padded = pad(secret, 16)
+    shares = [bytearray(idx.to_bytes(4, "little", signed=False)) for idx in range(1, num + 1)]
+    for at in range(0, len(padded), 16):
+        for idx, share in Shamir.split(threshold, num, padded[at:at + 16], ssss=False):
+            shares[idx - 1] += share
+    return [bytes(share) for share in shares]
+
+
+def combine_shares(share_list: list[bytes]) -> bytes:
+    """Flower's `combine_shares` (shamir.py) without its thread pool, the server's side of
+    `create_shares`: each 16-byte chunk's shares combined by pycryptodome's `Shamir.combine`,
+    the chunks joined and unpadded. A failure says what Flower's does."""
+    from Crypto.Protocol.SecretSharing import Shamir
+    from Crypto.Util.Padding import unpad
+
+    chunks = (len(share_list[0]) - 4) >> 4
+    indices = [int.from_bytes(share[:4], "little", signed=False) for share in share_list]
+    padded = b"".join(Shamir.combine([(idx, share[4 + 16 * c:20 + 16 * c]) for idx, share in zip(indices, share_list)],
+                                     ssss=False) for c in range(chunks))
+    try:
+        return unpad(padded, 16)
+    except ValueError:
+        raise ValueError("Failed to combine shares") from None
+
+
 def _install_mask_prg() -> None:
     """The clients' secaggplus_mod draws its masks from `mask_prg` (its module's
     `pseudo_rand_gen`); the server's unmask stage (quorum_workflow) calls mask_prg itself.
@@ -69,6 +118,8 @@ def _install_mask_prg() -> None:
 
     mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
     mod.pseudo_rand_gen = mask_prg
+    mod.bytes_to_private_key = private_key
+    mod.create_shares = create_shares
 
 
 _install_mask_prg()
@@ -114,11 +165,15 @@ def quorum_workflow(quorum: int, **kwargs):
       that follow (saturation)."""
     import secrets
 
-    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
     from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
     from flwr.common.secure_aggregation.ndarrays_arithmetic import (get_parameters_shape, parameters_addition,
                                                                      parameters_mod, parameters_subtraction)
     from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.secure_aggregation import secaggplus_workflow
+
+    from .arrays import npy_array
+
+    secaggplus_workflow.bytes_to_ndarray = npy_array  # its collect stage's parsing of every masked vector
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key as WKey
     from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 

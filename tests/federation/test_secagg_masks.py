@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
+import pytest
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.crypto.shamir import create_shares as flower_create_shares
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
 from fedmtl.config import compose
 from fedmtl.engine.inprocess import InProcessGrid
-from fedmtl.federation.secagg_workflow import mask_prg
+from fedmtl.federation.secagg_workflow import combine_shares as ours_combine
+from fedmtl.federation.secagg_workflow import create_shares, mask_prg, private_key
 from fedmtl.simulate import run
 
 SHAPES = [(3, 4), (), (7,)]
@@ -47,6 +52,72 @@ def test_masks_stay_in_any_range_and_cover_it_evenly():
 def test_the_clients_secaggplus_mod_draws_its_masks_from_ours():
     mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
     assert mod.pseudo_rand_gen is mask_prg
+    assert mod.create_shares is create_shares and mod.bytes_to_private_key is private_key
+
+
+@pytest.mark.parametrize("size", [1, 16, 32, 33, 241])  # a mask seed (32 bytes), a PEM key (about 240)
+def test_our_shares_are_flowers_shares_without_the_thread_pool(size):
+    secret = os.urandom(size)
+    ours, flowers = create_shares(secret, 3, 5), flower_create_shares(secret, 3, 5)
+    assert [(len(a), a[:4]) for a in ours] == [(len(b), b[:4]) for b in flowers]  # same layout and indices
+    for three in ([0, 1, 2], [4, 2, 0], [1, 3, 4]):  # any 3 of 5 give the secret back (Flower's combine)
+        assert combine_shares([ours[k] for k in three]) == secret
+    assert ours != create_shares(secret, 3, 5)  # fresh random coefficients each time
+    two = [ours[0], ours[1]]  # below the threshold: not the secret (or no valid padding at all)
+    try:
+        assert combine_shares(two) != secret
+    except ValueError:
+        pass
+
+
+def test_our_combine_is_flowers_combine_and_fails_as_it_does():
+    secret = os.urandom(241)
+    shares = flower_create_shares(secret, 3, 5)
+    for three in ([0, 1, 2], [3, 1, 4]):
+        picked = [shares[k] for k in three]
+        assert ours_combine(picked) == combine_shares(picked) == secret
+    rng = np.random.default_rng(0)
+    bad = [bytes(rng.integers(0, 256, len(shares[0]), dtype=np.uint8)) for _ in range(3)]
+    outcomes = []
+    for fn in (ours_combine, combine_shares):  # garbage shares: the same answer or the same error
+        try:
+            outcomes.append(fn(bad))
+        except ValueError as e:
+            outcomes.append(str(e))
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("array", [np.arange(12).reshape(3, 4), np.zeros(()), np.asfortranarray(np.ones((3, 5)) * 0.5),
+                                   np.array([1.5], ">f8"), np.zeros((0, 3), np.int64)])
+def test_the_servers_parse_of_a_masked_vector_is_np_load(array):
+    from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+    from flwr.server.workflow.secure_aggregation import secaggplus_workflow
+
+    from fedmtl.federation.arrays import npy_array
+    from fedmtl.federation.secagg_workflow import quorum_workflow
+
+    data = ndarray_to_bytes(array)
+    for _ in range(2):  # the second time from the parsed header
+        got, want = npy_array(data), bytes_to_ndarray(data)
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+    if array.size:
+        with pytest.raises(ValueError):
+            npy_array(data[:-1])  # a truncated array is refused, as np.load refuses it
+    quorum_workflow(2, num_shares=3, reconstruction_threshold=2)
+    assert secaggplus_workflow.bytes_to_ndarray is npy_array
+
+
+def test_the_memoised_private_key_is_the_same_key():
+    from cryptography.hazmat.primitives import serialization
+    from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
+
+    sk, _ = generate_key_pairs()
+    pem = private_key_to_bytes(sk)
+    a, b = private_key(pem), private_key(bytes(pem))  # equal bytes, another object: one parse
+    assert a is b
+    raw = lambda k: k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,  # noqa: E731
+                                    serialization.NoEncryption())
+    assert raw(a) == raw(sk)
 
 
 def neighbour_rings(monkeypatch, tmp_path, runs: int) -> list[dict]:
