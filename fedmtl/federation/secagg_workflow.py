@@ -12,6 +12,9 @@ sum + (m - 1) * clipping_range, issue 24 item 8), its saturation reported
 (`secagg.saturated` in metrics.jsonl; above MAX_SATURATION the run stops and names
 privacy.clipping_range); masks come from the whole 32-byte secret (Flower: a 32-bit
 seed), the neighbour ring from the OS CSPRNG (Flower: the seeded global `random`).
+For speed, the same results: Shamir shares made and combined by shamir.py (no thread pool per
+secret; Lagrange weights once per set of share indices), a client's private key parsed once
+(`private_key`), the server's masked vectors parsed by arrays.npy_array.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from flwr.app.message_type import MessageType
 from flwr.common import ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key as SAKey, Stage
 from flwr.compat.common import recorddict_compat as compat
+
+from .shamir import combine_shares, create_shares
 
 
 def mask_prg(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
@@ -70,41 +75,6 @@ def private_key(pem: bytes):
     from flwr.supercore.primitives.asymmetric import bytes_to_private_key
 
     return bytes_to_private_key(pem)
-
-
-def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
-    """secaggplus_mod's `create_shares` (Flower's shamir.py) without its thread pool: the same
-    shares, byte for byte in layout (4 bytes of index, then one 16-byte share per 16-byte chunk
-    of the padded secret), from the same pycryptodome `Shamir.split` (its coefficients from
-    pycryptodome's CSPRNG). Flower starts a ThreadPoolExecutor for every secret; its chunks
-    are pure Python under the GIL, so the pool only adds start-up and waits: 2 pools per client
-    and round, about a quarter of SecAgg+'s client-side key-sharing stage at 943 clients."""
-    from Crypto.Protocol.SecretSharing import Shamir
-    from Crypto.Util.Padding import pad
-
-    padded = pad(secret, 16)
-    shares = [bytearray(idx.to_bytes(4, "little", signed=False)) for idx in range(1, num + 1)]
-    for at in range(0, len(padded), 16):
-        for idx, share in Shamir.split(threshold, num, padded[at:at + 16], ssss=False):
-            shares[idx - 1] += share
-    return [bytes(share) for share in shares]
-
-
-def combine_shares(share_list: list[bytes]) -> bytes:
-    """Flower's `combine_shares` (shamir.py) without its thread pool, the server's side of
-    `create_shares`: each 16-byte chunk's shares combined by pycryptodome's `Shamir.combine`,
-    the chunks joined and unpadded. A failure says what Flower's does."""
-    from Crypto.Protocol.SecretSharing import Shamir
-    from Crypto.Util.Padding import unpad
-
-    chunks = (len(share_list[0]) - 4) >> 4
-    indices = [int.from_bytes(share[:4], "little", signed=False) for share in share_list]
-    padded = b"".join(Shamir.combine([(idx, share[4 + 16 * c:20 + 16 * c]) for idx, share in zip(indices, share_list)],
-                                     ssss=False) for c in range(chunks))
-    try:
-        return unpad(padded, 16)
-    except ValueError:
-        raise ValueError("Failed to combine shares") from None
 
 
 def _install_mask_prg() -> None:

@@ -4,18 +4,14 @@
 from __future__ import annotations
 
 import importlib
-import os
 
 import numpy as np
 import pytest
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-from flwr.common.secure_aggregation.crypto.shamir import create_shares as flower_create_shares
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
 from fedmtl.config import compose
 from fedmtl.engine.inprocess import InProcessGrid
-from fedmtl.federation.secagg_workflow import combine_shares as ours_combine
 from fedmtl.federation.secagg_workflow import create_shares, mask_prg, private_key
 from fedmtl.simulate import run
 
@@ -53,38 +49,6 @@ def test_the_clients_secaggplus_mod_draws_its_masks_from_ours():
     mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
     assert mod.pseudo_rand_gen is mask_prg
     assert mod.create_shares is create_shares and mod.bytes_to_private_key is private_key
-
-
-@pytest.mark.parametrize("size", [1, 16, 32, 33, 241])  # a mask seed (32 bytes), a PEM key (about 240)
-def test_our_shares_are_flowers_shares_without_the_thread_pool(size):
-    secret = os.urandom(size)
-    ours, flowers = create_shares(secret, 3, 5), flower_create_shares(secret, 3, 5)
-    assert [(len(a), a[:4]) for a in ours] == [(len(b), b[:4]) for b in flowers]  # same layout and indices
-    for three in ([0, 1, 2], [4, 2, 0], [1, 3, 4]):  # any 3 of 5 give the secret back (Flower's combine)
-        assert combine_shares([ours[k] for k in three]) == secret
-    assert ours != create_shares(secret, 3, 5)  # fresh random coefficients each time
-    two = [ours[0], ours[1]]  # below the threshold: not the secret (or no valid padding at all)
-    try:
-        assert combine_shares(two) != secret
-    except ValueError:
-        pass
-
-
-def test_our_combine_is_flowers_combine_and_fails_as_it_does():
-    secret = os.urandom(241)
-    shares = flower_create_shares(secret, 3, 5)
-    for three in ([0, 1, 2], [3, 1, 4]):
-        picked = [shares[k] for k in three]
-        assert ours_combine(picked) == combine_shares(picked) == secret
-    rng = np.random.default_rng(0)
-    bad = [bytes(rng.integers(0, 256, len(shares[0]), dtype=np.uint8)) for _ in range(3)]
-    outcomes = []
-    for fn in (ours_combine, combine_shares):  # garbage shares: the same answer or the same error
-        try:
-            outcomes.append(fn(bad))
-        except ValueError as e:
-            outcomes.append(str(e))
-    assert outcomes[0] == outcomes[1]
 
 
 @pytest.mark.parametrize("array", [np.arange(12).reshape(3, 4), np.zeros(()), np.asfortranarray(np.ones((3, 5)) * 0.5),
