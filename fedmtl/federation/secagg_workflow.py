@@ -54,7 +54,9 @@ def mask_prg(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]
     small = num_range & (num_range - 1) == 0 and num_range <= 2**32
     width = 4 if small else 8
     stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(width * sum(sizes)))
-    if small:
+    if num_range == 2**32:  # (Flower's modulus: every 4-byte value is in range; no mask pass)
+        values = np.frombuffer(stream, dtype="<u4").astype(np.int64)
+    elif small:
         values = (np.frombuffer(stream, dtype="<u4") & np.uint32(num_range - 1)).astype(np.int64)
     else:
         values = (np.frombuffer(stream, dtype="<u8") % np.uint64(num_range)).astype(np.int64)

@@ -37,6 +37,12 @@ def test_our_masks_are_uniform_over_the_modulus():
     assert counts.min() > 0.95 * len(values) / 16
 
 
+def test_flowers_modulus_reads_the_same_keystream_as_any_smaller_power_of_two():
+    full = mask_prg(b"s" * 32, 2**32, [(5000,)])[0]  # (2**32: the 4-byte values as they are)
+    for bits in (8, 20, 31):
+        assert np.array_equal(mask_prg(b"s" * 32, 2**bits, [(5000,)])[0], full & (2**bits - 1))
+
+
 def test_masks_stay_in_any_range_and_cover_it_evenly():
     for num_range in (2**20, 3 * 2**20, 2**40):  # a small power of 2 (4-byte draws), and two 8-byte cases
         values = mask_prg(b"r" * 32, num_range, [(100_000,)])[0]
