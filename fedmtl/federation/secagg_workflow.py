@@ -79,6 +79,27 @@ def private_key(pem: bytes):
     return bytes_to_private_key(pem)
 
 
+def quantize(parameters: list[np.ndarray], clipping_range: float, target_range: int) -> list[np.ndarray]:
+    """Flower's `quantize` (secaggplus_mod's stochastic rounding of each clipped value to
+    `target_range` levels), the same integers from the same draws of NumPy's global RNG, in
+    fewer passes: Flower's makes eight temporaries per array and lowers the rounded-up values
+    through a boolean index. The arithmetic keeps Flower's dtypes (the shifted values in the
+    array's own dtype, the rounding gap ceil - value in float64), so every comparison with a
+    draw is the one Flower's makes."""
+    quantizer = target_range / (2 * clipping_range)
+    out = []
+    for arr in parameters:
+        pre = np.clip(arr, -clipping_range, clipping_range)
+        pre += clipping_range
+        pre *= quantizer
+        up = np.ceil(pre)
+        draws = np.random.rand(*up.shape)  # noqa: NPY002 (Flower's own source of rounding draws)
+        ret = up.astype(np.int32)
+        ret -= np.less(draws, np.subtract(ret, pre, dtype=np.float64))  # the gap as Flower computes it
+        out.append(ret)
+    return out
+
+
 def _install_mask_prg() -> None:
     """The clients' secaggplus_mod draws its masks from `mask_prg` (its module's
     `pseudo_rand_gen`); the server's unmask stage (quorum_workflow) calls mask_prg itself.
@@ -92,6 +113,7 @@ def _install_mask_prg() -> None:
     mod.pseudo_rand_gen = mask_prg
     mod.bytes_to_private_key = private_key
     mod.create_shares = create_shares
+    mod.quantize = quantize
 
 
 _install_mask_prg()

@@ -77,6 +77,30 @@ def test_the_servers_parse_of_a_masked_vector_is_np_load(array):
     assert secaggplus_workflow.bytes_to_ndarray is npy_array
 
 
+def test_our_quantisation_is_flowers_draw_for_draw():
+    from flwr.common.secure_aggregation.quantization import quantize as flowers
+
+    from fedmtl.federation.secagg_workflow import quantize
+
+    rng = np.random.default_rng(1)
+    arrays = [rng.normal(0, 3, 1000).astype(np.float32), rng.normal(0, 3, (50, 7)),
+              np.array([0.0, 1e-10, -1e-10, 8.0, -8.0, 9.0, -100.0], np.float32),  # edges: tiny gaps, clipped values
+              np.array([2.5e-8, 0.49999997, 1e-30]), np.zeros(0, np.float32)]
+    saved = np.random.get_state()  # (the global RNG is Flower's rounding source: left as found)
+    try:
+        for clipping_range, target_range in ((8.0, 2**22), (1.0, 2**16), (3.0, 1000)):
+            for seed in range(3):
+                np.random.seed(seed)
+                want = flowers(arrays, clipping_range, target_range)
+                np.random.seed(seed)
+                got = quantize(arrays, clipping_range, target_range)
+                assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, want))
+    finally:
+        np.random.set_state(saved)
+    mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+    assert mod.quantize is quantize
+
+
 def test_the_memoised_private_key_is_the_same_key():
     from cryptography.hazmat.primitives import serialization
     from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
