@@ -90,6 +90,8 @@ def quantize(parameters: list[np.ndarray], clipping_range: float, target_range: 
     out = []
     for arr in parameters:
         pre = np.clip(arr, -clipping_range, clipping_range)
+        if pre.dtype.kind != "f":  # (whole numbers: Flower's first sum makes them float64)
+            pre = pre.astype(np.float64)
         pre += clipping_range
         pre *= quantizer
         up = np.ceil(pre)

@@ -85,7 +85,7 @@ def test_our_quantisation_is_flowers_draw_for_draw():
     rng = np.random.default_rng(1)
     arrays = [rng.normal(0, 3, 1000).astype(np.float32), rng.normal(0, 3, (50, 7)),
               np.array([0.0, 1e-10, -1e-10, 8.0, -8.0, 9.0, -100.0], np.float32),  # edges: tiny gaps, clipped values
-              np.array([2.5e-8, 0.49999997, 1e-30]), np.zeros(0, np.float32)]
+              np.array([2.5e-8, 0.49999997, 1e-30]), np.zeros(0, np.float32), np.array(0.3), np.arange(-9, 9)]
     saved = np.random.get_state()  # (the global RNG is Flower's rounding source: left as found)
     try:
         for clipping_range, target_range in ((8.0, 2**22), (1.0, 2**16), (3.0, 1000)):
