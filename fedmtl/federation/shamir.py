@@ -44,6 +44,8 @@ def combine_shares(share_list: list[bytes]) -> bytes:
     "Failed to combine shares" where the result is not a padded secret, "Duplicate share" where
     an index repeats, as pycryptodome's)."""
     chunks = (len(share_list[0]) - 4) >> 4
+    if any(len(share) != 4 + 16 * chunks for share in share_list):  # (pycryptodome: "16 byte string")
+        raise ValueError("Failed to combine shares: the shares are not all 4 + 16 k bytes long")
     indices = tuple(int.from_bytes(share[:4], "little", signed=False) for share in share_list)
     if len(set(indices)) != len(indices):
         raise ValueError("Duplicate share")

@@ -54,3 +54,6 @@ def test_too_few_or_garbled_shares_fail_as_flowers_do():
         assert outcomes[0] == outcomes[1] and outcomes[0] != secret
     with pytest.raises(ValueError, match="Duplicate share"):
         shamir.combine_shares([shares[0], shares[1], shares[1]])
+    for short in (shares[2][:-1], shares[2][:-16]):  # a share cut short (a hostile neighbour's)
+        with pytest.raises(ValueError, match="Failed to combine shares"):
+            shamir.combine_shares([shares[0], shares[1], short])
