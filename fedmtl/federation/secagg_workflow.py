@@ -83,9 +83,7 @@ def quantize(parameters: list[np.ndarray], clipping_range: float, target_range: 
     """Flower's `quantize` (secaggplus_mod's stochastic rounding of each clipped value to
     `target_range` levels), the same integers from the same draws of NumPy's global RNG, in
     fewer passes: Flower's makes eight temporaries per array and lowers the rounded-up values
-    through a boolean index. The arithmetic keeps Flower's dtypes (the shifted values in the
-    array's own dtype, the rounding gap ceil - value in float64), so every comparison with a
-    draw is the one Flower's makes."""
+    through a boolean index. The shifted values keep the array's own dtype, as Flower's do."""
     quantizer = target_range / (2 * clipping_range)
     out = []
     for arr in parameters:
@@ -94,12 +92,19 @@ def quantize(parameters: list[np.ndarray], clipping_range: float, target_range: 
             pre = pre.astype(np.float64)
         pre += clipping_range
         pre *= quantizer
-        up = np.ceil(pre)
-        draws = np.random.rand(*up.shape)  # noqa: NPY002 (Flower's own source of rounding draws)
-        ret = up.astype(np.int32)
-        ret -= np.less(draws, np.subtract(ret, pre, dtype=np.float64))  # the gap as Flower computes it
-        out.append(ret)
+        out.append(stochastic_round(pre))
     return out
+
+
+def stochastic_round(pre: np.ndarray) -> np.ndarray:
+    """Flower's `_stochastic_round`: ceil(pre) as int32, lowered by one where a uniform draw of
+    NumPy's global RNG falls below the gap ceil - pre (taken in float64, as Flower's int32 minus
+    float gives it). (A test makes it deterministic by replacing this function.)"""
+    up = np.ceil(pre)
+    draws = np.random.rand(*up.shape)  # noqa: NPY002 (Flower's own source of rounding draws)
+    ret = up.astype(np.int32)
+    ret -= np.less(draws, np.subtract(ret, pre, dtype=np.float64))
+    return ret
 
 
 def _install_mask_prg() -> None:

@@ -214,11 +214,11 @@ def test_secagg_training_is_batched_inside_the_protocol(tmp_path, mode, caplog, 
     SecAgg+'s stochastic rounding made deterministic and the DP noise off (both random every
     run), the run is inprocess's to the batch's float tolerance."""
     import fedmtl.engine.cohort as cohort
-    from flwr.common.secure_aggregation import quantization
 
     from fedmtl import secure_random
+    from fedmtl.federation import secagg_workflow
 
-    monkeypatch.setattr(quantization, "_stochastic_round", lambda a: np.asarray(np.rint(a)).astype(np.int32))
+    monkeypatch.setattr(secagg_workflow, "stochastic_round", lambda a: np.asarray(np.rint(a)).astype(np.int32))
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
     monkeypatch.setattr(secure_random, "normal", lambda mean, std: float(mean))
     real, batches = cohort.train_cohort, []
