@@ -173,12 +173,11 @@ class SecureGram(SecAggRound):
             r, c = triu_chunk(self.n_items, k % per, self.size)
             total = np.asarray(mean, np.float64).ravel() * m
             sums[k // per][r, c] = total if self.dp else np.rint(total)  # DP: noised, no longer whole counts
-            # each chunk is a whole SecAgg+ run (about 12 s at 943 clients): one line each, so a
-            # secure Gram of many minutes shows where it is
+            # each chunk is a whole SecAgg+ run (about 20 s at 943 clients and the default chunk
+            # size): one line each, so a secure Gram of minutes shows where it is
             log.info("%s  %s of %d clients, %.1f MB up", progress("secure item Gram: chunk", k + 1, self.chunks, t0),
                      self.parts[k // per], m, counting.up / 1e6)
         sums = [np.triu(g) + np.triu(g, 1).T for g in sums]
         if len(summed) > 1:
-            log.warning("secure item Gram: chunks summed %s clients (dropouts between "
-                                                "chunks)", sorted(summed))
+            log.warning("secure item Gram: chunks summed %s clients (dropouts between chunks)", sorted(summed))
         return (sums[0], sums[1] if len(sums) > 1 else None), up, min(summed)
