@@ -1,8 +1,14 @@
 """Every test starts from the default task registry: a run on an interaction log registers
 that log's labels (fedmtl.tasks.configure), and a label may reuse a default task's name (the
 synthetic funnel's `click` is a 0/1 column, not the ranking task), so a test after it would
-otherwise see the log's tasks."""
+otherwise see the log's tasks.
 
+`nearest_rounding`: SecAgg+'s quantisation rounded to nearest instead of stochastically (its
+draws come from NumPy's unseeded global RNG), for tests that compare a SecAgg+ run with
+another within a bound: the quantisation error is then at most half a level a client and the
+same in every run."""
+
+import numpy as np
 import pytest
 
 from fedmtl.tasks import reset
@@ -13,3 +19,10 @@ def default_task_registry():
     reset()
     yield
     reset()
+
+
+@pytest.fixture
+def nearest_rounding(monkeypatch):
+    from fedmtl.federation import secagg_workflow
+
+    monkeypatch.setattr(secagg_workflow, "stochastic_round", lambda a: np.asarray(np.rint(a)).astype(np.int32))

@@ -207,7 +207,7 @@ def test_dp_modes_are_batched_with_the_client_apps_mods(tmp_path, mode, caplog, 
 @pytest.mark.parametrize("mode", [["privacy=secagg"], ["privacy=secagg_dp"],
                                   ["privacy=secagg_dp", "exchange=sparse", "privacy.max_rows=20"]],
                          ids=["secagg", "secagg_dp", "secagg_dp_rows"])
-def test_secagg_training_is_batched_inside_the_protocol(tmp_path, mode, caplog, monkeypatch):
+def test_secagg_training_is_batched_inside_the_protocol(tmp_path, mode, caplog, monkeypatch, nearest_rounding):
     """SecAgg+: the collect stage's training is one batch per round, each batched reply then goes
     through the train handler's mods (secaggplus_mod's masking, LegacyFitMod, under secagg_dp the
     clipping and the noise share), the protocol's other stages through the ClientApp. With
@@ -216,9 +216,7 @@ def test_secagg_training_is_batched_inside_the_protocol(tmp_path, mode, caplog, 
     import fedmtl.engine.cohort as cohort
 
     from fedmtl import secure_random
-    from fedmtl.federation import secagg_workflow
 
-    monkeypatch.setattr(secagg_workflow, "stochastic_round", lambda a: np.asarray(np.rint(a)).astype(np.int32))
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
     monkeypatch.setattr(secure_random, "normal", lambda mean, std: float(mean))
     real, batches = cohort.train_cohort, []

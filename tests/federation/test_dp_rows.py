@@ -13,7 +13,6 @@ import torch
 from fedmtl import dp_rows, secure_random
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
-from fedmtl.federation import secagg_workflow
 from fedmtl.runfiles import read_jsonl
 from fedmtl.simulate import run
 from fedmtl.sparse_codec import ROW_COUNT, dense_rows, rowwise_mean, sparse_payload
@@ -134,15 +133,13 @@ def _model(out) -> dict:
     return {k: v.numpy() for k, v in torch.load(out / "model_shared.pt").items()}
 
 
-def test_secagg_dp_and_client_clip_dp_release_the_same_dp_rows(tmp_path, monkeypatch):
+def test_secagg_dp_and_client_clip_dp_release_the_same_dp_rows(tmp_path, monkeypatch, nearest_rounding):
     """The two modes release the same vector sums (secagg_dp: inside SecAgg+, each client's
     share of the noise; client_clip_dp: the server's noise on the clients' clipped vectors).
     With the noise switched off the models agree to SecAgg+'s quantisation."""
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
-    # SecAgg+'s stochastic rounding draws from NumPy's unseeded global RNG: its error passed the
-    # 2e-5 bound on one value of 1,280 in one clean-clone CI run; rounded to nearest here, the
-    # quantisation error is at most half a level per client, the same in every run
-    monkeypatch.setattr(secagg_workflow, "stochastic_round", lambda a: np.asarray(np.rint(a)).astype(np.int32))
+    # (nearest_rounding: the stochastic rounding's error passed the 2e-5 bound on one value of
+    # 1,280 in one clean-clone CI run)
     dp = ["privacy.clipping_norm=5.0", "privacy.noise_multiplier=0.5", "privacy.max_rows=12",
           "strategy=fedavg", "privacy.min_row_count=1.0"]
     one = ["num_rounds=1"]
