@@ -92,7 +92,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_finished_rounds(tmp_p
     The run stops at round 2 with one line; round 1's metrics.jsonl row and its checkpoint
     (the same row in its history, finite shared arrays) are what it leaves."""
     cfg = compose([*TINY, "train.optimizer=sgd", "train.shared_lr=100", "checkpoint_every=1"])
-    with pytest.raises(DivergedError, match=r"round 2: (the aggregated encoder\.\S+|every client's update) holds "
+    with pytest.raises(DivergedError, match=r"round 2: (the aggregated encoder\.\S+|every client's reply) holds "
                                             r"\d* ?NaN/inf.*diverged") as e:  # noqa: E501
         run(cfg, tmp_path)
     assert "\n" not in str(e.value)

@@ -1,6 +1,6 @@
 """A round's replies screened before a strategy sees them, with the checks of one reply in
-replies.py: the invalid ones left out (one WARNING line each, or the run stopped under
-on_client_failure=stop), large updates clipped (robust.on_large_update=clip), the metrics
+replies.py: the invalid ones left out (one WARNING line each for a round's first LISTED, one
+line counting the rest; or the run stopped under on_client_failure=stop), large updates clipped (robust.on_large_update=clip), the metrics
 restricted to the keys all replies hold, and the replies put in node order. Training
 (`screen_train`), evaluation (`screen_evaluate`) and item Gram parts (`screen_gram`).
 """
@@ -8,6 +8,8 @@ restricted to the keys all replies hold, and the replies put in node order. Trai
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 
 import numpy as np
 
@@ -18,6 +20,32 @@ from .replies import (Invalid, check_keys, clip_update, decode_array, fmt_num, r
 from .reply_groups import validate_train_replies
 
 log = logging.getLogger("fedmtl")
+
+LISTED = 10  # a round's invalid replies named one WARNING line each; the others are counted in one line
+DIVERGED = ("NaN/inf", "robust.max_abs_update", "is not a finite number")  # problems a diverged client's reply has
+
+
+class Listing:
+    """A round's invalid replies as log lines: the first LISTED one line each, the rest counted
+    by kind in one closing line (a diverging model makes every client's reply invalid: 943
+    lines a round otherwise)."""
+
+    def __init__(self, what: str):
+        self.what, self.listed, self.rest = what, 0, Counter()
+
+    def warn(self, problem: str, fmt: str, *args) -> None:
+        if self.listed < LISTED:
+            self.listed += 1
+            log.warning(fmt, *args)
+        else:  # the kind: the problem without its numbers and values
+            self.rest[re.sub(r"=\S+", "=...", re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "N", problem))] += 1
+
+    def close(self) -> None:
+        if self.rest:
+            kinds = "; ".join(f"{n} x {k}" for k, n in self.rest.most_common(3))
+            more = len(self.rest) - 3
+            log.warning("%s: %d more invalid replies left out, not named (%s%s)", self.what, sum(self.rest.values()),
+                        kinds, f"; {more} other kinds" if more > 0 else "")
 
 
 def common_metrics(replies) -> None:
@@ -101,6 +129,7 @@ def screen_train(cfg: RunConfig, rnd: int, msgs, replies, checks: TrainChecks | 
     checks(replies)  # those not checked as they came, together
     rules, sent = checks.rules, checks.sent
     kept, invalid, clipped, problems = [], 0, 0, []
+    listing = Listing(f"round {rnd}")
     for r in replies:
         if r.has_error():
             kept.append(r)
@@ -112,7 +141,8 @@ def screen_train(cfg: RunConfig, rnd: int, msgs, replies, checks: TrainChecks | 
             if cfg["on_client_failure"] == "stop":
                 raise RoundFailure(f"round {rnd} train: node {node} sent an invalid reply ({problem}); stopping "
                                    "(on_client_failure=stop)")
-            log.warning("round %d: node %d sent an invalid reply (%s); left out of the aggregate", rnd, node, problem)
+            listing.warn(problem, "round %d: node %d sent an invalid reply (%s); left out of the aggregate", rnd, node,
+                         problem)
             invalid += 1
             continue
         if rules.max_update_norm is not None and rules.on_large_update == "clip":
@@ -122,10 +152,11 @@ def screen_train(cfg: RunConfig, rnd: int, msgs, replies, checks: TrainChecks | 
                 log.info("round %d: node %d's update norm %.4g clipped to robust.max_update_norm=%g", rnd, node,
                          norm, rules.max_update_norm)
         kept.append(r)
+    listing.close()
     if problems and len(problems) == sum(1 for r in replies if not r.has_error()) \
-            and all("NaN/inf" in p or "robust.max_abs_update" in p for p in problems):  # every client diverged
+            and all(any(d in p for d in DIVERGED) for p in problems):  # every client diverged
         from ..errors import DivergedError
-        raise DivergedError(f"round {rnd}: every client's update holds NaN/inf or out-of-bound values ({problems[0]}; "
+        raise DivergedError(f"round {rnd}: every client's reply holds NaN/inf or out-of-bound values ({problems[0]}; "
                             "training diverged); lower train.lr, train.shared_lr or the strategy's server rate; "
                             "rounds before it are in metrics.jsonl and checkpoint/")
     common_metrics(kept)
@@ -217,6 +248,7 @@ def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
     except Exception:  # noqa: BLE001 -- find which, one reply at a time
         pooled = False
     ok, kept, invalid = [], [], 0
+    listing = Listing(f"round {rnd} evaluation")
     for r in replies:
         if r.has_error():
             kept.append(r)
@@ -228,8 +260,8 @@ def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
             ok.append(r)
             kept.append(r)
             continue
-        log.warning("round %d: node %d sent an invalid evaluation (%s); left out", rnd, r.metadata.src_node_id,
-                    problem)
+        listing.warn(problem, "round %d: node %d sent an invalid evaluation (%s); left out", rnd,
+                     r.metadata.src_node_id, problem)
         invalid += 1
     if ok:
         usual = Counter(frozenset(r.content["metrics"].keys()) for r in ok).most_common(1)[0][0]
@@ -237,10 +269,13 @@ def screen_evaluate(rnd: int, replies) -> tuple[list, int]:
             keys = frozenset(r.content["metrics"].keys())
             if keys != usual:
                 odd = sorted(keys ^ usual)[0]
-                log.warning("round %d: node %d sent an invalid evaluation (metric %s is %s the others'); left out",
-                            rnd, r.metadata.src_node_id, odd[:60], "not among" if odd in keys else "missing from")
+                where = "not among" if odd in keys else "missing from"
+                listing.warn(f"metric {odd[:60]} is {where} the others'",
+                             "round %d: node %d sent an invalid evaluation (metric %s is %s the others'); left out",
+                             rnd, r.metadata.src_node_id, odd[:60], where)
                 kept.remove(r)
                 invalid += 1
+    listing.close()
     return kept, invalid
 
 
