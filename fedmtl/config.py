@@ -146,6 +146,13 @@ def validate(cfg: dict) -> RunConfig:
             number(cfg, "privacy.row_scale", lo=0, lo_open=True)
             if get(cfg, "privacy.min_row_count") is not None:
                 number(cfg, "privacy.min_row_count", lo=0, lo_open=True)
+    correction = (cfg.get("privacy") or {}).get("adam_noise_correction")
+    if correction is not None:  # strategies.NoiseCorrectedAdam: the noise std DP rows release
+        number(cfg, "privacy.adam_noise_correction", lo=0)
+        if get(cfg, "strategy.name") != "fedadam" or get(cfg, "exchange.name") != "sparse":
+            raise ConfigError(f"privacy.adam_noise_correction={correction}: corrects FedAdam's second moment by the "
+                              "noise of DP rows; it needs strategy=fedadam and exchange=sparse (got strategy="
+                              f"{get(cfg, 'strategy.name')}, exchange={get(cfg, 'exchange.name')}); or set it to null")
     choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
     source = f"dataset={get(cfg, 'dataset.name')}" if get(cfg, "dataset.name") in LOG_DATASETS else None

@@ -106,6 +106,7 @@ class PrivacyConfig(TypedDict):
     max_rows: NotRequired[int]
     count_share: NotRequired[Number]
     row_scale: NotRequired[Number]
+    adam_noise_correction: NotRequired[Number | None]
     min_row_count: NotRequired[Number | None]
 
 

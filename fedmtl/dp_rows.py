@@ -157,9 +157,13 @@ class RowCounts:
 
 
 def server_update(current: dict[str, np.ndarray], mean: dict[str, np.ndarray], answered: int, budget: Budget,
-                  counts: RowCounts, noise_multiplier: float) -> tuple[dict[str, np.ndarray], dict]:
+                  counts: RowCounts, noise_multiplier: float, std_out: dict | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict]:
     """The new shared arrays from the released (noised) mean of the clients' `client_upload`s
-    over `answered` clients (noise multiplier z of the release), and a summary for metrics.jsonl."""
+    over `answered` clients (noise multiplier z of the release), and a summary for metrics.jsonl.
+    `std_out` (a dict, filled): each array's noise std in the new arrays' move, z * C / answered,
+    on a row table's row z * C / (k * divisor of the row), a column to broadcast (public: z, C
+    and the released counts)."""
     _, row_names = layout(current)
     noisy = answered * np.asarray(mean[ROW_COUNT], np.float64) / budget.gamma
     est = counts.update(noisy)
@@ -171,6 +175,11 @@ def server_update(current: dict[str, np.ndarray], mean: dict[str, np.ndarray], a
         if name in row_names:
             upd = upd * (answered / denom / budget.row_scale).reshape(-1, *[1] * (cur.ndim - 1))
         out[name] = np.asarray(cur.astype(np.float64) + upd, dtype=cur.dtype)
+    if std_out is not None:
+        std = noise_multiplier * budget.clip / answered
+        for name, cur in current.items():
+            std_out[name] = ((std * answered / denom / budget.row_scale).reshape(-1, *[1] * (cur.ndim - 1))
+                             if name in row_names else std)
     info = {"count_rounds": counts.rounds, "count_median": float(np.median(est)), "count_floor": floor,
             "rows_at_floor": int((est < floor).sum())}
     return out, info

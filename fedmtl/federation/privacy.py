@@ -102,6 +102,8 @@ class ServerPrivacy:
         optimiser's step from it, or the mean itself; then server_decay."""
         if self.optimizer is not None:
             from .strategies import step_from
+            if self.rows is not None:
+                self.rows.hand_std(self.optimizer)
             return step_from(self.optimizer, rnd, sent, mean)[0]  # KeepDtypes decays it
         if self.cfg.get("server_decay"):
             from .strategies import decay_arrays
@@ -225,6 +227,13 @@ class RowRelease:
         self.budget = dp_rows.Budget.of(cfg)
         self.counts = dp_rows.RowCounts()
         self.last: dict = {}
+        self.std: dict | None = None
+
+    def hand_std(self, optimizer) -> None:
+        """Give a noise-corrected FedAdam (strategies.NoiseCorrectedAdam) the noise std of the
+        release it steps from."""
+        if optimizer is not None and hasattr(optimizer, "noise_std"):
+            optimizer.noise_std = self.std
 
     def sent(self, arrays: ArrayRecord) -> ArrayRecord:
         out = dict(arrays.items())
@@ -240,7 +249,8 @@ class RowRelease:
             z = surviving_multiplier(z, answered, sample_size(self.cfg))
         current = {k: a.numpy() for k, a in sent.items()}  # what the round sent, before `sent()` added ROW_COUNT
         released = {k: a.numpy() for k, a in mean.items()}
-        new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, z)
+        self.std = {}  # each array's noise std in the move (privacy.adam_noise_correction)
+        new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, z, self.std)
         return ArrayRecord({k: Array(np.asarray(new[k])) for k in current})
 
 
@@ -280,6 +290,8 @@ class StepAfterRelease:
             mean = self.rows.new_arrays(self._sent, mean, sum(1 for r in replies if not r.has_error()))
         if self.optimizer is None:
             return (decay_arrays(mean, self.decay) if self.decay else mean), metrics
+        if self.rows is not None:
+            self.rows.hand_std(self.optimizer)
         return step_from(self.optimizer, server_round, self._sent, mean, metrics)
 
     def configure_evaluate(self, server_round, arrays, config, grid):

@@ -176,6 +176,45 @@ class GivenMean(fs.FedAvg):
         return given if given is not None else (None, None)
 
 
+class NoiseCorrectedAdam:
+    """FedAdam over a DP release whose noise std is known (`privacy.adam_noise_correction=g`,
+    DP rows): the release's noise variance is taken out of the second moment (DP-AdamBC, Tang
+    et al., AAAI 2024). Without it, Adam's v is mostly the noise's, so every coordinate steps
+    by about eta whatever its signal (DP-Adam is then DP-SGD with a rate set by the noise).
+
+    v_t = b2 v + (1 - b2) delta^2 as FedAdam; after t rounds its mean holds (1 - b2^t) s^2 of
+    noise, s the std the release left on the value (`noise_std`, set by the release before
+    each step: z * C / m, on a row table's row z * C / (k * its divisor)). The step divides by
+    sqrt(max(v_t - (1 - b2^t) s^2, g (1 - b2^t) s^2)) + tau instead of sqrt(v_t) + tau, with
+    FedAdam's own bias-corrected rate; g keeps a value whose v is noise alone from a step
+    larger than 1 / sqrt(g) times FedAdam's. A function of the releases only:
+    post-processing, epsilon unchanged. Without a noise_std (None) the step is FedAdam's."""
+
+    noise_floor = 0.0  # g
+    noise_std: dict | None = None
+
+    def aggregate_train(self, server_round, replies):
+        std, self.noise_std = self.noise_std, None
+        if std is None:
+            return super().aggregate_train(server_round, replies)
+        aggregated, metrics = super(fs.FedAdam, self).aggregate_train(server_round, replies)  # the given mean
+        if aggregated is None:
+            return aggregated, metrics
+        delta_t, m_t, arrays = self._compute_deltat_and_mt(aggregated)
+        if not self.v_t:
+            self.v_t = {k: np.zeros_like(v) for k, v in arrays.items()}
+        self.v_t = {k: self.beta_2 * v + (1 - self.beta_2) * (delta_t[k] ** 2) for k, v in self.v_t.items()}
+        eta_norm = (self.eta * np.sqrt(1 - np.power(self.beta_2, server_round + 1.0))
+                    / (1 - np.power(self.beta_1, server_round + 1.0)))  # FedAdam's, as Flower computes it
+        held = 1.0 - self.beta_2 ** server_round  # the share of s^2 in v_t's mean after server_round steps
+        new = {}
+        for k, x in self.current_arrays.items():
+            var = held * np.asarray(std.get(k, 0.0), np.float64) ** 2
+            v = np.maximum(self.v_t[k] - var, self.noise_floor * var)
+            new[k] = x + eta_norm * m_t[k] / (np.sqrt(v) + self.tau)
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in new.items()}), metrics
+
+
 SERVER_OPTIMIZERS = tuple(SERVER_RATE)  # the strategies whose server step is more than a mean
 
 
@@ -231,6 +270,8 @@ def build_strategy(cfg: RunConfig, given_mean: bool = False):
     cls = strategy_class(name, cfg["exchange"]["name"])
     if given_mean:  # the mean is given (row-wise already under exchange=sparse): no SparseFedAvg in between
         cls = strategy_class(name, "dense")
+        if cfg["privacy"].get("adam_noise_correction") is not None:  # validated: fedadam under DP rows
+            cls = type(cls.__name__, (KeepDtypes, NoiseCorrectedAdam, fs.FedAdam), {"__doc__": cls.__doc__})
         cls = type(cls.__name__, (cls, GivenMean), {"__doc__": cls.__doc__})
     common = _common(cfg)
     if issubclass(cls, fs.fedopt.FedOpt):
@@ -240,4 +281,6 @@ def build_strategy(cfg: RunConfig, given_mean: bool = False):
     except TypeError as e:
         raise ConfigError(f"strategy={name}: {e}") from None
     strategy.server_decay = float(cfg["server_decay"])
+    if isinstance(strategy, NoiseCorrectedAdam):
+        strategy.noise_floor = float(cfg["privacy"]["adam_noise_correction"])
     return strategy
