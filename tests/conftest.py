@@ -6,7 +6,13 @@ otherwise see the log's tasks.
 `nearest_rounding`: SecAgg+'s quantisation rounded to nearest instead of stochastically (its
 draws come from NumPy's unseeded global RNG), for tests that compare a SecAgg+ run with
 another within a bound: the quantisation error is then at most half a level a client and the
-same in every run."""
+same in every run.
+
+`seeded_numpy` (every test): NumPy's global RNG seeded the same at the start of each test, so
+a test that compares a SecAgg+ run (its stochastic rounding draws from that RNG, as Flower's
+quantize does) with another within a bound gets the same draws, and the same answer, in every
+CI run; no guarantee rests on that RNG (DP noise and SecAgg+'s secrets come from the OS
+CSPRNG, which a test of its own checks cannot be regenerated from any seed)."""
 
 import numpy as np
 import pytest
@@ -19,6 +25,14 @@ def default_task_registry():
     reset()
     yield
     reset()
+
+
+@pytest.fixture(autouse=True)
+def seeded_numpy():
+    state = np.random.get_state()
+    np.random.seed(20261207)  # noqa: NPY002
+    yield
+    np.random.set_state(state)
 
 
 @pytest.fixture
