@@ -10,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from fedmtl import itemitem
-from fedmtl.config import CONF_DIR, SIMULATIONS_DIR, compose
+from fedmtl.config import CONF_DIR, SIMULATIONS_DIR, compose, validate
 from fedmtl.errors import ConfigError
 
 PATH = "dataset.path=/nowhere/ml-100k"  # composing never reads the data
@@ -167,5 +167,7 @@ def test_the_dp_preset_is_the_recipe_under_client_clip_dp_at_epsilon_8():
     assert p["clipping"] == "fixed"
     assert (p["clipping_norm"], p["count_share"], p["max_rows"]) == (0.3, 0.1, 256)
     assert cfg["strategy"]["tau"] == 0.003 and cfg["click_mix"]["weight"] == 0.0
+    assert p["adam_noise_correction"] == 0.1 and validate(cfg)["strategy"]["name"] == "fedadam"
     secure = compose(["experiment=ml100k_dp", PATH, "privacy=secagg_dp"])
     assert secure["privacy"]["name"] == "secagg_dp" and secure["privacy"]["clipping_norm"] == 0.3
+    assert secure["privacy"]["adam_noise_correction"] == 0.1
