@@ -150,9 +150,13 @@ def validate(cfg: dict) -> RunConfig:
     if correction is not None:  # strategies.NoiseCorrectedAdam: the noise std DP rows release
         number(cfg, "privacy.adam_noise_correction", lo=0)
         if get(cfg, "strategy.name") != "fedadam" or get(cfg, "exchange.name") != "sparse":
-            raise ConfigError(f"privacy.adam_noise_correction={correction}: corrects FedAdam's second moment by the "
-                              "noise of DP rows; it needs strategy=fedadam and exchange=sparse (got strategy="
-                              f"{get(cfg, 'strategy.name')}, exchange={get(cfg, 'exchange.name')}); or set it to null")
+            # as a preset's strategy keys under another strategy: switching it over the DP preset is one override
+            import logging
+            logging.getLogger("fedmtl").warning(
+                "privacy.adam_noise_correction=%s corrects FedAdam's second moment for the noise of DP rows; with "
+                "strategy=%s and exchange=%s it has nothing to correct: dropped", correction,
+                get(cfg, "strategy.name"), get(cfg, "exchange.name"))
+            cfg["privacy"]["adam_noise_correction"] = None
     choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
     source = f"dataset={get(cfg, 'dataset.name')}" if get(cfg, "dataset.name") in LOG_DATASETS else None

@@ -3,6 +3,7 @@ the release's known noise variance taken out of its second moment (DP-AdamBC).""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -82,13 +83,19 @@ def test_a_dp_rows_run_hands_the_optimiser_each_releases_noise_std(tmp_path, mon
             assert std[k].shape[0] == 40 and (std[k] > 0).all() and (std[k] <= 0.5 * 0.5 + 1e-12).all()
 
 
-@pytest.mark.parametrize("bad, said", [
-    (["privacy.adam_noise_correction=-1"], "privacy.adam_noise_correction"),
-    (["privacy.adam_noise_correction=0.1", "strategy=fedyogi"], "needs strategy=fedadam and exchange=sparse"),
-    (["privacy.adam_noise_correction=0.1", "exchange=dense"], "needs strategy=fedadam and exchange=sparse"),
-])
-def test_a_correction_without_dp_rows_and_fedadam_is_one_line(bad, said):
-    base = [o for o in TINY if not (o.startswith("exchange.") and "exchange=dense" in bad)]
-    with pytest.raises(ConfigError, match=said) as e:
-        validate(compose(base + bad))
+def test_a_negative_correction_is_one_line():
+    with pytest.raises(ConfigError, match="privacy.adam_noise_correction") as e:
+        validate(compose(TINY + ["privacy.adam_noise_correction=-1"]))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("other", [["strategy=fedyogi"], ["exchange=dense"]])
+def test_without_dp_rows_and_fedadam_the_correction_is_dropped_with_one_warning(other, caplog):
+    """Switching the strategy or the exchange over the DP preset stays one override."""
+    base = [o for o in TINY if not (o.startswith("exchange.") and "exchange=dense" in other)]
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        cfg = validate(compose(base + ["privacy.adam_noise_correction=0.1"] + other))
+    assert cfg["privacy"]["adam_noise_correction"] is None
+    said = [r.getMessage() for r in caplog.records if "adam_noise_correction" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("it has nothing to correct: dropped")
+    assert not isinstance(strategies.build_strategy(cfg, given_mean=True), strategies.NoiseCorrectedAdam)
