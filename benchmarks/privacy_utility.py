@@ -33,6 +33,7 @@ def load(run_dir: Path) -> dict:
     p = summary.get("privacy", {"mode": cfg["privacy"]["name"]})
     return {"name": run_dir.name, "mode": p["mode"], "epsilon": p.get("epsilon"), "delta": p.get("delta"),
             "z": p.get("noise_multiplier"), "clip": cfg["privacy"].get("clipping_norm"),
+            "correction": cfg["privacy"].get("adam_noise_correction"),
             "rounds": summary["rounds"], "seconds": summary.get("seconds"), "metrics": summary["metrics"]}
 
 
@@ -44,7 +45,8 @@ def table(runs: list[dict]) -> str:
         z = "-" if r["z"] is None else f"{r['z']:.3f}"
         clip = "-" if r["clip"] is None else f"{r['clip']:g}"
         vals = " | ".join(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-" for k, _ in COLUMNS)
-        lines.append(f"| {r['name']} | {r['mode']} | {eps} | {z} | {clip} | {r['rounds']} | {vals} | "
+        mode = r["mode"] + (f" (adam_noise_correction {r['correction']:g})" if r.get("correction") is not None else "")
+        lines.append(f"| {r['name']} | {mode} | {eps} | {z} | {clip} | {r['rounds']} | {vals} | "
                      f"{r['seconds']:.0f} |")
     return "\n".join(lines)
 
@@ -55,7 +57,8 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     def label(r):
-        return r["mode"] + (f" C={r['clip']:g}" if r["clip"] is not None else "")
+        return (r["mode"] + (f" C={r['clip']:g}" if r["clip"] is not None else "")
+                + (f" g={r['correction']:g}" if r.get("correction") is not None else ""))
 
     # Without noise to speak of (no DP, or z < 0.01: clipping alone) a run is a horizontal line.
     flat = [r for r in runs if not r["epsilon"] or (r["z"] or 0) < 0.01]
