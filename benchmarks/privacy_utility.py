@@ -90,7 +90,9 @@ def run_curve(args) -> list[Path]:
     import sys
 
     common = [f"dataset.path={args.ml_path}", f"seed={args.seed}", *args.set]
-    jobs = [("none", ["experiment=ml100k_federated", "click_mix.weight=0"])]
+    # the reference has no privacy keys (privacy=none): --set's privacy.* overrides are the DP runs' only
+    plain = [o for o in common if not o.lstrip("+~").startswith("privacy.")]
+    jobs = [("none", ["experiment=ml100k_federated", "click_mix.weight=0", *plain])]
     for eps in args.eps.split(","):
         if eps == "inf":
             jobs.append(("eps_inf", ["experiment=ml100k_dp", "privacy.noise_multiplier=0.000001",
@@ -104,7 +106,8 @@ def run_curve(args) -> list[Path]:
         if (folder / "summary.json").is_file():
             print(f"{name}: finished before, kept ({folder})", flush=True)
             continue
-        todo.append((name, ["-m", "fedmtl.simulate", *overrides, *common, f"hydra.run.dir={folder}"]))
+        todo.append((name, ["-m", "fedmtl.simulate", *overrides, *(common if name != "none" else []),
+                            f"hydra.run.dir={folder}"]))
 
     def one(job):
         name, cmd = job
@@ -131,7 +134,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/dp_curve"))
     ap.add_argument("--eps", default="1,2,4,8,16,inf", help="--curve: target epsilons, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", nargs="*", default=[], help="--curve: more overrides for every run")
+    ap.add_argument("--set", nargs="*", default=[],
+                    help="--curve: more overrides for every run (privacy.* ones: the DP runs only)")
     ap.add_argument("--jobs", type=int, default=1, help="--curve: runs at a time (each takes one core)")
     args = ap.parse_args()
     if args.curve:

@@ -50,6 +50,26 @@ def test_the_curve_runs_jobs_at_a_time_and_keeps_finished_runs(tmp_path, monkeyp
     assert state["most"] == 2
 
 
+def test_privacy_overrides_reach_the_dp_runs_only(tmp_path, monkeypatch):
+    """The reference runs privacy=none, which has no privacy.* keys for Hydra to override."""
+    seen = {}
+
+    def run(cmd, cwd=None, stdout=None, **kw):
+        folder = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        seen[folder.name] = cmd
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    args = Namespace(ml_path="DIR", seed=3, set=["privacy.adam_noise_correction=null", "num_rounds=5"], eps="8",
+                     out=tmp_path, jobs=1)
+    privacy_utility.run_curve(args)
+    assert "privacy.adam_noise_correction=null" in seen["eps_8"] and "num_rounds=5" in seen["eps_8"]
+    assert "privacy.adam_noise_correction=null" not in seen["none"]
+    assert {"num_rounds=5", "seed=3", "dataset.path=DIR"} <= set(seen["none"])
+
+
 def test_a_failed_run_of_the_curve_is_named_in_one_line(tmp_path, monkeypatch):
     _fake_runs(monkeypatch, fail={"eps_2"})
     args = Namespace(ml_path="DIR", seed=0, set=[], eps="2,4", out=tmp_path, jobs=1)
