@@ -146,17 +146,6 @@ def validate(cfg: dict) -> RunConfig:
             number(cfg, "privacy.row_scale", lo=0, lo_open=True)
             if get(cfg, "privacy.min_row_count") is not None:
                 number(cfg, "privacy.min_row_count", lo=0, lo_open=True)
-    correction = (cfg.get("privacy") or {}).get("adam_noise_correction")
-    if correction is not None:  # strategies.NoiseCorrectedAdam: the noise std DP rows release
-        number(cfg, "privacy.adam_noise_correction", lo=0)
-        if get(cfg, "strategy.name") != "fedadam" or get(cfg, "exchange.name") != "sparse":
-            # as a preset's strategy keys under another strategy: switching it over the DP preset is one override
-            import logging
-            logging.getLogger("fedmtl").warning(
-                "privacy.adam_noise_correction=%s corrects FedAdam's second moment for the noise of DP rows; with "
-                "strategy=%s and exchange=%s it has nothing to correct: dropped", correction,
-                get(cfg, "strategy.name"), get(cfg, "exchange.name"))
-            cfg["privacy"]["adam_noise_correction"] = None
     choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
     source = f"dataset={get(cfg, 'dataset.name')}" if get(cfg, "dataset.name") in LOG_DATASETS else None
@@ -297,6 +286,19 @@ def check_privacy(cfg: dict) -> None:
     from .knob_names import DP_MODES, SECAGG_MODES
 
     p, mode = cfg["privacy"], cfg["privacy"]["name"]
+    correction = p.get("adam_noise_correction")
+    if correction is not None:  # strategies.NoiseCorrectedAdam: the noise std DP rows release
+        number(cfg, "privacy.adam_noise_correction", lo=0)
+        from .knob_names import CLIENT_DP_MODES
+        if (get(cfg, "strategy.name") != "fedadam" or get(cfg, "exchange.name") != "sparse"
+                or mode not in CLIENT_DP_MODES):
+            # as a preset's strategy keys under another strategy: switching it over the DP preset is one override
+            import logging
+            logging.getLogger("fedmtl").warning(
+                "privacy.adam_noise_correction=%s corrects FedAdam's second moment for the noise of DP rows; with "
+                "privacy=%s, strategy=%s and exchange=%s it has nothing to correct: dropped", correction, mode,
+                get(cfg, "strategy.name"), get(cfg, "exchange.name"))
+            cfg["privacy"]["adam_noise_correction"] = None
     if mode == "none":
         return
     strategy = cfg["strategy"]["name"]
