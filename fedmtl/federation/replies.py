@@ -366,7 +366,7 @@ def validate_evaluate_reply(content, pool: bool = True) -> str | None:
     for k, v in part.items():
         values = v if isinstance(v, list) else [v]
         if any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in values):
-            return f"metric {k[:60]} is not finite numbers"
+            return f"metric {k[:60]} holds a value that is not a finite number"
     n = part.get(WEIGHT_KEY)
     if n is None or not 0 <= n:
         return f"{WEIGHT_KEY}={n!r}: expected a test count >= 0"
