@@ -1,8 +1,9 @@
 """A round's replies screened before a strategy sees them, with the checks of one reply in
 replies.py: the invalid ones left out (one WARNING line each for a round's first LISTED, one
-line counting the rest; or the run stopped under on_client_failure=stop), large updates clipped (robust.on_large_update=clip), the metrics
-restricted to the keys all replies hold, and the replies put in node order. Training
-(`screen_train`), evaluation (`screen_evaluate`) and item Gram parts (`screen_gram`).
+line counting the rest; or the run stopped under on_client_failure=stop), large updates
+clipped (robust.on_large_update=clip), the metrics restricted to the keys all replies hold,
+and the replies put in node order. Training (`screen_train`), evaluation (`screen_evaluate`)
+and item Gram parts (`screen_gram`).
 """
 
 from __future__ import annotations
