@@ -27,6 +27,41 @@ def untrained_metrics():
     return _untrained_metrics
 
 
+class Interrupt(KeyboardInterrupt):
+    """The Ctrl-C `stop_after` raises inside a run."""
+
+
+@pytest.fixture
+def stop_after(monkeypatch):
+    """stop_after(cfg, out, rnd, where="after-save"): run the composed `cfg` into `out` and stop
+    when round `rnd` ends, like Ctrl-C: after its checkpoint (`after-save`), before it
+    (`before-save`: the metrics row is already written), or in the middle of writing it
+    (`mid-save`: after server.pkl, before the client states). The checkpointer is restored."""
+    from fedmtl.federation import resume as ck
+    from fedmtl.simulate import run
+
+    def stop(cfg: dict, out, rnd: int, where: str = "after-save") -> None:
+        real_save = ck.Checkpointer.save
+
+        def save(self, r, *args, **kwargs):
+            if r == rnd and where == "before-save":
+                raise Interrupt
+            if r == rnd and where == "mid-save":
+                def broken(folder):
+                    raise Interrupt
+                self.grid.save_client_states = broken
+            real_save(self, r, *args, **kwargs)
+            if r == rnd:
+                raise Interrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(ck.Checkpointer, "save", save)
+            with pytest.raises(Interrupt):
+                run(cfg, out)
+
+    return stop
+
+
 @pytest.fixture(autouse=True)
 def _run_identity():
     """Flower's Message() reads the current run and node ids, which an engine sets when it runs;

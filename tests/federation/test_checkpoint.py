@@ -25,31 +25,12 @@ TINY = ["dataset.n_users=40", "dataset.n_items=30", "dataset.mean_interactions=1
         "weighting=dwa"]
 
 
-class Interrupt(KeyboardInterrupt):
-    pass
-
-
-def interrupted(monkeypatch, out, overrides, after_round: int, where: str = "after-save"):
-    """Run until round `after_round` ends and stop there like Ctrl-C: after its checkpoint
-    (`after-save`), before it (`before-save`, the metrics row is already written), or in
-    the middle of writing it (`mid-save`, after server.pkl, before the client states)."""
-    real_save = ck.Checkpointer.save
-
-    def save(self, rnd, *args, **kwargs):
-        if rnd == after_round and where == "before-save":
-            raise Interrupt
-        if rnd == after_round and where == "mid-save":
-            def broken(folder):
-                raise Interrupt
-            self.grid.save_client_states = broken
-        real_save(self, rnd, *args, **kwargs)
-        if rnd == after_round:
-            raise Interrupt
-
-    monkeypatch.setattr(ck.Checkpointer, "save", save)
-    with pytest.raises(Interrupt):
-        run(compose(TINY + overrides), out)
-    monkeypatch.setattr(ck.Checkpointer, "save", real_save)
+@pytest.fixture
+def interrupted(stop_after):
+    """interrupted(out, overrides, after_round, where): the run of TINY + overrides stopped as
+    conftest's stop_after stops it."""
+    return lambda out, overrides, after_round, where="after-save": stop_after(
+        compose(TINY + overrides), out, after_round, where)
 
 
 def rows_without_time(path):
@@ -71,22 +52,22 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("strategy", ["fedadam", "fedavgm"])
-def test_a_resumed_run_ends_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch, reference, strategy):
+def test_a_resumed_run_ends_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch, reference, strategy, interrupted):
     ref_metrics, ref_out = reference(strategy)
-    interrupted(monkeypatch, tmp_path, [f"strategy={strategy}"], after_round=2)
+    interrupted(tmp_path, [f"strategy={strategy}"], after_round=2)
     assert [r["round"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
     resumed = run(compose(TINY + [f"strategy={strategy}", "resume=true"]), tmp_path)
     assert resumed["metrics"] == pytest.approx(ref_metrics, rel=1e-9, abs=1e-12)
     assert rows_without_time(tmp_path / "metrics.jsonl") == rows_without_time(ref_out / "metrics.jsonl")
 
 
-def test_what_the_checkpoint_restores_is_each_needed(tmp_path, monkeypatch, reference):
+def test_what_the_checkpoint_restores_is_each_needed(tmp_path, monkeypatch, reference, interrupted):
     """Leaving out the strategy's moments or the clients' states changes the result: the
     equality above is not an accident of a run that never needed them."""
     ref_metrics, _ = reference("fedadam")
     for part in ("strategy", "clients"):
         out = tmp_path / part
-        interrupted(monkeypatch, out, ["strategy=fedadam"], after_round=2)
+        interrupted(out, ["strategy=fedadam"], after_round=2)
         with monkeypatch.context() as m:
             if part == "strategy":
                 m.setattr(ck, "restore_strategy", lambda strategy, state: None)
@@ -98,9 +79,9 @@ def test_what_the_checkpoint_restores_is_each_needed(tmp_path, monkeypatch, refe
 
 
 @pytest.mark.parametrize("where", ["before-save", "mid-save"])
-def test_a_round_whose_checkpoint_did_not_finish_is_run_again(tmp_path, monkeypatch, reference, where):
+def test_a_round_whose_checkpoint_did_not_finish_is_run_again(tmp_path, monkeypatch, reference, where, interrupted):
     ref_metrics, ref_out = reference("fedadam")
-    interrupted(monkeypatch, tmp_path, ["strategy=fedadam"], after_round=3, where=where)
+    interrupted(tmp_path, ["strategy=fedadam"], after_round=3, where=where)
     # round 3's row is in metrics.jsonl, but the last complete checkpoint is round 2
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 3
     assert json.loads((tmp_path / "checkpoint" / "LATEST").read_text())["round"] == 2
@@ -114,16 +95,16 @@ def test_a_round_whose_checkpoint_did_not_finish_is_run_again(tmp_path, monkeypa
 @pytest.mark.parametrize("engine", [["backend=cohort"], ["backend=cohort", "backend.state=disk"],
                                     ["backend=inprocess", "backend.state=disk"],
                                     ["backend=inprocess", "backend.workers=2"], ["backend=cohort", "backend.workers=2"]])
-def test_resume_restores_client_states_on_disk_and_in_workers(tmp_path, monkeypatch, reference, engine):
+def test_resume_restores_client_states_on_disk_and_in_workers(tmp_path, monkeypatch, reference, engine, interrupted):
     ref_metrics, _ = reference("fedavg", engine[:1])
-    interrupted(monkeypatch, tmp_path, ["strategy=fedavg", *engine], after_round=2)
+    interrupted(tmp_path, ["strategy=fedavg", *engine], after_round=2)
     resumed = run(compose(TINY + ["strategy=fedavg", "resume=true", *engine]), tmp_path)
     assert resumed["metrics"] == pytest.approx(ref_metrics, rel=1e-6)
 
 
-def test_checkpoint_every_n_rounds_and_always_the_last(tmp_path, monkeypatch, reference):
+def test_checkpoint_every_n_rounds_and_always_the_last(tmp_path, monkeypatch, reference, interrupted):
     ref_metrics, _ = reference("fedavg")
-    interrupted(monkeypatch, tmp_path, ["strategy=fedavg", "checkpoint_every=2"], after_round=3)
+    interrupted(tmp_path, ["strategy=fedavg", "checkpoint_every=2"], after_round=3)
     assert json.loads((tmp_path / "checkpoint" / "LATEST").read_text())["round"] == 2
     resumed = run(compose(TINY + ["strategy=fedavg", "checkpoint_every=2", "resume=true"]), tmp_path)
     assert resumed["metrics"] == pytest.approx(ref_metrics, rel=1e-9)
@@ -167,8 +148,8 @@ def test_resume_errors_are_one_line(tmp_path):
     assert isinstance(pytest.raises(ConfigError, compose, ["checkpoint_every=-1"]).value, ConfigError)
 
 
-def test_an_unreadable_checkpoint_is_one_line_naming_it(tmp_path, monkeypatch):
-    interrupted(monkeypatch, tmp_path, ["strategy=fedavg"], after_round=1)
+def test_an_unreadable_checkpoint_is_one_line_naming_it(tmp_path, monkeypatch, interrupted):
+    interrupted(tmp_path, ["strategy=fedavg"], after_round=1)
     (tmp_path / "checkpoint" / "round_0001" / "server.pkl").write_bytes(b"not a pickle")
     msg = one_line(lambda: run(compose(TINY + ["strategy=fedavg", "resume=true"]), tmp_path))
     assert "checkpoint" in msg and "unreadable" in msg

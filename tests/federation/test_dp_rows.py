@@ -188,35 +188,20 @@ def test_dp_rows_need_fixed_clipping():
         compose(TINY + ["privacy=client_clip_dp", "privacy.clipping=adaptive"])
 
 
-def test_a_resumed_dp_rows_run_keeps_its_row_counts(tmp_path, monkeypatch):
+def test_a_resumed_dp_rows_run_keeps_its_row_counts(tmp_path, monkeypatch, stop_after):
     """The running count estimate is in the checkpoint: with the noise off, a run stopped after
     round 2 and resumed ends as the uninterrupted one; forgetting the counts changes it."""
-    from fedmtl.federation import resume as ck
     from fedmtl.federation import privacy
 
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
     dp = TINY + ["privacy=client_clip_dp", "privacy.clipping_norm=0.5", "privacy.max_rows=8", "num_rounds=4",
                  "privacy.noise_multiplier=2.0"]  # noise off, but z sets the count floor: 2 stds / sqrt(rounds)
     ref = run(compose(dp), tmp_path / "ref")["metrics"]
-
-    def stopped(out):
-        real = ck.Checkpointer.save
-
-        def save(self, rnd, *a, **k):
-            real(self, rnd, *a, **k)
-            if rnd == 2:
-                raise KeyboardInterrupt
-
-        with monkeypatch.context() as m:
-            m.setattr(ck.Checkpointer, "save", save)
-            with pytest.raises(KeyboardInterrupt):
-                run(compose(dp), out)
-
-    stopped(tmp_path / "resumed")
+    stop_after(compose(dp), tmp_path / "resumed", 2)
     assert run(compose(dp + ["resume=true"]), tmp_path / "resumed")["metrics"] == pytest.approx(ref, rel=1e-6)
     rows = read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["privacy"]["rows"]["count_rounds"] for r in rows] == [1, 2, 3, 4]
-    stopped(tmp_path / "forgot")
+    stop_after(compose(dp), tmp_path / "forgot", 2)
     with monkeypatch.context() as m:
         m.setattr(privacy.dp_rows.RowCounts, "load_state_dict", lambda self, state: None)
         lost = run(compose(dp + ["resume=true"]), tmp_path / "forgot")["metrics"]

@@ -101,30 +101,19 @@ def test_without_dp_rows_and_fedadam_the_correction_is_dropped_with_one_warning(
     assert not isinstance(strategies.build_strategy(cfg, given_mean=True), strategies.NoiseCorrectedAdam)
 
 
-def test_a_resumed_run_with_the_correction_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_resumed_run_with_the_correction_ends_as_the_uninterrupted_one(tmp_path, monkeypatch, stop_after):
     """FedAdam's moments are in the checkpoint and the noise std comes with each release: with
     the noise itself off (z still sets the std the correction takes out), a run stopped after
     round 2 of 4 and resumed ends as the run that was not stopped."""
     import torch
 
     from fedmtl import secure_random
-    from fedmtl.federation import resume as ck
 
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: None)
     cfg = TINY + ["num_rounds=4", "privacy.noise_multiplier=2.0", "privacy.adam_noise_correction=0.1",
                   "checkpoint_every=1", "save_model=true"]
     ref = run(compose(cfg), tmp_path / "ref")
-    real = ck.Checkpointer.save
-
-    def save(self, rnd, *a, **k):
-        real(self, rnd, *a, **k)
-        if rnd == 2:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(ck.Checkpointer, "save", save)
-        with pytest.raises(KeyboardInterrupt):
-            run(compose(cfg), tmp_path / "resumed")
+    stop_after(compose(cfg), tmp_path / "resumed", 2)
     again = run(compose(cfg + ["resume=true"]), tmp_path / "resumed")
     assert again["metrics"] == pytest.approx(ref["metrics"], rel=1e-6)
     a = torch.load(tmp_path / "ref" / "model_shared.pt", weights_only=True)
