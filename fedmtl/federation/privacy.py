@@ -86,7 +86,7 @@ class ServerPrivacy:
         from .strategies import averager, server_optimizer
         self.optimizer = server_optimizer(cfg) if self.mode in ("central_dp", "client_clip_dp", *SECAGG_MODES) \
             else None
-        self.rows = RowRelease(cfg, self.noise_multiplier) if dp_rows.enabled(cfg) else None  # dp_rows.py
+        self.rows = RowRelease(cfg, self.noise_multiplier, self.optimizer) if dp_rows.enabled(cfg) else None
         if self.optimizer is not None or self.rows is not None:
             self.strategy = strategy = averager(cfg)
         if self.mode in ("central_dp", "client_clip_dp"):
@@ -102,8 +102,6 @@ class ServerPrivacy:
         optimiser's step from it, or the mean itself; then server_decay."""
         if self.optimizer is not None:
             from .strategies import step_from
-            if self.rows is not None:
-                self.rows.hand_std(self.optimizer)
             return step_from(self.optimizer, rnd, sent, mean)[0]  # KeepDtypes decays it
         if self.cfg.get("server_decay"):
             from .strategies import decay_arrays
@@ -222,18 +220,13 @@ class RowRelease:
     round sends (the shared ones and the row indicator's zeros) and the new shared arrays
     from a released mean; its running row counts are kept in the checkpoint."""
 
-    def __init__(self, cfg: RunConfig, noise_multiplier: float):
+    def __init__(self, cfg: RunConfig, noise_multiplier: float, optimizer=None):
         self.cfg, self.noise_multiplier = cfg, noise_multiplier
         self.budget = dp_rows.Budget.of(cfg)
         self.counts = dp_rows.RowCounts()
         self.last: dict = {}
-        self.std: dict | None = None
-
-    def hand_std(self, optimizer) -> None:
-        """Give a noise-corrected FedAdam (strategies.NoiseCorrectedAdam) the noise std of the
-        release it steps from."""
-        if optimizer is not None and hasattr(optimizer, "noise_std"):
-            optimizer.noise_std = self.std
+        # a noise-corrected FedAdam (strategies.NoiseCorrectedAdam) is handed each release's noise std
+        self.corrected = optimizer if hasattr(optimizer, "noise_std") else None
 
     def sent(self, arrays: ArrayRecord) -> ArrayRecord:
         out = dict(arrays.items())
@@ -249,8 +242,10 @@ class RowRelease:
             z = surviving_multiplier(z, answered, sample_size(self.cfg))
         current = {k: a.numpy() for k, a in sent.items()}  # what the round sent, before `sent()` added ROW_COUNT
         released = {k: a.numpy() for k, a in mean.items()}
-        self.std = {}  # each array's noise std in the move (privacy.adam_noise_correction)
-        new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, z, self.std)
+        std = {} if self.corrected is not None else None  # each array's noise std in the move
+        new, self.last = dp_rows.server_update(current, released, answered, self.budget, self.counts, z, std)
+        if self.corrected is not None:
+            self.corrected.noise_std = std  # the optimiser's next step is from this release
         return ArrayRecord({k: Array(np.asarray(new[k])) for k in current})
 
 
@@ -290,8 +285,6 @@ class StepAfterRelease:
             mean = self.rows.new_arrays(self._sent, mean, sum(1 for r in replies if not r.has_error()))
         if self.optimizer is None:
             return (decay_arrays(mean, self.decay) if self.decay else mean), metrics
-        if self.rows is not None:
-            self.rows.hand_std(self.optimizer)
         return step_from(self.optimizer, server_round, self._sent, mean, metrics)
 
     def configure_evaluate(self, server_round, arrays, config, grid):
