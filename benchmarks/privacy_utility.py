@@ -96,9 +96,10 @@ def run_curve(args) -> list[Path]:
     for eps in args.eps.split(","):
         if eps == "inf":
             jobs.append(("eps_inf", ["experiment=ml100k_dp", "privacy.noise_multiplier=0.000001",
-                                     "privacy.target_epsilon=null"]))
+                                     "privacy.target_epsilon=null", *common]))
         else:
-            jobs.append((f"eps_{float(eps):g}", ["experiment=ml100k_dp", f"privacy.target_epsilon={float(eps)}"]))
+            jobs.append((f"eps_{float(eps):g}", ["experiment=ml100k_dp", f"privacy.target_epsilon={float(eps)}",
+                                                 *common]))
     out, todo = [], []
     for name, overrides in jobs:
         folder = args.out / name
@@ -106,8 +107,7 @@ def run_curve(args) -> list[Path]:
         if (folder / "summary.json").is_file():
             print(f"{name}: finished before, kept ({folder})", flush=True)
             continue
-        todo.append((name, ["-m", "fedmtl.simulate", *overrides, *(common if name != "none" else []),
-                            f"hydra.run.dir={folder}"]))
+        todo.append((name, ["-m", "fedmtl.simulate", *overrides, f"hydra.run.dir={folder}"]))
 
     def one(job):
         name, cmd = job

@@ -5,8 +5,8 @@ clipped count of adaptive clipping) and the choice of which clients a DP round s
 come from here. The bytes come from the kernel's CSPRNG: each draw takes a fresh 256-bit key
 and 128-bit counter block from `os.urandom` and expands them with AES-256 in counter mode
 (OpenSSL, through `cryptography`, a Flower dependency), as Opacus' secure mode expands a key
-from the OS with torchcsprng's AES-CTR; at 32 bytes of randomness per noise value that is
-about 4x faster than reading every byte from `os.urandom`. Nothing in a run folder (its
+from the OS with torchcsprng's AES-CTR: the 32 bytes a noise value takes come about 4x
+faster than from `os.urandom`, and a Gaussian draw 1.6x faster. Nothing in a run folder (its
 `seed`, config.json, metrics) lets anyone regenerate them, and two runs with the same seed
 release different noise. Runs without privacy never call this module and stay
 bit-reproducible from their seed.
@@ -33,7 +33,9 @@ def random_bytes(n: int) -> bytes:
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     stream = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
-    return stream.update(bytes(int(n))) + stream.finalize()
+    out = stream.update(bytes(int(n)))
+    stream.finalize()  # CTR has no tail: nothing to append (a concatenation would copy the stream)
+    return out
 
 
 def uniform(n: int) -> np.ndarray:
