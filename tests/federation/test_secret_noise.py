@@ -60,7 +60,7 @@ def test_secure_gaussian_has_the_requested_spread_and_no_memory():
 
 
 def test_every_draw_is_keyed_by_fresh_os_randomness_and_nothing_else(monkeypatch):
-    """random_bytes expands a key and counter block read from os.urandom with AES-256-CTR: the
+    """random_words expands a key and counter block read from os.urandom with AES-256-CTR: the
     same OS bytes give the same stream (no other input, the seed or NumPy's RNG included),
     different ones a different stream; each call reads fresh ones."""
     import os
@@ -71,21 +71,35 @@ def test_every_draw_is_keyed_by_fresh_os_randomness_and_nothing_else(monkeypatch
         reads.append(n)
         return bytes(range(n))
 
-    a = secure_random.random_bytes(1 << 16)
-    b = secure_random.random_bytes(1 << 16)
+    a = secure_random.random_words(1 << 13).tobytes()
+    b = secure_random.random_words(1 << 13).tobytes()
     assert a != b and len(a) == len(b) == 1 << 16
     np.random.seed(1)  # noqa: NPY002
     with monkeypatch.context() as m:
         m.setattr(os, "urandom", fixed)
-        c = secure_random.random_bytes(1 << 16)
+        c = secure_random.random_words(1 << 13).tobytes()
         np.random.seed(2)  # noqa: NPY002
-        d = secure_random.random_bytes(1 << 16)
+        d = secure_random.random_words(1 << 13).tobytes()
     assert c == d and reads == [32, 16, 32, 16]  # a 256-bit key and a 128-bit counter block a call
     # the keystream's bits look uniform: each of 8 bit positions set in half of the bytes
     bits = np.unpackbits(np.frombuffer(a, np.uint8)).reshape(-1, 8).mean(axis=0)
     assert np.all(np.abs(bits - 0.5) < 0.02)
     u = secure_random.uniform(200_000)
     assert 0.0 < u.min() and u.max() < 1.0 and u.mean() == pytest.approx(0.5, abs=0.005)
+
+
+def test_a_draw_over_many_chunks_is_one_unbroken_keystream(monkeypatch):
+    """random_words writes the keystream a chunk at a time into its output: a draw of several
+    chunks and an odd tail is, byte for byte, AES-256-CTR under the OS key and counter block."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(7, 7 + n)))
+    n = 3 * (secure_random._CHUNK // 8) + 5
+    words = secure_random.random_words(n)
+    stream = Cipher(algorithms.AES(bytes(range(7, 39))), modes.CTR(bytes(range(7, 23)))).encryptor()
+    assert words.shape == (n,) and words.tobytes() == stream.update(bytes(8 * n))
 
 
 def test_secret_order_draws_a_new_order_each_time():
