@@ -201,7 +201,18 @@ class SecureNoise:
         scaled to the clients actually averaged (below), so each release keeps multiplier z."""
         ok = [r for r in replies if not r.has_error()]
         self._averaged = len(ok)
-        return super().aggregate_train(server_round, ok)
+        sampled = self.num_sampled_clients
+        if 0 < len(ok) < sampled:
+            log.info("round %d: %d of %d sampled clients answered; the DP noise is scaled to the %d "
+                     "averaged (multiplier %.4g kept)", server_round, len(ok), sampled, len(ok),
+                     self.noise_multiplier)
+        # Flower's wrapper warns (to two handlers) that the missing answers "could impact the
+        # privacy guarantees": not so here, the noise follows the clients averaged
+        self.num_sampled_clients = len(ok) or sampled
+        try:
+            return super().aggregate_train(server_round, ok)
+        finally:
+            self.num_sampled_clients = sampled
 
     def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
         # std z*C/m' on the mean of the m' updates averaged (Flower: m, the sampled count, which

@@ -373,12 +373,16 @@ def test_under_client_clip_dp_an_update_above_the_clipping_norm_is_refused(excha
 
 
 @pytest.mark.parametrize("mode", ["client_clip_dp", "central_dp"])
-def test_a_failed_client_does_not_stall_a_dp_run(mode, monkeypatch, tmp_path):
+def test_a_failed_client_does_not_stall_a_dp_run(mode, monkeypatch, tmp_path, caplog):
     """Flower's DP wrappers skip every round in which a client failed; here the failed client is
     left out, the round aggregates the others, and the noise is scaled to the clients averaged
-    (std z*C/3 for 3 of 4), so every release is one at multiplier z, as the ledger says."""
+    (std z*C/3 for 3 of 4), so every release is one at multiplier z, as the ledger says. The log
+    says so, without Flower's warning that the missing answer could weaken the guarantee."""
+    import logging
+
     from fedmtl import secure_random
 
+    caplog.set_level(logging.INFO)
     stds = []
     monkeypatch.setattr(secure_random, "add_gaussian_inplace", lambda arrays, std: stds.append(std))
     summary, rows, _ = hostile_run(monkeypatch, tmp_path, [f"privacy={mode}", "privacy.clipping_norm=0.1",
@@ -386,6 +390,9 @@ def test_a_failed_client_does_not_stall_a_dp_run(mode, monkeypatch, tmp_path):
     assert [("skipped" in r, r["failed_by"]["error"], r["answered"]) for r in rows] == [(False, 1, 3)] * 2
     assert stds == [pytest.approx(0.5 * 0.1 / 3)] * 2
     assert summary["privacy"]["releases"] == 2 and [r["privacy"]["noise_multiplier"] for r in rows] == [0.5, 0.5]
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("3 of 4 sampled clients answered; the DP noise is scaled to the 3 averaged" in m for m in said) == 2
+    assert not any("differs from the number of sampled clients" in m for m in said)
 
 
 def _evaluations_fail(monkeypatch, rounds):
