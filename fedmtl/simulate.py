@@ -55,8 +55,12 @@ def grid_lines(metrics: dict) -> list[str]:
 
 def quiet_frameworks(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
-    logging.getLogger("flwr").setLevel(level)
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(level)
     logging.getLogger("ray").setLevel(level)
+    if logging.getLogger().handlers:  # Hydra's console and run-log handlers: each Flower line once, through them
+        for handler in [h for h in flwr_log.handlers if type(h).__name__ == "ConsoleHandler"]:
+            flwr_log.removeHandler(handler)  # Flower's own console copy (it also propagates to the root)
 
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict:

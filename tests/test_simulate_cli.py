@@ -32,6 +32,17 @@ def test_a_tiny_run_exits_0_and_prints_the_final_table(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 2
 
 
+def test_each_flower_log_line_is_printed_once_and_kept_in_the_run_log(tmp_path):
+    """Flower's logger has a console handler of its own and also propagates to Hydra's
+    handlers: each of its lines came out twice. With verbose=true (Flower's INFO shown) a
+    2-round run prints each round's `configure_train` line once, and the run's log has it."""
+    proc = simulate(*TINY, "verbose=true", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    said = (proc.stdout + proc.stderr).count("configure_train: Sampled 4 nodes")
+    assert said == 2, proc.stdout + proc.stderr
+    assert sum(p.read_text().count("configure_train: Sampled") for p in tmp_path.glob("*.log")) == 2
+
+
 def test_a_bad_value_exits_2_with_one_error_line(tmp_path):
     proc = simulate(*TINY, "mode=foo", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
