@@ -289,9 +289,8 @@ def check_privacy(cfg: dict) -> None:
     correction = p.get("adam_noise_correction")
     if correction is not None:  # strategies.NoiseCorrectedAdam: the noise std DP rows release
         number(cfg, "privacy.adam_noise_correction", lo=0)
-        from .knob_names import CLIENT_DP_MODES
-        if (get(cfg, "strategy.name") != "fedadam" or get(cfg, "exchange.name") != "sparse"
-                or mode not in CLIENT_DP_MODES):
+        from .dp_rows import enabled as dp_rows_enabled
+        if get(cfg, "strategy.name") != "fedadam" or not dp_rows_enabled(cfg):
             # as a preset's strategy keys under another strategy: switching it over the DP preset is one override
             import logging
             logging.getLogger("fedmtl").warning(
