@@ -27,8 +27,7 @@ def noise_on_part(which: str):
     from fedmtl.sparse_codec import ROW_COUNT, ROW_TABLES
 
     def add(self, aggregated: ArrayRecord) -> ArrayRecord:
-        averaged = getattr(self, "_averaged", None) or self.num_sampled_clients
-        std = compute_stdv(self.noise_multiplier, self.clipping_norm, averaged)
+        std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)  # the averaged
         out = {}
         for key, arr in aggregated.items():
             v = arr.numpy().copy()

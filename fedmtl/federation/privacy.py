@@ -200,14 +200,14 @@ class SecureNoise:
         would stall training for good): the failed ones are left out instead, and the noise is
         scaled to the clients actually averaged (below), so each release keeps multiplier z."""
         ok = [r for r in replies if not r.has_error()]
-        self._averaged = len(ok)
         sampled = self.num_sampled_clients
         if 0 < len(ok) < sampled:
             log.info("round %d: %d of %d sampled clients answered; the DP noise is scaled to the %d "
                      "averaged (multiplier %.4g kept)", server_round, len(ok), sampled, len(ok),
                      self.noise_multiplier)
-        # Flower's wrapper warns (to two handlers) that the missing answers "could impact the
-        # privacy guarantees": not so here, the noise follows the clients averaged
+        # while the round aggregates, the count is the clients averaged: the noise's (below), and
+        # Flower's wrapper no longer warns (to two handlers) that the missing answers "could
+        # impact the privacy guarantees", not so here
         self.num_sampled_clients = len(ok) or sampled
         try:
             return super().aggregate_train(server_round, ok)
@@ -215,11 +215,12 @@ class SecureNoise:
             self.num_sampled_clients = sampled
 
     def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
-        # std z*C/m' on the mean of the m' updates averaged (Flower: m, the sampled count, which
-        # under dropouts is less noise than the mean's sensitivity C/m' needs for multiplier z)
+        # std z*C/m' on the mean of the m' updates averaged, num_sampled_clients during
+        # aggregate_train (Flower: m, the sampled count, which under dropouts is less noise than
+        # the mean's sensitivity C/m' needs for multiplier z)
         nds = aggregated.to_numpy_ndarrays()
-        averaged = getattr(self, "_averaged", None) or self.num_sampled_clients
-        secure_random.add_gaussian_inplace(nds, compute_stdv(self.noise_multiplier, self.clipping_norm, averaged))
+        std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+        secure_random.add_gaussian_inplace(nds, std)
         return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(aggregated.keys(), nds)})
 
     def _noisy_fraction(self, count: int, total: int) -> float:
