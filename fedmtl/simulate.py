@@ -59,7 +59,8 @@ def quiet_frameworks(verbose: bool) -> None:
     flwr_log.setLevel(level)
     logging.getLogger("ray").setLevel(level)
     if logging.getLogger().handlers:  # Hydra's console and run-log handlers: each Flower line once, through them
-        for handler in [h for h in flwr_log.handlers if type(h).__name__ == "ConsoleHandler"]:
+        from flwr.common.logger import ConsoleHandler
+        for handler in [h for h in flwr_log.handlers if isinstance(h, ConsoleHandler)]:
             flwr_log.removeHandler(handler)  # Flower's own console copy (it also propagates to the root)
 
 
