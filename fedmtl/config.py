@@ -126,10 +126,6 @@ def validate(cfg: dict) -> RunConfig:
     if cfg["exchange"]["name"] == "sparse":
         number(cfg, "exchange.pad_rows", lo=0, integer=True)
         choice(cfg, "exchange.dtype", ("float32", "float16", "int8"))
-        if (get(cfg, "exchange.pad_rows") == 0 and _has_ranking(cfg.get("tasks") or [])
-                and get(cfg, "train.click_loss") == "sampled"):
-            raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
-                              "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
         from .knob_names import CLIENT_DP_MODES
         mode = get(cfg, "privacy.name")
         if mode not in ("none", "secagg", *CLIENT_DP_MODES):
@@ -149,7 +145,12 @@ def validate(cfg: dict) -> RunConfig:
     choice(cfg, "dataset.name", DATASETS)
     offered = configure_tasks(cfg)  # the registry: the defaults, or the labels of an interaction log
     source = f"dataset={get(cfg, 'dataset.name')}" if get(cfg, "dataset.name") in LOG_DATASETS else None
-    cfg["tasks"] = check_tasks(get(cfg, "tasks"), offered, source)
+    asked = get(cfg, "tasks")  # null: every task the data set offers
+    cfg["tasks"] = check_tasks(offered if asked is None else asked, offered, source)
+    if (cfg["exchange"]["name"] == "sparse" and get(cfg, "exchange.pad_rows") == 0 and _has_ranking(cfg["tasks"])
+            and get(cfg, "train.click_loss") == "sampled"):
+        raise ConfigError("exchange=sparse with exchange.pad_rows=0 and train.click_loss=sampled: the click "
+                          "negatives are drawn from the pad rows; set exchange.pad_rows above 0")
     choice(cfg, "aggregate", AGGREGATE_MODES)
     choice(cfg, "device", DEVICES)
     choice(cfg, "model.name", ARCHITECTURES)

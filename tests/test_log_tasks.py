@@ -76,6 +76,18 @@ def test_tasks_must_be_offered(tmp_path):
         compose(log_overrides(tmp_path / "log.csv", ["rating", "share"]))
 
 
+def test_default_tasks_are_what_the_data_set_offers(tmp_path):
+    """tasks=null (the default): a log's labels, in their order; a rating log's rating, click, like;
+    a sparse-exchange check that reads the tasks sees the resolved ones."""
+    write_log(tmp_path / "log.csv")
+    over = [o for o in log_overrides(tmp_path / "log.csv", []) if not o.startswith("tasks=")]
+    assert compose(over)["tasks"] == ["share", "purchase"]
+    assert compose(["dataset=instacart_sample", "dataset.path=/nonexistent"])["tasks"] == ["purchase", "reordered"]
+    assert compose([])["tasks"] == ["rating", "click", "like"]
+    with pytest.raises(ConfigError, match="exchange.pad_rows=0 and train.click_loss=sampled"):
+        compose([*over, "exchange=sparse", "exchange.pad_rows=0", "train.click_loss=sampled"])
+
+
 def test_preset_offers_its_labels():
     with pytest.raises(ConfigError, match=r"unknown task 'click'; expected a subset of \['purchase', 'reordered'\] "
                                           r"\(the labels dataset=instacart_sample offers: set tasks=\[purchase,reordered\]"):
