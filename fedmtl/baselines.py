@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config_types import RunConfig
@@ -33,6 +34,19 @@ def epochs_of(cfg: RunConfig) -> int:
     return cfg.get("baseline_epochs") or cfg["num_rounds"] * cfg["local_epochs"]
 
 
+def client_bounds(fed: Federation, data) -> tuple[np.ndarray, np.ndarray]:
+    """(user bounds, test-pair bounds) of each client's block in `fed.all_data()` (users stacked
+    client by client, test pairs user by user): `evaluate` then gives one part per client, so the
+    pooled model's per-client tails (RMSE p90, NDCG@10 p10, ...) mean what they mean in the
+    federated and local runs, and its pooled figures are unchanged."""
+    ub = np.concatenate([[0], np.cumsum([len(c) for c in fed.clients])]).astype(np.int64)
+    tu = data.test_u.cpu().numpy()
+    if len(tu) and np.any(np.diff(tu) < 0):
+        raise AssertionError("all_data: test pairs not grouped by user")
+    per_user = np.concatenate([[0], np.cumsum(np.bincount(tu, minlength=len(data.users)))])
+    return ub, per_user[ub]
+
+
 def run_centralized(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
     device = resolve_device(cfg)
     data = fed.all_data().to(device)
@@ -50,8 +64,9 @@ def run_centralized(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
         row = {"round": ep, "train": {f"loss.{k}": v for k, v in res.losses.items()}}
         if ep % cfg["eval_every"] == 0 or ep == epochs:
             new_item_view(model, fed.holdout.items)  # their bias: the known items' mean as it is now
-            last = combine([evaluate(model, data, tasks, item_item=item_item, mixes=mixes if ep == epochs else None)
-                            | item_parts(model, data, tasks, fed.holdout.items)])
+            last = combine([*evaluate(model, data, tasks, item_item=item_item, mixes=mixes if ep == epochs else None,
+                                      segments=client_bounds(fed, data)),
+                            item_parts(model, data, tasks, fed.holdout.items)])
             row["test"] = last
         row["seconds"] = round(time.time() - t0, 3)
         append_jsonl(out_dir / "metrics.jsonl", row)

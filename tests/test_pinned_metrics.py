@@ -2,7 +2,9 @@
 what rating, like and click compute unchanged. The values were computed before the registry
 existed (commit 69b66aa); a change here means the refactor changed a result. Pinned to a
 relative 1e-6, not to the bit: torch's CPU kernels round differently by instruction set (on an
-AVX-512 machine every case moved by up to 1e-7 relative, at the same commit)."""
+AVX-512 machine every case moved by up to 1e-7 relative, at the same commit). One deliberate
+change since: the centralized run's p10/p90 tails were the pooled figure itself until they became
+per-client figures of the pooled model (baselines.client_bounds); its pooled figures kept their pins."""
 
 from __future__ import annotations
 
@@ -29,16 +31,16 @@ PINNED = {'centralized': {'loss': {'loss.click': 3.3825409412384033,
                           'loss.rating': 0.7903303802013397},
                  'metrics': {'click.hr@10': 1.0,
                              'click.ndcg@10': 0.592456611438174,
-                             'click.ndcg@10_p10': 0.592456611438174,
-                             'click.ndcg@10_p90': 0.592456611438174,
+                             'click.ndcg@10_p10': 0.5006785198635025,
+                             'click.ndcg@10_p90': 0.6548282226511613,
                              'like.auc': 0.6329113924050633,
                              'like.logloss': 0.6375390857135361,
-                             'like.logloss_p10': 0.6375390857135361,
-                             'like.logloss_p90': 0.6375390857135361,
+                             'like.logloss_p10': 0.5886028841943682,
+                             'like.logloss_p90': 0.6854509564003871,
                              'rating.mae': 0.8136136949062347,
                              'rating.rmse': 1.025342491658412,
-                             'rating.rmse_p10': 1.025342491658412,
-                             'rating.rmse_p90': 1.025342491658412}},
+                             'rating.rmse_p10': 0.8889038911150995,
+                             'rating.rmse_p90': 1.1152732250679502}},
  'cohort': {'loss': {'loss.click': 3.384668707847595,
                      'loss.like': 0.6458865851163864,
                      'loss.rating': 0.8529922962188721},
@@ -101,3 +103,23 @@ def test_short_run_metrics_are_pinned(tmp_path, name):
     for group, values in want.items():
         for key, value in values.items():
             assert got[group][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (group, key)
+
+
+def test_centralized_tails_are_per_client(tmp_path):
+    """mode=centralized: RMSE p90 / NDCG@10 p10 are the pooled model's figures on each client's
+    users (as in federated and local runs), not the pooled figure repeated; the pooled ones lie
+    between them."""
+    from fedmtl.baselines import client_bounds
+    from fedmtl.data import federation_for
+
+    cfg = compose([*TINY, "mode=centralized"])
+    m = run(cfg, tmp_path)["metrics"]
+    for key in ("rating.rmse", "like.logloss", "click.ndcg@10"):
+        assert m[f"{key}_p10"] < m[key] < m[f"{key}_p90"], key
+    fed = federation_for(cfg)
+    data = fed.all_data()
+    ub, pb = client_bounds(fed, data)
+    assert len(ub) == len(fed.clients) + 1 and pb[-1] == len(data.test_u)
+    for c, users in enumerate(fed.clients):  # client c's test pairs are its users' rows of the pooled data
+        assert sorted(data.users[ub[c]:ub[c + 1]]) == sorted(users)
+        assert set(data.test_u[pb[c]:pb[c + 1]].tolist()) <= set(range(ub[c], ub[c + 1]))
