@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .client_step import set_first_offsets
 from .config_types import RunConfig
 from .config import resolve_device
 from .data import Federation
@@ -52,6 +53,7 @@ def run_centralized(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
     data = fed.all_data().to(device)
     tasks = cfg["tasks"]
     model = build_model(cfg["model"], tasks, len(data.users), data.user_cat, fed.meta, cfg["seed"]).to(device)
+    set_first_offsets(model, tasks, data)  # a log's numeric label: the pooled mean
     new_item_view(model, fed.holdout.items)  # transfer.new_items: never trained, scored from features
     weighting = build_weighting(cfg["weighting"], tasks)
     epochs = epochs_of(cfg)
@@ -86,6 +88,7 @@ def run_local(cfg: RunConfig, fed: Federation, out_dir: Path) -> dict:
         data = fed.partition_data(pid).to(device)
         torch.manual_seed(user_init_seed(cfg["seed"], pid))  # the global RNG (dropout); user embeddings: build_model's
         model = build_model(cfg["model"], tasks, len(data.users), data.user_cat, fed.meta, cfg["seed"]).to(device)
+        set_first_offsets(model, tasks, data)
         new_item_view(model, fed.holdout.items)
         weighting = build_weighting(cfg["weighting"], tasks)
         client_round(model, data, tasks, weighting, train_config(cfg, epochs), cfg,

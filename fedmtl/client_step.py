@@ -102,6 +102,18 @@ def init_user_emb(cfg: RunConfig, pid: int, shape) -> torch.Tensor:
     return torch.randn(shape, generator=gen) * cfg["model"]["init_std"]
 
 
+def set_first_offsets(model, tasks, data: ClientData) -> None:
+    """The heads whose first offset comes from the client's own training labels (a log's numeric
+    label: Task.initial_offset; local data, never sent), set on a model just initialised."""
+    from .tasks import get as get_task
+    y = data.labels("train")
+    with torch.no_grad():
+        for t in tasks:
+            v = get_task(t).initial_offset(y)
+            if v is not None and t in model.personal.heads:
+                model.personal.heads[t].offset.fill_(v)
+
+
 def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: int):
     """The template model loaded with this client's personal parameters (or their
     seeded initial values on the client's first round)."""
@@ -115,6 +127,8 @@ def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: 
             for n, p in model.named_parameters():
                 p.copy_(init[n])
             model.personal.user_emb.weight.copy_(init_user_emb(setup.cfg, pid, model.personal.user_emb.weight.shape))
+    if personal is None:
+        set_first_offsets(model, setup.cfg["tasks"], data)
     return model
 
 

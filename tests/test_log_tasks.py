@@ -174,3 +174,32 @@ def test_transfer_on_a_log_dataset_is_one_line(key):
     with pytest.raises(ConfigError, match=rf"^transfer.{key} with dataset=synthetic_funnel: cold-start evaluation "
                                           r".* not supported on interaction logs yet$"):
         compose(["dataset=synthetic_funnel", "tasks=[view,click]", f"transfer.{key}=0.1"])
+
+
+def test_numeric_label_head_starts_at_each_clients_own_mean(tmp_path):
+    """A log's numeric label (here minutes, about 50) has no public level like a rating's 3.5:
+    each client's head starts at its own training labels' mean (local, never sent), so the first
+    rounds' error is the label's spread, not its level."""
+    from fedmtl.client_step import run_setup, set_first_offsets
+    from fedmtl.data import federation_for
+    from fedmtl.model import build_model
+
+    rng = np.random.default_rng(1)
+    rows = [{"uid": f"u{u}", "iid": f"i{i}", "when": t, "minutes": float(40 + 20 * rng.random() + i % 5)}
+            for u in range(30) for t, i in enumerate(rng.choice(25, size=8, replace=False))]
+    pd.DataFrame(rows).to_csv(tmp_path / "log.csv", index=False)
+    over = ["dataset=log", f"dataset.file={tmp_path / 'log.csv'}", "dataset.columns.user=uid",
+            "dataset.columns.item=iid", "dataset.columns.timestamp=when",
+            "++dataset.labels={minutes:{kind:numeric,column:minutes}}", "num_clients=3", "num_rounds=2",
+            "local_epochs=1", "save_model=false"]
+    cfg = compose(over)
+    fed = federation_for(cfg)
+    data = fed.partition_data(1)
+    model = build_model(cfg["model"], cfg["tasks"], len(data.users), data.user_cat, fed.meta, cfg["seed"])
+    set_first_offsets(model, cfg["tasks"], data)
+    assert model.personal.heads["minutes"].offset.item() == pytest.approx(float(data.train_y["minutes"].mean()), rel=1e-5)
+    assert run_setup(cfg).template(1)[0].personal.heads["minutes"].offset.item() == 0.0  # the shared template: no data
+    spread = float(pd.DataFrame(rows)["minutes"].std())
+    for mode in ("federated", "centralized", "local"):
+        m = run(compose([*over, f"mode={mode}"]), tmp_path / mode)["metrics"]
+        assert m["minutes.rmse"] < 1.5 * spread, (mode, m["minutes.rmse"], spread)  # from 0 it is about 50

@@ -51,6 +51,11 @@ class Task:
         """The training target of a batch's labels."""
         return self.value(y)
 
+    def initial_offset(self, y) -> float | None:
+        """The head's first offset from one client's own training labels `y` (None: `head_offset`,
+        the same for every client)."""
+        return None
+
     # --- evaluation --------------------------------------------------------------------------
     def segment_parts(self, s: torch.Tensor, y, bounds: np.ndarray) -> list[dict]:
         """`parts` (a pair task's) of each slice bounds[c]:bounds[c + 1] of the pairs: clients

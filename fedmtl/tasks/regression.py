@@ -15,9 +15,17 @@ class Regression(Task):
     kind = "regression"
 
     def __init__(self, name: str, column: str | None = "rating", clip: tuple[float, float] | None = None,
-                 offset: float = 0.0):
+                 offset: float | None = 0.0):
+        """offset: the head's first offset (a rating's 3.5); None: each client's own mean of its
+        training labels (a log's numeric label, whose level nothing else tells: from 0, the
+        personal offset would climb eta a local step while the shared item biases, moved by
+        every client, overshoot and swing from round to round)."""
         super().__init__(name, column)
-        self.clip, self.head_offset = clip, float(offset)
+        self.clip, self.head_offset, self.from_data = clip, float(offset or 0.0), offset is None
+
+    def initial_offset(self, y) -> float | None:
+        v = self.value(y) if self.from_data else None
+        return float(v.double().mean()) if v is not None and len(v) else None
 
     def loss(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(s, self.value(y))
