@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from .config_types import RunConfig
 from .config import validate
 from .errors import FedMTLError, print_error
-from .runfiles import write_json
-from .sweep import check_first_job, in_sweep, record_failure
+from .runfiles import ERROR_FILE, write_json
+from .sweep import check_first_job, in_sweep, record_failure, write_failure
 
 log = logging.getLogger("fedmtl")
 
@@ -72,6 +72,7 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, output_dir=str(out_dir.resolve()))
     quiet_frameworks(cfg["verbose"])
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier failure of this folder (resumed) is not this run's
     if not (cfg.get("resume") and (out_dir / "config.json").is_file()):  # a resumed run keeps its own
         write_json(out_dir / "config.json", cfg)
     t0 = time.time()
@@ -148,6 +149,7 @@ def main(dcfg: DictConfig) -> dict | None:
     except FedMTLError as e:
         if in_sweep():  # one failing combination must not stop the sweep (fedmtl/sweep.py)
             return record_failure(out_dir, e)
+        write_failure(out_dir, e)
         sys.exit(print_error(e))
     except KeyboardInterrupt:
         print(f"fedmtl: interrupted; finished rounds are in {out_dir} "
@@ -155,6 +157,7 @@ def main(dcfg: DictConfig) -> dict | None:
         sys.exit(130)
     except Exception as e:
         if not in_sweep():
+            write_failure(out_dir, e)
             raise
         return record_failure(out_dir, e)
     chosen = f", round {summary['selected_round']} by {summary['selected_by']}" if summary.get("selected_by") else ""

@@ -2,7 +2,7 @@
 and the sweep ends with the report of fedmtl/report/ (report.summary.write_report).
 
 - `record_failure`: in a sweep, a run that fails writes `error.json` into its own run folder
-  and returns, so Hydra goes on with the other combinations (Hydra's basic sweeper would
+  (`write_failure`, which a single run's failure calls too) and returns, so Hydra goes on with the other combinations (Hydra's basic sweeper would
   otherwise stop at the end of the batch and skip the end-of-sweep report).
 - `SweepReport`: the Hydra callback registered in conf/config.yaml (`hydra.callbacks.report`);
   at the end of a sweep it writes summary.md, summary.csv and plots/ into the sweep folder,
@@ -29,14 +29,24 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def record_failure(out_dir: str | Path, exc: BaseException) -> None:
+def write_failure(out_dir: str | Path, exc: BaseException) -> str:
     """Write `error.json` (the one-line error and, for an unexpected one, its traceback) into
-    the run folder and say so in one line on stderr. Returns None, Hydra's job result."""
+    the run folder, where `python -m fedmtl.report` shows it; returns the line. A single run
+    writes it too, so a run started in the background says in its folder why it stopped."""
     line = str(exc) if isinstance(exc, FedMTLError) else f"{type(exc).__name__}: {exc}"
     record = {"error": line, "type": type(exc).__name__}
     if not isinstance(exc, FedMTLError):
         record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    write_json(Path(out_dir) / ERROR_FILE, record)
+    try:
+        write_json(Path(out_dir) / ERROR_FILE, record)
+    except OSError:  # a folder that cannot be written: the line on stderr is what is left
+        pass
+    return line
+
+
+def record_failure(out_dir: str | Path, exc: BaseException) -> None:
+    """In a sweep: `write_failure`, and say so in one line on stderr. Returns None, Hydra's job result."""
+    line = write_failure(out_dir, exc)
     print(f"fedmtl: run {out_dir} failed: {line} (the sweep goes on)", file=sys.stderr)
     return None
 

@@ -50,6 +50,14 @@ def test_a_bad_value_exits_2_with_one_error_line(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("fedmtl: error: mode=foo")
     assert "final test metrics" not in proc.stdout
+    # the run folder says why it stopped (a run left in the background, `python -m fedmtl.report`)
+    assert json.loads((tmp_path / "error.json").read_text())["error"] == lines[0].removeprefix("fedmtl: error: ")
+    from fedmtl.report.runs import load_run
+    run = load_run(tmp_path, tmp_path)
+    assert run.status == "failed" and run.reason.startswith("mode=foo")
+    # the same folder run again, now valid: its earlier failure is gone
+    assert simulate(*TINY, f"hydra.run.dir={tmp_path}").returncode == 0
+    assert not (tmp_path / "error.json").exists() and load_run(tmp_path, tmp_path).status == "complete"
 
 
 def test_an_unknown_config_group_option_exits_2_with_one_error_line(tmp_path):
