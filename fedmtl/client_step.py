@@ -102,16 +102,22 @@ def init_user_emb(cfg: RunConfig, pid: int, shape) -> torch.Tensor:
     return torch.randn(shape, generator=gen) * cfg["model"]["init_std"]
 
 
-def set_first_offsets(model, tasks, data: ClientData) -> None:
-    """The heads whose first offset comes from the client's own training labels (a log's numeric
-    label: Task.initial_offset; local data, never sent), set on a model just initialised."""
+def first_offsets(tasks, data: ClientData) -> dict[str, float]:
+    """{parameter name: value} of the heads whose first offset comes from the client's own
+    training labels (a log's numeric label: Task.initial_offset; local data, never sent)."""
     from .tasks import get as get_task
     y = data.labels("train")
+    out = {f"personal.heads.{t}.offset": get_task(t).initial_offset(y) for t in tasks}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def set_first_offsets(model, tasks, data: ClientData) -> None:
+    """`first_offsets` set on a model just initialised."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for t in tasks:
-            v = get_task(t).initial_offset(y)
-            if v is not None and t in model.personal.heads:
-                model.personal.heads[t].offset.fill_(v)
+        for name, v in first_offsets(tasks, data).items():
+            if name in params:
+                params[name].fill_(v)
 
 
 def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: int):

@@ -96,21 +96,34 @@ def test_preset_offers_its_labels():
     assert set(REGISTRY) == {"rating", "click", "like"}
 
 
-def test_cohort_batches_an_event_ranking_task_as_inprocess_does(tmp_path):
-    """An every-row event (purchase) reads no label column, so backend=cohort batches it; its
-    figures are the per-client path's (a pair task on a label column is not batched)."""
+@pytest.mark.parametrize("labels", [
+    ["purchase"],  # an every-row event: reads no label column
+    ["share", "purchase"],  # a 0/1 column beside it
+    ["minutes", "share"],  # a numeric column (each client's head starts at its own mean) and a 0/1 one
+])
+def test_cohort_batches_a_logs_tasks_as_inprocess_does(tmp_path, labels):
+    """backend=cohort batches every task of an interaction log (its label columns travel with
+    each client's pairs, permuted and padded like them); its figures are the per-client path's."""
     from fedmtl.cohort import unbatched
 
+    rng = np.random.default_rng(2)
     write_log(tmp_path / "log.csv")
+    raw = pd.read_csv(tmp_path / "log.csv")
+    raw["minutes"] = 40 + 20 * rng.random(len(raw)) + raw["iid"].str[1:].astype(int) % 5
+    raw.to_csv(tmp_path / "log.csv", index=False)
+    specs = "share:{kind:binary,column:share},purchase:{kind:event},minutes:{kind:numeric,column:minutes}"
+    over = [o if not o.startswith("++dataset.labels=") else "++dataset.labels={" + specs + "}"
+            for o in log_overrides(tmp_path / "log.csv", labels)]
     got = {}
     for backend in ("cohort", "inprocess"):
-        cfg = compose([*log_overrides(tmp_path / "log.csv", ["purchase"]), f"backend={backend}"])
+        cfg = compose([*over, f"backend={backend}"])
         got[backend] = run(cfg, tmp_path / backend)["metrics"]
     assert unbatched(cfg) == []
-    assert unbatched(compose(log_overrides(tmp_path / "log.csv", ["share", "purchase"]))) != []
     assert got["cohort"].keys() == got["inprocess"].keys()
     for k, v in got["inprocess"].items():
         assert got["cohort"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    if "minutes" in labels:
+        assert got["cohort"]["minutes.rmse"] < 1.5 * float(raw["minutes"].std())
 
 
 def write_recbole(folder, n_users=30, n_items=25, seed=0):

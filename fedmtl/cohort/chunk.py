@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..client_step import PERSONAL, RunSetup, init_user_emb
+from ..client_step import PERSONAL, RunSetup, first_offsets, init_user_emb
 from ..model import shared_names
 from ..sparse_codec import ROW_TABLES
 from ..tasks import get as task_of
@@ -118,6 +118,8 @@ class Chunk:
                 v = init_user_emb(cfg, c.job.pid, (len(c.job.data.users), init.shape[1]))
             elif name.startswith("personal.user_"):  # user biases: zeros (Personal's init)
                 v = torch.zeros((len(c.job.data.users), *init.shape[1:]))
+            elif name.endswith(".offset") and name in (first := first_offsets(cfg["tasks"], c.job.data)):
+                v = torch.tensor(first[name], dtype=init.dtype)  # a log's numeric label: the client's own mean
             else:
                 v = init.cpu()
             if name.startswith("personal.user_") and v.shape[0] < U:

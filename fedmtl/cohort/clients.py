@@ -40,6 +40,7 @@ class Client:
     perms: list[np.ndarray]  # each epoch's permutation of its training pairs
     tu: np.ndarray  # its training pairs' local users and ratings
     tr: np.ndarray
+    ty: dict[str, np.ndarray] | None = None  # an interaction log's label columns of those pairs (ClientData.train_y)
 
     @property
     def n(self) -> int:
@@ -72,8 +73,9 @@ def prepare(setup: RunSetup, job: Job, n_items: int) -> Client:
         offset = np.where(own, 0.0, math.log((n_items - len(uniq)) / n_pad) if n_pad else 0.0)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     perms = [torch.randperm(data.n_train, generator=gen).numpy() for _ in range(tcfg.epochs)]
+    ty = None if data.train_y is None else {k: v.cpu().numpy() for k, v in data.train_y.items()}
     return Client(job, seed, send, rows, offset, np.searchsorted(rows, touched), perms,
-                   data.train_u.cpu().numpy(), data.train_r.cpu().numpy())
+                  data.train_u.cpu().numpy(), data.train_r.cpu().numpy(), ty)
 
 
 def prepare_ahead(setup: RunSetup, jobs: list[Job]) -> dict:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..client_step import PERSONAL, RunSetup, init_user_emb
+from ..client_step import PERSONAL, RunSetup, first_offsets, init_user_emb
 from ..data import ClientData
 from ..itemitem import Rows, RowsOf
 from ..model import personal_names
@@ -139,8 +139,10 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
         for j, p in zip(jobs, personal):
             if pk in p:
                 heads.append((p[pk], p[ok]))
-            elif j.state.get(PERSONAL) is None and pk in pnames:
-                heads.append((init[pk], init[ok]))  # a client's first evaluation: the initial heads
+            elif j.state.get(PERSONAL) is None and pk in pnames:  # a client's first evaluation: the initial heads
+                first = first_offsets([task], j.data)  # (a log's numeric label: the client's own mean)
+                heads.append((init[pk], torch.tensor(first[ok], dtype=init[ok].dtype, device=dev) if ok in first
+                              else init[ok]))
             else:
                 heads.append((model.personal.heads[task].proj, model.personal.heads[task].offset))
         if all(h[0] is heads[0][0] for h in heads):  # one head for all (aggregate=all): one product

@@ -16,7 +16,7 @@ from ..config_types import RunConfig
 from ..client_step import PERSONAL, WEIGHTING, RunSetup, train_metrics
 from ..model import personal_names, shared_names
 from ..sparse_codec import ROW_TABLES, sparse_payloads
-from ..tasks import dataset_labels, get as task_of, ranking_tasks
+from ..tasks import ranking_tasks
 from .chunk import Chunk
 from .clients import CHUNK_MB, Client, Job, chunks, prepare, prepared_for
 from .optim import Optim
@@ -46,9 +46,6 @@ def unbatched(cfg: RunConfig) -> list[str]:
         out.append("train.weight_decay > 0 (decays rows outside a client's row set)")
     if ranking_tasks(cfg["tasks"]) and t["click_loss"] == "sampled":
         out.append("train.click_loss=sampled (per-client negative draws)")
-    if dataset_labels(cfg["dataset"]) is not None and any(task_of(t).pairwise for t in cfg["tasks"]):
-        # the batch carries the rating column only; an every-row event (ranking) reads no label
-        out.append(f"dataset={cfg['dataset']['name']} with pair tasks on its label columns")
     if cfg["transfer"]["new_items"]:
         out.append("transfer.new_items > 0 (hidden items)")
     return out
@@ -70,25 +67,31 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
     steps_max = int(math.ceil(ns.max() / bs))
     width = steps_max * bs
     pad = np.arange(width)[None, :] < ns[:, None]  # [C, width]: a real pair at this place of the epoch's order
-    tu, pos, tr = (np.zeros((C, width), dt) for dt in (np.int64, np.int64, np.float32))
+    cols = list(clients[0].ty or {})  # an interaction log's label columns, beside the rating column
+    tu, pos = (np.zeros((C, width), np.int64) for _ in range(2))
+    ys = [np.zeros((C, width), np.float32) for _ in range(1 + len(cols))]
     for k, c in enumerate(clients):
-        tu[k, :c.n], pos[k, :c.n], tr[k, :c.n] = c.tu, c.pos, c.tr
+        tu[k, :c.n], pos[k, :c.n], ys[0][k, :c.n] = c.tu, c.pos, c.tr
+        for y, col in zip(ys[1:], cols):
+            y[k, :c.n] = c.ty[col]
     for e in range(tcfg.epochs):
         order = np.zeros((C, width), np.int64)  # each client's own permutation of its pairs, padded
         for k, c in enumerate(clients):
             order[k, :c.n] = c.perms[e]
-        u_e, il_e, r_e = (np.where(pad, np.take_along_axis(a, order, 1), 0).astype(a.dtype) for a in (tu, pos, tr))
+        u_e, il_e, *y_e = (np.where(pad, np.take_along_axis(a, order, 1), 0).astype(a.dtype) for a in (tu, pos, *ys))
         epoch_sums = np.zeros((C, T))
         for s in range(steps_max):
             lens = np.clip(ns - s * bs, 0, bs)
             B = int(lens.max())
             if B == 0:
                 break
-            cols = slice(s * bs, s * bs + B)
-            mask_np = pad[:, cols]
+            cut = slice(s * bs, s * bs + B)
+            mask_np = pad[:, cut]
             mask = torch.as_tensor(mask_np, dtype=torch.float32, device=dev)
             counts = torch.as_tensor(lens, dtype=torch.float32, device=dev)
-            ls, reg = chunk.losses(*(torch.as_tensor(a[:, cols], device=dev) for a in (u_e, il_e, r_e)), mask, counts)
+            r = [torch.as_tensor(y[:, cut], device=dev) for y in y_e]
+            labels = dict(zip(["rating", *cols], r)) if cols else r[0]  # what ClientData.labels gives
+            ls, reg = chunk.losses(*(torch.as_tensor(a[:, cut], device=dev) for a in (u_e, il_e)), labels, mask, counts)
             total = sum(w[t] * ls[t] for t in tasks) + reg
             opt.zero_grad()
             total.sum().backward()
