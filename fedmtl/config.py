@@ -65,37 +65,43 @@ STRATEGY_RANGES = {
 }
 
 
-@lru_cache(maxsize=1)
-def _strategy_keys() -> dict[str, frozenset]:
-    """Each strategy's hyper-parameters: the keys of its conf/strategy/<name>.yaml."""
+@lru_cache(maxsize=4)
+def _option_keys(group: str) -> dict[str, frozenset]:
+    """Each option's hyper-parameters in a config group: the keys of its conf/<group>/<name>.yaml."""
     import yaml
 
     out = {}
-    for f in sorted((CONF_DIR / "strategy").glob("*.yaml")):
+    for f in sorted((CONF_DIR / group).glob("*.yaml")):
         out[f.stem] = frozenset((yaml.safe_load(f.read_text()) or {}).keys()) - {"name"}
     return out
 
 
-def _strategy_options(cfg: dict) -> None:
-    """The strategy's hyper-parameters, in range. A key that belongs to another strategy (a
-    preset's FedAdam eta under `strategy=fedavg`) is dropped with one warning, so that
-    switching the strategy over a preset is one override; a key no strategy has is an error."""
+def _drop_other_options(cfg: dict, group: str) -> None:
+    """A key of `group` (strategy, weighting) that belongs to another of its options (a preset's
+    FedAdam eta under `strategy=fedavg`, its fixed `weighting.weights` under
+    `weighting=uncertainty`) is dropped with one warning, so that switching the option over a
+    preset is one override; a key no option has is an error."""
     import logging
 
-    known = _strategy_keys()
-    name = cfg["strategy"]["name"]
+    known = _option_keys(group)
+    name = cfg[group]["name"]
     own, anyone = known.get(name, frozenset()), frozenset().union(*known.values())
-    for key in list(cfg["strategy"]):
+    for key in list(cfg[group]):
         if key == "name" or key in own:
             continue
         if key in anyone:
-            logging.getLogger("fedmtl").warning("strategy.%s=%s is not a hyper-parameter of strategy=%s (it has %s): "
-                                                "dropped", key, cfg["strategy"][key], name,
+            logging.getLogger("fedmtl").warning("%s.%s=%s is not a hyper-parameter of %s=%s (it has %s): dropped",
+                                                group, key, cfg[group][key], group, name,
                                                 ", ".join(sorted(own)) or "none")
-            del cfg["strategy"][key]
+            del cfg[group][key]
         else:
-            raise ConfigError(f"strategy.{key}: unknown key for strategy={name} (it takes "
+            raise ConfigError(f"{group}.{key}: unknown key for {group}={name} (it takes "
                               f"{', '.join(sorted(own)) or 'no hyper-parameters'})")
+
+
+def _strategy_options(cfg: dict) -> None:
+    """The strategy's hyper-parameters, in range (another strategy's keys dropped: _drop_other_options)."""
+    _drop_other_options(cfg, "strategy")
     for key in cfg["strategy"]:
         if key != "name":
             number(cfg, f"strategy.{key}", **STRATEGY_RANGES.get(key, {}))
@@ -157,6 +163,7 @@ def validate(cfg: dict) -> RunConfig:
     if not isinstance(cfg["model"]["history"], bool):
         raise ConfigError(f"model.history={cfg['model']['history']}: expected true or false")
     choice(cfg, "weighting.name", WEIGHTINGS)
+    _drop_other_options(cfg, "weighting")
     try:  # its options, now rather than in every client
         build_weighting(cfg["weighting"], cfg["tasks"])
     except (TypeError, ValueError, KeyError, AttributeError) as e:

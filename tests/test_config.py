@@ -127,6 +127,21 @@ def test_switching_the_strategy_over_a_preset_drops_the_presets_keys_with_a_warn
     assert type(build_strategy(cfg)).__name__ == "FedAvg"
 
 
+@pytest.mark.parametrize("weighting", ["uncertainty", "dwa", "gradnorm", "pcgrad"])
+def test_switching_the_weighting_over_a_preset_drops_the_presets_weights_with_a_warning(caplog, weighting):
+    """experiment=ml100k_federated sets fixed weights ({click: 2}); weighting=uncertainty over it
+    used to stop with "Uncertainty.__init__() got an unexpected keyword argument 'weights'"."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        cfg = compose(["experiment=ml100k_federated", "dataset.path=/nowhere/ml-100k", f"weighting={weighting}"])
+    assert "weights" not in cfg["weighting"] and cfg["weighting"]["name"] == weighting
+    assert any(f"weighting.weights={{'click': 2.0}} is not a hyper-parameter of weighting={weighting}" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(ConfigError, match=r"weighting.bogus: unknown key for weighting=dwa \(it takes temperature\)"):
+        compose(["weighting=dwa", "+weighting.bogus=1"])
+
+
 def test_a_key_no_strategy_has_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"strategy.bogus: unknown key for strategy=fedadam \(it takes beta_1"):
         compose(["strategy=fedadam", "+strategy.bogus=1"])
