@@ -20,6 +20,7 @@ from ..tasks import ranking_tasks
 from .chunk import Chunk
 from .clients import CHUNK_MB, Client, Job, chunks, prepare, prepared_for
 from .optim import Optim
+from .weighting import BATCHED as BATCHED_WEIGHTINGS, ChunkWeighting
 
 
 def unbatched(cfg: RunConfig) -> list[str]:
@@ -28,7 +29,7 @@ def unbatched(cfg: RunConfig) -> list[str]:
     faults = cfg["faults"]
     if faults["drop_rate"] or faults["straggler_rate"]:
         out.append("faults.* (injected per-client failures)")
-    if cfg["weighting"]["name"] != "fixed":
+    if cfg["weighting"]["name"] not in BATCHED_WEIGHTINGS:
         out.append(f"weighting={cfg['weighting']['name']} (per-client gradient weighting)")
     m = cfg["model"]
     if m["name"] != "shared_bottom":
@@ -55,14 +56,13 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
     """Train a chunk; per client (its losses summed over steps, its weights summed), both dicts by task."""
     cfg, tcfg, dev = setup.cfg, setup.tcfg, setup.device
     tasks = cfg["tasks"]
-    w = {t: float((cfg["weighting"].get("weights") or {}).get(t, 1.0)) for t in tasks}
     bs = tcfg.batch_size
     clients = chunk.clients
     C = len(clients)
     ns = np.array([c.n for c in clients])
+    weighting = ChunkWeighting(setup, chunk)  # before the optimiser: uncertainty's log-variances are parameters
     opt = Optim(chunk, tcfg)
     T = len(tasks)
-    wt = np.array([w[t] for t in tasks])
     sums, wsum = np.zeros((C, T)), np.zeros((C, T))
     steps_max = int(math.ceil(ns.max() / bs))
     width = steps_max * bs
@@ -80,6 +80,8 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
             order[k, :c.n] = c.perms[e]
         u_e, il_e, *y_e = (np.where(pad, np.take_along_axis(a, order, 1), 0).astype(a.dtype) for a in (tu, pos, *ys))
         epoch_sums = np.zeros((C, T))
+        epoch_steps = np.zeros(C)
+        weighting.start_epoch()
         for s in range(steps_max):
             lens = np.clip(ns - s * bs, 0, bs)
             B = int(lens.max())
@@ -92,17 +94,20 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
             r = [torch.as_tensor(y[:, cut], device=dev) for y in y_e]
             labels = dict(zip(["rating", *cols], r)) if cols else r[0]  # what ClientData.labels gives
             ls, reg = chunk.losses(*(torch.as_tensor(a[:, cut], device=dev) for a in (u_e, il_e)), labels, mask, counts)
-            total = sum(w[t] * ls[t] for t in tasks) + reg
+            weighted, w = weighting.total(ls)
+            total = weighted + reg
             opt.zero_grad()
             total.sum().backward()
             opt.step(torch.as_tensor(lens > 0, device=dev))
             vals = torch.stack([ls[t].detach() for t in tasks], 1).cpu().numpy().astype(np.float64)
             on = lens > 0
             epoch_sums[on] += vals[on]
-            wsum[on] += wt
+            wsum[on] += w[on]
+            epoch_steps += on
+        weighting.end_epoch(epoch_sums / np.maximum(epoch_steps, 1)[:, None])
         sums += epoch_sums
-    return [({t: float(sums[k, j]) for j, t in enumerate(tasks)}, {t: float(wsum[k, j]) for j, t in enumerate(tasks)})
-            for k in range(C)]
+    return [({t: float(sums[k, j]) for j, t in enumerate(tasks)}, {t: float(wsum[k, j]) for j, t in enumerate(tasks)},
+             weighting.state(k)) for k in range(C)]
 
 
 def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = CHUNK_MB,
@@ -180,9 +185,11 @@ def _finish(setup: RunSetup, chunk: Chunk, shared: dict[str, np.ndarray], stats,
     for k, c in enumerate(clients):
         nu = len(c.job.data.users)
         state = {PERSONAL: {n: np.array(P[n][k, :nu] if n.startswith("personal.user_") else P[n][k]) for n in pnames}}
-        if WEIGHTING in c.job.state:
+        sums, wsum, learned = stats[k]
+        if learned is not None:  # uncertainty's log-variances, DWA's loss history (client_step.train_client)
+            state[WEIGHTING] = learned
+        elif WEIGHTING in c.job.state:
             state[WEIGHTING] = c.job.state[WEIGHTING]
-        sums, wsum = stats[k]
         steps = max(len(c.perms) * int(math.ceil(c.n / setup.tcfg.batch_size)), 1)
         metrics = train_metrics(c.n, {t: sums[t] / steps for t in cfg["tasks"]},
                                 {t: wsum[t] / steps for t in cfg["tasks"]})

@@ -38,6 +38,9 @@ FAMILIES = {  # one per knob family the batch implements
                                     "train.optimizer=adam", "train.shared_lr=0.02"],
     "no_click_two_layers": ["tasks=[rating,like]", "model.layers=2", "aggregate=all", "strategy=fedavgm"],
     "personal_decay": ["train.personal_decay=0.05"],
+    # learned task weighting, each client's own state carried across rounds (cohort/weighting.py)
+    "uncertainty_weighting": ["weighting=uncertainty", "weighting.init_log_var=0.3", "train.personal_decay=0.05"],
+    "dwa_weighting": ["weighting=dwa", "weighting.temperature=0.5", "exchange=sparse"],
 }
 
 
@@ -158,7 +161,7 @@ def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
             assert any(np.any(p["::rows_scale"] == 0) for p in got) and any(np.any(p["::dense_scale"] == 0) for p in got)
 
 
-@pytest.mark.parametrize("knob", [["weighting=uncertainty"], ["model=mmoe"]], ids=["weighting", "architecture"])
+@pytest.mark.parametrize("knob", [["weighting=pcgrad"], ["model=mmoe"]], ids=["weighting", "architecture"])
 def test_unbatched_knob_falls_back_to_the_client_app(tmp_path, knob, caplog, monkeypatch):
     """A knob the batch does not implement: one start-up line names it, every training message
     goes through the ClientApp, and the run is inprocess's."""
