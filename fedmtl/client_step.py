@@ -29,7 +29,7 @@ from .itemitem import Rows, blends
 from .local_rounds import client_round
 from .model import build_model, get_arrays, personal_names, set_arrays, shared_names
 from .seeds import client_round_seed, user_init_seed
-from .tasks import choose_rows, click_candidates, configure as configure_tasks
+from .tasks import choose_rows, click_candidates, configure as configure_tasks, first_offsets
 from .train import TrainConfig, evaluate, train_config as make_train_config
 from .transfer import new_items
 from .weighting import build_weighting
@@ -100,15 +100,6 @@ def init_user_emb(cfg: RunConfig, pid: int, shape) -> torch.Tensor:
     """A client's seeded initial user embeddings (its first round)."""
     gen = torch.Generator().manual_seed(user_init_seed(cfg["seed"], pid))
     return torch.randn(shape, generator=gen) * cfg["model"]["init_std"]
-
-
-def first_offsets(tasks, data: ClientData) -> dict[str, float]:
-    """{parameter name: value} of the heads whose first offset comes from the client's own
-    training labels (a log's numeric label: Task.initial_offset; local data, never sent)."""
-    from .tasks import get as get_task
-    y = data.labels("train")
-    out = {f"personal.heads.{t}.offset": get_task(t).initial_offset(y) for t in tasks}
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def set_first_offsets(model, tasks, data: ClientData) -> None:

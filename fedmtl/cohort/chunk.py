@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..client_step import PERSONAL, RunSetup, first_offsets, init_user_emb
+from ..client_step import PERSONAL, RunSetup, init_user_emb
 from ..model import shared_names
 from ..sparse_codec import ROW_TABLES
-from ..tasks import get as task_of
+from ..tasks import first_offsets, get as task_of
 from .clients import Client
 
 

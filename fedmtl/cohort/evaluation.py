@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..client_step import PERSONAL, RunSetup, first_offsets, init_user_emb
+from ..client_step import PERSONAL, RunSetup, init_user_emb
 from ..data import ClientData
 from ..itemitem import Rows, RowsOf
 from ..model import personal_names
+from ..tasks import first_offsets
 
 
 class _Scorer:

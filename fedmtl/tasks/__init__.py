@@ -31,7 +31,7 @@ for _t in DEFAULTS:
 TASKS = tuple(t.name for t in DEFAULTS)  # the tasks of a rating log: rating, click, like
 
 __all__ = ["REGISTRY", "Task", "Regression", "Binary", "Ranking", "TASKS", "LIKE_THRESHOLD", "RATING_OFFSET",
-           "get", "register", "pair_tasks", "ranking_tasks", "selection_key", "check_tasks", "choose_rows", "click_candidates",
+           "get", "register", "first_offsets", "pair_tasks", "ranking_tasks", "selection_key", "check_tasks", "choose_rows", "click_candidates",
            "losses"]
 
 
@@ -52,6 +52,15 @@ def check_tasks(names, offered=None, source: str | None = None) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: {names} names a task twice")
     return names
+
+
+def first_offsets(tasks, data) -> dict[str, float]:
+    """{parameter name: value} of the heads whose first offset comes from a client's own
+    training labels (`data.labels("train")`; a log's numeric label: Task.initial_offset; local
+    data, never sent)."""
+    y = data.labels("train")
+    out = {f"personal.heads.{t}.offset": get(t).initial_offset(y) for t in tasks}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def label_task(name: str, spec: dict, ranking: dict | None = None) -> Task:
