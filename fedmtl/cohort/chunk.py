@@ -103,6 +103,7 @@ class Chunk:
             P[n] = P[n].detach().clone().contiguous().requires_grad_(True)
         self.P = P
         self.layers = int(cfg["model"]["layers"])
+        self.model, self.arch, self.n_tasks = model, cfg["model"]["name"], len(cfg["tasks"])
         self.anchor = ({n: P[n].detach().clone() for n in self.shared_names}
                        if setup.tcfg.prox_mu > 0 else None)
 
@@ -128,7 +129,7 @@ class Chunk:
         return torch.stack(vals).to(dev)
 
     def item_reps(self) -> torch.Tensor:
-        """[C, R, d]: model.item_reps of every row each client holds."""
+        """model.item_reps of every row each client holds: each task's [C, R, d]."""
         P = self.P
         x = P["encoder.item_emb.weight"]
         if self.item_feats is not None:
@@ -136,15 +137,26 @@ class Chunk:
             if self.has_genres:
                 tables.append(P["encoder.item_genres.weight"].transpose(1, 2))
             x = x + torch.bmm(self.item_feats, torch.cat(tables, 1))
-        return _tower(P, "encoder.item_tower", x, self.layers)
+        return self._tower("item_tower", x)
 
     def user_reps(self) -> torch.Tensor:
-        """[C, U, d]: model.user_reps of each client's users (once a user, not once a pair)."""
+        """model.user_reps of each client's users (once a user, not once a pair): each task's [C, U, d]."""
         P = self.P
         feats = 0
         for f in range(self.user_cat.shape[-1]):
             feats = feats + _bgather(P[f"encoder.user_fields.{f}.weight"], self.user_cat[..., f])
-        return _tower(P, "encoder.user_tower", P["personal.user_emb.weight"] + feats, self.layers)
+        return self._tower("user_tower", P["personal.user_emb.weight"] + feats)
+
+    def _tower(self, name: str, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each task's representation [C, N, d] of inputs x [C, N, d] through every client's own
+        tower: shared-bottom written out (one representation for all tasks), any other
+        architecture (MMoE, PLE) as the model's own module over the client axis (torch.func)."""
+        prefix = f"encoder.{name}."
+        if self.arch == "shared_bottom":
+            return [_tower(self.P, prefix[:-1], x, self.layers)] * self.n_tasks
+        module = getattr(self.model.encoder, name)
+        params = {n[len(prefix):]: p for n, p in self.P.items() if n.startswith(prefix)}
+        return list(torch.func.vmap(lambda p, h: torch.func.functional_call(module, p, (h,)))(params, x))
 
     def losses(self, u, il, r, mask, counts) -> tuple[dict, torch.Tensor]:
         """Each task's mean loss per client [C] and the regulariser [C] of one padded step.
@@ -157,15 +169,18 @@ class Chunk:
         softmax's logits are computed once per user (every pair of a user has the same row of
         logits) and each pair reads its own."""
         P, tasks = self.P, self.setup.cfg["tasks"]
-        ir = self.item_reps()  # [C, R, d]
-        hu = self.user_reps()  # [C, U, d]
-        C, U, R = hu.shape[0], hu.shape[1], ir.shape[1]
+        irs = self.item_reps()  # each task's [C, R, d] (shared-bottom: one tensor for all)
+        hus = self.user_reps()  # each task's [C, U, d]
+        one = all(x is irs[0] for x in irs)
+        C, U, R = hus[0].shape[0], hus[0].shape[1], irs[0].shape[1]
         kinds = [task_of(t) for t in tasks]
-        uu = [torch.bmm(hu, P[f"personal.heads.{task}.proj"]) for task in tasks]  # each [C, U, d]
+        uu = [torch.bmm(hu, P[f"personal.heads.{task}.proj"]) for hu, task in zip(hus, tasks)]  # each [C, U, d]
         scores = None  # [C, T * U, R]: task t's user x row scores in rows t * U .. (t + 1) * U
         if not all(k.pairwise for k in kinds):
-            scores = torch.bmm(torch.cat(uu, 1) if len(uu) > 1 else uu[0], ir.transpose(1, 2))
-        ir_pairs = (_bgather(ir, il) if scores is None and any(k.pairwise for k in kinds) else None)  # [C, B, d]
+            scores = (torch.bmm(torch.cat(uu, 1) if len(uu) > 1 else uu[0], irs[0].transpose(1, 2)) if one else
+                      torch.cat([torch.bmm(v, ir.transpose(1, 2)) for v, ir in zip(uu, irs)], 1))
+        pairs = scores is None and any(k.pairwise for k in kinds)
+        ir_pairs = ([_bgather(irs[0], il)] * len(tasks) if one else [_bgather(ir, il) for ir in irs]) if pairs else None
         denom = counts.clamp(min=1.0)
         out = {}
         for t, (task, kind) in enumerate(zip(tasks, kinds)):
@@ -175,7 +190,7 @@ class Chunk:
                 if scores is not None:
                     dot = torch.gather(scores.reshape(C, -1), 1, (t * U + u) * R + il)
                 else:
-                    dot = (_bgather(uu[t], u) * ir_pairs).sum(-1)
+                    dot = (_bgather(uu[t], u) * ir_pairs[t]).sum(-1)
                 s = dot + _bgather(ubias, u) + _bgather(ibias, il)
                 per = kind.loss_per_pair(s, r)
             else:

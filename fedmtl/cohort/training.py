@@ -32,8 +32,6 @@ def unbatched(cfg: RunConfig) -> list[str]:
     if cfg["weighting"]["name"] not in BATCHED_WEIGHTINGS:
         out.append(f"weighting={cfg['weighting']['name']} (per-client gradient weighting)")
     m = cfg["model"]
-    if m["name"] != "shared_bottom":
-        out.append(f"model={m['name']}")
     if m["dropout"]:
         out.append("model.dropout > 0 (per-client dropout masks)")
     if m.get("history"):
