@@ -50,8 +50,9 @@ def unbatched(cfg: RunConfig) -> list[str]:
     return out
 
 
-def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict]]:
-    """Train a chunk; per client (its losses summed over steps, its weights summed), both dicts by task."""
+def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict | None]]:
+    """Train a chunk; per client (its losses summed over steps, its task weights summed, both dicts
+    by task; its learned weighting state, None for fixed weights)."""
     cfg, tcfg, dev = setup.cfg, setup.tcfg, setup.device
     tasks = cfg["tasks"]
     bs = tcfg.batch_size
