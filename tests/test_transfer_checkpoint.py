@@ -117,3 +117,17 @@ def test_a_checkpoint_of_another_model_is_refused(source):
     _, out = source
     with pytest.raises(ConfigError, match="model.dim"):
         initial_arrays(compose(TINY + ["model=mmoe", "model.dim=8", f"init.from={out}"]))
+
+
+def test_a_frozen_encoder_run_is_batched_as_the_client_app_runs_it(source, tmp_path):
+    """backend=cohort (the default) trains only what is outside the encoder under
+    init.freeze_encoder, as local_rounds does: the same figures as backend=inprocess."""
+    from fedmtl.cohort import unbatched
+
+    _, out = source
+    over = TINY + ["tasks=[like,rating]", "model=mmoe", f"init.from={out}", "init.freeze_encoder=true", "save_model=false"]
+    assert unbatched(compose(over)) == []
+    got = {b: run(compose([*over, f"backend={b}"]), tmp_path / b)["metrics"] for b in ("cohort", "inprocess")}
+    assert got["cohort"].keys() == got["inprocess"].keys()
+    for k, v in got["inprocess"].items():
+        assert got["cohort"][k] == pytest.approx(v, rel=1e-4, abs=1e-4), k

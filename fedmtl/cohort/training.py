@@ -38,8 +38,6 @@ def unbatched(cfg: RunConfig) -> list[str]:
         out.append("model.history=true")
     if cfg["aggregate"] == "fedrep":
         out.append("aggregate=fedrep")
-    if cfg["init"]["freeze_encoder"]:
-        out.append("init.freeze_encoder=true")
     t = cfg["train"]
     if t.get("weight_decay"):
         out.append("train.weight_decay > 0 (decays rows outside a client's row set)")
@@ -60,6 +58,7 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict |
     C = len(clients)
     ns = np.array([c.n for c in clients])
     weighting = ChunkWeighting(setup, chunk)  # before the optimiser: uncertainty's log-variances are parameters
+    frozen = [n for n in chunk.P if n.startswith("encoder.")] if cfg["init"]["freeze_encoder"] else []
     opt = Optim(chunk, tcfg)
     T = len(tasks)
     sums, wsum = np.zeros((C, T)), np.zeros((C, T))
@@ -97,6 +96,8 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict |
             total = weighted + reg
             opt.zero_grad()
             total.sum().backward()
+            for n in frozen:  # init.freeze_encoder: local_rounds trains only what is outside the encoder
+                chunk.P[n].grad = None
             opt.step(torch.as_tensor(lens > 0, device=dev))
             vals = torch.stack([ls[t].detach() for t in tasks], 1).cpu().numpy().astype(np.float64)
             on = lens > 0
