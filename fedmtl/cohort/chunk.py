@@ -128,7 +128,7 @@ class Chunk:
             vals.append(v.to(torch.float32))
         return torch.stack(vals).to(dev)
 
-    def item_reps(self) -> torch.Tensor:
+    def item_reps(self) -> list[torch.Tensor]:
         """model.item_reps of every row each client holds: each task's [C, R, d]."""
         P = self.P
         x = P["encoder.item_emb.weight"]
@@ -139,7 +139,7 @@ class Chunk:
             x = x + torch.bmm(self.item_feats, torch.cat(tables, 1))
         return self._tower("item_tower", x)
 
-    def user_reps(self) -> torch.Tensor:
+    def user_reps(self) -> list[torch.Tensor]:
         """model.user_reps of each client's users (once a user, not once a pair): each task's [C, U, d]."""
         P = self.P
         feats = 0

@@ -18,7 +18,7 @@ class Regression(Task):
                  offset: float | None = 0.0):
         """offset: the head's first offset (a rating's 3.5); None: each client's own mean of its
         training labels (a log's numeric label, whose level nothing else tells: from 0, the
-        personal offset would climb eta a local step while the shared item biases, moved by
+        personal offset would climb by about Adam's learning rate a local step while the shared item biases, moved by
         every client, overshoot and swing from round to round)."""
         super().__init__(name, column)
         self.clip, self.head_offset, self.from_data = clip, float(offset or 0.0), offset is None
