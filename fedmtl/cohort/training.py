@@ -92,15 +92,13 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict |
             r = [torch.as_tensor(y[:, cut], device=dev) for y in y_e]
             labels = dict(zip(["rating", *cols], r)) if cols else r[0]  # what ClientData.labels gives
             ls, reg = chunk.losses(*(torch.as_tensor(a[:, cut], device=dev) for a in (u_e, il_e)), labels, mask, counts)
-            weighted, w = weighting.total(ls)
-            total = weighted + reg
+            on = lens > 0
             opt.zero_grad()
-            total.sum().backward()
+            w = weighting.backward(ls, reg, on)
             for n in frozen:  # init.freeze_encoder: local_rounds trains only what is outside the encoder
                 chunk.P[n].grad = None
-            opt.step(torch.as_tensor(lens > 0, device=dev))
+            opt.step(torch.as_tensor(on, device=dev))
             vals = torch.stack([ls[t].detach() for t in tasks], 1).cpu().numpy().astype(np.float64)
-            on = lens > 0
             epoch_sums[on] += vals[on]
             wsum[on] += w[on]
             epoch_steps += on
