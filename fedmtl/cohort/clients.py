@@ -41,6 +41,7 @@ class Client:
     tu: np.ndarray  # its training pairs' local users and ratings
     tr: np.ndarray
     ty: dict[str, np.ndarray] | None = None  # an interaction log's label columns of those pairs (ClientData.train_y)
+    head_perms: list[np.ndarray] | None = None  # aggregate=fedrep: the head phase's epochs (`perms`: the encoder phase's)
 
     @property
     def n(self) -> int:
@@ -72,10 +73,14 @@ def prepare(setup: RunSetup, job: Job, n_items: int) -> Client:
         n_pad = int((~own).sum())
         offset = np.where(own, 0.0, math.log((n_items - len(uniq)) / n_pad) if n_pad else 0.0)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    head_perms = None
+    if cfg["aggregate"] == "fedrep":  # local_rounds: the head phase's local_train at seed, the encoder's at seed + 1
+        head_perms = [torch.randperm(data.n_train, generator=gen).numpy() for _ in range(int(cfg["fedrep"]["head_epochs"]))]
+        gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
     perms = [torch.randperm(data.n_train, generator=gen).numpy() for _ in range(tcfg.epochs)]
     ty = None if data.train_y is None else {k: v.cpu().numpy() for k, v in data.train_y.items()}
     return Client(job, seed, send, rows, offset, np.searchsorted(rows, touched), perms,
-                  data.train_u.cpu().numpy(), data.train_r.cpu().numpy(), ty)
+                  data.train_u.cpu().numpy(), data.train_r.cpu().numpy(), ty, head_perms)
 
 
 def prepare_ahead(setup: RunSetup, jobs: list[Job]) -> dict:

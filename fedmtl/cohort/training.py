@@ -20,7 +20,7 @@ from ..tasks import ranking_tasks
 from .chunk import Chunk
 from .clients import CHUNK_MB, Client, Job, chunks, prepare, prepared_for
 from .optim import Optim
-from .weighting import BATCHED as BATCHED_WEIGHTINGS, ChunkWeighting
+from .weighting import BATCHED as BATCHED_WEIGHTINGS, PARAMS as WEIGHTING_PARAMS, ChunkWeighting
 
 
 def unbatched(cfg: RunConfig) -> list[str]:
@@ -36,9 +36,9 @@ def unbatched(cfg: RunConfig) -> list[str]:
         out.append("model.dropout > 0 (per-client dropout masks)")
     if m.get("history"):
         out.append("model.history=true")
-    if cfg["aggregate"] == "fedrep":
-        out.append("aggregate=fedrep")
     t = cfg["train"]
+    if cfg["aggregate"] == "fedrep" and t["click_loss"] == "sampled_softmax" and cfg["exchange"]["name"] == "dense":
+        out.append("aggregate=fedrep with train.click_loss=sampled_softmax over exchange=dense (rows drawn per phase)")
     if t.get("weight_decay"):
         out.append("train.weight_decay > 0 (decays rows outside a client's row set)")
     if ranking_tasks(cfg["tasks"]) and t["click_loss"] == "sampled":
@@ -58,10 +58,7 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict |
     C = len(clients)
     ns = np.array([c.n for c in clients])
     weighting = ChunkWeighting(setup, chunk)  # before the optimiser: uncertainty's log-variances are parameters
-    frozen = [n for n in chunk.P if n.startswith("encoder.")] if cfg["init"]["freeze_encoder"] else []
-    opt = Optim(chunk, tcfg)
     T = len(tasks)
-    sums, wsum = np.zeros((C, T)), np.zeros((C, T))
     steps_max = int(math.ceil(ns.max() / bs))
     width = steps_max * bs
     pad = np.arange(width)[None, :] < ns[:, None]  # [C, width]: a real pair at this place of the epoch's order
@@ -72,40 +69,56 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict |
         tu[k, :c.n], pos[k, :c.n], ys[0][k, :c.n] = c.tu, c.pos, c.tr
         for y, col in zip(ys[1:], cols):
             y[k, :c.n] = c.ty[col]
-    for e in range(tcfg.epochs):
-        order = np.zeros((C, width), np.int64)  # each client's own permutation of its pairs, padded
-        for k, c in enumerate(clients):
-            order[k, :c.n] = c.perms[e]
-        u_e, il_e, *y_e = (np.where(pad, np.take_along_axis(a, order, 1), 0).astype(a.dtype) for a in (tu, pos, *ys))
-        epoch_sums = np.zeros((C, T))
-        epoch_steps = np.zeros(C)
-        weighting.start_epoch()
-        for s in range(steps_max):
-            lens = np.clip(ns - s * bs, 0, bs)
-            B = int(lens.max())
-            if B == 0:
-                break
-            cut = slice(s * bs, s * bs + B)
-            mask_np = pad[:, cut]
-            mask = torch.as_tensor(mask_np, dtype=torch.float32, device=dev)
-            counts = torch.as_tensor(lens, dtype=torch.float32, device=dev)
-            r = [torch.as_tensor(y[:, cut], device=dev) for y in y_e]
-            labels = dict(zip(["rating", *cols], r)) if cols else r[0]  # what ClientData.labels gives
-            ls, reg = chunk.losses(*(torch.as_tensor(a[:, cut], device=dev) for a in (u_e, il_e)), labels, mask, counts)
-            on = lens > 0
-            opt.zero_grad()
-            w = weighting.backward(ls, reg, on)
-            for n in frozen:  # init.freeze_encoder: local_rounds trains only what is outside the encoder
-                chunk.P[n].grad = None
-            opt.step(torch.as_tensor(on, device=dev))
-            vals = torch.stack([ls[t].detach() for t in tasks], 1).cpu().numpy().astype(np.float64)
-            epoch_sums[on] += vals[on]
-            wsum[on] += w[on]
-            epoch_steps += on
-        weighting.end_epoch(epoch_sums / np.maximum(epoch_steps, 1)[:, None])
-        sums += epoch_sums
+    for perms_of, frozen in _phases(cfg, chunk):  # each a local_train call: a fresh optimiser, its own epochs
+        opt = Optim(chunk, tcfg)
+        trains_shared = any(n not in frozen for n in chunk.shared_names)
+        sums, wsum = np.zeros((C, T)), np.zeros((C, T))  # the last phase's, as client_round returns it
+        for e in range(len(perms_of(clients[0]))):
+            order = np.zeros((C, width), np.int64)  # each client's own permutation of its pairs, padded
+            for k, c in enumerate(clients):
+                order[k, :c.n] = perms_of(c)[e]
+            u_e, il_e, *y_e = (np.where(pad, np.take_along_axis(a, order, 1), 0).astype(a.dtype) for a in (tu, pos, *ys))
+            epoch_sums = np.zeros((C, T))
+            epoch_steps = np.zeros(C)
+            weighting.start_epoch()
+            for s in range(steps_max):
+                lens = np.clip(ns - s * bs, 0, bs)
+                B = int(lens.max())
+                if B == 0:
+                    break
+                cut = slice(s * bs, s * bs + B)
+                mask = torch.as_tensor(pad[:, cut], dtype=torch.float32, device=dev)
+                counts = torch.as_tensor(lens, dtype=torch.float32, device=dev)
+                r = [torch.as_tensor(y[:, cut], device=dev) for y in y_e]
+                labels = dict(zip(["rating", *cols], r)) if cols else r[0]  # what ClientData.labels gives
+                ls, reg = chunk.losses(*(torch.as_tensor(a[:, cut], device=dev) for a in (u_e, il_e)), labels, mask,
+                                       counts)
+                on = lens > 0
+                opt.zero_grad()
+                w = weighting.backward(ls, reg, on, trains_shared)
+                for n in frozen:  # what this phase does not train (local_train's `trainable`)
+                    chunk.P[n].grad = None
+                opt.step(torch.as_tensor(on, device=dev))
+                vals = torch.stack([ls[t].detach() for t in tasks], 1).cpu().numpy().astype(np.float64)
+                epoch_sums[on] += vals[on]
+                wsum[on] += w[on]
+                epoch_steps += on
+            weighting.end_epoch(epoch_sums / np.maximum(epoch_steps, 1)[:, None])
+            sums += epoch_sums
     return [({t: float(sums[k, j]) for j, t in enumerate(tasks)}, {t: float(wsum[k, j]) for j, t in enumerate(tasks)},
              weighting.state(k)) for k in range(C)]
+
+
+def _phases(cfg: RunConfig, chunk: Chunk) -> list[tuple]:
+    """local_rounds.client_round's local_train calls: [(each client's epoch permutations, the names
+    that call does not train)]. fedrep: the personal parameters (head epochs), then the shared ones;
+    init.freeze_encoder: everything outside the encoder; otherwise everything. The weighting's own
+    parameters (uncertainty, GradNorm) train in every call, as local_train's personal group."""
+    if cfg["aggregate"] == "fedrep":
+        return [(lambda c: c.head_perms, set(chunk.shared_names)),
+                (lambda c: c.perms, {n for n in chunk.names if n not in chunk.shared_names and n not in WEIGHTING_PARAMS})]
+    frozen = {n for n in chunk.P if n.startswith("encoder.")} if cfg["init"]["freeze_encoder"] else set()
+    return [(lambda c: c.perms, frozen)]
 
 
 def train_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[Job], budget_mb: float = CHUNK_MB,

@@ -14,6 +14,7 @@ from .chunk import Chunk
 BATCHED = ("fixed", "uncertainty", "dwa", "pcgrad", "gradnorm")
 LOG_VARS = "weighting.log_vars"  # uncertainty's learned log-variances [C, T], trained as a personal parameter
 LOGITS = "weighting.logits"  # GradNorm's weight logits [C, T], likewise
+PARAMS = (LOG_VARS, LOGITS)
 
 
 class ChunkWeighting:
@@ -62,15 +63,22 @@ class ChunkWeighting:
             w = len(self.tasks) * torch.softmax(ratio / self.temperature, dim=1)
             self.epoch_w = torch.where((self.seen < 2).unsqueeze(1), torch.ones_like(w), w)
 
-    def backward(self, ls: dict[str, torch.Tensor], reg: torch.Tensor, active: np.ndarray) -> np.ndarray:
+    def backward(self, ls: dict[str, torch.Tensor], reg: torch.Tensor, active: np.ndarray,
+                 trains_shared: bool = True) -> np.ndarray:
         """Every client's gradients of its weighted loss plus `reg` into the chunk's `.grad`s, as
         each client's Weighting.backward and local_train's reg.backward give them; returns the
-        weight each task had [C, T] (for the logs). `active` [C]: the clients this step trains."""
-        if self.name == "pcgrad" and len(self.tasks) > 1:
+        weight each task had [C, T] (for the logs). `active` [C]: the clients this step trains;
+        trains_shared=False (FedRep's head phase): no shared parameter trains, so PCGrad and
+        GradNorm take their plain weighted sum, as they do without shared parameters."""
+        if self.name == "pcgrad" and len(self.tasks) > 1 and trains_shared:
             self._pcgrad(ls, reg, active)
             return np.ones((len(self.chunk.clients), len(self.tasks)))
-        if self.name == "gradnorm":
+        if self.name == "gradnorm" and trains_shared:
             return self._gradnorm(ls, reg, active)
+        if self.name == "gradnorm":
+            wd = len(self.tasks) * torch.softmax(self.chunk.P[LOGITS].detach(), dim=1)
+            (sum(wd[:, k] * ls[t] for k, t in enumerate(self.tasks)) + reg).sum().backward()
+            return wd.cpu().numpy().astype(np.float64)
         if self.name == "uncertainty":
             s = self.chunk.P[LOG_VARS]
             total = sum(torch.exp(-s[:, k]) * ls[t] + s[:, k] for k, t in enumerate(self.tasks))
@@ -79,7 +87,7 @@ class ChunkWeighting:
             wd = self.epoch_w.to(ls[self.tasks[0]].device)
             total = sum(wd[:, k] * ls[t] for k, t in enumerate(self.tasks))
             w = self.epoch_w.numpy().astype(np.float64)
-        else:  # fixed (and PCGrad of one task): Python floats times the losses, as weighted_backward
+        else:  # fixed (and PCGrad of one task or without shared parameters): Python floats times the losses
             ws = [float(v) for v in self.fixed] if self.name == "fixed" else [1.0] * len(self.tasks)
             total = sum(ws[k] * ls[t] for k, t in enumerate(self.tasks))
             w = np.broadcast_to(np.array(ws), (len(self.chunk.clients), len(ws)))
@@ -136,7 +144,7 @@ class ChunkWeighting:
         """({name: each loss's gradient [C, ...]} of every trainable parameter of the chunk, the
         losses' gradients on the shared ones flattened [C, losses, D]) (weighting.gradients)."""
         P, chunk = self.chunk.P, self.chunk
-        names = [n for n in chunk.names if P[n].requires_grad and n not in (LOG_VARS, LOGITS)]
+        names = [n for n in chunk.names if P[n].requires_grad and n not in PARAMS]
         params = [P[n] for n in names]
         per = [torch.autograd.grad(loss.sum(), params, retain_graph=True, allow_unused=True) for loss in losses]
         grads = {n: [g[k] if g[k] is not None else torch.zeros_like(P[n]) for g in per] for k, n in enumerate(names)}

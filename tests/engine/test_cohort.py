@@ -44,6 +44,12 @@ FAMILIES = {  # one per knob family the batch implements
     # gradient surgery per client: each client's k-th step takes the k-th draws of its own generator
     "pcgrad_weighting": ["weighting=pcgrad", "weighting.seed=3", "exchange=sparse", "exchange.pad_rows=8"],
     "gradnorm_weighting": ["weighting=gradnorm", "weighting.alpha=1.0", "train.personal_decay=0.05"],
+    # FedRep: the head epochs (personal parameters), then the encoder's, each a fresh optimiser
+    "fedrep": ["aggregate=fedrep", "fedrep.head_epochs=2", "exchange=sparse", "exchange.pad_rows=8"],
+    "fedrep_uncertainty_sampled": ["aggregate=fedrep", "weighting=uncertainty", "train.click_loss=sampled_softmax",
+                                   "train.num_negatives=5", "exchange=sparse"],
+    "fedrep_gradnorm": ["aggregate=fedrep", "weighting=gradnorm"],
+    "fedrep_pcgrad": ["aggregate=fedrep", "weighting=pcgrad", "fedrep.head_epochs=1"],
     "pcgrad_aggregate_all": ["weighting=pcgrad", "aggregate=all", "strategy=fedadam", "train.optimizer=sgd",
                              "local_epochs=3"],
     # the architectures: the model's own tower modules over the client axis (torch.func.vmap)
@@ -172,7 +178,7 @@ def test_batched_sparse_encoding_is_sparse_payloads_bit_for_bit():
             assert any(np.any(p["::rows_scale"] == 0) for p in got) and any(np.any(p["::dense_scale"] == 0) for p in got)
 
 
-@pytest.mark.parametrize("knob", [["train.click_loss=sampled"], ["aggregate=fedrep"]], ids=["sampled_click", "fedrep"])
+@pytest.mark.parametrize("knob", [["train.click_loss=sampled"], ["model.history=true"]], ids=["sampled_click", "history"])
 def test_unbatched_knob_falls_back_to_the_client_app(tmp_path, knob, caplog, monkeypatch):
     """A knob the batch does not implement: one start-up line names it, every training message
     goes through the ClientApp, and the run is inprocess's."""
