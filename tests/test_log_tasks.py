@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fedmtl.config import compose
 from fedmtl.errors import ConfigError
@@ -216,3 +217,22 @@ def test_numeric_label_head_starts_at_each_clients_own_mean(tmp_path):
     for mode in ("federated", "centralized", "local"):
         m = run(compose([*over, f"mode={mode}"]), tmp_path / mode)["metrics"]
         assert m["minutes.rmse"] < 1.5 * spread, (mode, m["minutes.rmse"], spread)  # from 0 it is about 50
+
+
+def test_a_numeric_labels_clip_bounds_its_scored_predictions(tmp_path):
+    """labels.NAME.clip=[lo, hi]: the label's known range (as a rating's 1..5), applied to the
+    predictions when they are scored; a bad range is one line."""
+    from fedmtl.tasks import REGISTRY as TASKS
+
+    write_log(tmp_path / "log.csv")
+    base = [o for o in log_overrides(tmp_path / "log.csv", ["share"]) if not o.startswith(("++dataset.labels=", "tasks="))]
+    compose([*base, "++dataset.labels={share:{kind:numeric,column:share,clip:[0,1]}}"])
+    task = TASKS["share"]
+    assert task.clip == (0.0, 1.0)
+    s, y = torch.tensor([-3.0, 0.4, 7.0]), {"share": torch.tensor([0.0, 1.0, 1.0])}
+    assert task.parts(s, y)["share.se"] == pytest.approx(0.6 ** 2)  # -3 -> 0 and 7 -> 1: no error; 0.4 off by 0.6
+    for bad in ("[1,0]", "[0]", "[a,b]"):
+        with pytest.raises(ConfigError, match=r"labels.share.clip=.*expected \[low, high\]"):
+            compose([*base, f"++dataset.labels={{share:{{kind:numeric,column:share,clip:{bad}}}}}"])
+    with pytest.raises(ConfigError, match=r"labels.share.clip=.*on a numeric label"):
+        compose([*base, "++dataset.labels={share:{kind:binary,column:share,clip:[0,1]}}"])

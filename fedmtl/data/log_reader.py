@@ -21,7 +21,9 @@ The spec of `read_log` (a plain dict, e.g. a Hydra block; unknown keys are a Con
                timestamp_format: a strftime format for a timestamp column of dates
     join:      [{file: PATH, on: COL, columns: [COL, ...]}, ...] columns taken from another
                table by a key (each log row's key must be there, once)
-    labels:    {NAME: {kind: numeric, column: COL}               a number (rating, play time)
+    labels:    {NAME: {kind: numeric, column: COL}               a number (rating, play time); each client's
+                                                                 head starts at its own mean; clip: [LO, HI],
+                                                                 the label's known range, bounds its scored predictions
                 NAME: {kind: binary, column: COL}                a 0/1 column (0.0/1.0 too)
                 NAME: {kind: binary, column: COL, threshold: T}  1 where COL >= T
                 NAME: {kind: event, column: COL, value: V}       1 where COL == V (or `values`)
@@ -88,7 +90,7 @@ def _label_specs(labels) -> dict[str, dict]:
         raise ConfigError(f"labels: expected a mapping of label name -> spec, got {type(labels).__name__}")
     out = {}
     for name, lab in labels.items():
-        _check_keys(lab, {"kind", "column", "value", "values", "threshold"}, f"labels.{name}")
+        _check_keys(lab, {"kind", "column", "value", "values", "threshold", "clip"}, f"labels.{name}")
         if name in RESERVED:
             raise ConfigError(f"labels.{name}: {name!r} is a reserved column name ({', '.join(RESERVED)})")
         kind = lab.get("kind")
@@ -105,6 +107,13 @@ def _label_specs(labels) -> dict[str, dict]:
             entry["values"] = [str(v) for v in values]
         if kind == "binary" and lab.get("threshold") is not None:
             entry["threshold"] = float(lab["threshold"])
+        if lab.get("clip") is not None:  # a numeric label's known range: predictions are clipped to it when scored
+            clip = lab["clip"]
+            ok = (kind == "numeric" and isinstance(clip, (list, tuple)) and len(clip) == 2
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip) and clip[0] < clip[1])
+            if not ok:
+                raise ConfigError(f"labels.{name}.clip={clip!r}: expected [low, high] with low < high, on a numeric label")
+            entry["clip"] = [float(clip[0]), float(clip[1])]
         out[str(name)] = entry
     return out
 

@@ -70,7 +70,8 @@ def label_task(name: str, spec: dict, ranking: dict | None = None) -> Task:
     without one (every row is the event: a purchase log) -> ranking over the items."""
     kind = spec.get("kind")
     if kind == "numeric":
-        return Regression(name, name, offset=None)
+        clip = spec.get("clip")
+        return Regression(name, name, clip=tuple(clip) if clip else None, offset=None)
     if kind == "binary" or (kind == "event" and spec.get("column")):
         return Binary(name, name, threshold=0.5)
     if kind == "event":
