@@ -102,13 +102,15 @@ def init_user_emb(cfg: RunConfig, pid: int, shape) -> torch.Tensor:
     return torch.randn(shape, generator=gen) * cfg["model"]["init_std"]
 
 
-def set_first_offsets(model, tasks, data: ClientData) -> None:
-    """`first_offsets` set on a model just initialised."""
-    params = dict(model.named_parameters())
+def set_first_offsets(model, tasks, data: ClientData, shared: set[str] | frozenset = frozenset()) -> None:
+    """`first_offsets` set on a model just initialised: a task's head offset, or, where that
+    offset is one of the `shared` names (aggregate=all), the task's column of the user biases."""
     with torch.no_grad():
-        for name, v in first_offsets(tasks, data).items():
-            if name in params:
-                params[name].fill_(v)
+        for k, v in first_offsets(tasks, data).items():
+            if f"personal.heads.{tasks[k]}.offset" in shared:
+                model.personal.user_bias.weight[:, k] = v
+            else:
+                model.personal.heads[tasks[k]].offset.fill_(v)
 
 
 def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: int):
@@ -125,7 +127,7 @@ def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: 
                 p.copy_(init[n])
             model.personal.user_emb.weight.copy_(init_user_emb(setup.cfg, pid, model.personal.user_emb.weight.shape))
     if personal is None:
-        set_first_offsets(model, setup.cfg["tasks"], data)
+        set_first_offsets(model, setup.cfg["tasks"], data, set(shared_names(model, setup.cfg["aggregate"])))
     return model
 
 

@@ -101,6 +101,7 @@ def test_preset_offers_its_labels():
     ["purchase"],  # an every-row event: reads no label column
     ["share", "purchase"],  # a 0/1 column beside it
     ["minutes", "share"],  # a numeric column (each client's head starts at its own mean) and a 0/1 one
+    ["minutes", "purchase", "aggregate=all"],  # shared heads: the numeric label's user biases start there
 ])
 def test_cohort_batches_a_logs_tasks_as_inprocess_does(tmp_path, labels):
     """backend=cohort batches every task of an interaction log (its label columns travel with
@@ -113,8 +114,10 @@ def test_cohort_batches_a_logs_tasks_as_inprocess_does(tmp_path, labels):
     raw["minutes"] = 40 + 20 * rng.random(len(raw)) + raw["iid"].str[1:].astype(int) % 5
     raw.to_csv(tmp_path / "log.csv", index=False)
     specs = "share:{kind:binary,column:share},purchase:{kind:event},minutes:{kind:numeric,column:minutes}"
+    knobs = [x for x in labels if "=" in x]
+    labels = [x for x in labels if "=" not in x]
     over = [o if not o.startswith("++dataset.labels=") else "++dataset.labels={" + specs + "}"
-            for o in log_overrides(tmp_path / "log.csv", labels)]
+            for o in log_overrides(tmp_path / "log.csv", labels)] + knobs
     got = {}
     for backend in ("cohort", "inprocess"):
         cfg = compose([*over, f"backend={backend}"])
@@ -214,8 +217,8 @@ def test_numeric_label_head_starts_at_each_clients_own_mean(tmp_path):
     assert model.personal.heads["minutes"].offset.item() == pytest.approx(float(data.train_y["minutes"].mean()), rel=1e-5)
     assert run_setup(cfg).template(1)[0].personal.heads["minutes"].offset.item() == 0.0  # the shared template: no data
     spread = float(pd.DataFrame(rows)["minutes"].std())
-    for mode in ("federated", "centralized", "local"):
-        m = run(compose([*over, f"mode={mode}"]), tmp_path / mode)["metrics"]
+    for mode in ("mode=federated", "mode=centralized", "mode=local", "aggregate=all", "backend=inprocess"):
+        m = run(compose([*over, mode]), tmp_path / mode)["metrics"]
         assert m["minutes.rmse"] < 1.5 * spread, (mode, m["minutes.rmse"], spread)  # from 0 it is about 50
 
 

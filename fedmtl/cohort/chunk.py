@@ -110,6 +110,7 @@ class Chunk:
     def _personal(self, name: str, init: torch.Tensor, U: int) -> torch.Tensor:
         """A personal parameter of every client [C, ...] (users padded to U)."""
         cfg, dev = self.setup.cfg, self.setup.device
+        tasks = cfg["tasks"]
         vals = []
         for c in self.clients:
             saved = c.job.state.get(PERSONAL)
@@ -119,8 +120,13 @@ class Chunk:
                 v = init_user_emb(cfg, c.job.pid, (len(c.job.data.users), init.shape[1]))
             elif name.startswith("personal.user_"):  # user biases: zeros (Personal's init)
                 v = torch.zeros((len(c.job.data.users), *init.shape[1:]))
-            elif name.endswith(".offset") and name in (first := first_offsets(cfg["tasks"], c.job.data)):
-                v = torch.tensor(first[name], dtype=init.dtype)  # a log's numeric label: the client's own mean
+                if name == "personal.user_bias.weight":  # a log's numeric label under shared heads: its own mean
+                    for k, m in first_offsets(tasks, c.job.data).items():
+                        if f"personal.heads.{tasks[k]}.offset" in self.shared_names:
+                            v[:, k] = m
+            elif name.endswith(".offset") and name[len("personal.heads."):-len(".offset")] in tasks:
+                k = tasks.index(name[len("personal.heads."):-len(".offset")])  # a log's numeric label: its own mean
+                v = torch.tensor(first_offsets(tasks, c.job.data).get(k, float(init)), dtype=init.dtype)
             else:
                 v = init.cpu()
             if name.startswith("personal.user_") and v.shape[0] < U:

@@ -127,6 +127,10 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
         p = {k: torch.as_tensor(v, device=dev) for k, v in saved.items()} if saved is not None else {
             "personal.user_emb.weight": init_user_emb(cfg, j.pid, (n, dim)).to(dev),
             "personal.user_bias.weight": torch.zeros((n, len(tasks)), device=dev)}
+        if saved is None:  # a log's numeric label under shared heads: the user biases start at the client's mean
+            for k, m in first_offsets(tasks, j.data).items():
+                if f"personal.heads.{tasks[k]}.offset" not in pnames:
+                    p["personal.user_bias.weight"][:, k] = m
         personal.append(p)
     emb = torch.cat([p["personal.user_emb.weight"] for p in personal])
     ucat = torch.as_tensor(np.concatenate([j.data.user_cat for j in jobs]), device=dev)
@@ -141,8 +145,8 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
             if pk in p:
                 heads.append((p[pk], p[ok]))
             elif j.state.get(PERSONAL) is None and pk in pnames:  # a client's first evaluation: the initial heads
-                first = first_offsets([task], j.data)  # (a log's numeric label: the client's own mean)
-                heads.append((init[pk], torch.tensor(first[ok], dtype=init[ok].dtype, device=dev) if ok in first
+                first = first_offsets(tasks, j.data)  # (a log's numeric label: the client's own mean)
+                heads.append((init[pk], torch.tensor(first[t], dtype=init[ok].dtype, device=dev) if t in first
                               else init[ok]))
             else:
                 heads.append((model.personal.heads[task].proj, model.personal.heads[task].offset))

@@ -54,12 +54,13 @@ def check_tasks(names, offered=None, source: str | None = None) -> list[str]:
     return names
 
 
-def first_offsets(tasks, data) -> dict[str, float]:
-    """{parameter name: value} of the heads whose first offset comes from a client's own
-    training labels (`data.labels("train")`; a log's numeric label: Task.initial_offset; local
-    data, never sent)."""
+def first_offsets(tasks, data) -> dict[int, float]:
+    """{task index: value} of the tasks whose first offset comes from a client's own training
+    labels (`data.labels("train")`; a log's numeric label: Task.initial_offset; local data,
+    never sent). Where the task's head offset is personal it starts there; where the heads are
+    shared (aggregate=all) the client's user biases of that task start there instead."""
     y = data.labels("train")
-    out = {f"personal.heads.{t}.offset": get(t).initial_offset(y) for t in tasks}
+    out = {k: get(t).initial_offset(y) for k, t in enumerate(tasks)}
     return {k: v for k, v in out.items() if v is not None}
 
 
