@@ -70,6 +70,8 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict |
         for y, col in zip(ys[1:], cols):
             y[k, :c.n] = c.ty[col]
     for perms_of, frozen in _phases(cfg, chunk):  # each a local_train call: a fresh optimiser, its own epochs
+        for n, p in chunk.P.items():  # what this phase does not train gets no gradient (local_train's `trainable`)
+            p.requires_grad_(n not in frozen)
         opt = Optim(chunk, tcfg)
         trains_shared = any(n not in frozen for n in chunk.shared_names)
         sums, wsum = np.zeros((C, T)), np.zeros((C, T))  # the last phase's, as client_round returns it
@@ -96,8 +98,6 @@ def _train_chunk(setup: RunSetup, chunk: Chunk) -> list[tuple[dict, dict, dict |
                 on = lens > 0
                 opt.zero_grad()
                 w = weighting.backward(ls, reg, on, trains_shared)
-                for n in frozen:  # what this phase does not train (local_train's `trainable`)
-                    chunk.P[n].grad = None
                 opt.step(torch.as_tensor(on, device=dev))
                 vals = torch.stack([ls[t].detach() for t in tasks], 1).cpu().numpy().astype(np.float64)
                 epoch_sums[on] += vals[on]
