@@ -23,7 +23,9 @@ class ChunkWeighting:
     fixed: the configured weights. uncertainty (Kendall et al.): sum_t exp(-s_t) L_t + s_t with
     each client's s [T] a parameter of the chunk (`LOG_VARS`: Adam with the personal parameters,
     as local_train puts the weighting's parameters in the personal group). DWA (Liu et al.): each
-    client's weights from its own loss history, fixed within an epoch and updated at its end."""
+    client's weights from its own loss history, fixed within an epoch and updated at its end.
+    PCGrad and GradNorm: each client's per-task gradients on its shared parameters (`_task_grads`),
+    projected (PCGrad) or their norms driving its own weight logits (GradNorm, `LOGITS`)."""
 
     def __init__(self, setup: RunSetup, chunk: Chunk):
         cfg = setup.cfg
@@ -34,7 +36,7 @@ class ChunkWeighting:
         dev = chunk.rows.device
         self.chunk = chunk
         if self.name == "fixed":
-            self.fixed = torch.tensor([proto.weights[t] for t in self.tasks], dtype=torch.float64)
+            self.fixed = [float(proto.weights[t]) for t in self.tasks]
         elif self.name == "uncertainty":  # a parameter of the chunk: the optimiser's personal Adam takes it
             s = torch.stack([torch.as_tensor(st["log_vars"], dtype=torch.float32) for st in states]).to(dev)
             chunk.P[LOG_VARS] = s.contiguous().requires_grad_(True)
@@ -75,20 +77,17 @@ class ChunkWeighting:
             return np.ones((len(self.chunk.clients), len(self.tasks)))
         if self.name == "gradnorm" and trains_shared:
             return self._gradnorm(ls, reg, active)
-        if self.name == "gradnorm":
-            wd = len(self.tasks) * torch.softmax(self.chunk.P[LOGITS].detach(), dim=1)
-            (sum(wd[:, k] * ls[t] for k, t in enumerate(self.tasks)) + reg).sum().backward()
-            return wd.cpu().numpy().astype(np.float64)
         if self.name == "uncertainty":
             s = self.chunk.P[LOG_VARS]
             total = sum(torch.exp(-s[:, k]) * ls[t] + s[:, k] for k, t in enumerate(self.tasks))
             w = torch.exp(-s.detach()).cpu().numpy().astype(np.float64)
-        elif self.name == "dwa":
-            wd = self.epoch_w.to(ls[self.tasks[0]].device)
+        elif self.name in ("dwa", "gradnorm"):  # per-client weights held constant in the step (GradNorm: head phase)
+            wd = (self.epoch_w if self.name == "dwa" else
+                  len(self.tasks) * torch.softmax(self.chunk.P[LOGITS].detach(), dim=1)).to(ls[self.tasks[0]].device)
             total = sum(wd[:, k] * ls[t] for k, t in enumerate(self.tasks))
-            w = self.epoch_w.numpy().astype(np.float64)
+            w = wd.cpu().numpy().astype(np.float64)
         else:  # fixed (and PCGrad of one task or without shared parameters): Python floats times the losses
-            ws = [float(v) for v in self.fixed] if self.name == "fixed" else [1.0] * len(self.tasks)
+            ws = self.fixed if self.name == "fixed" else [1.0] * len(self.tasks)
             total = sum(ws[k] * ls[t] for k, t in enumerate(self.tasks))
             w = np.broadcast_to(np.array(ws), (len(self.chunk.clients), len(ws)))
         (total + reg).sum().backward()
