@@ -102,15 +102,24 @@ def init_user_emb(cfg: RunConfig, pid: int, shape) -> torch.Tensor:
     return torch.randn(shape, generator=gen) * cfg["model"]["init_std"]
 
 
-def set_first_offsets(model, tasks, data: ClientData, shared: set[str] | frozenset = frozenset()) -> None:
-    """`first_offsets` set on a model just initialised: a task's head offset, or, where that
-    offset is one of the `shared` names (aggregate=all), the task's column of the user biases."""
+def first_personal(tasks, data: ClientData, shared=frozenset()) -> tuple[dict[int, float], dict[int, float]]:
+    """`first_offsets` by where each starts: ({task index: value} of the head offsets, {task index:
+    value} of the user-bias columns, for the tasks whose head offset is one of the `shared` names
+    (aggregate=all: the server's))."""
+    heads, biases = {}, {}
+    for k, v in first_offsets(tasks, data).items():
+        (biases if f"personal.heads.{tasks[k]}.offset" in shared else heads)[k] = v
+    return heads, biases
+
+
+def set_first_offsets(model, tasks, data: ClientData, shared=frozenset()) -> None:
+    """`first_personal` set on a model just initialised."""
+    heads, biases = first_personal(tasks, data, shared)
     with torch.no_grad():
-        for k, v in first_offsets(tasks, data).items():
-            if f"personal.heads.{tasks[k]}.offset" in shared:
-                model.personal.user_bias.weight[:, k] = v
-            else:
-                model.personal.heads[tasks[k]].offset.fill_(v)
+        for k, v in heads.items():
+            model.personal.heads[tasks[k]].offset.fill_(v)
+        for k, v in biases.items():
+            model.personal.user_bias.weight[:, k] = v
 
 
 def client_model(setup: RunSetup, data: ClientData, personal: dict | None, pid: int):

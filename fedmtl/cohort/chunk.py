@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..client_step import PERSONAL, RunSetup, init_user_emb
+from ..client_step import PERSONAL, RunSetup, first_personal, init_user_emb
 from ..model import shared_names
 from ..sparse_codec import ROW_TABLES
-from ..tasks import first_offsets, get as task_of
+from ..tasks import get as task_of
 from .clients import Client
 
 
@@ -111,6 +111,7 @@ class Chunk:
         """A personal parameter of every client [C, ...] (users padded to U)."""
         cfg, dev = self.setup.cfg, self.setup.device
         tasks = cfg["tasks"]
+        offsets = {f"personal.heads.{t}.offset": k for k, t in enumerate(tasks)}
         vals = []
         for c in self.clients:
             saved = c.job.state.get(PERSONAL)
@@ -121,12 +122,11 @@ class Chunk:
             elif name.startswith("personal.user_"):  # user biases: zeros (Personal's init)
                 v = torch.zeros((len(c.job.data.users), *init.shape[1:]))
                 if name == "personal.user_bias.weight":  # a log's numeric label under shared heads: its own mean
-                    for k, m in first_offsets(tasks, c.job.data).items():
-                        if f"personal.heads.{tasks[k]}.offset" in self.shared_names:
-                            v[:, k] = m
-            elif name.endswith(".offset") and name[len("personal.heads."):-len(".offset")] in tasks:
-                k = tasks.index(name[len("personal.heads."):-len(".offset")])  # a log's numeric label: its own mean
-                v = torch.tensor(first_offsets(tasks, c.job.data).get(k, float(init)), dtype=init.dtype)
+                    for k, m in first_personal(tasks, c.job.data, self.shared_names)[1].items():
+                        v[:, k] = m
+            elif name in offsets:  # a head's offset: a log's numeric label starts at the client's own mean
+                k = offsets[name]
+                v = torch.tensor(first_personal(tasks, c.job.data)[0].get(k, float(init)), dtype=init.dtype)
             else:
                 v = init.cpu()
             if name.startswith("personal.user_") and v.shape[0] < U:

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..client_step import PERSONAL, RunSetup, init_user_emb
+from ..client_step import PERSONAL, RunSetup, first_personal, init_user_emb
 from ..data import ClientData
 from ..itemitem import Rows, RowsOf
 from ..model import personal_names
-from ..tasks import first_offsets
 
 
 class _Scorer:
@@ -120,6 +119,7 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
     item_bias = model.encoder.item_bias.weight
     dim = init["personal.user_emb.weight"].shape[1]
     pnames = personal_names(model, cfg["aggregate"])
+    server_names = {n for n, _ in model.named_parameters()} - set(pnames)
     personal = []
     for j in jobs:
         saved = j.state.get(PERSONAL)
@@ -128,9 +128,8 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
             "personal.user_emb.weight": init_user_emb(cfg, j.pid, (n, dim)).to(dev),
             "personal.user_bias.weight": torch.zeros((n, len(tasks)), device=dev)}
         if saved is None:  # a log's numeric label under shared heads: the user biases start at the client's mean
-            for k, m in first_offsets(tasks, j.data).items():
-                if f"personal.heads.{tasks[k]}.offset" not in pnames:
-                    p["personal.user_bias.weight"][:, k] = m
+            for k, m in first_personal(tasks, j.data, server_names)[1].items():
+                p["personal.user_bias.weight"][:, k] = m
         personal.append(p)
     emb = torch.cat([p["personal.user_emb.weight"] for p in personal])
     ucat = torch.as_tensor(np.concatenate([j.data.user_cat for j in jobs]), device=dev)
@@ -145,7 +144,7 @@ def evaluate_cohort(setup: RunSetup, shared: dict[str, np.ndarray], jobs: list[E
             if pk in p:
                 heads.append((p[pk], p[ok]))
             elif j.state.get(PERSONAL) is None and pk in pnames:  # a client's first evaluation: the initial heads
-                first = first_offsets(tasks, j.data)  # (a log's numeric label: the client's own mean)
+                first = first_personal(tasks, j.data, server_names)[0]  # (a log's numeric label: the client's own mean)
                 heads.append((init[pk], torch.tensor(first[t], dtype=init[ok].dtype, device=dev) if t in first
                               else init[ok]))
             else:
